@@ -1,0 +1,217 @@
+/* fastckpt C core: public interface.
+ *
+ * No Python here. Buffers in as (pointer, length), an int status out; on
+ * failure a fc_status carries a code, the errno (if any), the index of the
+ * failing item (if any) and a message. fastckpt/_core.pyx is the only caller.
+ */
+#ifndef FASTCKPT_H
+#define FASTCKPT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- status ------------------------------------------------------------ */
+enum fc_code {
+    FC_OK = 0,
+    FC_INVALID = 1,     /* bad argument from the caller */
+    FC_DATA_LOSS = 2,   /* corrupt, truncated or inconsistent file content */
+    FC_IO = 3,          /* a system call failed; err_no says which errno */
+    FC_NOMEM = 4,
+    FC_UNSUPPORTED = 5, /* valid but not supported (e.g. snappy blocks) */
+};
+
+typedef struct {
+    int code;
+    int err_no;
+    int64_t item;       /* index of the failing item, or -1 */
+    char msg[320];
+} fc_status;
+
+void fc_status_clear(fc_status *st);
+int fc_fail(fc_status *st, int code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* ---- growable byte buffer ---------------------------------------------- */
+typedef struct {
+    uint8_t *p;
+    size_t len;
+    size_t cap;
+} fc_buf;
+
+int fc_buf_reserve(fc_buf *b, size_t extra);
+int fc_buf_append(fc_buf *b, const void *data, size_t n);
+void fc_buf_free(fc_buf *b);
+/* Grows *arr (of *cap elements of elem bytes) to hold need elements. */
+int fc_grow(void **arr, size_t *cap, size_t need, size_t elem);
+
+/* ---- CRC32C ------------------------------------------------------------ */
+uint32_t fc_crc32c_extend(uint32_t crc, const void *data, size_t n);
+uint32_t fc_crc32c_extend_portable(uint32_t crc, const void *data, size_t n);
+/* CRC of A||B from crc(A), crc(B) and len(B). */
+uint32_t fc_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
+int fc_crc32c_hw_available(void);
+static inline uint32_t fc_crc_mask(uint32_t c) {
+    return ((c >> 15) | (c << 17)) + 0xa282ead8u;
+}
+static inline uint32_t fc_crc_unmask(uint32_t m) {
+    uint32_t r = m - 0xa282ead8u;
+    return (r >> 17) | (r << 15);
+}
+
+/* ---- varint ------------------------------------------------------------ */
+#define FC_MAX_VARINT64 10
+size_t fc_varint_len(uint64_t v);
+/* Writes v at out (room for 10 bytes); returns the byte count. */
+size_t fc_put_varint(uint8_t *out, uint64_t v);
+/* Decodes one varint from [*p, end); advances *p. 0 on success, -1 on
+ * truncated or over-long input. */
+int fc_get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v);
+
+/* ---- protobuf messages of the bundle format ----------------------------- */
+#define FC_MAX_RANK 64
+
+typedef struct {
+    int64_t start;
+    int64_t length;     /* -1: the whole dimension (an empty Extent) */
+} fc_extent;
+
+typedef struct {
+    int32_t dtype;
+    int32_t rank;
+    const int64_t *dims;
+    int32_t shard_id;
+    int64_t offset;
+    int64_t size;
+    uint32_t crc32c;    /* masked, as stored */
+    int has_crc;
+    int32_t num_slices;
+    const fc_extent *extents;  /* num_slices * rank extents, slice-major */
+} fc_entry_view;
+
+typedef struct {
+    int32_t num_shards;
+    int32_t endianness;     /* 0 little, 1 big */
+    int32_t producer;
+    int32_t min_consumer;
+    int32_t has_version;
+    int32_t bad_consumer_1; /* 1 when bad_consumers lists version 1 */
+} fc_header;
+
+int fc_encode_header(fc_buf *out, const fc_header *h, fc_status *st);
+int fc_decode_header(const uint8_t *p, size_t n, fc_header *h, fc_status *st);
+int fc_encode_entry(fc_buf *out, const fc_entry_view *e, fc_status *st);
+
+/* ---- SSTable (the .index file) ------------------------------------------- */
+#define FC_TABLE_BLOCK_SIZE 262144
+#define FC_TABLE_FOOTER_LEN 48
+
+typedef struct fc_table_builder fc_table_builder;
+fc_table_builder *fc_table_builder_new(void);
+void fc_table_builder_free(fc_table_builder *tb);
+/* Keys must be strictly increasing (bytewise). */
+int fc_table_add(fc_table_builder *tb, const uint8_t *key, size_t klen,
+                 const uint8_t *val, size_t vlen, fc_status *st);
+/* Finishes the table; *out then points at the whole file (owned by tb). */
+int fc_table_finish(fc_table_builder *tb, const uint8_t **out, size_t *len,
+                    fc_status *st);
+
+typedef int (*fc_table_visit)(void *ctx, const uint8_t *key, size_t klen,
+                              const uint8_t *val, size_t vlen, fc_status *st);
+/* Walks every entry of every data block, in order, checking block CRCs and
+ * that keys strictly increase. */
+int fc_table_iterate(const uint8_t *data, size_t len, fc_table_visit visit,
+                     void *ctx, fc_status *st);
+
+/* ---- parsed bundle index -------------------------------------------------- */
+typedef struct {
+    uint32_t key_off, key_len;
+    int32_t dtype;
+    int32_t rank;
+    uint32_t dims_off;
+    int32_t shard_id;
+    int64_t offset;
+    int64_t size;
+    int64_t num_elements;
+    uint32_t crc32c;        /* masked, as stored */
+    int32_t has_crc;
+    int32_t num_slices;
+    uint32_t extents_off;
+} fc_entry;
+
+typedef struct {
+    fc_header header;
+    int have_header;
+    fc_entry *entries;
+    size_t n, cap;
+    uint8_t *keys;
+    size_t keys_len, keys_cap;
+    int64_t *dims;
+    size_t dims_len, dims_cap;
+    fc_extent *extents;
+    size_t ext_len, ext_cap;
+} fc_index;
+
+/* Parses a whole .index file. The header entry ("" key) must come first.
+ * Every entry is checked: non-negative dims, element count without overflow,
+ * shard_id < num_shards, non-negative offset/size without overflow, and the
+ * exact size of fixed-width dtypes. */
+int fc_index_parse(fc_index *idx, const uint8_t *data, size_t len, fc_status *st);
+void fc_index_free(fc_index *idx);
+/* Decodes one BundleEntryProto into e, appending dims and extents to the
+ * index arenas. */
+int fc_decode_entry_into(fc_index *idx, const uint8_t *p, size_t n, fc_entry *e,
+                         fc_status *st);
+/* Binary search; returns the entry index or -1. */
+int64_t fc_index_find(const fc_index *idx, const uint8_t *key, size_t klen);
+/* Bytes per element of a fixed-width dtype, 0 for variable (string,
+ * variant), -1 for an unknown enum value. */
+int fc_dtype_size(int32_t dtype);
+
+/* ---- DT_STRING payloads -------------------------------------------------- */
+/* Size of the payload for n strings of the given lengths. */
+int fc_string_payload_size(const uint64_t *lens, size_t n, uint64_t *size,
+                           fc_status *st);
+/* Writes the payload into out (exactly fc_string_payload_size bytes) and
+ * returns the entry CRC (unmasked) in *crc. */
+int fc_string_encode(const uint8_t *const *ptrs, const uint64_t *lens, size_t n,
+                     uint8_t *out, uint64_t out_len, uint32_t *crc,
+                     fc_status *st);
+/* Parses a payload of n strings: fills lens[n] and the offset of the first
+ * string byte. Checks the length checksum and, when verify, the entry CRC.
+ * big_endian: the bundle was written on a big-endian host. */
+int fc_string_decode(const uint8_t *payload, uint64_t size, uint64_t n,
+                     uint64_t *lens, uint64_t *data_off, uint32_t masked_crc,
+                     int verify, int big_endian, fc_status *st);
+
+/* ---- parallel positional I/O ----------------------------------------------- */
+typedef struct {
+    int fd;
+    uint64_t file_off;
+    uint64_t len;
+    void *buf;
+    uint32_t crc;       /* write: out, crc32c of buf. read: expected (unmasked) */
+    uint8_t verify;     /* read: compare the CRC */
+} fc_io_item;
+
+/* Reads or writes every item with pread/pwrite (batched with p*v for
+ * neighbouring small items, split into pieces for large ones) on up to
+ * nthreads threads, computing each item's CRC32C in the same pass. No
+ * Python calls: safe with the GIL released. On failure st->item is the
+ * item's index. */
+int fc_io_run(fc_io_item *items, size_t n, int is_write, int nthreads,
+              uint64_t piece_bytes, fc_status *st);
+
+/* CRC32C of a large buffer on several threads. */
+uint32_t fc_crc32c_parallel(const void *data, uint64_t n, int nthreads);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,575 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The bridge to the C core (csrc/). The only module that sees both worlds:
+it takes Python buffers, releases the GIL around I/O and checksums, and turns
+C status codes into fastckpt exceptions in one place (``_raise``)."""
+
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
+from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memset
+
+from .errors import (CheckpointIOError, DataLossError, InvalidArgumentError,
+                     UnsupportedError, CheckpointError)
+
+cdef extern from "fastckpt.h" nogil:
+    enum:
+        FC_OK, FC_INVALID, FC_DATA_LOSS, FC_IO, FC_NOMEM, FC_UNSUPPORTED
+        FC_MAX_RANK
+    ctypedef struct fc_status:
+        int code
+        int err_no
+        int64_t item
+        char msg[320]
+    void fc_status_clear(fc_status *st)
+    ctypedef struct fc_buf:
+        uint8_t *p
+        size_t len
+        size_t cap
+    void fc_buf_free(fc_buf *b)
+
+    uint32_t fc_crc32c_extend(uint32_t crc, const void *data, size_t n)
+    uint32_t fc_crc32c_extend_portable(uint32_t crc, const void *data, size_t n)
+    uint32_t fc_crc32c_combine(uint32_t a, uint32_t b, uint64_t len_b)
+    uint32_t fc_crc32c_parallel(const void *data, uint64_t n, int nthreads)
+    int fc_crc32c_hw_available()
+    uint32_t fc_crc_mask(uint32_t c)
+    uint32_t fc_crc_unmask(uint32_t m)
+
+    size_t fc_put_varint(uint8_t *out, uint64_t v)
+    int fc_get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+
+    ctypedef struct fc_extent:
+        int64_t start
+        int64_t length
+    ctypedef struct fc_entry_view:
+        int32_t dtype
+        int32_t rank
+        const int64_t *dims
+        int32_t shard_id
+        int64_t offset
+        int64_t size
+        uint32_t crc32c
+        int has_crc
+        int32_t num_slices
+        const fc_extent *extents
+    ctypedef struct fc_header:
+        int32_t num_shards
+        int32_t endianness
+        int32_t producer
+        int32_t min_consumer
+        int32_t has_version
+        int32_t bad_consumer_1
+    int fc_encode_header(fc_buf *out, const fc_header *h, fc_status *st)
+    int fc_decode_header(const uint8_t *p, size_t n, fc_header *h, fc_status *st)
+    int fc_encode_entry(fc_buf *out, const fc_entry_view *e, fc_status *st)
+
+    ctypedef struct fc_table_builder:
+        pass
+    fc_table_builder *fc_table_builder_new()
+    void fc_table_builder_free(fc_table_builder *tb)
+    int fc_table_add(fc_table_builder *tb, const uint8_t *key, size_t klen,
+                     const uint8_t *val, size_t vlen, fc_status *st)
+    int fc_table_finish(fc_table_builder *tb, const uint8_t **out, size_t *len, fc_status *st)
+    ctypedef int (*fc_table_visit)(void *ctx, const uint8_t *key, size_t klen,
+                                   const uint8_t *val, size_t vlen, fc_status *st)
+    int fc_table_iterate(const uint8_t *data, size_t len, fc_table_visit visit,
+                         void *ctx, fc_status *st)
+
+    ctypedef struct fc_entry:
+        uint32_t key_off, key_len
+        int32_t dtype
+        int32_t rank
+        uint32_t dims_off
+        int32_t shard_id
+        int64_t offset
+        int64_t size
+        int64_t num_elements
+        uint32_t crc32c
+        int32_t has_crc
+        int32_t num_slices
+        uint32_t extents_off
+    ctypedef struct fc_index:
+        fc_header header
+        int have_header
+        fc_entry *entries
+        size_t n
+        uint8_t *keys
+        int64_t *dims
+        fc_extent *extents
+    int fc_index_parse(fc_index *idx, const uint8_t *data, size_t len, fc_status *st)
+    void fc_index_free(fc_index *idx)
+    int64_t fc_index_find(const fc_index *idx, const uint8_t *key, size_t klen)
+    int fc_decode_entry_into(fc_index *idx, const uint8_t *p, size_t n, fc_entry *e,
+                             fc_status *st)
+    int fc_dtype_size(int32_t dtype)
+
+    int fc_string_payload_size(const uint64_t *lens, size_t n, uint64_t *size, fc_status *st)
+    int fc_string_encode(const uint8_t *const *ptrs, const uint64_t *lens, size_t n,
+                         uint8_t *out, uint64_t out_len, uint32_t *crc, fc_status *st)
+    int fc_string_decode(const uint8_t *payload, uint64_t size, uint64_t n, uint64_t *lens,
+                         uint64_t *data_off, uint32_t masked_crc, int verify, int big_endian,
+                         fc_status *st)
+
+    ctypedef struct fc_io_item:
+        int fd
+        uint64_t file_off
+        uint64_t len
+        void *buf
+        uint32_t crc
+        uint8_t verify
+    int fc_io_run(fc_io_item *items, size_t n, int is_write, int nthreads,
+                  uint64_t piece_bytes, fc_status *st)
+
+
+# ---- the one error path ------------------------------------------------------
+
+cdef object _raise(fc_status *st, str context, list labels=None):
+    """Raise the fastckpt exception for a failed C status."""
+    msg = st.msg.decode("utf-8", "replace")
+    if labels is not None and 0 <= st.item < len(labels):
+        context = labels[st.item]
+    text = f"{context}: {msg}" if context else msg
+    if st.code == FC_IO:
+        import os
+        raise CheckpointIOError(st.err_no, f"{text}: {os.strerror(st.err_no)}")
+    if st.code == FC_NOMEM:
+        raise MemoryError(text)
+    if st.code == FC_INVALID:
+        raise InvalidArgumentError(text)
+    if st.code == FC_UNSUPPORTED:
+        raise UnsupportedError(text)
+    if st.code == FC_DATA_LOSS:
+        raise DataLossError(text)
+    raise CheckpointError(text)
+
+
+cdef class _Buffer:
+    """Holds a Py_buffer for the lifetime of the object."""
+    cdef Py_buffer view
+    cdef bint held
+
+    def __cinit__(self, obj, bint writable=False):
+        PyObject_GetBuffer(obj, &self.view, PyBUF_WRITABLE if writable else PyBUF_SIMPLE)
+        self.held = True
+
+    def __dealloc__(self):
+        if self.held:
+            PyBuffer_Release(&self.view)
+
+
+# ---- checksums and varints ------------------------------------------------------
+
+def crc32c(data, uint32_t crc=0):
+    """CRC32C of a buffer, continuing from ``crc`` (hardware when available)."""
+    cdef _Buffer b = _Buffer(data)
+    cdef uint32_t r
+    with nogil:
+        r = fc_crc32c_extend(crc, b.view.buf, <size_t>b.view.len)
+    return r
+
+
+def crc32c_portable(data, uint32_t crc=0):
+    """CRC32C through the portable table code (for tests)."""
+    cdef _Buffer b = _Buffer(data)
+    return fc_crc32c_extend_portable(crc, b.view.buf, <size_t>b.view.len)
+
+
+def crc32c_parallel(data, int threads=2):
+    """CRC32C of a large buffer on several threads."""
+    cdef _Buffer b = _Buffer(data)
+    cdef uint32_t r
+    with nogil:
+        r = fc_crc32c_parallel(b.view.buf, <uint64_t>b.view.len, threads)
+    return r
+
+
+def crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b):
+    """CRC of A||B from crc(A), crc(B) and len(B)."""
+    return fc_crc32c_combine(crc_a, crc_b, len_b)
+
+
+def hw_crc_available():
+    """True when the SSE4.2 CRC32C instruction is in use."""
+    return bool(fc_crc32c_hw_available())
+
+
+def mask_crc(uint32_t crc):
+    """LevelDB's masked form of a CRC."""
+    return fc_crc_mask(crc)
+
+
+def unmask_crc(uint32_t masked):
+    """Inverse of :func:`mask_crc`."""
+    return fc_crc_unmask(masked)
+
+
+def encode_varint(uint64_t v):
+    """LEB128 bytes of an unsigned 64-bit value."""
+    cdef uint8_t out[10]
+    cdef size_t n = fc_put_varint(out, v)
+    return PyBytes_FromStringAndSize(<char *>out, n)
+
+
+def decode_varint(data):
+    """(value, bytes consumed) of the varint at the start of ``data``."""
+    cdef _Buffer b = _Buffer(data)
+    cdef const uint8_t *p = <const uint8_t *>b.view.buf
+    cdef const uint8_t *start = p
+    cdef uint64_t v
+    if fc_get_varint(&p, start + b.view.len, &v):
+        raise DataLossError("truncated or over-long varint")
+    return v, <size_t>(p - start)
+
+
+# ---- protobuf messages ---------------------------------------------------------------
+
+def encode_header(int num_shards=1, int endianness=0, int producer=1, int min_consumer=0,
+                  bint bad_consumer_1=False, bint has_version=True):
+    """Serialized BundleHeaderProto."""
+    cdef fc_header h
+    cdef fc_buf out
+    cdef fc_status st
+    memset(&out, 0, sizeof(out))
+    fc_status_clear(&st)
+    h.num_shards, h.endianness, h.producer = num_shards, endianness, producer
+    h.min_consumer, h.bad_consumer_1, h.has_version = min_consumer, bad_consumer_1, has_version
+    if fc_encode_header(&out, &h, &st):
+        fc_buf_free(&out)
+        _raise(&st, "header")
+    r = PyBytes_FromStringAndSize(<char *>out.p, out.len)
+    fc_buf_free(&out)
+    return r
+
+
+def decode_header(data):
+    """Dict of a serialized BundleHeaderProto's fields."""
+    cdef _Buffer b = _Buffer(data)
+    cdef fc_header h
+    cdef fc_status st
+    fc_status_clear(&st)
+    if fc_decode_header(<const uint8_t *>b.view.buf, <size_t>b.view.len, &h, &st):
+        _raise(&st, "header")
+    return dict(num_shards=h.num_shards, endianness=h.endianness, producer=h.producer,
+                min_consumer=h.min_consumer, bad_consumer_1=bool(h.bad_consumer_1),
+                has_version=bool(h.has_version))
+
+
+cdef int _fill_view(fc_entry_view *e, int64_t *dims, fc_extent *ext, int dtype, shape,
+                    int shard_id, int64_t offset, int64_t size, crc, slices) except -1:
+    cdef Py_ssize_t i, s
+    if len(shape) > FC_MAX_RANK:
+        raise InvalidArgumentError(f"rank {len(shape)} is over {FC_MAX_RANK}")
+    e.dtype, e.rank, e.dims = dtype, <int32_t>len(shape), dims
+    for i in range(len(shape)):
+        dims[i] = shape[i]
+    e.shard_id, e.offset, e.size = shard_id, offset, size
+    e.has_crc = crc is not None
+    e.crc32c = crc if crc is not None else 0
+    e.num_slices = 0
+    e.extents = ext
+    if slices:
+        e.num_slices = <int32_t>len(slices)
+        for s in range(len(slices)):
+            if len(slices[s]) != len(shape):
+                raise InvalidArgumentError("slice rank differs from the tensor's rank")
+            for i in range(len(shape)):
+                ext[s * len(shape) + i].start = slices[s][i][0]
+                ext[s * len(shape) + i].length = slices[s][i][1]
+    return 0
+
+
+def encode_entry(int dtype, shape, int shard_id=0, int64_t offset=0, int64_t size=0,
+                 crc=None, slices=None):
+    """Serialized BundleEntryProto. ``crc`` is the masked CRC (or None);
+    ``slices`` a list of per-dimension ``(start, length)``, length -1 = full."""
+    cdef int64_t dims[FC_MAX_RANK]
+    cdef fc_extent *ext = NULL
+    cdef fc_entry_view e
+    cdef fc_buf out
+    cdef fc_status st
+    memset(&out, 0, sizeof(out))
+    fc_status_clear(&st)
+    nslices = len(slices) if slices else 0
+    ext = <fc_extent *>malloc(max(1, nslices * len(shape)) * sizeof(fc_extent))
+    if ext == NULL:
+        raise MemoryError()
+    try:
+        _fill_view(&e, dims, ext, dtype, shape, shard_id, offset, size, crc, slices)
+        if fc_encode_entry(&out, &e, &st):
+            _raise(&st, "entry")
+        return PyBytes_FromStringAndSize(<char *>out.p, out.len)
+    finally:
+        free(ext)
+        fc_buf_free(&out)
+
+
+cdef tuple _entry_tuple(fc_index *idx, fc_entry *e):
+    cdef int32_t i, s
+    shape = tuple([idx.dims[e.dims_off + i] for i in range(e.rank)])
+    slices = None
+    if e.num_slices:
+        slices = []
+        for s in range(e.num_slices):
+            slices.append(tuple([(idx.extents[e.extents_off + s * e.rank + i].start,
+                                  idx.extents[e.extents_off + s * e.rank + i].length)
+                                 for i in range(e.rank)]))
+    return (e.dtype, shape, e.shard_id, e.offset, e.size,
+            e.crc32c if e.has_crc else None, slices)
+
+
+def decode_entry(data):
+    """(dtype, shape, shard_id, offset, size, masked crc or None, slices or None)
+    of a serialized BundleEntryProto."""
+    cdef _Buffer b = _Buffer(data)
+    cdef fc_index idx
+    cdef fc_entry e
+    cdef fc_status st
+    memset(&idx, 0, sizeof(idx))
+    fc_status_clear(&st)
+    try:
+        if fc_decode_entry_into(&idx, <const uint8_t *>b.view.buf, <size_t>b.view.len, &e, &st):
+            _raise(&st, "entry")
+        return _entry_tuple(&idx, &e)
+    finally:
+        fc_index_free(&idx)
+
+
+# ---- the SSTable ----------------------------------------------------------------
+
+def build_table(items):
+    """An SSTable file of ``(key, value)`` byte pairs in strictly increasing
+    key order, with TensorFlow's table options."""
+    cdef fc_table_builder *tb = fc_table_builder_new()
+    cdef fc_status st
+    cdef const uint8_t *out
+    cdef size_t n
+    if tb == NULL:
+        raise MemoryError()
+    fc_status_clear(&st)
+    try:
+        for key, val in items:
+            if fc_table_add(tb, key, len(key), val, len(val), &st):
+                _raise(&st, f"key {key!r}")
+        if fc_table_finish(tb, &out, &n, &st):
+            _raise(&st, "table")
+        return PyBytes_FromStringAndSize(<const char *>out, n)
+    finally:
+        fc_table_builder_free(tb)
+
+
+cdef int _collect(void *ctx, const uint8_t *key, size_t klen, const uint8_t *val,
+                  size_t vlen, fc_status *st) noexcept with gil:
+    (<list>ctx).append((PyBytes_FromStringAndSize(<const char *>key, klen),
+                        PyBytes_FromStringAndSize(<const char *>val, vlen)))
+    return 0
+
+
+def iterate_table(data):
+    """Every ``(key, value)`` of an SSTable, checking block CRCs and key order."""
+    cdef _Buffer b = _Buffer(data)
+    cdef fc_status st
+    cdef list out = []
+    fc_status_clear(&st)
+    if fc_table_iterate(<const uint8_t *>b.view.buf, <size_t>b.view.len, _collect,
+                        <void *>out, &st):
+        _raise(&st, "")
+    return out
+
+
+def build_index(int num_shards, list keys, list dtypes, list shapes, list shard_ids,
+                list offsets, list sizes, list crcs, int endianness=0):
+    """The .index file of a bundle. ``keys`` (bytes) must be sorted; the
+    other lists run parallel to it; ``crcs`` are masked."""
+    cdef fc_table_builder *tb = fc_table_builder_new()
+    cdef fc_status st
+    cdef fc_buf val
+    cdef fc_header h
+    cdef fc_entry_view e
+    cdef int64_t dims[FC_MAX_RANK]
+    cdef const uint8_t *out
+    cdef size_t n
+    cdef Py_ssize_t i
+    cdef bytes key
+    if tb == NULL:
+        raise MemoryError()
+    memset(&val, 0, sizeof(val))
+    fc_status_clear(&st)
+    try:
+        h.num_shards, h.endianness, h.producer = num_shards, endianness, 1
+        h.min_consumer, h.bad_consumer_1, h.has_version = 0, 0, 1
+        if fc_encode_header(&val, &h, &st) or fc_table_add(tb, <const uint8_t *>"", 0, val.p, val.len, &st):
+            _raise(&st, "header")
+        for i in range(len(keys)):
+            key = keys[i]
+            val.len = 0
+            _fill_view(&e, dims, NULL, dtypes[i], shapes[i], shard_ids[i], offsets[i],
+                       sizes[i], crcs[i], None)
+            if fc_encode_entry(&val, &e, &st) or fc_table_add(
+                    tb, <const uint8_t *>PyBytes_AS_STRING(key), len(key), val.p, val.len, &st):
+                _raise(&st, f"tensor {key.decode('utf-8', 'replace')!r}")
+        if fc_table_finish(tb, &out, &n, &st):
+            _raise(&st, "index")
+        return PyBytes_FromStringAndSize(<const char *>out, n)
+    finally:
+        fc_buf_free(&val)
+        fc_table_builder_free(tb)
+
+
+cdef class Index:
+    """A parsed .index file: the header and every entry, checked, in C
+    arrays. ``find`` is a binary search; nothing is turned into Python
+    objects until asked for."""
+    cdef fc_index idx
+    cdef bint parsed
+
+    def __cinit__(self, data, str path=""):
+        cdef _Buffer b = _Buffer(data)
+        cdef fc_status st
+        cdef int rc
+        fc_status_clear(&st)
+        with nogil:
+            rc = fc_index_parse(&self.idx, <const uint8_t *>b.view.buf, <size_t>b.view.len, &st)
+        if rc:
+            _raise(&st, path)
+        self.parsed = True
+
+    def __dealloc__(self):
+        if self.parsed:
+            fc_index_free(&self.idx)
+
+    def __len__(self):
+        return self.idx.n
+
+    @property
+    def num_shards(self):
+        return self.idx.header.num_shards
+
+    @property
+    def big_endian(self):
+        return self.idx.header.endianness == 1
+
+    def find(self, bytes key):
+        """Entry number of ``key``, or -1."""
+        return fc_index_find(&self.idx, <const uint8_t *>PyBytes_AS_STRING(key), len(key))
+
+    def key(self, Py_ssize_t i):
+        cdef fc_entry *e = self._at(i)
+        return PyBytes_FromStringAndSize(<const char *>self.idx.keys + e.key_off, e.key_len)
+
+    def keys(self):
+        """Every key, in sorted order."""
+        cdef size_t i
+        cdef fc_entry *e
+        out = []
+        for i in range(self.idx.n):
+            e = &self.idx.entries[i]
+            out.append(PyBytes_FromStringAndSize(<const char *>self.idx.keys + e.key_off, e.key_len))
+        return out
+
+    def entry(self, Py_ssize_t i):
+        """(dtype, shape, shard_id, offset, size, masked crc or None, slices or None)."""
+        return _entry_tuple(&self.idx, self._at(i))
+
+    cdef fc_entry *_at(self, Py_ssize_t i) except NULL:
+        if i < 0 or <size_t>i >= self.idx.n:
+            raise IndexError(i)
+        return &self.idx.entries[i]
+
+
+# ---- string payloads -------------------------------------------------------------
+
+def encode_strings(list items):
+    """(payload, unmasked entry CRC) of a DT_STRING tensor of ``bytes``."""
+    cdef size_t n = len(items), i
+    cdef uint64_t *lens = <uint64_t *>malloc(max(n, 1) * sizeof(uint64_t))
+    cdef const uint8_t **ptrs = <const uint8_t **>malloc(max(n, 1) * sizeof(void *))
+    cdef uint64_t size
+    cdef uint32_t crc
+    cdef fc_status st
+    cdef bytes out
+    fc_status_clear(&st)
+    try:
+        if lens == NULL or ptrs == NULL:
+            raise MemoryError()
+        for i in range(n):
+            lens[i] = len(<bytes>items[i])
+            ptrs[i] = <const uint8_t *>PyBytes_AS_STRING(items[i])
+        if fc_string_payload_size(lens, n, &size, &st):
+            _raise(&st, "string tensor")
+        out = PyBytes_FromStringAndSize(NULL, size)
+        if fc_string_encode(ptrs, lens, n, <uint8_t *>PyBytes_AS_STRING(out), size, &crc, &st):
+            _raise(&st, "string tensor")
+        return out, crc
+    finally:
+        free(lens)
+        free(ptrs)
+
+
+def decode_strings(payload, uint64_t n, uint32_t masked_crc, bint verify=True,
+                   bint big_endian=False, str context=""):
+    """The ``n`` byte strings of a DT_STRING payload, checksums checked."""
+    cdef _Buffer b = _Buffer(payload)
+    cdef uint64_t *lens
+    cdef uint64_t off, i
+    cdef fc_status st
+    cdef const char *base = <const char *>b.view.buf
+    if n > <uint64_t>b.view.len:
+        raise DataLossError(f"{context}: {n} strings cannot fit in {b.view.len} bytes")
+    lens = <uint64_t *>malloc(max(n, 1) * sizeof(uint64_t))
+    if lens == NULL:
+        raise MemoryError()
+    fc_status_clear(&st)
+    try:
+        if fc_string_decode(<const uint8_t *>base, <uint64_t>b.view.len, n, lens, &off,
+                            masked_crc, verify, big_endian, &st):
+            _raise(&st, context)
+        out = [None] * n
+        for i in range(n):
+            out[i] = PyBytes_FromStringAndSize(base + off, lens[i])
+            off += lens[i]
+        return out
+    finally:
+        free(lens)
+
+
+# ---- parallel I/O -------------------------------------------------------------------
+
+def io_run(list fds, list offsets, list buffers, list crcs, bint is_write, int threads,
+           list labels, uint64_t piece=0):
+    """Write (``is_write``) or read every buffer at its file offset on up to
+    ``threads`` threads with the GIL released.
+
+    Writing returns each buffer's CRC32C. Reading checks each buffer against
+    ``crcs[i]`` (unmasked) unless it is None. On failure the exception names
+    ``labels[i]`` of the failing item.
+    """
+    cdef size_t n = len(buffers), i
+    cdef fc_io_item *items = <fc_io_item *>calloc(max(n, 1), sizeof(fc_io_item))
+    cdef fc_status st
+    cdef int rc
+    cdef _Buffer hold
+    if items == NULL:
+        raise MemoryError()
+    held = []
+    fc_status_clear(&st)
+    try:
+        for i in range(n):
+            hold = _Buffer(buffers[i], not is_write)
+            held.append(hold)
+            items[i].fd = fds[i]
+            items[i].file_off = offsets[i]
+            items[i].len = <uint64_t>hold.view.len
+            items[i].buf = hold.view.buf
+            if not is_write and crcs[i] is not None:
+                items[i].crc = crcs[i]
+                items[i].verify = 1
+        with nogil:
+            rc = fc_io_run(items, n, is_write, threads, piece, &st)
+        if rc:
+            _raise(&st, "", labels)
+        if is_write:
+            return [items[i].crc for i in range(n)]
+        return None
+    finally:
+        free(items)

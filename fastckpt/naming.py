@@ -1,0 +1,48 @@
+"""File names of a checkpoint (TensorFlow's naming, byte for byte)."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import List, Union
+
+__all__ = ["index_filename", "data_filename", "data_filenames", "resolve_prefix", "PathLike"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_DATA_SUFFIX = re.compile(r"\.data-\d{5,}-of-\d{5,}$")
+
+
+def index_filename(prefix: str) -> str:
+    """``PREFIX.index``."""
+    return prefix + ".index"
+
+
+def data_filename(prefix: str, shard: int, num_shards: int) -> str:
+    """``PREFIX.data-SSSSS-of-NNNNN`` (each number at least 5 digits)."""
+    return f"{prefix}.data-{shard:05d}-of-{num_shards:05d}"
+
+
+def data_filenames(prefix: str, num_shards: int) -> List[str]:
+    """Every data file name of a bundle with ``num_shards`` shards."""
+    return [data_filename(prefix, i, num_shards) for i in range(num_shards)]
+
+
+def resolve_prefix(path: PathLike) -> str:
+    """The checkpoint prefix of ``path``.
+
+    Accepts the prefix itself and, since users often pass them, the path of
+    its ``.index`` or of one of its data files (``X.index`` and
+    ``X.data-00000-of-00001`` both give ``X``) when the literal path is not a
+    prefix itself. No globbing: ``[`` in directory names is just a character.
+    """
+    p = os.fspath(path)
+    if not isinstance(p, str):
+        p = os.fsdecode(p)
+    if os.path.exists(index_filename(p)):
+        return p
+    for stripped in (p[: -len(".index")] if p.endswith(".index") else None,
+                     _DATA_SUFFIX.sub("", p) if _DATA_SUFFIX.search(p) else None):
+        if stripped and os.path.exists(index_filename(stripped)):
+            return stripped
+    return p

@@ -1,0 +1,378 @@
+"""Reading a bundle: index → plan (entries, files, sizes, checked before any
+allocation) → parallel C reads into arrays → checksums."""
+
+from __future__ import annotations
+
+import os
+from typing import (Any, Dict, Iterator, List, Mapping, MutableMapping, Optional, Sequence,
+                    Tuple, Union)
+
+import numpy as np
+
+from . import _core
+from .dtypes import DT_STRING, DT_VARIANT, dtype_name, numpy_dtype
+from .errors import (CheckpointIOError, DataLossError, InvalidArgumentError,
+                     NotFoundError, TensorNotFoundError, UnsupportedError)
+from .naming import PathLike, data_filename, index_filename, resolve_prefix
+from .slices import Extent, encode_slice_key, slice_region, slice_shape
+from .writer import default_threads
+
+__all__ = ["CheckpointReader", "read_bundle", "load_checkpoint", "list_variables"]
+
+Entry = Tuple[int, Tuple[int, ...], int, int, int, Optional[int], Optional[List[Tuple[Extent, ...]]]]
+
+
+def _name_of(key: bytes) -> str:
+    return key.decode("utf-8", "surrogateescape")
+
+
+def _key_of(name: Union[str, bytes]) -> bytes:
+    if isinstance(name, bytes):
+        return name
+    if not isinstance(name, str):
+        raise InvalidArgumentError(f"tensor names are str, got {type(name).__name__}: {name!r}")
+    return name.encode("utf-8", "surrogateescape")
+
+
+def _read_index(prefix: str) -> "_core.Index":
+    path = index_filename(prefix)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise NotFoundError(f"no checkpoint at {prefix!r}: {path} does not exist") from None
+    except IsADirectoryError:
+        raise NotFoundError(f"no checkpoint at {prefix!r}: {path} is a directory") from None
+    except OSError as e:
+        raise CheckpointIOError(e.errno or 0, f"cannot read {path}: {e.strerror}", path) from e
+    return _core.Index(data, path)
+
+
+class _Pending:
+    """Reads queued for one io_run, and what to do with each afterwards."""
+
+    def __init__(self) -> None:
+        self.fds: List[int] = []
+        self.offsets: List[int] = []
+        self.buffers: List[Any] = []
+        self.crcs: List[Optional[int]] = []
+        self.labels: List[str] = []
+        self.after: List[Any] = []
+
+
+class CheckpointReader(Mapping[str, np.ndarray]):
+    """A checkpoint opened for reading, like ``tf.train.load_checkpoint``.
+
+    Opening parses only the index; data files are opened on first use.
+    Besides TensorFlow's methods (``get_tensor``, ``has_tensor``,
+    ``get_variable_to_shape_map``, ``get_variable_to_dtype_map``) it is a
+    read-only ``Mapping`` of tensor name → numpy array, and a context manager
+    that closes its files. Partitioned (sliced) tensors appear under their
+    full name, assembled. Every read checks the tensor's CRC32C unless
+    ``verify=False``.
+    """
+
+    def __init__(self, prefix: PathLike, *, verify: bool = True, threads: Optional[int] = None):
+        self._prefix = resolve_prefix(prefix)
+        self._index = _read_index(self._prefix)
+        self._verify = bool(verify)
+        self._threads = threads if threads is not None else default_threads()
+        self._fds: Dict[int, int] = {}
+        self._sizes: Dict[int, int] = {}
+        self._names: Optional[List[str]] = None
+
+    # -- files -------------------------------------------------------------------
+    @property
+    def prefix(self) -> str:
+        """The checkpoint's prefix."""
+        return self._prefix
+
+    @property
+    def num_shards(self) -> int:
+        """Number of data files."""
+        return int(self._index.num_shards)
+
+    def _data_path(self, shard: int) -> str:
+        return data_filename(self._prefix, shard, self.num_shards)
+
+    def _open_shard(self, shard: int) -> Tuple[int, int]:
+        if shard not in self._fds:
+            path = self._data_path(shard)
+            try:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except FileNotFoundError:
+                raise NotFoundError(f"data file {path} of checkpoint {self._prefix!r} is missing") from None
+            except OSError as e:
+                raise CheckpointIOError(e.errno or 0, f"cannot open {path}: {e.strerror}", path) from e
+            self._fds[shard] = fd
+            self._sizes[shard] = os.fstat(fd).st_size
+        return self._fds[shard], self._sizes[shard]
+
+    def close(self) -> None:
+        """Close the data files (the reader can still be used; files reopen)."""
+        fds, self._fds = self._fds, {}
+        self._sizes = {}
+        for fd in fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __enter__(self) -> "CheckpointReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- the index -------------------------------------------------------------------
+    def _entry(self, name: Union[str, bytes]) -> Tuple[bytes, Entry]:
+        key = _key_of(name)
+        i = self._index.find(key) if key and key[0] != 0 else -1
+        if i < 0:
+            raise TensorNotFoundError(f"Key {_name_of(key)} not found in checkpoint {self._prefix}")
+        return key, self._index.entry(i)
+
+    def tensor_names(self) -> List[str]:
+        """Every tensor name, sorted (slice entries hidden)."""
+        if self._names is None:
+            self._names = [_name_of(k) for k in self._index.keys() if k[:1] != b"\x00"]
+        return list(self._names)
+
+    def has_tensor(self, name: str) -> bool:
+        """True if ``name`` is a tensor of this checkpoint."""
+        try:
+            self._entry(name)
+        except (TensorNotFoundError, InvalidArgumentError):
+            return False
+        return True
+
+    def get_variable_to_shape_map(self) -> Dict[str, List[int]]:
+        """name → shape (a list of ints), as TensorFlow's reader returns."""
+        return {n: list(self._entry(n)[1][1]) for n in self.tensor_names()}
+
+    def get_variable_to_dtype_map(self) -> Dict[str, np.dtype]:
+        """name → numpy dtype (``object`` for strings)."""
+        out = {}
+        for n in self.tensor_names():
+            dt = self._entry(n)[1][0]
+            out[n] = numpy_dtype(dt) if dt != DT_VARIANT else np.dtype(object)
+        return out
+
+    def get_tensor(self, name: str) -> np.ndarray:
+        """The tensor ``name`` as a new numpy array (strings as ``bytes``)."""
+        return self.read([name])[name]
+
+    # -- Mapping -------------------------------------------------------------------
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensor_names())
+
+    def __len__(self) -> int:
+        return len(self.tensor_names())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, (str, bytes)) and self.has_tensor(name)
+
+    def __repr__(self) -> str:
+        return f"<fastckpt.CheckpointReader {self._prefix!r}: {len(self)} tensors>"
+
+    # -- reading ---------------------------------------------------------------------
+    def read(
+        self,
+        names: Optional[Sequence[str]] = None,
+        *,
+        into: Optional[MutableMapping[str, Any]] = None,
+    ) -> Dict[str, Any]:
+        """Read several tensors at once, in parallel.
+
+        ``names`` defaults to the keys of ``into`` if given, else every
+        tensor. With ``into``, each array of ``into`` is filled in place
+        (shape and dtype must match exactly) and ``into`` itself is returned.
+        """
+        if isinstance(names, (str, bytes)):
+            raise InvalidArgumentError("names must be a list of tensor names, not a single string")
+        if names is None:
+            names = list(into.keys()) if into is not None else self.tensor_names()
+        out: Dict[str, Any] = {} if into is None else into  # type: ignore[assignment]
+        pending = _Pending()
+        for name in names:
+            self._queue(name, pending, out, into)
+        if pending.buffers:
+            _core.io_run(pending.fds, pending.offsets, pending.buffers, pending.crcs, False,
+                         self._threads, pending.labels)
+        for finish in pending.after:
+            finish()
+        return out
+
+    def _queue(self, name: str, pending: _Pending, out: Dict[str, Any],
+               into: Optional[MutableMapping[str, Any]]) -> None:
+        key, (dtype, shape, shard, offset, size, crc, slices) = self._entry(name)
+        if dtype == DT_VARIANT:
+            raise UnsupportedError(f"tensor {name!r} is a DT_VARIANT tensor, which fastckpt does not read")
+        npdt = numpy_dtype(dtype)
+        target = self._target(name, shape, npdt, into)
+        if slices:
+            self._queue_slices(name, key, dtype, shape, slices, target, pending)
+        else:
+            self._queue_payload(name, dtype, shape, shard, offset, size, crc, target, pending)
+        text = name if isinstance(name, str) else _name_of(key)
+        out[text] = target
+
+    def _target(self, name: str, shape: Tuple[int, ...], npdt: np.dtype,
+                into: Optional[MutableMapping[str, Any]]) -> np.ndarray:
+        if into is None or name not in into:
+            if into is not None:
+                raise InvalidArgumentError(f"into has no array for tensor {name!r}")
+            return np.empty(shape, npdt)
+        arr = into[name]
+        if not isinstance(arr, np.ndarray):
+            raise InvalidArgumentError(
+                f"into[{name!r}] must be a numpy array, got {type(arr).__name__}")
+        if tuple(arr.shape) != tuple(shape):
+            raise InvalidArgumentError(
+                f"tensor {name!r}: checkpoint shape {list(shape)} does not match into shape {list(arr.shape)}")
+        if arr.dtype.newbyteorder("=") != npdt:
+            raise InvalidArgumentError(
+                f"tensor {name!r}: checkpoint dtype {npdt} does not match into dtype {arr.dtype}")
+        if not arr.flags.writeable:
+            raise InvalidArgumentError(f"into[{name!r}] is read-only")
+        return arr
+
+    def _check_range(self, name: str, shard: int, offset: int, size: int) -> int:
+        fd, file_size = self._open_shard(shard)
+        if offset + size > file_size:
+            raise DataLossError(
+                f"{self._data_path(shard)}: tensor {name!r} needs bytes {offset}..{offset + size} "
+                f"but the file has {file_size} bytes (truncated?)")
+        return fd
+
+    def _queue_payload(self, name: str, dtype: int, shape: Tuple[int, ...], shard: int,
+                       offset: int, size: int, crc: Optional[int], target: np.ndarray,
+                       pending: _Pending) -> None:
+        fd = self._check_range(name, shard, offset, size)
+        label = f"{self._data_path(shard)}: tensor {name!r}"
+        if self._verify and crc is None:
+            raise DataLossError(f"{label}: the index entry has no checksum")
+        expected = _core.unmask_crc(crc) if (self._verify and crc is not None) else None
+        big = self._index.big_endian
+        if dtype == DT_STRING:
+            buf = bytearray(size)
+            count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+
+            def finish_strings() -> None:
+                items = _core.decode_strings(buf, count, crc or 0, self._verify, big, label)
+                flat = np.empty(len(items), dtype=object)
+                flat[:] = items
+                target[...] = flat.reshape(shape)
+
+            # the string decoder checks the entry CRC, which is not the payload's
+            self._add(pending, fd, offset, buf, None, label, None)
+            pending.after.append(finish_strings)
+            return
+        direct = target.flags.c_contiguous and target.dtype.byteorder in "=|<"
+        dest = target if direct else np.empty(shape, target.dtype.newbyteorder("="))
+
+        def finish_fixed() -> None:
+            if big:
+                dest.byteswap(inplace=True)
+            if dest is not target:
+                np.copyto(target, dest, casting="unsafe")
+
+        self._add(pending, fd, offset, dest.reshape(-1).view(np.uint8), expected, label, finish_fixed)
+
+    @staticmethod
+    def _add(p: _Pending, fd: int, offset: int, buf: Any, crc: Optional[int], label: str,
+             after: Any) -> None:
+        p.fds.append(fd)
+        p.offsets.append(offset)
+        p.buffers.append(buf)
+        p.crcs.append(crc)
+        p.labels.append(label)
+        if after is not None:
+            p.after.append(after)
+
+    def _queue_slices(self, name: str, key: bytes, dtype: int, shape: Tuple[int, ...],
+                      slices: List[Tuple[Extent, ...]], target: np.ndarray,
+                      pending: _Pending) -> None:
+        _check_coverage(name, shape, slices)
+        npdt = target.dtype
+        for extents in slices:
+            skey = encode_slice_key(key, extents)
+            i = self._index.find(skey)
+            if i < 0:
+                raise DataLossError(f"{self._prefix}: slice {list(extents)} of tensor {name!r} is missing")
+            sdtype, sshape, shard, offset, size, crc, sub = self._index.entry(i)
+            want = slice_shape(extents, shape)
+            if sdtype != dtype or tuple(sshape) != want or sub:
+                raise DataLossError(
+                    f"{self._prefix}: slice {list(extents)} of tensor {name!r} has dtype "
+                    f"{dtype_name(sdtype)} shape {list(sshape)}, expected {dtype_name(dtype)} {list(want)}")
+            part = np.empty(want, npdt.newbyteorder("="))
+            region = slice_region(extents, shape)
+            self._queue_payload(name, dtype, want, shard, offset, size, crc, part, pending)
+            pending.after.append(lambda part=part, region=region: target.__setitem__(region, part))
+
+
+def _check_coverage(name: str, shape: Tuple[int, ...], slices: List[Tuple[Extent, ...]]) -> None:
+    """The slices must tile the tensor exactly: no gap (uninitialised
+    memory) and no overlap."""
+    total = int(np.prod(shape, dtype=object)) if shape else 1
+    boxes = [[(0, d) if ln < 0 else (st, st + ln) for (st, ln), d in zip(ext, shape)] for ext in slices]
+    volume = sum(int(np.prod([hi - lo for lo, hi in b], dtype=object)) if b else 1 for b in boxes)
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            if all(max(a[0], b[0]) < min(a[1], b[1]) for a, b in zip(boxes[i], boxes[j])):
+                raise DataLossError(f"partitioned tensor {name!r} has overlapping slices")
+    if volume != total:
+        raise DataLossError(f"the slices of partitioned tensor {name!r} do not cover its shape {list(shape)}")
+
+
+def read_bundle(
+    prefix: PathLike,
+    names: Optional[Sequence[str]] = None,
+    *,
+    into: Optional[MutableMapping[str, Any]] = None,
+    verify: bool = True,
+    threads: Optional[int] = None,
+) -> Dict[str, Any]:
+    """Read tensors of the bundle ``prefix`` into a dict of numpy arrays.
+
+    ``names`` selects tensors (default: all, or the keys of ``into``). With
+    ``into`` (name → array), arrays are filled in place after checking shape
+    and dtype, and ``into`` is returned. Each tensor's CRC32C is verified
+    unless ``verify=False``; damage raises :class:`DataLossError` naming the
+    file and the tensor. String tensors come back as object arrays of
+    ``bytes``.
+    """
+    with CheckpointReader(prefix, verify=verify, threads=threads) as reader:
+        return reader.read(names, into=into)
+
+
+def load_checkpoint(dir_or_prefix: PathLike, *, verify: bool = True) -> CheckpointReader:
+    """A :class:`CheckpointReader` for a checkpoint prefix, or for the latest
+    checkpoint of a directory (from its ``checkpoint`` state file)."""
+    from .state import latest_checkpoint
+
+    path = os.fspath(dir_or_prefix)
+    if os.path.isdir(path):
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise NotFoundError(f"Couldn't find 'checkpoint' file or checkpoints in given directory {path}")
+        path = latest
+    return CheckpointReader(path, verify=verify)
+
+
+def list_variables(dir_or_prefix: PathLike) -> List[Tuple[str, List[int]]]:
+    """Sorted ``(name, shape)`` pairs of a checkpoint, like ``tf.train.list_variables``."""
+    with load_checkpoint(dir_or_prefix) as reader:
+        shapes = reader.get_variable_to_shape_map()
+    return sorted(shapes.items())
+

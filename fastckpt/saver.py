@@ -1,0 +1,212 @@
+"""``Saver``: TensorFlow's ``tf.train.Saver`` shape (global-step naming, the
+state file, retention) over fastckpt's bundle writer and reader."""
+
+from __future__ import annotations
+
+import logging
+import operator
+import os
+import re
+import time
+from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Sequence, Tuple
+
+from .errors import CheckpointError, DataLossError, InvalidArgumentError, NotFoundError
+from .naming import PathLike, index_filename, resolve_prefix
+from .reader import read_bundle
+from .state import checkpoint_exists, get_checkpoint_state, update_checkpoint_state
+from .writer import write_bundle
+
+__all__ = ["Saver", "checkpoint_files", "remove_checkpoint"]
+
+log = logging.getLogger("fastckpt")
+
+
+def checkpoint_files(prefix: str) -> List[str]:
+    """The files of checkpoint ``prefix`` that exist: ``.index``, every
+    ``.data-SSSSS-of-NNNNN`` and ``.meta`` (matched exactly, no globbing)."""
+    directory = os.path.dirname(prefix) or "."
+    base = os.path.basename(prefix)
+    pattern = re.compile(re.escape(base) + r"(\.index|\.meta|\.data-\d{5,}-of-\d{5,})\Z")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return [os.path.join(os.path.dirname(prefix), n) for n in sorted(names) if pattern.match(n)]
+
+
+def remove_checkpoint(prefix: str) -> None:
+    """Delete a checkpoint's files, index first (so it stops being one)."""
+    files = checkpoint_files(prefix)
+    files.sort(key=lambda f: not f.endswith(".index"))
+    for f in files:
+        try:
+            os.unlink(f)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("could not delete %s: %s", f, e)
+
+
+def _step_suffix(global_step: Any) -> str:
+    if isinstance(global_step, bool):
+        raise InvalidArgumentError(f"global_step must be an integer, got {global_step!r}")
+    try:
+        return str(operator.index(global_step))
+    except TypeError:
+        pass
+    try:  # a 0-d array or a framework scalar
+        import numpy as np
+
+        arr = np.asarray(global_step)
+        if arr.ndim == 0 and arr.dtype.kind in "iu":
+            return str(int(arr))
+    except Exception:
+        pass
+    raise InvalidArgumentError(f"global_step must be an integer, got {global_step!r}")
+
+
+class Saver:
+    """Saves and restores checkpoints, keeping the newest ``max_to_keep``.
+
+    ``saver.save(state, "dir/model", global_step=1000)`` writes the bundle
+    ``dir/model-1000``, records it in ``dir/checkpoint`` (readable by
+    ``tf.train.get_checkpoint_state``), then deletes checkpoints beyond
+    ``max_to_keep`` (``None`` or ``0`` keeps all). Every
+    ``keep_checkpoint_every_n_hours`` hours one checkpoint is preserved
+    instead of deleted. Checkpoints already listed in the directory's state
+    file are adopted, so retention survives restarts.
+
+    ``durable=True`` (the default) fsyncs data, index and directory before
+    the state file names the checkpoint.
+    """
+
+    def __init__(
+        self,
+        max_to_keep: Optional[int] = 5,
+        keep_checkpoint_every_n_hours: Optional[float] = None,
+        *,
+        durable: bool = True,
+        num_shards: int = 1,
+        alignment: int = 1,
+        threads: Optional[int] = None,
+    ) -> None:
+        if max_to_keep is not None and (not isinstance(max_to_keep, int) or isinstance(max_to_keep, bool)
+                                        or max_to_keep < 0):
+            raise InvalidArgumentError(f"max_to_keep must be None or an int >= 0, got {max_to_keep!r}")
+        if keep_checkpoint_every_n_hours is not None:
+            try:
+                hours = float(keep_checkpoint_every_n_hours)
+            except (TypeError, ValueError):
+                hours = -1.0
+            if not hours > 0:
+                raise InvalidArgumentError(
+                    f"keep_checkpoint_every_n_hours must be a positive number, got {keep_checkpoint_every_n_hours!r}")
+        self._max_to_keep = max_to_keep or None
+        self._keep_hours = keep_checkpoint_every_n_hours
+        self._durable = bool(durable)
+        self._write_options = dict(num_shards=num_shards, alignment=alignment, threads=threads)
+        self._threads = threads
+        self._created = time.time()
+        self._managed: Dict[str, List[Tuple[str, float]]] = {}   # directory -> [(prefix, ts)]
+        self._preserved: Dict[str, float] = {}                  # directory -> last preserved ts
+
+    @property
+    def last_checkpoints(self) -> List[str]:
+        """Prefixes this saver manages (in all directories), oldest first."""
+        return [p for entries in self._managed.values() for p, _ in entries]
+
+    def _adopt(self, directory: str, latest_filename: Optional[str]) -> None:
+        if directory in self._managed:
+            return
+        managed: List[Tuple[str, float]] = []
+        preserved = self._created
+        try:
+            st = get_checkpoint_state(directory, latest_filename)
+        except (DataLossError, CheckpointError) as e:
+            log.warning("ignoring unreadable checkpoint state in %s: %s", directory, e)
+            st = None
+        if st is not None:
+            stamps = st.all_model_checkpoint_timestamps
+            for i, p in enumerate(st.all_model_checkpoint_paths):
+                if not checkpoint_exists(p):
+                    continue
+                ts = stamps[i] if len(stamps) == len(st.all_model_checkpoint_paths) else os.path.getmtime(index_filename(p))
+                managed.append((p, ts))
+            if st.last_preserved_timestamp:
+                preserved = min(st.last_preserved_timestamp, time.time())
+        self._managed[directory] = managed
+        self._preserved[directory] = preserved
+
+    def save(
+        self,
+        state: Mapping[str, Any],
+        save_path: PathLike,
+        global_step: Any = None,
+        latest_filename: Optional[str] = None,
+        write_state: bool = True,
+    ) -> str:
+        """Write ``state`` (name → array) as a checkpoint and return its prefix.
+
+        The prefix is ``save_path`` or, with ``global_step``,
+        ``f"{save_path}-{global_step}"``. The directory is created if needed.
+        The state file is updated (unless ``write_state=False``) only after the
+        checkpoint is complete, and old checkpoints are deleted only after the
+        state file no longer names them.
+        """
+        if save_path is None:
+            raise InvalidArgumentError("save_path must not be None")
+        base = os.fspath(save_path)
+        if not isinstance(base, str) or not base or base.endswith(os.sep):
+            raise InvalidArgumentError(f"save_path must be a file path prefix, got {save_path!r}")
+        prefix = base if global_step is None else f"{base}-{_step_suffix(global_step)}"
+        directory = os.path.dirname(os.path.abspath(prefix))
+        if global_step is None and os.path.basename(base) == (latest_filename or "checkpoint"):
+            raise InvalidArgumentError(
+                f"save_path {base!r} collides with the checkpoint state file name")
+        write_bundle(prefix, state, durable=self._durable, **self._write_options)  # type: ignore[arg-type]
+        if write_state:
+            self._record(prefix, directory, latest_filename)
+        return prefix
+
+    def _record(self, prefix: str, directory: str, latest_filename: Optional[str]) -> None:
+        self._adopt(directory, latest_filename)
+        managed = [(p, ts) for p, ts in self._managed[directory]
+                   if os.path.abspath(p) != os.path.abspath(prefix)]
+        managed.append((prefix, time.time()))
+        doomed: List[str] = []
+        while self._max_to_keep is not None and len(managed) > self._max_to_keep:
+            old, ts = managed.pop(0)
+            hours = self._keep_hours
+            if hours is not None and ts - hours * 3600 >= self._preserved[directory]:
+                self._preserved[directory] = ts  # kept on disk, no longer listed
+            else:
+                doomed.append(old)
+        update_checkpoint_state(
+            directory,
+            prefix,
+            [p for p, _ in managed],
+            all_model_checkpoint_timestamps=[ts for _, ts in managed],
+            last_preserved_timestamp=self._preserved[directory],
+            latest_filename=latest_filename,
+            durable=self._durable,
+        )
+        self._managed[directory] = managed
+        for old in doomed:
+            remove_checkpoint(old)
+
+    def restore(
+        self,
+        save_path: PathLike,
+        into: Optional[MutableMapping[str, Any]] = None,
+        *,
+        names: Optional[Sequence[str]] = None,
+        verify: bool = True,
+    ) -> Dict[str, Any]:
+        """Read checkpoint ``save_path``: a dict of arrays, or ``into`` filled
+        in place. Every tensor's checksum is verified unless ``verify=False``."""
+        if save_path is None:
+            raise InvalidArgumentError("Can't load save_path when it is None.")
+        prefix = resolve_prefix(save_path)
+        if not checkpoint_exists(prefix):
+            raise NotFoundError(f"The passed save_path is not a valid checkpoint: {os.fspath(save_path)}")
+        return read_bundle(prefix, names, into=into, verify=verify, threads=self._threads)

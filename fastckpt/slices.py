@@ -1,0 +1,121 @@
+"""Partitioned tensors: TensorFlow's slice keys ("OrderedCode") and slice
+geometry. A partitioned tensor has a full entry listing its slices; each
+slice is stored under ``EncodeTensorNameSlice(name, slice)``."""
+
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+__all__ = ["encode_slice_key", "decode_slice_key", "slice_region", "Extent"]
+
+Extent = Tuple[int, int]  # (start, length); length -1 = the whole dimension
+
+_SIGNED_HEADERS = {2: 0xC000, 3: 0xE000, 4: 0xF000, 5: 0xF800, 6: 0xFC00,
+                   7: 0xFE00, 8: 0xFF00, 9: 0xFF80, 10: 0xFFC0}
+
+
+def _num_increasing(u: int) -> bytes:
+    body = u.to_bytes((u.bit_length() + 7) // 8, "big") if u else b""
+    return bytes([len(body)]) + body
+
+
+def _string(s: bytes) -> bytes:
+    return s.replace(b"\xff", b"\xff\x00").replace(b"\x00", b"\x00\xff") + b"\x00\x01"
+
+
+def _signed_num_increasing(v: int) -> bytes:
+    x = ~v if v < 0 else v
+    if x < 64:
+        return bytes([(0x80 ^ v) & 0xFF])
+    n = x.bit_length() // 7 + 1
+    if n > 10:
+        raise ValueError(f"{v} is out of range for a slice key")
+    raw = bytearray((v & ((1 << 80) - 1)).to_bytes(10, "big")[10 - n:])
+    header = _SIGNED_HEADERS[n]
+    raw[0] ^= header >> 8
+    raw[1] ^= header & 0xFF
+    return bytes(raw)
+
+
+def encode_slice_key(name: bytes, extents: Sequence[Extent]) -> bytes:
+    """The index key under which a slice of tensor ``name`` is stored."""
+    out = [_num_increasing(0), _string(name), _num_increasing(len(extents))]
+    for start, length in extents:
+        out.append(_signed_num_increasing(start))
+        out.append(_signed_num_increasing(length))
+    return b"".join(out)
+
+
+def _read_num_increasing(key: bytes, pos: int) -> Tuple[int, int]:
+    n = key[pos]
+    if n > 8 or pos + 1 + n > len(key):
+        raise ValueError("corrupt slice key")
+    return int.from_bytes(key[pos + 1: pos + 1 + n], "big"), pos + 1 + n
+
+
+def _read_signed(key: bytes, pos: int) -> Tuple[int, int]:
+    if pos >= len(key):
+        raise ValueError("corrupt slice key")
+    b0 = key[pos]
+    if 0x40 <= b0 < 0xC0:
+        return (b0 ^ 0x80) - (256 if (b0 ^ 0x80) >= 128 else 0), pos + 1
+    # Wider forms: the encoding is unique, so decode each width and keep
+    # the one that re-encodes to the same bytes.
+    for n in range(2, 11):
+        chunk = key[pos: pos + n]
+        if len(chunk) < n:
+            break
+        raw = bytearray(chunk)
+        header = _SIGNED_HEADERS[n]
+        raw[0] ^= header >> 8
+        raw[1] ^= header & 0xFF
+        v = int.from_bytes(raw, "big")
+        if b0 < 0x80:  # negative: sign-extend
+            v -= 1 << (8 * n)
+        if _signed_num_increasing(v) == chunk:
+            return v, pos + n
+    raise ValueError("corrupt slice key")
+
+
+def decode_slice_key(key: bytes) -> Tuple[bytes, List[Extent]]:
+    """Inverse of :func:`encode_slice_key` (raises ValueError if corrupt)."""
+    zero, pos = _read_num_increasing(key, 0)
+    if zero != 0:
+        raise ValueError("not a slice key")
+    name = bytearray()
+    while True:
+        if pos + 1 >= len(key):
+            raise ValueError("corrupt slice key")
+        b, c = key[pos], key[pos + 1]
+        if b == 0x00 and c == 0x01:
+            pos += 2
+            break
+        if b == 0x00 and c == 0xFF:
+            name.append(0)
+            pos += 2
+        elif b == 0xFF and c == 0x00:
+            name.append(0xFF)
+            pos += 2
+        else:
+            name.append(b)
+            pos += 1
+    rank, pos = _read_num_increasing(key, pos)
+    extents: List[Extent] = []
+    for _ in range(rank):
+        start, pos = _read_signed(key, pos)
+        length, pos = _read_signed(key, pos)
+        extents.append((start, length))
+    if pos != len(key):
+        raise ValueError("trailing bytes in slice key")
+    return bytes(name), extents
+
+
+def slice_region(extents: Sequence[Extent], shape: Sequence[int]) -> Tuple[slice, ...]:
+    """numpy index of a slice inside the full tensor."""
+    return tuple(slice(0, dim) if length < 0 else slice(start, start + length)
+                 for (start, length), dim in zip(extents, shape))
+
+
+def slice_shape(extents: Sequence[Extent], shape: Sequence[int]) -> Tuple[int, ...]:
+    """Shape of the stored slice."""
+    return tuple(dim if length < 0 else length for (_, length), dim in zip(extents, shape))

@@ -1,0 +1,330 @@
+"""The ``checkpoint`` state file: a text-format ``CheckpointState`` proto
+naming a directory's latest checkpoint and the ones still kept."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+from .errors import CheckpointIOError, DataLossError, InvalidArgumentError
+from .naming import PathLike, index_filename
+
+__all__ = [
+    "CheckpointState",
+    "get_checkpoint_state",
+    "latest_checkpoint",
+    "update_checkpoint_state",
+    "parse_checkpoint_state",
+    "format_checkpoint_state",
+]
+
+log = logging.getLogger("fastckpt")
+
+STATE_FILENAME = "checkpoint"
+
+
+@dataclass
+class CheckpointState:
+    """The contents of a ``checkpoint`` state file.
+
+    Paths are as returned by :func:`get_checkpoint_state`: relative entries
+    joined with the directory, absolute ones unchanged. Timestamps are
+    seconds since the epoch, parallel to ``all_model_checkpoint_paths``
+    (empty when the writer recorded none).
+    """
+
+    model_checkpoint_path: str = ""
+    all_model_checkpoint_paths: List[str] = field(default_factory=list)
+    all_model_checkpoint_timestamps: List[float] = field(default_factory=list)
+    last_preserved_timestamp: float = 0.0
+
+
+# ---- text format -------------------------------------------------------------------
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<comment>\#[^\n]*) |
+        (?P<ident>[A-Za-z_][A-Za-z0-9_]*) |
+        (?P<colon>:) |
+        (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*') |
+        (?P<number>[-+]?(?:inf(?:inity)?|nan|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)[fF]?)
+    )""",
+    re.VERBOSE | re.IGNORECASE,
+)
+
+_SIMPLE_ESCAPES = {"n": 10, "t": 9, "r": 13, "a": 7, "b": 8, "f": 12, "v": 11,
+                   "\\": 92, "'": 39, '"': 34, "?": 63}
+
+
+def _unescape(body: str) -> str:
+    out = bytearray()
+    i = 0
+    raw = body.encode("utf-8", "surrogateescape")
+    while i < len(raw):
+        c = raw[i]
+        if c != 0x5C:
+            out.append(c)
+            i += 1
+            continue
+        if i + 1 >= len(raw):
+            raise ValueError("dangling backslash")
+        e = chr(raw[i + 1])
+        if e in _SIMPLE_ESCAPES:
+            out.append(_SIMPLE_ESCAPES[e])
+            i += 2
+        elif e in "01234567":
+            m = re.match(rb"[0-7]{1,3}", raw[i + 1:i + 4])
+            assert m is not None
+            out.append(int(m.group(), 8) & 0xFF)
+            i += 1 + len(m.group())
+        elif e in "xX":
+            m = re.match(rb"[0-9a-fA-F]{1,2}", raw[i + 2:i + 4])
+            if not m:
+                raise ValueError("bad \\x escape")
+            out.append(int(m.group(), 16))
+            i += 2 + len(m.group())
+        else:
+            raise ValueError(f"unknown escape \\{e}")
+    return out.decode("utf-8", "surrogateescape")
+
+
+def _tokens(text: str) -> List[Tuple[str, str]]:
+    pos, toks = 0, []
+    while pos < len(text):
+        if text[pos:].strip() == "":
+            break
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            line = text.count("\n", 0, pos) + 1
+            raise ValueError(f"line {line}: cannot parse {text[pos:pos + 20].strip()!r}")
+        pos = m.end()
+        kind = m.lastgroup or ""
+        if kind != "comment":
+            toks.append((kind, m.group(kind)))
+    return toks
+
+
+def parse_checkpoint_state(text: str) -> CheckpointState:
+    """Parse the text form of a CheckpointState (raises ValueError)."""
+    toks = _tokens(text)
+    st = CheckpointState()
+    i = 0
+    while i < len(toks):
+        kind, name = toks[i]
+        if kind != "ident" or i + 2 > len(toks) or toks[i + 1][0] != "colon":
+            raise ValueError(f"expected 'field: value' at {name!r}")
+        i += 2
+        if i >= len(toks):
+            raise ValueError(f"field {name} has no value")
+        vkind, value = toks[i]
+        i += 1
+        if name in ("model_checkpoint_path", "all_model_checkpoint_paths"):
+            if vkind != "string":
+                raise ValueError(f"field {name} takes a string")
+            s = _unescape(value[1:-1])
+            while i < len(toks) and toks[i][0] == "string":  # adjacent literals concatenate
+                s += _unescape(toks[i][1][1:-1])
+                i += 1
+            if name == "model_checkpoint_path":
+                st.model_checkpoint_path = s
+            else:
+                st.all_model_checkpoint_paths.append(s)
+        elif name in ("all_model_checkpoint_timestamps", "last_preserved_timestamp"):
+            if vkind not in ("number", "ident"):
+                raise ValueError(f"field {name} takes a number")
+            num = float(value.rstrip("fF"))
+            if name == "last_preserved_timestamp":
+                st.last_preserved_timestamp = num
+            else:
+                st.all_model_checkpoint_timestamps.append(num)
+        else:
+            raise ValueError(f'Message type "tensorflow.CheckpointState" has no field named "{name}"')
+    return st
+
+
+def _quote(s: str) -> str:
+    """A text-format string literal; non-ASCII text stays raw UTF-8, as
+    protobuf 7 writes it; undecodable bytes become octal escapes."""
+    out = []
+    for ch in s:
+        o = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif o < 0x20 or o == 0x7F:
+            out.append(f"\\{o:03o}")
+        elif 0xDC80 <= o <= 0xDCFF:  # a surrogate-escaped raw byte
+            out.append(f"\\{o - 0xDC00:03o}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _number(x: float) -> str:
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if math.isnan(x):
+        return "nan"
+    return repr(float(x))
+
+
+def format_checkpoint_state(st: CheckpointState) -> str:
+    """The text form TensorFlow writes (``text_format.MessageToString``)."""
+    lines = []
+    if st.model_checkpoint_path:
+        lines.append(f"model_checkpoint_path: {_quote(st.model_checkpoint_path)}")
+    lines += [f"all_model_checkpoint_paths: {_quote(p)}" for p in st.all_model_checkpoint_paths]
+    lines += [f"all_model_checkpoint_timestamps: {_number(t)}" for t in st.all_model_checkpoint_timestamps]
+    if st.last_preserved_timestamp:
+        lines.append(f"last_preserved_timestamp: {_number(st.last_preserved_timestamp)}")
+    return "".join(line + "\n" for line in lines)
+
+
+# ---- reading ---------------------------------------------------------------------
+
+def _state_path(checkpoint_dir: str, latest_filename: Optional[str]) -> str:
+    name = STATE_FILENAME if latest_filename is None else latest_filename
+    if not isinstance(name, str) or not name or os.sep in name or (os.altsep and os.altsep in name):
+        raise InvalidArgumentError(f"latest_filename must be a plain file name, got {latest_filename!r}")
+    return os.path.join(checkpoint_dir, name)
+
+
+def get_checkpoint_state(
+    checkpoint_dir: PathLike, latest_filename: Optional[str] = None
+) -> Optional[CheckpointState]:
+    """The directory's checkpoint state, or ``None`` if it has no state file.
+
+    Relative paths are joined with ``checkpoint_dir``; absolute ones are kept.
+    A state file that cannot be read or parsed, or that names no checkpoint,
+    raises :class:`DataLossError` (a ``ValueError``) naming the file, rather
+    than being silently ignored.
+    """
+    d = os.fspath(checkpoint_dir)
+    path = _state_path(d, latest_filename)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise DataLossError(f"checkpoint state file {path} is a directory") from None
+    except OSError as e:
+        raise CheckpointIOError(e.errno or 0, f"cannot read checkpoint state file {path}: {e.strerror}", path) from e
+    try:
+        st = parse_checkpoint_state(raw.decode("utf-8", "surrogateescape"))
+    except ValueError as e:
+        raise DataLossError(f"checkpoint state file {path} is corrupt: {e}") from None
+    if not st.model_checkpoint_path:
+        raise DataLossError(f"Invalid checkpoint state loaded from {d}: {path} names no model_checkpoint_path")
+    join = lambda p: p if os.path.isabs(p) else os.path.join(d, p)  # noqa: E731
+    st.model_checkpoint_path = join(st.model_checkpoint_path)
+    st.all_model_checkpoint_paths = [join(p) for p in st.all_model_checkpoint_paths]
+    return st
+
+
+def checkpoint_exists(prefix: str) -> bool:
+    """True if ``prefix.index`` exists (its literal path: no globbing)."""
+    return os.path.isfile(index_filename(prefix))
+
+
+def latest_checkpoint(checkpoint_dir: PathLike, latest_filename: Optional[str] = None) -> Optional[str]:
+    """The prefix of the directory's latest checkpoint, or ``None``.
+
+    ``None`` when there is no state file or the checkpoint it names has no
+    index on disk (checked by literal path, so ``[`` in directory names is
+    harmless).
+    """
+    st = get_checkpoint_state(checkpoint_dir, latest_filename)
+    if st is None:
+        return None
+    if checkpoint_exists(st.model_checkpoint_path):
+        return st.model_checkpoint_path
+    log.error("Couldn't match files for checkpoint %s", st.model_checkpoint_path)
+    return None
+
+
+# ---- writing ----------------------------------------------------------------------
+
+def _relative_to(path: str, directory: str) -> str:
+    """``path`` relative to ``directory`` when it lies inside it, else absolute."""
+    ap, ad = os.path.abspath(path), os.path.abspath(directory)
+    if os.path.dirname(ap) == ad or ap.startswith(ad.rstrip(os.sep) + os.sep):
+        return os.path.relpath(ap, ad)
+    return ap
+
+
+def update_checkpoint_state(
+    save_dir: PathLike,
+    model_checkpoint_path: str,
+    all_model_checkpoint_paths: Optional[Sequence[str]] = None,
+    *,
+    all_model_checkpoint_timestamps: Optional[Sequence[float]] = None,
+    last_preserved_timestamp: Optional[float] = None,
+    latest_filename: Optional[str] = None,
+    durable: bool = True,
+) -> str:
+    """Atomically rewrite the directory's state file; returns its path.
+
+    Paths inside ``save_dir`` are stored relative to it (so the directory can
+    be moved), others absolute. The model path is appended to the list if it
+    is not already last. The text goes to a temporary file that is fsync'd
+    (when ``durable``) and renamed over the state file, so readers see the
+    old or the new state, never a mix.
+    """
+    d = os.fspath(save_dir)
+    path = _state_path(d, latest_filename)
+    if not model_checkpoint_path:
+        raise InvalidArgumentError("model_checkpoint_path must not be empty")
+    if os.path.abspath(model_checkpoint_path) == os.path.abspath(path):
+        raise InvalidArgumentError(
+            f"Save path {model_checkpoint_path!r} conflicts with path used for checkpoint state")
+    paths = list(all_model_checkpoint_paths or [])
+    stamps = list(all_model_checkpoint_timestamps or [])
+    if stamps and len(stamps) != len(paths):
+        raise InvalidArgumentError(
+            f"{len(stamps)} timestamps for {len(paths)} checkpoint paths")
+    if not paths or paths[-1] != model_checkpoint_path:
+        paths.append(model_checkpoint_path)
+        if stamps:
+            raise InvalidArgumentError("with timestamps, the model path must be the last listed path")
+    st = CheckpointState(
+        _relative_to(model_checkpoint_path, d),
+        [_relative_to(p, d) for p in paths],
+        [float(t) for t in stamps],
+        float(last_preserved_timestamp or 0.0),
+    )
+    write_text_atomic(path, format_checkpoint_state(st), durable)
+    return path
+
+
+def write_text_atomic(path: str, text: str, durable: bool) -> None:
+    """Write ``text`` to ``path`` by temp file + rename (+ fsyncs if durable)."""
+    from .writer import fsync_dir
+
+    directory = os.path.dirname(path)
+    tmp = os.path.join(directory, f"{os.path.basename(path)}.tmp{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if durable:
+            fsync_dir(directory)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise CheckpointIOError(e.errno or 0, f"cannot write checkpoint state file {path}: {e.strerror}", path) from e

@@ -1,0 +1,291 @@
+"""Writing a bundle: user state → plan (names, dtypes, shards, offsets) →
+parallel C writes → index → commit (renames, index last)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _core
+from .dtypes import DT_STRING, dtype_enum
+from .errors import CheckpointError, CheckpointIOError, InvalidArgumentError
+from .naming import PathLike, data_filename, index_filename
+
+__all__ = ["write_bundle", "default_threads", "TensorPlan", "plan_bundle"]
+
+Name = Union[str, bytes]
+
+
+def default_threads() -> int:
+    """The number of cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class TensorPlan:
+    """Where one tensor goes: its key, dtype enum, shape, payload bytes,
+    shard and offset. ``crc`` is preset (unmasked) for string tensors, whose
+    entry CRC is not the CRC of the payload."""
+
+    name: str
+    key: bytes
+    dtype: int
+    shape: Tuple[int, ...]
+    payload: Any  # a 1-D uint8 view or bytes
+    size: int
+    crc: Optional[int] = None
+    shard: int = 0
+    offset: int = 0
+
+
+def _key_of(name: Name) -> Tuple[str, bytes]:
+    if isinstance(name, bytes):
+        key, text = name, name.decode("utf-8", "surrogateescape")
+    elif isinstance(name, str):
+        text = name
+        try:
+            key = name.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError as e:
+            raise InvalidArgumentError(f"tensor name {name!r} is not valid text: {e}") from None
+    else:
+        raise InvalidArgumentError(f"tensor names must be str, got {type(name).__name__}: {name!r}")
+    if not key:
+        raise InvalidArgumentError("the empty tensor name is reserved for the bundle header")
+    if key[0] == 0:
+        raise InvalidArgumentError(f"tensor name {text!r} starts with a NUL byte (reserved for slices)")
+    return text, key
+
+
+def _string_payload(name: str, arr: np.ndarray) -> Tuple[bytes, int]:
+    items: List[bytes] = []
+    for x in arr.reshape(-1, order="C").tolist() if arr.ndim else [arr.item()]:
+        if isinstance(x, bytes):
+            items.append(x)
+        elif isinstance(x, str):
+            items.append(x.encode("utf-8", "surrogateescape"))
+        else:
+            raise InvalidArgumentError(
+                f"tensor {name!r}: string tensors hold bytes or str, found {type(x).__name__}"
+            )
+    return _core.encode_strings(items)
+
+
+def _as_array(name: str, value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.asarray(value)
+    except Exception as e:
+        raise InvalidArgumentError(f"tensor {name!r}: cannot be converted to an array: {e}") from e
+
+
+def _plan_tensor(name: Name, value: Any) -> TensorPlan:
+    text, key = _key_of(name)
+    arr = _as_array(text, value)
+    shape = tuple(int(d) for d in arr.shape)
+    if arr.dtype.kind in "SUO":
+        payload, crc = _string_payload(text, arr)
+        return TensorPlan(text, key, DT_STRING, shape, payload, len(payload), crc)
+    try:
+        enum = dtype_enum(arr.dtype)
+    except InvalidArgumentError as e:
+        raise InvalidArgumentError(f"tensor {text!r}: {e}") from None
+    if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and not _LITTLE):
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    arr = np.ascontiguousarray(arr)
+    flat = arr.reshape(-1).view(np.uint8)
+    return TensorPlan(text, key, enum, shape, flat, flat.nbytes)
+
+
+_LITTLE = np.little_endian
+
+
+def plan_bundle(
+    tensors: Mapping[Name, Any], num_shards: int = 1, alignment: int = 1
+) -> List[TensorPlan]:
+    """Turns ``tensors`` into a write plan, in the mapping's order.
+
+    Tensors are cut into ``num_shards`` contiguous runs of about equal byte
+    size; within a shard each tensor starts where the previous one ended,
+    padded up to a multiple of ``alignment`` (as TensorFlow's
+    ``data_alignment`` does).
+    """
+    if not isinstance(tensors, Mapping):
+        raise InvalidArgumentError(
+            f"tensors must be a mapping of name to array, got {type(tensors).__name__}"
+        )
+    plans = [_plan_tensor(name, value) for name, value in tensors.items()]
+    seen: Dict[bytes, str] = {}
+    for p in plans:
+        if p.key in seen:
+            raise InvalidArgumentError(f"duplicate tensor name {p.name!r}")
+        seen[p.key] = p.name
+    total = sum(p.size for p in plans) or 1
+    ends = [0] * num_shards
+    cum = 0
+    for p in plans:
+        p.shard = min(num_shards - 1, (2 * cum + p.size) * num_shards // (2 * total))
+        cum += p.size
+        p.offset = ends[p.shard]
+        ends[p.shard] = -(-(p.offset + p.size) // alignment) * alignment
+    return plans
+
+
+def _check_options(num_shards: int, alignment: int, threads: Optional[int]) -> int:
+    if not isinstance(num_shards, int) or isinstance(num_shards, bool) or not 1 <= num_shards <= 99999:
+        raise InvalidArgumentError(f"num_shards must be an int in 1..99999, got {num_shards!r}")
+    if not isinstance(alignment, int) or isinstance(alignment, bool) or not 1 <= alignment <= 1 << 30:
+        raise InvalidArgumentError(f"alignment must be an int in 1..2**30, got {alignment!r}")
+    if threads is None:
+        return default_threads()
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise InvalidArgumentError(f"threads must be a positive int, got {threads!r}")
+    return threads
+
+
+def fsync_dir(path: str) -> None:
+    """fsync a directory so renames and creations in it are durable."""
+    fd = os.open(path or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temp_name(path: str) -> str:
+    return f"{path}.tempstate{secrets.randbits(63)}"
+
+
+def _io_error(e: OSError, what: str) -> CheckpointIOError:
+    if isinstance(e, CheckpointIOError):
+        return e
+    return CheckpointIOError(e.errno or 0, f"{what}: {e.strerror or e}", e.filename)
+
+
+def _write_file(path: str, data: bytes, durable: bool) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def build_index(plans: Sequence[TensorPlan], num_shards: int) -> bytes:
+    """The .index bytes for written plans (their ``crc`` filled in)."""
+    order = sorted(plans, key=lambda p: p.key)
+    return _core.build_index(
+        num_shards,
+        [p.key for p in order],
+        [p.dtype for p in order],
+        [p.shape for p in order],
+        [p.shard for p in order],
+        [p.offset for p in order],
+        [p.size for p in order],
+        [_core.mask_crc(p.crc) for p in order],
+    )
+
+
+def write_bundle(
+    prefix: PathLike,
+    tensors: Mapping[Name, Any],
+    *,
+    alignment: int = 1,
+    num_shards: int = 1,
+    threads: Optional[int] = None,
+    durable: bool = False,
+) -> str:
+    """Write ``tensors`` (name → array) as the bundle ``prefix``.
+
+    Produces ``prefix.index`` and ``prefix.data-SSSSS-of-NNNNN``, readable by
+    TensorFlow. With ``alignment=1`` and one shard the bytes are identical to
+    ``tf.raw_ops.SaveV2`` for the same tensors in the same order. Data files
+    and the index are written under temporary names and renamed into place,
+    index last, so ``prefix.index`` only ever names complete data. With
+    ``durable=True`` every file and the directory are fsync'd first.
+
+    Returns the prefix. Raises :class:`InvalidArgumentError` for bad names,
+    dtypes or options and :class:`CheckpointIOError` (an ``OSError``) when
+    the disk fails; in both cases no partial file is left behind.
+    """
+    prefix = os.fspath(prefix)
+    if not isinstance(prefix, str) or not prefix or prefix.endswith(os.sep):
+        raise InvalidArgumentError(f"prefix must be a non-empty file path prefix, got {prefix!r}")
+    nthreads = _check_options(num_shards, alignment, threads)
+    plans = plan_bundle(tensors, num_shards, alignment)
+    directory = os.path.dirname(prefix)
+    try:
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise _io_error(e, f"cannot create directory {directory!r}") from e
+    finals = [data_filename(prefix, s, num_shards) for s in range(num_shards)]
+    temps: List[str] = []
+    try:
+        _write_data(plans, finals, temps, alignment, nthreads, durable)
+        index_tmp = _temp_name(index_filename(prefix))
+        temps.append(index_tmp)
+        _write_file(index_tmp, build_index(plans, num_shards), durable)
+        _commit(prefix, finals, temps, durable)
+    except BaseException as e:
+        for t in temps:
+            try:
+                os.unlink(t)
+            except OSError:
+                pass
+        if isinstance(e, OSError) and not isinstance(e, CheckpointError):
+            raise _io_error(e, f"writing checkpoint {prefix!r}") from e
+        raise
+    return prefix
+
+
+def _write_data(plans: List[TensorPlan], finals: List[str], temps: List[str],
+                alignment: int, nthreads: int, durable: bool) -> None:
+    sizes = [0] * len(finals)
+    for p in plans:
+        sizes[p.shard] = max(sizes[p.shard], -(-(p.offset + p.size) // alignment) * alignment)
+    fds: List[int] = []
+    try:
+        for final, size in zip(finals, sizes):
+            tmp = _temp_name(final)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+            temps.append(tmp)
+            fds.append(fd)
+            if size:
+                os.ftruncate(fd, size)
+        labels = [f"tensor {p.name!r} in {finals[p.shard]}" for p in plans]
+        crcs = _core.io_run([fds[p.shard] for p in plans], [p.offset for p in plans],
+                            [p.payload for p in plans], [], True, nthreads, labels)
+        for p, crc in zip(plans, crcs):
+            if p.crc is None:
+                p.crc = crc
+        if durable:
+            for fd in fds:
+                os.fsync(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _commit(prefix: str, finals: List[str], temps: List[str], durable: bool) -> None:
+    """Rename data files, then the index, into place (temps: data..., index)."""
+    index = index_filename(prefix)
+    if os.path.lexists(index):
+        # Hide the checkpoint being replaced before its data changes under it.
+        os.unlink(index)
+    for tmp, final in zip(temps, finals):
+        os.replace(tmp, final)
+    os.replace(temps[-1], index)
+    del temps[:]
+    if durable:
+        fsync_dir(os.path.dirname(prefix))

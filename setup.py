@@ -1,0 +1,35 @@
+"""Build of the C core and its Cython bridge; all metadata is in pyproject.toml.
+
+FASTCKPT_SANITIZE=1 builds with AddressSanitizer and UndefinedBehaviorSanitizer
+(used by `make sanitize` / .ci/run); FASTCKPT_WERROR=1 turns warnings into errors.
+"""
+
+import glob
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+C_SOURCES = sorted(glob.glob("csrc/*.c"))
+HEADERS = sorted(glob.glob("csrc/*.h"))
+
+compile_args = ["-O3", "-std=c11", "-Wall", "-Wextra", "-fvisibility=hidden", "-pthread"]
+link_args = ["-pthread"]
+if os.environ.get("FASTCKPT_WERROR"):
+    compile_args.append("-Werror")
+if os.environ.get("FASTCKPT_SANITIZE"):
+    san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
+    compile_args = [a for a in compile_args if a != "-O3"] + ["-O1", "-g"] + san
+    link_args += san
+
+core = Extension(
+    "fastckpt._core",
+    sources=["fastckpt/_core.pyx"] + C_SOURCES,
+    include_dirs=["csrc"],
+    depends=HEADERS,
+    extra_compile_args=compile_args,
+    extra_link_args=link_args,
+    define_macros=[("_FILE_OFFSET_BITS", "64"), ("_GNU_SOURCE", "1")],
+)
+
+setup(ext_modules=cythonize([core], compiler_directives={"language_level": "3"}))
