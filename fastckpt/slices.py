@@ -20,7 +20,10 @@ def _num_increasing(u: int) -> bytes:
 
 
 def _string(s: bytes) -> bytes:
-    return s.replace(b"\xff", b"\xff\x00").replace(b"\x00", b"\x00\xff") + b"\x00\x01"
+    out = bytearray()
+    for b in s:
+        out += b"\x00\xff" if b == 0 else b"\xff\x00" if b == 0xFF else bytes([b])
+    return bytes(out) + b"\x00\x01"
 
 
 def _signed_num_increasing(v: int) -> bytes:

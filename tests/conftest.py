@@ -1,0 +1,27 @@
+"""Shared fixtures and hypothesis profiles.
+
+FASTCKPT_HYPOTHESIS=ci (default; bounded for CI), dev (fast), deep (long).
+"""
+
+import os
+import sys
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+settings.register_profile("ci", max_examples=150, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", max_examples=30, deadline=None)
+settings.register_profile("deep", max_examples=3000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("FASTCKPT_HYPOTHESIS", "ci"))
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+@pytest.fixture
+def data_dir():
+    """Directory of the golden checkpoints TensorFlow wrote."""
+    return DATA
