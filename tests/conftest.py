@@ -6,6 +6,8 @@ FASTCKPT_HYPOTHESIS=ci (default; bounded for CI), dev (fast), deep (long).
 import os
 import sys
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # quiet TensorFlow
+
 import pytest
 from hypothesis import HealthCheck, settings
 

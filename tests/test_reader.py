@@ -1,0 +1,83 @@
+"""CheckpointReader, load_checkpoint and list_variables."""
+
+import collections.abc
+import os
+
+import numpy as np
+import pytest
+
+import fastckpt
+
+TENSORS = {"b": np.arange(3, dtype=np.int64), "a/x": np.ones((2, 2), np.float32),
+           "s": np.array([b"q"], dtype=object)}
+
+
+@pytest.fixture
+def prefix(tmp_path):
+    return fastckpt.Saver().save(TENSORS, str(tmp_path / "model"), global_step=1)
+
+
+def test_tf_style_methods(prefix):
+    r = fastckpt.load_checkpoint(prefix)
+    assert r.has_tensor("a/x") and not r.has_tensor("nope")
+    assert r.get_variable_to_shape_map() == {"a/x": [2, 2], "b": [3], "s": [1]}
+    assert r.get_variable_to_dtype_map() == {"a/x": np.float32, "b": np.int64, "s": np.dtype(object)}
+    assert np.array_equal(r.get_tensor("b"), TENSORS["b"])
+
+
+def test_mapping_protocol(prefix):
+    with fastckpt.load_checkpoint(prefix) as r:
+        assert isinstance(r, collections.abc.Mapping)
+        assert list(r) == ["a/x", "b", "s"] and len(r) == 3
+        assert "b" in r and "zz" not in r and 5 not in r
+        assert r.get("zz") is None
+        assert np.array_equal(r["a/x"], TENSORS["a/x"])
+        assert set(dict(r.items())) == set(TENSORS)
+        assert "3 tensors" in repr(r)
+
+
+def test_missing_key_is_keyerror_and_notfound(prefix):
+    r = fastckpt.load_checkpoint(prefix)
+    with pytest.raises(KeyError):
+        r["missing"]
+    with pytest.raises(fastckpt.NotFoundError, match="Key missing not found"):
+        r.get_tensor("missing")
+
+
+def test_load_checkpoint_from_directory(prefix):
+    r = fastckpt.load_checkpoint(os.path.dirname(prefix))
+    assert r.prefix == prefix
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(fastckpt.NotFoundError, match="Couldn't find"):
+        fastckpt.load_checkpoint(str(tmp_path))
+    with pytest.raises(fastckpt.NotFoundError) as e:
+        fastckpt.load_checkpoint(str(tmp_path / "nothing"))
+    assert isinstance(e.value, FileNotFoundError)
+
+
+def test_list_variables(prefix):
+    assert fastckpt.list_variables(prefix) == [("a/x", [2, 2]), ("b", [3]), ("s", [1])]
+    assert fastckpt.list_variables(os.path.dirname(prefix)) == fastckpt.list_variables(prefix)
+
+
+def test_read_subset_and_close_reopen(prefix):
+    r = fastckpt.CheckpointReader(prefix)
+    assert list(r.read(["b"])) == ["b"]
+    r.close()
+    assert np.array_equal(r["b"], TENSORS["b"])  # files reopen on demand
+    with pytest.raises(fastckpt.InvalidArgumentError):
+        r.read("b")
+
+
+def test_missing_data_file(prefix):
+    os.unlink(prefix + ".data-00000-of-00001")
+    r = fastckpt.load_checkpoint(prefix)  # the index alone opens
+    with pytest.raises(fastckpt.NotFoundError, match="data-00000-of-00001"):
+        r["b"]
+
+
+def test_pathlike_prefix(prefix):
+    import pathlib
+    assert sorted(fastckpt.read_bundle(pathlib.Path(prefix))) == ["a/x", "b", "s"]

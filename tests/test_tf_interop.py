@@ -1,0 +1,162 @@
+"""Against live TensorFlow: byte-identical output to SaveV2, TF reading what
+fastckpt writes, fastckpt reading what TF writes. Skipped only where
+TensorFlow cannot be installed (CI installs it)."""
+
+import os
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import fastckpt
+from roundtrip_kit import assert_bit_equal
+
+tf = pytest.importorskip("tensorflow")
+pytestmark = pytest.mark.tensorflow
+
+MIXED = {
+    "a": np.arange(6, dtype=np.float32).reshape(2, 3),
+    "b/c": np.arange(5, dtype=np.int32),
+    "str": np.array([b"hello", b"", b"x" * 200], dtype=object),
+    "flags": np.array([True, False]),
+    "f16": np.linspace(-1, 1, 3).astype(np.float16),
+    "bf16": np.linspace(-2, 2, 4).astype(ml_dtypes.bfloat16),
+    "i8": np.arange(-3, 3, dtype=np.int8),
+    "u64": np.array([0, 2**64 - 1], np.uint64),
+    "c64": np.array([1 + 2j, -3j], np.complex64),
+    "c128": np.array([1 - 1j], np.complex128),
+    "scalar": np.float64(2.5),
+    "empty": np.zeros((0, 3), np.float32),
+    "i16": np.arange(4, dtype=np.int16), "u16": np.arange(4, dtype=np.uint16),
+    "u32": np.arange(4, dtype=np.uint32), "i64": np.arange(4, dtype=np.int64), "u8": np.arange(4, dtype=np.uint8),
+    "f8e4": np.linspace(-1, 1, 5).astype(ml_dtypes.float8_e4m3fn),
+    "f8e5": np.linspace(-1, 1, 5).astype(ml_dtypes.float8_e5m2),
+    "i4": np.array([-8, -1, 0, 7], ml_dtypes.int4),
+    "u4": np.array([0, 15], ml_dtypes.uint4),
+    "unicode/名前": np.array(["héllo"]),
+}
+
+
+def savev2(prefix, tensors):
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=list(tensors), shape_and_slices=[""] * len(tensors),
+                      tensors=[tf.constant(v) for v in tensors.values()])
+
+
+def assert_same_files(a, b):
+    for ext in (".index", ".data-00000-of-00001"):
+        with open(a + ext, "rb") as fa, open(b + ext, "rb") as fb:
+            assert fa.read() == fb.read(), ext
+
+
+def test_byte_identical_to_savev2(tmp_path):
+    savev2(str(tmp_path / "tf"), MIXED)
+    fastckpt.write_bundle(str(tmp_path / "fc"), MIXED)
+    assert_same_files(str(tmp_path / "tf"), str(tmp_path / "fc"))
+
+
+def test_byte_identical_multi_block_index(tmp_path):
+    tensors = {f"v{i:05d}/kernel": np.full(3, i, np.float32) for i in range(12000)}
+    savev2(str(tmp_path / "tf"), tensors)
+    fastckpt.write_bundle(str(tmp_path / "fc"), tensors)
+    assert_same_files(str(tmp_path / "tf"), str(tmp_path / "fc"))
+
+
+def test_byte_identical_huge_entry_flush(tmp_path):
+    # a key+value >= 512 KiB forces TF's early block flush
+    tensors = {"a": np.zeros(3, np.float32), "k" * 600_000: np.ones(2, np.float32), "z": np.zeros(1)}
+    savev2(str(tmp_path / "tf"), tensors)
+    fastckpt.write_bundle(str(tmp_path / "fc"), tensors)
+    assert_same_files(str(tmp_path / "tf"), str(tmp_path / "fc"))
+
+
+names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=12)
+dtypes = st.sampled_from([np.float32, np.float64, np.int32, np.int64, np.uint8, np.float16, ml_dtypes.bfloat16,
+                          np.bool_, np.complex64])
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.dictionaries(names, st.tuples(dtypes, st.lists(st.integers(0, 4), max_size=3)), min_size=1, max_size=6))
+def test_property_byte_identical(tmp_path_factory, spec):
+    d = tmp_path_factory.mktemp("p")
+    rng = np.random.default_rng(0)
+    tensors = {n: (rng.standard_normal(shape) * 10).astype(dt) for n, (dt, shape) in spec.items()}
+    savev2(str(d / "tf"), tensors)
+    fastckpt.write_bundle(str(d / "fc"), tensors)
+    assert_same_files(str(d / "tf"), str(d / "fc"))
+
+
+@pytest.mark.parametrize("opts", [dict(), dict(num_shards=3), dict(alignment=64), dict(num_shards=2, alignment=4096)],
+                         ids=str)
+def test_tf_reads_fastckpt(tmp_path, opts):
+    prefix = fastckpt.write_bundle(str(tmp_path / "fc"), MIXED, **opts)
+    r = tf.train.load_checkpoint(prefix)
+    assert r.get_variable_to_shape_map() == {k: list(np.shape(v)) for k, v in MIXED.items()}
+    for k, v in MIXED.items():
+        assert_bit_equal(np.asarray(r.get_tensor(k)), v)
+    assert tf.train.list_variables(prefix) == sorted((k, list(np.shape(v))) for k, v in MIXED.items())
+
+
+def test_tf_reads_saver_directory_and_state(tmp_path):
+    saver = fastckpt.Saver(max_to_keep=2)
+    for step in (10, 20, 30):
+        prefix = saver.save({"w": np.full(3, step, np.float32)}, str(tmp_path / "model"), global_step=step)
+    st_ = tf.train.get_checkpoint_state(str(tmp_path))
+    assert st_.model_checkpoint_path == prefix
+    assert list(st_.all_model_checkpoint_paths) == [str(tmp_path / "model-20"), prefix]
+    assert tf.train.latest_checkpoint(str(tmp_path)) == prefix
+    assert np.array_equal(tf.train.load_checkpoint(str(tmp_path)).get_tensor("w"), np.full(3, 30, np.float32))
+
+
+def test_tf1_saver_restores_fastckpt(tmp_path):
+    values = {"dense/kernel": np.arange(12, dtype=np.float32).reshape(3, 4), "step": np.int64(5)}
+    prefix = fastckpt.Saver().save(values, str(tmp_path / "m"), global_step=5)
+    with tf.Graph().as_default():
+        vs = {k: tf.compat.v1.Variable(np.zeros_like(v), name=k) for k, v in values.items()}
+        with tf.compat.v1.Session() as s:
+            tf.compat.v1.train.Saver(list(vs.values())).restore(s, prefix)
+            for k, v in values.items():
+                assert_bit_equal(np.asarray(s.run(vs[k])), v)
+
+
+def test_tf2_checkpoint_name_based_restore_of_fastckpt(tmp_path):
+    prefix = fastckpt.write_bundle(str(tmp_path / "c"), {"my_var": np.arange(4, dtype=np.float32)})
+    v = tf.Variable(np.zeros(4, np.float32), name="my_var")
+    tf.train.Checkpoint(v=v).restore(prefix)
+    assert np.array_equal(v.numpy(), np.arange(4, dtype=np.float32))
+
+
+def test_fastckpt_reads_live_tf2_manager_dir(tmp_path):
+    v = tf.Variable(np.arange(6, dtype=np.float64).reshape(2, 3))
+    mgr = tf.train.CheckpointManager(tf.train.Checkpoint(v=v), str(tmp_path), max_to_keep=3)
+    for i in range(4):
+        v.assign_add(tf.ones_like(v))
+        mgr.save()
+    st_ = fastckpt.get_checkpoint_state(str(tmp_path))
+    assert [os.path.basename(p) for p in st_.all_model_checkpoint_paths] == ["ckpt-2", "ckpt-3", "ckpt-4"]
+    got = fastckpt.load_checkpoint(str(tmp_path))["v/.ATTRIBUTES/VARIABLE_VALUE"]
+    assert_bit_equal(got, v.numpy())
+
+
+def test_fastckpt_reads_tf1_absolute_state(tmp_path):
+    with tf.Graph().as_default():
+        v = tf.compat.v1.Variable(np.arange(3, dtype=np.int32), name="v")
+        with tf.compat.v1.Session() as s:
+            s.run(v.initializer)
+            path = tf.compat.v1.train.Saver([v]).save(s, str(tmp_path / "abs" / "model"), global_step=1,
+                                                      write_meta_graph=False)
+    assert (tmp_path / "abs" / "checkpoint").read_text().startswith(f'model_checkpoint_path: "{tmp_path}')
+    assert fastckpt.latest_checkpoint(str(tmp_path / "abs")) == path
+    assert_bit_equal(fastckpt.load_checkpoint(path)["v"], np.arange(3, dtype=np.int32))
+
+
+def test_corrupt_fastckpt_file_detected_by_both(tmp_path):
+    prefix = fastckpt.write_bundle(str(tmp_path / "c"), {"x": np.arange(1000, dtype=np.float32)})
+    data = prefix + ".data-00000-of-00001"
+    raw = bytearray(open(data, "rb").read())
+    raw[100] ^= 0x10
+    open(data, "wb").write(bytes(raw))
+    with pytest.raises(fastckpt.DataLossError, match="tensor 'x'"):
+        fastckpt.read_bundle(prefix)
+    with pytest.raises(Exception, match="Checksum does not match"):
+        tf.train.load_checkpoint(prefix).get_tensor("x")
