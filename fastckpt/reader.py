@@ -144,7 +144,7 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             self._names = [_name_of(k) for k in self._index.keys() if k[:1] != b"\x00"]
         return list(self._names)
 
-    def has_tensor(self, name: str) -> bool:
+    def has_tensor(self, name: Union[str, bytes]) -> bool:
         """True if ``name`` is a tensor of this checkpoint."""
         try:
             self._entry(name)

@@ -108,7 +108,7 @@ _LITTLE = np.little_endian
 
 
 def plan_bundle(
-    tensors: Mapping[Name, Any], num_shards: int = 1, alignment: int = 1
+    tensors: Mapping[Any, Any], num_shards: int = 1, alignment: int = 1
 ) -> List[TensorPlan]:
     """Turns ``tensors`` into a write plan, in the mapping's order.
 
@@ -192,13 +192,13 @@ def build_index(plans: Sequence[TensorPlan], num_shards: int) -> bytes:
         [p.shard for p in order],
         [p.offset for p in order],
         [p.size for p in order],
-        [_core.mask_crc(p.crc) for p in order],
+        [_core.mask_crc(p.crc or 0) for p in order],
     )
 
 
 def write_bundle(
     prefix: PathLike,
-    tensors: Mapping[Name, Any],
+    tensors: Mapping[Any, Any],
     *,
     alignment: int = 1,
     num_shards: int = 1,
@@ -266,6 +266,7 @@ def _write_data(plans: List[TensorPlan], finals: List[str], temps: List[str],
         labels = [f"tensor {p.name!r} in {finals[p.shard]}" for p in plans]
         crcs = _core.io_run([fds[p.shard] for p in plans], [p.offset for p in plans],
                             [p.payload for p in plans], [], True, nthreads, labels)
+        assert crcs is not None
         for p, crc in zip(plans, crcs):
             if p.crc is None:
                 p.crc = crc

@@ -1,0 +1,244 @@
+"""``fastckpt bench``: save/restore throughput, side by side in one run.
+
+Every round runs every case once, in the same order, on the same bytes; the
+table quotes medians over rounds and ratios against the machine's raw
+limit measured in the same rounds (one sequential write of the same bytes to
+a new file; reads of them into fresh or existing arrays), and against
+TensorFlow and safetensors when installed.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .reader import read_bundle
+from .writer import default_threads, write_bundle
+
+__all__ = ["gpt_like_state", "run_bench", "parse_size"]
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 10**3, "KIB": 1 << 10, "M": 1 << 20, "MB": 10**6,
+          "MIB": 1 << 20, "G": 1 << 30, "GB": 10**9, "GIB": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """``"1GiB"`` → 1073741824; plain numbers are bytes."""
+    t = text.strip().upper().replace(" ", "")
+    num = t.rstrip("KMGIB")
+    unit = t[len(num):]
+    if unit not in _UNITS or not num:
+        raise ValueError(f"cannot parse size {text!r} (try 512MiB, 1GiB)")
+    return int(float(num) * _UNITS[unit])
+
+
+def gpt_like_state(total_bytes: int, n_tensors: int, dtype: str = "float32", seed: int = 0) -> Dict[str, np.ndarray]:
+    """A GPT-shaped state of about ``total_bytes`` in ``n_tensors`` tensors:
+    an embedding, then per layer attention/MLP kernels, biases and norms."""
+    import ml_dtypes  # noqa: F401  (registers bfloat16 names)
+
+    dt = np.dtype(getattr(ml_dtypes, dtype, None) or dtype)
+    per_layer = 8
+    layers = max(1, (n_tensors - 2) // per_layer)
+    elems = total_bytes // dt.itemsize
+    # d^2 * (12 * layers + vocab_factor) ~ elems, with the embedding = 4 d^2
+    d = max(8, int((elems / (12 * layers + 4)) ** 0.5) // 8 * 8)
+    shapes: List[Tuple[str, Tuple[int, ...]]] = [("model/embed/kernel", (4 * d, d))]
+    for i in range(layers):
+        p = f"model/layer_{i:03d}"
+        shapes += [(f"{p}/attn/qkv/kernel", (d, 3 * d)), (f"{p}/attn/qkv/bias", (3 * d,)),
+                   (f"{p}/attn/out/kernel", (d, d)), (f"{p}/mlp/up/kernel", (d, 4 * d)),
+                   (f"{p}/mlp/up/bias", (4 * d,)), (f"{p}/mlp/down/kernel", (4 * d, d)),
+                   (f"{p}/ln/scale", (d,)), (f"{p}/ln/bias", (d,))]
+    shapes.append(("model/final_ln/scale", (d,)))
+    while len(shapes) < n_tensors:
+        shapes.append((f"model/extra_{len(shapes)}", (d,)))
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in shapes[:n_tensors]:
+        out[name] = rng.standard_normal(shape, dtype=np.float32).astype(dt, copy=False)
+    return out
+
+
+def _nbytes(state: Dict[str, np.ndarray]) -> int:
+    return sum(int(v.nbytes) for v in state.values())
+
+
+def _drop_caches() -> Optional[str]:
+    """Drop the page cache; returns why not when it cannot."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return None
+    except OSError as e:
+        return f"cannot drop the page cache ({e.strerror}); --cold numbers are warm"
+
+
+def _raw_write(path: str, state: Dict[str, np.ndarray], durable: bool) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for v in state.values():
+            view = memoryview(np.ascontiguousarray(v).reshape(-1).view(np.uint8).data)
+            while view:
+                view = view[os.write(fd, view):]
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _raw_read(path: str, state: Dict[str, np.ndarray],
+              into: Optional[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+    """Read the raw file back; fresh arrays are all kept, as a restore keeps them."""
+    out: Dict[str, np.ndarray] = {}
+    with open(path, "rb", buffering=0) as f:
+        for k, v in state.items():
+            dst = out[k] = into[k] if into is not None else np.empty(v.shape, v.dtype)
+            view = memoryview(dst.reshape(-1).view(np.uint8).data)
+            while view:
+                n = f.readinto(view)
+                if not n:
+                    raise EOFError(path)
+                view = view[n:]
+    return out
+
+
+class _Case:
+    def __init__(self, name: str, kind: str, fn: Callable[[], object], baseline: str = "") -> None:
+        self.name, self.kind, self.fn, self.baseline = name, kind, fn, baseline
+        self.times: List[float] = []
+
+
+def _cases(work: str, state: Dict[str, np.ndarray], durable: bool, threads: int,
+           skip_others: bool) -> Tuple[List[_Case], List[str]]:
+    notes: List[str] = []
+    raw = os.path.join(work, "raw.bin")
+    fc = os.path.join(work, "fc", "ckpt")
+    existing = {k: np.empty_like(v) for k, v in state.items()}
+    cases = [
+        _Case("raw write (1 file, sequential)", "save", lambda: _raw_write(raw, state, durable)),
+        _Case("fastckpt save", "save", lambda: write_bundle(fc, state, durable=durable, threads=threads), "raw write"),
+    ]
+    tf = sf = None
+    if not skip_others:
+        try:
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+            import tensorflow as tf  # type: ignore
+        except Exception:
+            notes.append("TensorFlow not installed: its rows are skipped")
+        try:
+            import safetensors.numpy as sf  # type: ignore
+        except Exception:
+            notes.append("safetensors not installed: its rows are skipped")
+    if tf is not None:
+        tfp = os.path.join(work, "tf", "ckpt")
+        os.makedirs(os.path.dirname(tfp), exist_ok=True)
+        names = list(state)
+        tensors = [tf.constant(v) for v in state.values()]
+        cases.append(_Case("TensorFlow SaveV2", "save", lambda: tf.raw_ops.SaveV2(
+            prefix=tfp, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors), "raw write"))
+    if sf is not None:
+        sfp = os.path.join(work, "model.safetensors")
+        cases.append(_Case("safetensors save_file", "save", lambda: sf.save_file(state, sfp), "raw write"))
+    cases += [
+        _Case("raw read (fresh arrays)", "restore", lambda: _raw_read(raw, state, None)),
+        _Case("fastckpt restore (fresh arrays)", "restore", lambda: read_bundle(fc, threads=threads), "raw read (fresh"),
+        _Case("raw read (into existing)", "restore", lambda: _raw_read(raw, state, existing)),
+        _Case("fastckpt restore into=", "restore", lambda: read_bundle(fc, into=existing, threads=threads),
+              "raw read (into"),
+    ]
+    if tf is not None:
+        def tf_read() -> None:
+            r = tf.train.load_checkpoint(tfp)
+            for k in state:
+                r.get_tensor(k)
+        cases.append(_Case("TensorFlow load_checkpoint", "restore", tf_read, "raw read (fresh"))
+    if sf is not None:
+        cases.append(_Case("safetensors load_file", "restore", lambda: sf.load_file(sfp), "raw read (fresh"))
+    if durable:
+        notes.append("durable: raw write and fastckpt save include fsync; TensorFlow and safetensors do not fsync")
+    return cases, notes
+
+
+def run_bench(size: int = 1 << 30, tensors: int = 250, dtype: str = "float32", durable: bool = False,
+              cold: bool = False, rounds: int = 5, directory: Optional[str] = None,
+              threads: Optional[int] = None, skip_others: bool = False,
+              out: Callable[[str], None] = print) -> Dict[str, Dict[str, float]]:
+    """Run the benchmark and print the table; returns ``{case: stats}``."""
+    nthreads = threads or default_threads()
+    state = gpt_like_state(size, tensors, dtype)
+    total = _nbytes(state)
+    work = tempfile.mkdtemp(prefix="fastckpt-bench-", dir=directory)
+    try:
+        cases, notes = _cases(work, state, durable, nthreads, skip_others)
+        cold_note = _drop_caches() if cold else None
+        if cold_note:
+            notes.append(cold_note)
+        for case in cases:  # warm-up: first touches, file creation, imports
+            case.fn()
+        for _ in range(rounds):
+            for case in cases:
+                if cold and case.kind == "restore" and not cold_note:
+                    _drop_caches()
+                gc.collect()
+                t0 = time.perf_counter()
+                case.fn()
+                case.times.append(time.perf_counter() - t0)
+        return _report(cases, total, len(state), nthreads, rounds, durable, cold and not cold_note, notes, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        mem = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM"
+    except (ValueError, OSError):
+        pass
+    return f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores{mem}"
+
+
+def _report(cases: Sequence[_Case], total: int, count: int, threads: int, rounds: int, durable: bool,
+            cold: bool, notes: List[str], out: Callable[[str], None]) -> Dict[str, Dict[str, float]]:
+    med = {c.name: statistics.median(c.times) for c in cases}
+    out(f"fastckpt bench: {total / 2**30:.2f} GiB in {count} tensors, {threads} threads, "
+        f"{rounds} interleaved rounds, medians; durable={durable} cold={cold}")
+    out(f"machine: {_machine()}")
+    out("")
+    out(f"| {'case':34} | {'median s':>9} | {'GB/s':>7} | {'vs raw':>7} | {'fastckpt ×':>10} |")
+    out(f"|{'-' * 36}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 12}|")
+    results: Dict[str, Dict[str, float]] = {}
+    for c in cases:
+        base = next((b for b in cases if c.baseline and b.name.startswith(c.baseline)), None)
+        raw = next(b for b in cases if b.kind == c.kind and b.name.startswith("raw"))
+        mine = next(b for b in cases if b.kind == c.kind and b.name.startswith("fastckpt")
+                    and ("into" in b.name) == ("into" in c.name))
+        vs_raw = med[raw.name] / med[c.name]
+        speedup = med[c.name] / med[mine.name]
+        gbps = total / med[c.name] / 1e9
+        results[c.name] = {"median_s": med[c.name], "gb_per_s": gbps, "vs_raw": vs_raw, "fastckpt_speedup": speedup}
+        other = "" if c.name.startswith(("fastckpt", "raw")) else f"{speedup:.2f}×"
+        out(f"| {c.name:34} | {med[c.name]:9.3f} | {gbps:7.2f} | {vs_raw:7.2f} | {other:>10} |")
+        del base
+    out("")
+    out("vs raw: raw time / case time (1.00 = the machine's raw limit); fastckpt ×: how many times faster fastckpt is.")
+    for n in notes:
+        out(f"note: {n}")
+    return results

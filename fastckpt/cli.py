@@ -1,0 +1,68 @@
+"""The ``fastckpt`` command: ``bench``, ``ls``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from .bench import parse_size, run_bench
+from .errors import CheckpointError
+
+__all__ = ["main"]
+
+
+def _bench(args: argparse.Namespace) -> int:
+    run_bench(size=parse_size(args.size), tensors=args.tensors, dtype=args.dtype, durable=args.durable,
+              cold=args.cold, rounds=args.rounds, directory=args.dir, threads=args.threads,
+              skip_others=args.only_fastckpt)
+    return 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    from .reader import load_checkpoint
+
+    with load_checkpoint(args.path) as r:
+        dtypes = r.get_variable_to_dtype_map()
+        print(f"{r.prefix}: {len(r)} tensors in {r.num_shards} data file(s)")
+        for name, shape in sorted(r.get_variable_to_shape_map().items()):
+            print(f"  {name}  {dtypes[name]}  {shape}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``fastckpt`` command."""
+    p = argparse.ArgumentParser(prog="fastckpt", description="TensorFlow-format checkpoints, fast.")
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bench", help="save/restore throughput vs the raw disk, TensorFlow and safetensors")
+    b.add_argument("--size", default="1GiB", help="total bytes of the state (default 1GiB)")
+    b.add_argument("--tensors", type=int, default=250, help="number of tensors (default 250)")
+    b.add_argument("--dtype", default="float32", help="float32, bfloat16, float16, ... (default float32)")
+    b.add_argument("--durable", action="store_true", help="fsync (raw write and fastckpt save)")
+    b.add_argument("--cold", action="store_true", help="drop the page cache before each restore (needs root)")
+    b.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are quoted (default 5)")
+    b.add_argument("--dir", default=None, help="directory for the files (default: the system temp dir)")
+    b.add_argument("--threads", type=int, default=None, help="fastckpt threads (default: all cores)")
+    b.add_argument("--only-fastckpt", action="store_true", help="skip TensorFlow and safetensors")
+    b.set_defaults(func=_bench)
+    ls = sub.add_parser("ls", help="list the tensors of a checkpoint (prefix or directory)")
+    ls.add_argument("path")
+    ls.set_defaults(func=_ls)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``fastckpt`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CheckpointError as e:
+        print(f"fastckpt: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        print(f"fastckpt: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
