@@ -6,7 +6,9 @@
  * harmless) take batches from an atomic counter, do the system call, then
  * checksum the piece while it is still in cache. Each piece's CRC is
  * combined per item afterwards. No Python calls anywhere. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include "fastckpt.h"
 
 #include <errno.h>

@@ -163,6 +163,9 @@ typedef struct {
 
 /* Next field of a message; 1 on a field, 0 at the end, -1 when corrupt. */
 static int next_field(reader *r, pfield *f) {
+    f->v = 0;
+    f->body = NULL;
+    f->body_len = 0;
     if (r->p >= r->end) return 0;
     uint64_t tag;
     if (fc_get_varint(&r->p, r->end, &tag)) return -1;

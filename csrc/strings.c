@@ -31,7 +31,7 @@ int fc_string_payload_size(const uint64_t *lens, size_t n, uint64_t *size, fc_st
 
 int fc_string_encode(const uint8_t *const *ptrs, const uint64_t *lens, size_t n, uint8_t *out,
                      uint64_t out_len, uint32_t *crc, fc_status *st) {
-    uint64_t need;
+    uint64_t need = 0;
     int r = fc_string_payload_size(lens, n, &need, st);
     if (r) return r;
     if (need != out_len) return fc_fail(st, FC_INVALID, "string payload buffer has the wrong size");

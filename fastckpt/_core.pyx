@@ -482,8 +482,8 @@ cdef class Index:
 def encode_strings(list items):
     """(payload, unmasked entry CRC) of a DT_STRING tensor of ``bytes``."""
     cdef size_t n = len(items), i
-    cdef uint64_t *lens = <uint64_t *>malloc(max(n, 1) * sizeof(uint64_t))
-    cdef const uint8_t **ptrs = <const uint8_t **>malloc(max(n, 1) * sizeof(void *))
+    cdef uint64_t *lens = <uint64_t *>malloc((n if n else 1) * sizeof(uint64_t))
+    cdef const uint8_t **ptrs = <const uint8_t **>malloc((n if n else 1) * sizeof(void *))
     cdef uint64_t size
     cdef uint32_t crc
     cdef fc_status st
@@ -516,7 +516,7 @@ def decode_strings(payload, uint64_t n, uint32_t masked_crc, bint verify=True,
     cdef const char *base = <const char *>b.view.buf
     if n > <uint64_t>b.view.len:
         raise DataLossError(f"{context}: {n} strings cannot fit in {b.view.len} bytes")
-    lens = <uint64_t *>malloc(max(n, 1) * sizeof(uint64_t))
+    lens = <uint64_t *>malloc((n if n else 1) * sizeof(uint64_t))
     if lens == NULL:
         raise MemoryError()
     fc_status_clear(&st)
@@ -524,7 +524,7 @@ def decode_strings(payload, uint64_t n, uint32_t masked_crc, bint verify=True,
         if fc_string_decode(<const uint8_t *>base, <uint64_t>b.view.len, n, lens, &off,
                             masked_crc, verify, big_endian, &st):
             _raise(&st, context)
-        out = [None] * n
+        out = [None] * <Py_ssize_t>n
         for i in range(n):
             out[i] = PyBytes_FromStringAndSize(base + off, lens[i])
             off += lens[i]
@@ -545,7 +545,7 @@ def io_run(list fds, list offsets, list buffers, list crcs, bint is_write, int t
     ``labels[i]`` of the failing item.
     """
     cdef size_t n = len(buffers), i
-    cdef fc_io_item *items = <fc_io_item *>calloc(max(n, 1), sizeof(fc_io_item))
+    cdef fc_io_item *items = <fc_io_item *>calloc((n if n else 1), sizeof(fc_io_item))
     cdef fc_status st
     cdef int rc
     cdef _Buffer hold

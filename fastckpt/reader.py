@@ -218,13 +218,19 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         if dtype == DT_VARIANT:
             raise UnsupportedError(f"tensor {name!r} is a DT_VARIANT tensor, which fastckpt does not read")
         npdt = numpy_dtype(dtype)
+        # Every byte range is checked against the files before anything is allocated.
+        parts = self._slice_parts(name, key, dtype, shape, slices) if slices else None
+        if parts is None:
+            self._check_range(name, shard, offset, size)
         target = self._target(name, shape, npdt, into)
-        if slices:
-            self._queue_slices(name, key, dtype, shape, slices, target, pending)
+        if parts is not None:
+            for region, entry in parts:
+                part = np.empty(entry[1], npdt)
+                self._queue_payload(name, dtype, entry[1], *entry[2:6], part, pending)
+                pending.after.append(lambda part=part, region=region: target.__setitem__(region, part))
         else:
             self._queue_payload(name, dtype, shape, shard, offset, size, crc, target, pending)
-        text = name if isinstance(name, str) else _name_of(key)
-        out[text] = target
+        out[name if isinstance(name, str) else _name_of(key)] = target
 
     def _target(self, name: str, shape: Tuple[int, ...], npdt: np.dtype,
                 into: Optional[MutableMapping[str, Any]]) -> np.ndarray:
@@ -299,26 +305,26 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         if after is not None:
             p.after.append(after)
 
-    def _queue_slices(self, name: str, key: bytes, dtype: int, shape: Tuple[int, ...],
-                      slices: List[Tuple[Extent, ...]], target: np.ndarray,
-                      pending: _Pending) -> None:
+    def _slice_parts(self, name: str, key: bytes, dtype: int, shape: Tuple[int, ...],
+                     slices: List[Tuple[Extent, ...]]) -> List[Tuple[Tuple[slice, ...], Entry]]:
+        """The slice entries of a partitioned tensor, checked: they tile the
+        shape, match its dtype, and lie inside their data files."""
         _check_coverage(name, shape, slices)
-        npdt = target.dtype
+        parts = []
         for extents in slices:
-            skey = encode_slice_key(key, extents)
-            i = self._index.find(skey)
+            i = self._index.find(encode_slice_key(key, extents))
             if i < 0:
                 raise DataLossError(f"{self._prefix}: slice {list(extents)} of tensor {name!r} is missing")
-            sdtype, sshape, shard, offset, size, crc, sub = self._index.entry(i)
+            entry = self._index.entry(i)
+            sdtype, sshape, shard, offset, size, _, sub = entry
             want = slice_shape(extents, shape)
             if sdtype != dtype or tuple(sshape) != want or sub:
                 raise DataLossError(
                     f"{self._prefix}: slice {list(extents)} of tensor {name!r} has dtype "
                     f"{dtype_name(sdtype)} shape {list(sshape)}, expected {dtype_name(dtype)} {list(want)}")
-            part = np.empty(want, npdt.newbyteorder("="))
-            region = slice_region(extents, shape)
-            self._queue_payload(name, dtype, want, shard, offset, size, crc, part, pending)
-            pending.after.append(lambda part=part, region=region: target.__setitem__(region, part))
+            self._check_range(name, shard, offset, size)
+            parts.append((slice_region(extents, shape), entry))
+        return parts
 
 
 def _check_coverage(name: str, shape: Tuple[int, ...], slices: List[Tuple[Extent, ...]]) -> None:
