@@ -1,6 +1,6 @@
 """Type stubs of the compiled bridge to the C core."""
 
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 Slice = Tuple[Tuple[int, int], ...]
 EntryTuple = Tuple[int, Tuple[int, ...], int, int, int, Optional[int], Optional[List[Slice]]]
@@ -42,4 +42,4 @@ def encode_strings(items: List[bytes]) -> Tuple[bytes, int]: ...
 def decode_strings(payload: Any, n: int, masked_crc: int, verify: bool = ..., big_endian: bool = ...,
                    context: str = ...) -> List[bytes]: ...
 def io_run(fds: List[int], offsets: List[int], buffers: List[Any], crcs: List[Optional[int]], is_write: bool,
-           threads: int, labels: List[str], piece: int = ...) -> Optional[List[int]]: ...
+           threads: int, describe: Optional[Callable[[int], str]], piece: int = ...) -> Optional[List[int]]: ...

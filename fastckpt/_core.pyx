@@ -124,11 +124,12 @@ cdef extern from "fastckpt.h" nogil:
 
 # ---- the one error path ------------------------------------------------------
 
-cdef object _raise(fc_status *st, str context, list labels=None):
-    """Raise the fastckpt exception for a failed C status."""
+cdef object _raise(fc_status *st, str context, object describe=None):
+    """Raise the fastckpt exception for a failed C status. ``describe(i)``
+    names failing item i (a tensor and its file) for the message."""
     msg = st.msg.decode("utf-8", "replace")
-    if labels is not None and 0 <= st.item < len(labels):
-        context = labels[st.item]
+    if describe is not None and st.item >= 0:
+        context = describe(st.item)
     text = f"{context}: {msg}" if context else msg
     if st.code == FC_IO:
         import os
@@ -536,13 +537,14 @@ def decode_strings(payload, uint64_t n, uint32_t masked_crc, bint verify=True,
 # ---- parallel I/O -------------------------------------------------------------------
 
 def io_run(list fds, list offsets, list buffers, list crcs, bint is_write, int threads,
-           list labels, uint64_t piece=0):
+           describe, uint64_t piece=0):
     """Write (``is_write``) or read every buffer at its file offset on up to
-    ``threads`` threads with the GIL released.
+    ``threads`` threads with the GIL released. Buffers are any C-contiguous
+    buffer (numpy arrays of any dtype, bytes, bytearray).
 
     Writing returns each buffer's CRC32C. Reading checks each buffer against
-    ``crcs[i]`` (unmasked) unless it is None. On failure the exception names
-    ``labels[i]`` of the failing item.
+    ``crcs[i]`` (unmasked) unless it is None. On failure the exception's
+    message starts with ``describe(i)`` for the failing item i.
     """
     cdef size_t n = len(buffers), i
     cdef fc_io_item *items = <fc_io_item *>calloc((n if n else 1), sizeof(fc_io_item))
@@ -567,7 +569,7 @@ def io_run(list fds, list offsets, list buffers, list crcs, bint is_write, int t
         with nogil:
             rc = fc_io_run(items, n, is_write, threads, piece, &st)
         if rc:
-            _raise(&st, "", labels)
+            _raise(&st, "", describe)
         if is_write:
             return [items[i].crc for i in range(n)]
         return None

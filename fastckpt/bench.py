@@ -71,6 +71,22 @@ def _nbytes(state: Dict[str, np.ndarray]) -> int:
     return sum(int(v.nbytes) for v in state.values())
 
 
+def _fresh_memory_for_every_case() -> Optional[str]:
+    """Make every large allocation a new mapping, returned to the kernel when
+    freed (glibc ``mallopt``). Otherwise whichever case runs after a large free
+    gets warm reused memory and the next one pays the first touches: the
+    order of cases, not their speed, would decide. Returns why not, if not."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 256 * 1024) and libc.mallopt(m_trim_threshold, 256 * 1024)
+        return None if ok else "mallopt refused: fresh-array timings depend on case order"
+    except (OSError, AttributeError):
+        return "not glibc: fresh-array timings depend on case order"
+
+
 def _drop_caches() -> Optional[str]:
     """Drop the page cache; returns why not when it cannot."""
     try:
@@ -112,9 +128,25 @@ def _raw_read(path: str, state: Dict[str, np.ndarray],
 
 
 class _Case:
-    def __init__(self, name: str, kind: str, fn: Callable[[], object], baseline: str = "") -> None:
+    """One timed operation. ``before`` runs untimed first: save cases remove
+    the previous round's files there, so every save writes a new file and
+    no case is charged for freeing another's page cache."""
+
+    def __init__(self, name: str, kind: str, fn: Callable[[], object], baseline: str = "",
+                 before: Optional[Callable[[], None]] = None) -> None:
         self.name, self.kind, self.fn, self.baseline = name, kind, fn, baseline
+        self.before = before
         self.times: List[float] = []
+
+
+def _remover(*paths: str) -> Callable[[], None]:
+    def remove() -> None:
+        for p in paths:
+            if os.path.isdir(p):
+                shutil.rmtree(p)
+            elif os.path.exists(p):
+                os.unlink(p)
+    return remove
 
 
 def _cases(work: str, state: Dict[str, np.ndarray], durable: bool, threads: int,
@@ -124,8 +156,10 @@ def _cases(work: str, state: Dict[str, np.ndarray], durable: bool, threads: int,
     fc = os.path.join(work, "fc", "ckpt")
     existing = {k: np.empty_like(v) for k, v in state.items()}
     cases = [
-        _Case("raw write (1 file, sequential)", "save", lambda: _raw_write(raw, state, durable)),
-        _Case("fastckpt save", "save", lambda: write_bundle(fc, state, durable=durable, threads=threads), "raw write"),
+        _Case("raw write (1 file, sequential)", "save", lambda: _raw_write(raw, state, durable),
+              before=_remover(raw)),
+        _Case("fastckpt save", "save", lambda: write_bundle(fc, state, durable=durable, threads=threads), "raw write",
+              before=_remover(os.path.dirname(fc))),
     ]
     tf = sf = None
     if not skip_others:
@@ -144,10 +178,12 @@ def _cases(work: str, state: Dict[str, np.ndarray], durable: bool, threads: int,
         names = list(state)
         tensors = [tf.constant(v) for v in state.values()]
         cases.append(_Case("TensorFlow SaveV2", "save", lambda: tf.raw_ops.SaveV2(
-            prefix=tfp, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors), "raw write"))
+            prefix=tfp, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors), "raw write",
+            before=lambda: (_remover(os.path.dirname(tfp))(), os.makedirs(os.path.dirname(tfp))) and None))
     if sf is not None:
         sfp = os.path.join(work, "model.safetensors")
-        cases.append(_Case("safetensors save_file", "save", lambda: sf.save_file(state, sfp), "raw write"))
+        cases.append(_Case("safetensors save_file", "save", lambda: sf.save_file(state, sfp), "raw write",
+                           before=_remover(sfp)))
     cases += [
         _Case("raw read (fresh arrays)", "restore", lambda: _raw_read(raw, state, None)),
         _Case("fastckpt restore (fresh arrays)", "restore", lambda: read_bundle(fc, threads=threads), "raw read (fresh"),
@@ -179,13 +215,20 @@ def run_bench(size: int = 1 << 30, tensors: int = 250, dtype: str = "float32", d
     work = tempfile.mkdtemp(prefix="fastckpt-bench-", dir=directory)
     try:
         cases, notes = _cases(work, state, durable, nthreads, skip_others)
+        mem_note = _fresh_memory_for_every_case()
+        if mem_note:
+            notes.append(mem_note)
         cold_note = _drop_caches() if cold else None
         if cold_note:
             notes.append(cold_note)
         for case in cases:  # warm-up: first touches, file creation, imports
+            if case.before:
+                case.before()
             case.fn()
-        for _ in range(rounds):
-            for case in cases:
+        for r in range(rounds):
+            for case in _rotated(cases, r):
+                if case.before:
+                    case.before()
                 if cold and case.kind == "restore" and not cold_note:
                     _drop_caches()
                 gc.collect()
@@ -195,6 +238,18 @@ def run_bench(size: int = 1 << 30, tensors: int = 250, dtype: str = "float32", d
         return _report(cases, total, len(state), nthreads, rounds, durable, cold and not cold_note, notes, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _rotated(cases: Sequence[_Case], r: int) -> List[_Case]:
+    """Round r's order: saves first (restores read what they wrote), each
+    group rotated by r, so every case takes every position over the rounds
+    and none always follows the same neighbour's large free."""
+    out: List[_Case] = []
+    for kind in ("save", "restore"):
+        group = [c for c in cases if c.kind == kind]
+        k = r % len(group)
+        out += group[k:] + group[:k]
+    return out
 
 
 def _machine() -> str:

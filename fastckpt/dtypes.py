@@ -73,6 +73,12 @@ for _enum, _dt in sorted(_ENUM_TO_NUMPY.items(), reverse=True):
         _NUMPY_TO_ENUM[_dt] = _enum
 
 
+def native_enums() -> Dict[np.dtype, int]:
+    """numpy dtype (native byte order, as ``np.dtype`` compares) -> enum, for
+    the writer's fast path."""
+    return dict(_NUMPY_TO_ENUM)
+
+
 def numpy_dtype(enum: int) -> np.dtype:
     """The numpy dtype that holds tensors of TensorFlow dtype ``enum``
     (``object`` for strings)."""

@@ -15,7 +15,7 @@ from .errors import (CheckpointIOError, DataLossError, InvalidArgumentError,
                      NotFoundError, TensorNotFoundError, UnsupportedError)
 from .naming import PathLike, data_filename, index_filename, resolve_prefix
 from .slices import Extent, encode_slice_key, slice_region, slice_shape
-from .writer import default_threads
+from .writer import _gc_paused, default_threads
 
 __all__ = ["CheckpointReader", "read_bundle", "load_checkpoint", "list_variables"]
 
@@ -56,7 +56,8 @@ class _Pending:
         self.offsets: List[int] = []
         self.buffers: List[Any] = []
         self.crcs: List[Optional[int]] = []
-        self.labels: List[str] = []
+        self.names: List[str] = []    # for error messages only
+        self.shards: List[int] = []
         self.after: List[Any] = []
 
 
@@ -203,11 +204,12 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             names = list(into.keys()) if into is not None else self.tensor_names()
         out: Dict[str, Any] = {} if into is None else into  # type: ignore[assignment]
         pending = _Pending()
-        for name in names:
-            self._queue(name, pending, out, into)
+        with _gc_paused():
+            for name in names:
+                self._queue(name, pending, out, into)
         if pending.buffers:
-            _core.io_run(pending.fds, pending.offsets, pending.buffers, pending.crcs, False,
-                         self._threads, pending.labels)
+            _core.io_run(pending.fds, pending.offsets, pending.buffers, pending.crcs, False, self._threads,
+                         lambda i: f"{self._data_path(pending.shards[i])}: tensor {pending.names[i]!r}")
         for finish in pending.after:
             finish()
         return out
@@ -220,16 +222,16 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         npdt = numpy_dtype(dtype)
         # Every byte range is checked against the files before anything is allocated.
         parts = self._slice_parts(name, key, dtype, shape, slices) if slices else None
-        if parts is None:
-            self._check_range(name, shard, offset, size)
+        fd = self._check_range(name, shard, offset, size) if parts is None else -1
         target = self._target(name, shape, npdt, into)
         if parts is not None:
             for region, entry in parts:
                 part = np.empty(entry[1], npdt)
-                self._queue_payload(name, dtype, entry[1], *entry[2:6], part, pending)
+                sfd = self._check_range(name, entry[2], entry[3], entry[4])
+                self._queue_payload(name, dtype, entry[1], sfd, *entry[2:6], part, pending)
                 pending.after.append(lambda part=part, region=region: target.__setitem__(region, part))
         else:
-            self._queue_payload(name, dtype, shape, shard, offset, size, crc, target, pending)
+            self._queue_payload(name, dtype, shape, fd, shard, offset, size, crc, target, pending)
         out[name if isinstance(name, str) else _name_of(key)] = target
 
     def _target(self, name: str, shape: Tuple[int, ...], npdt: np.dtype,
@@ -253,6 +255,7 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         return arr
 
     def _check_range(self, name: str, shard: int, offset: int, size: int) -> int:
+        """The shard's fd, after checking the tensor lies inside the file."""
         fd, file_size = self._open_shard(shard)
         if offset + size > file_size:
             raise DataLossError(
@@ -260,18 +263,16 @@ class CheckpointReader(Mapping[str, np.ndarray]):
                 f"but the file has {file_size} bytes (truncated?)")
         return fd
 
-    def _queue_payload(self, name: str, dtype: int, shape: Tuple[int, ...], shard: int,
+    def _queue_payload(self, name: str, dtype: int, shape: Tuple[int, ...], fd: int, shard: int,
                        offset: int, size: int, crc: Optional[int], target: np.ndarray,
                        pending: _Pending) -> None:
-        fd = self._check_range(name, shard, offset, size)
-        label = f"{self._data_path(shard)}: tensor {name!r}"
         if self._verify and crc is None:
-            raise DataLossError(f"{label}: the index entry has no checksum")
-        expected = _core.unmask_crc(crc) if (self._verify and crc is not None) else None
+            raise DataLossError(f"{self._data_path(shard)}: tensor {name!r}: the index entry has no checksum")
         big = self._index.big_endian
         if dtype == DT_STRING:
             buf = bytearray(size)
             count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            label = f"{self._data_path(shard)}: tensor {name!r}"
 
             def finish_strings() -> None:
                 items = _core.decode_strings(buf, count, crc or 0, self._verify, big, label)
@@ -280,11 +281,14 @@ class CheckpointReader(Mapping[str, np.ndarray]):
                 target[...] = flat.reshape(shape)
 
             # the string decoder checks the entry CRC, which is not the payload's
-            self._add(pending, fd, offset, buf, None, label, None)
+            self._add(pending, name, shard, fd, offset, buf, None)
             pending.after.append(finish_strings)
             return
-        direct = target.flags.c_contiguous and target.dtype.byteorder in "=|<"
-        dest = target if direct else np.empty(shape, target.dtype.newbyteorder("="))
+        expected = _core.unmask_crc(crc) if (self._verify and crc is not None) else None
+        if not big and target.flags.c_contiguous and target.dtype.byteorder in "=|<":
+            self._add(pending, name, shard, fd, offset, target, expected)
+            return
+        dest = np.empty(shape, target.dtype.newbyteorder("="))
 
         def finish_fixed() -> None:
             if big:
@@ -292,18 +296,17 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             if dest is not target:
                 np.copyto(target, dest, casting="unsafe")
 
-        self._add(pending, fd, offset, dest.reshape(-1).view(np.uint8), expected, label, finish_fixed)
+        self._add(pending, name, shard, fd, offset, dest, expected)
+        pending.after.append(finish_fixed)
 
     @staticmethod
-    def _add(p: _Pending, fd: int, offset: int, buf: Any, crc: Optional[int], label: str,
-             after: Any) -> None:
+    def _add(p: _Pending, name: str, shard: int, fd: int, offset: int, buf: Any, crc: Optional[int]) -> None:
         p.fds.append(fd)
         p.offsets.append(offset)
         p.buffers.append(buf)
         p.crcs.append(crc)
-        p.labels.append(label)
-        if after is not None:
-            p.after.append(after)
+        p.names.append(name)
+        p.shards.append(shard)
 
     def _slice_parts(self, name: str, key: bytes, dtype: int, shape: Tuple[int, ...],
                      slices: List[Tuple[Extent, ...]]) -> List[Tuple[Tuple[slice, ...], Entry]]:

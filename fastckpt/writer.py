@@ -3,15 +3,16 @@ parallel C writes → index → commit (renames, index last)."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import secrets
-from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _core
-from .dtypes import DT_STRING, dtype_enum
+from .dtypes import DT_STRING, dtype_enum, native_enums
 from .errors import CheckpointError, CheckpointIOError, InvalidArgumentError
 from .naming import PathLike, data_filename, index_filename
 
@@ -28,21 +29,19 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-@dataclass
 class TensorPlan:
-    """Where one tensor goes: its key, dtype enum, shape, payload bytes,
-    shard and offset. ``crc`` is preset (unmasked) for string tensors, whose
-    entry CRC is not the CRC of the payload."""
+    """Where one tensor goes: its key, dtype enum, shape, payload (a
+    C-contiguous array or bytes), shard and offset. ``crc`` is preset
+    (unmasked) for string tensors, whose entry CRC is not the payload's."""
 
-    name: str
-    key: bytes
-    dtype: int
-    shape: Tuple[int, ...]
-    payload: Any  # a 1-D uint8 view or bytes
-    size: int
-    crc: Optional[int] = None
-    shard: int = 0
-    offset: int = 0
+    __slots__ = ("name", "key", "dtype", "shape", "payload", "size", "crc", "shard", "offset")
+
+    def __init__(self, name: str, key: bytes, dtype: int, shape: Tuple[int, ...], payload: Any,
+                 size: int, crc: Optional[int] = None) -> None:
+        self.name, self.key, self.dtype, self.shape = name, key, dtype, shape
+        self.payload, self.size, self.crc = payload, size, crc
+        self.shard = 0
+        self.offset = 0
 
 
 def _key_of(name: Name) -> Tuple[str, bytes]:
@@ -86,7 +85,21 @@ def _as_array(name: str, value: Any) -> np.ndarray:
         raise InvalidArgumentError(f"tensor {name!r}: cannot be converted to an array: {e}") from e
 
 
+_FAST_ENUMS = native_enums() if np.little_endian else {}
+
+
 def _plan_tensor(name: Name, value: Any) -> TensorPlan:
+    # Fast path: a str name and a C-contiguous little-endian numeric array,
+    # written as it is (no copy, no view).
+    if type(name) is str and type(value) is np.ndarray and name and name[0] != "\x00":
+        enum = _FAST_ENUMS.get(value.dtype)
+        if enum is not None and value.flags.c_contiguous:
+            try:
+                key = name.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                pass  # the slow path explains
+            else:
+                return TensorPlan(name, key, enum, value.shape, value, value.nbytes)
     text, key = _key_of(name)
     arr = _as_array(text, value)
     shape = tuple(int(d) for d in arr.shape)
@@ -100,8 +113,7 @@ def _plan_tensor(name: Name, value: Any) -> TensorPlan:
     if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and not _LITTLE):
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     arr = np.ascontiguousarray(arr)
-    flat = arr.reshape(-1).view(np.uint8)
-    return TensorPlan(text, key, enum, shape, flat, flat.nbytes)
+    return TensorPlan(text, key, enum, shape, arr, arr.nbytes)
 
 
 _LITTLE = np.little_endian
@@ -121,7 +133,8 @@ def plan_bundle(
         raise InvalidArgumentError(
             f"tensors must be a mapping of name to array, got {type(tensors).__name__}"
         )
-    plans = [_plan_tensor(name, value) for name, value in tensors.items()]
+    with _gc_paused():
+        plans = [_plan_tensor(name, value) for name, value in tensors.items()]
     seen: Dict[bytes, str] = {}
     for p in plans:
         if p.key in seen:
@@ -136,6 +149,19 @@ def plan_bundle(
         p.offset = ends[p.shard]
         ends[p.shard] = -(-(p.offset + p.size) // alignment) * alignment
     return plans
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic GC passes while building many small objects (they hold no
+    cycles); each pass would walk every one of them again."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _check_options(num_shards: int, alignment: int, threads: Optional[int]) -> int:
@@ -263,9 +289,9 @@ def _write_data(plans: List[TensorPlan], finals: List[str], temps: List[str],
             fds.append(fd)
             if size:
                 os.ftruncate(fd, size)
-        labels = [f"tensor {p.name!r} in {finals[p.shard]}" for p in plans]
         crcs = _core.io_run([fds[p.shard] for p in plans], [p.offset for p in plans],
-                            [p.payload for p in plans], [], True, nthreads, labels)
+                            [p.payload for p in plans], [], True, nthreads,
+                            lambda i: f"tensor {plans[i].name!r} in {finals[plans[i].shard]}")
         assert crcs is not None
         for p, crc in zip(plans, crcs):
             if p.crc is None:
