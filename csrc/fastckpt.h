@@ -200,12 +200,20 @@ typedef struct {
     uint8_t verify;     /* read: compare the CRC */
 } fc_io_item;
 
+enum fc_io_mode {
+    FC_IO_READ = 0,
+    FC_IO_WRITE = 1,
+    FC_IO_WRITE_UNCACHED = 2, /* RWF_DONTCACHE where the kernel has it: for
+                                 data about to be fsync'd, faster than
+                                 filling the page cache and flushing it */
+};
+
 /* Reads or writes every item with pread/pwrite (batched with p*v for
  * neighbouring small items, split into pieces for large ones) on up to
  * nthreads threads, computing each item's CRC32C in the same pass. No
  * Python calls: safe with the GIL released. On failure st->item is the
  * item's index. */
-int fc_io_run(fc_io_item *items, size_t n, int is_write, int nthreads,
+int fc_io_run(fc_io_item *items, size_t n, int mode, int nthreads,
               uint64_t piece_bytes, fc_status *st);
 
 /* CRC32C of a large buffer on several threads. */

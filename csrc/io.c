@@ -18,6 +18,10 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#ifndef RWF_DONTCACHE
+#define RWF_DONTCACHE 0x00000080 /* Linux 6.14+: write through, drop the pages */
+#endif
+
 #define MAX_GAP 65536
 #define MAX_IOV 512
 #define DEFAULT_PIECE (1u << 20)
@@ -42,6 +46,7 @@ typedef struct {
     batch_t *batches;
     size_t nbatches;
     int is_write;
+    int uncached;           /* atomic: try RWF_DONTCACHE; cleared when refused */
     size_t next;            /* atomic */
     int stop;               /* atomic */
     pthread_mutex_t lock;
@@ -100,8 +105,19 @@ static int run_batch(job_t *j, const batch_t *b, uint8_t **scratch) {
     uint64_t done = 0;
     struct iovec *v = iov;
     while (done < total) {
-        ssize_t r = j->is_write ? pwritev(fd, v, n, (off_t)(s[0].file_off + done))
-                                : preadv(fd, v, n, (off_t)(s[0].file_off + done));
+        off_t at = (off_t)(s[0].file_off + done);
+        ssize_t r;
+        if (!j->is_write) {
+            r = preadv(fd, v, n, at);
+        } else if (__atomic_load_n(&j->uncached, __ATOMIC_RELAXED)) {
+            r = pwritev2(fd, v, n, at, RWF_DONTCACHE);
+            if (r < 0 && (errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS)) {
+                __atomic_store_n(&j->uncached, 0, __ATOMIC_RELAXED); /* not here: plain writes */
+                continue;
+            }
+        } else {
+            r = pwritev(fd, v, n, at);
+        }
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) {
             record_error(j, item_at(j, b, done), FC_IO, errno,
@@ -208,8 +224,9 @@ static size_t plan(job_t *j, size_t n, const size_t *order, uint64_t piece) {
     return nseg;
 }
 
-int fc_io_run(fc_io_item *items, size_t n, int is_write, int nthreads, uint64_t piece,
+int fc_io_run(fc_io_item *items, size_t n, int mode, int nthreads, uint64_t piece,
               fc_status *st) {
+    int is_write = mode != FC_IO_READ;
     if (piece == 0) piece = DEFAULT_PIECE;
     if (piece < 4096) piece = 4096;
     if (piece > (1u << 30)) piece = 1u << 30;
@@ -223,6 +240,7 @@ int fc_io_run(fc_io_item *items, size_t n, int is_write, int nthreads, uint64_t 
     memset(&j, 0, sizeof j);
     j.items = items;
     j.is_write = is_write;
+    j.uncached = mode == FC_IO_WRITE_UNCACHED;
     fc_status_clear(&j.err);
     size_t *order = (size_t *)malloc((n ? n : 1) * sizeof(size_t));
     j.segs = (seg_t *)malloc((maxseg ? maxseg : 1) * sizeof(seg_t));

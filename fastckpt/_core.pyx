@@ -118,7 +118,9 @@ cdef extern from "fastckpt.h" nogil:
         void *buf
         uint32_t crc
         uint8_t verify
-    int fc_io_run(fc_io_item *items, size_t n, int is_write, int nthreads,
+    enum:
+        FC_IO_READ, FC_IO_WRITE, FC_IO_WRITE_UNCACHED
+    int fc_io_run(fc_io_item *items, size_t n, int mode, int nthreads,
                   uint64_t piece_bytes, fc_status *st)
 
 
@@ -537,14 +539,16 @@ def decode_strings(payload, uint64_t n, uint32_t masked_crc, bint verify=True,
 # ---- parallel I/O -------------------------------------------------------------------
 
 def io_run(list fds, list offsets, list buffers, list crcs, bint is_write, int threads,
-           describe, uint64_t piece=0):
+           describe, uint64_t piece=0, bint uncached=False):
     """Write (``is_write``) or read every buffer at its file offset on up to
     ``threads`` threads with the GIL released. Buffers are any C-contiguous
     buffer (numpy arrays of any dtype, bytes, bytearray).
 
     Writing returns each buffer's CRC32C. Reading checks each buffer against
     ``crcs[i]`` (unmasked) unless it is None. On failure the exception's
-    message starts with ``describe(i)`` for the failing item i.
+    message starts with ``describe(i)`` for the failing item i. ``uncached``
+    writes with RWF_DONTCACHE where the kernel supports it (for data that is
+    fsync'd next).
     """
     cdef size_t n = len(buffers), i
     cdef fc_io_item *items = <fc_io_item *>calloc((n if n else 1), sizeof(fc_io_item))
@@ -567,7 +571,8 @@ def io_run(list fds, list offsets, list buffers, list crcs, bint is_write, int t
                 items[i].crc = crcs[i]
                 items[i].verify = 1
         with nogil:
-            rc = fc_io_run(items, n, is_write, threads, piece, &st)
+            rc = fc_io_run(items, n, (FC_IO_WRITE_UNCACHED if uncached else FC_IO_WRITE) if is_write
+                           else FC_IO_READ, threads, piece, &st)
         if rc:
             _raise(&st, "", describe)
         if is_write:

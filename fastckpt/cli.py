@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tensors", type=int, default=250, help="number of tensors (default 250)")
     b.add_argument("--dtype", default="float32", help="float32, bfloat16, float16, ... (default float32)")
     b.add_argument("--durable", action="store_true", help="fsync (raw write and fastckpt save)")
-    b.add_argument("--cold", action="store_true", help="drop the page cache before each restore (needs root)")
+    b.add_argument("--cold", action="store_true", help="restores read from disk: files are evicted from the page cache first")
     b.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are quoted (default 5)")
     b.add_argument("--dir", default=None, help="directory for the files (default: the system temp dir)")
     b.add_argument("--threads", type=int, default=None, help="fastckpt threads (default: all cores)")
