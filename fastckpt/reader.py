@@ -3,6 +3,7 @@ allocation) → parallel C reads into arrays → checksums."""
 
 from __future__ import annotations
 
+import mmap
 import os
 from typing import (Any, Dict, Iterator, List, Mapping, MutableMapping, Optional, Sequence,
                     Tuple, Union)
@@ -80,6 +81,8 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         self._threads = threads if threads is not None else default_threads()
         self._fds: Dict[int, int] = {}
         self._sizes: Dict[int, int] = {}
+        self._maps: Dict[int, Optional[mmap.mmap]] = {}
+        self._verified: set = set()
         self._names: Optional[List[str]] = None
 
     # -- files -------------------------------------------------------------------
@@ -109,8 +112,23 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             self._sizes[shard] = os.fstat(fd).st_size
         return self._fds[shard], self._sizes[shard]
 
+    def _mapping(self, shard: int) -> Optional[mmap.mmap]:
+        if shard not in self._maps:
+            fd, size = self._open_shard(shard)
+            self._maps[shard] = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else None
+        return self._maps[shard]
+
     def close(self) -> None:
-        """Close the data files (the reader can still be used; files reopen)."""
+        """Close the data files and mappings. Views already handed out stay
+        valid (their mapping closes when the last one is gone); the reader
+        itself can still be used and reopens files on demand."""
+        maps, self._maps = self._maps, {}
+        for m in maps.values():
+            if m is not None:
+                try:
+                    m.close()
+                except BufferError:
+                    pass  # views exist: the mapping lives until they are gone
         fds, self._fds = self._fds, {}
         self._sizes = {}
         for fd in fds.values():
@@ -165,13 +183,37 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             out[n] = numpy_dtype(dt) if dt != DT_VARIANT else np.dtype(object)
         return out
 
-    def get_tensor(self, name: str) -> np.ndarray:
-        """The tensor ``name`` as a new numpy array (strings as ``bytes``)."""
-        return self.read([name])[name]
+    def get_tensor(self, name: str, copy: bool = True) -> np.ndarray:
+        """The tensor ``name``: a new array, or with ``copy=False`` a zero-copy
+        read-only view where possible (strings come back as ``bytes``)."""
+        return self.read([name])[name] if copy else self._view(name)
+
+    def _view(self, name: str) -> np.ndarray:
+        key, (dtype, shape, shard, offset, size, crc, slices) = self._entry(name)
+        npdt = numpy_dtype(dtype) if dtype not in (DT_STRING, DT_VARIANT) else None
+        if npdt is None or slices or self._index.big_endian or (size and offset % npdt.alignment):
+            return self.read([name])[name]
+        self._check_range(name, shard, offset, size)
+        mapped = self._mapping(shard) if size else None
+        if mapped is None:
+            arr = np.empty(shape, npdt)
+            arr.flags.writeable = False
+            return arr
+        arr = np.frombuffer(mapped, npdt, size // npdt.itemsize, offset).reshape(shape)
+        if self._verify and key not in self._verified:
+            if crc is None:
+                raise DataLossError(f"{self._data_path(shard)}: tensor {name!r}: the index entry has no checksum")
+            got = _core.crc32c_parallel(arr, self._threads)
+            if got != _core.unmask_crc(crc):
+                raise DataLossError(f"{self._data_path(shard)}: tensor {name!r}: checksum does not match: "
+                                    f"stored {crc} vs. calculated {_core.mask_crc(got)}")
+            self._verified.add(key)
+        return arr
 
     # -- Mapping -------------------------------------------------------------------
     def __getitem__(self, name: str) -> np.ndarray:
-        return self.get_tensor(name)
+        """A zero-copy read-only view of tensor ``name`` where possible."""
+        return self._view(name)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.tensor_names())
