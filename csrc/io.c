@@ -26,8 +26,6 @@
 #define MAX_IOV 512
 #define DEFAULT_PIECE (1u << 20)
 
-static const uint8_t zeros[MAX_GAP];
-
 typedef struct {
     size_t item;
     uint64_t off_in_item;
@@ -81,11 +79,11 @@ static int run_batch(job_t *j, const batch_t *b, uint8_t **scratch) {
     for (size_t i = 0; i < b->count; i++) {
         if (s[i].file_off > pos) { /* gap (alignment padding) */
             size_t gap = (size_t)(s[i].file_off - pos);
-            if (!j->is_write && !*scratch && !(*scratch = (uint8_t *)malloc(MAX_GAP))) {
+            if (!*scratch && !(*scratch = (uint8_t *)malloc(MAX_GAP))) {
                 record_error(j, s[i].item, FC_NOMEM, ENOMEM, "out of memory");
                 return -1;
             }
-            iov[n].iov_base = j->is_write ? (void *)zeros : (void *)*scratch;
+            iov[n].iov_base = (void *)*scratch;
             iov[n++].iov_len = gap;
             total += gap;
         }
@@ -208,7 +206,11 @@ static size_t plan(job_t *j, size_t n, const size_t *order, uint64_t piece) {
             open = 0;
             continue;
         }
+        /* Reads may skip gaps (into scratch); writes never span one: the gap
+         * may hold another pass's data (the file is pre-sized, so gaps
+         * nobody writes read as zeros). */
         uint64_t gap = it->file_off >= cur_end ? it->file_off - cur_end : UINT64_MAX;
+        if (j->is_write && gap) gap = UINT64_MAX;
         if (!open || it->fd != cur_fd || gap > MAX_GAP || cur_bytes + gap + it->len > piece ||
             j->batches[j->nbatches - 1].count >= MAX_IOV) {
             new_batch(j, nseg);

@@ -34,12 +34,13 @@ class TensorPlan:
     C-contiguous array or bytes), shard and offset. ``crc`` is preset
     (unmasked) for string tensors, whose entry CRC is not the payload's."""
 
-    __slots__ = ("name", "key", "dtype", "shape", "payload", "size", "crc", "shard", "offset")
+    __slots__ = ("name", "key", "dtype", "shape", "payload", "size", "crc", "shard", "offset", "source")
 
     def __init__(self, name: str, key: bytes, dtype: int, shape: Tuple[int, ...], payload: Any,
-                 size: int, crc: Optional[int] = None) -> None:
+                 size: int, crc: Optional[int] = None, source: Optional[np.ndarray] = None) -> None:
         self.name, self.key, self.dtype, self.shape = name, key, dtype, shape
         self.payload, self.size, self.crc = payload, size, crc
+        self.source = source  # set (payload None) when the array must be converted in the staging pool
         self.shard = 0
         self.offset = 0
 
@@ -110,10 +111,30 @@ def _plan_tensor(name: Name, value: Any) -> TensorPlan:
         enum = dtype_enum(arr.dtype)
     except InvalidArgumentError as e:
         raise InvalidArgumentError(f"tensor {text!r}: {e}") from None
-    if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and not _LITTLE):
-        arr = arr.astype(arr.dtype.newbyteorder("<"))
-    arr = np.ascontiguousarray(arr)
+    big = arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and not _LITTLE)
+    if big or not arr.flags.c_contiguous:
+        return TensorPlan(text, key, enum, shape, None, arr.nbytes, source=arr)
     return TensorPlan(text, key, enum, shape, arr, arr.nbytes)
+
+
+STAGING_BYTES = 64 << 20
+
+
+def c_order_chunks(arr: np.ndarray, max_bytes: int) -> Iterator[np.ndarray]:
+    """C-contiguous little-endian pieces of ``arr`` of at most ``max_bytes``
+    (or one row's worth) whose bytes, in order, are ``arr`` in C order."""
+    le = arr.dtype.newbyteorder("<")
+    if arr.nbytes <= max_bytes or arr.ndim == 0:
+        yield np.ascontiguousarray(arr, dtype=le)
+        return
+    row = arr.nbytes // arr.shape[0]
+    if row <= max_bytes:
+        step = max(1, max_bytes // max(row, 1))
+        for i in range(0, arr.shape[0], step):
+            yield np.ascontiguousarray(arr[i:i + step], dtype=le)
+    else:
+        for i in range(arr.shape[0]):
+            yield from c_order_chunks(arr[i], max_bytes)
 
 
 _LITTLE = np.little_endian
@@ -241,6 +262,7 @@ def write_bundle(
     num_shards: int = 1,
     threads: Optional[int] = None,
     durable: bool = False,
+    staging_bytes: int = STAGING_BYTES,
 ) -> str:
     """Write ``tensors`` (name → array) as the bundle ``prefix``.
 
@@ -250,6 +272,12 @@ def write_bundle(
     and the index are written under temporary names and renamed into place,
     index last, so ``prefix.index`` only ever names complete data. With
     ``durable=True`` every file and the directory are fsync'd first.
+
+    No copy of the state is made: C-contiguous little-endian arrays are
+    written from their own memory by ``threads`` threads (default: all
+    cores). Arrays that need converting (non-contiguous, Fortran-order,
+    big-endian) pass through a staging pool of at most ``staging_bytes``
+    (64 MiB); string tensors are encoded whole.
 
     Returns the prefix. Raises :class:`InvalidArgumentError` for bad names,
     dtypes or options and :class:`CheckpointIOError` (an ``OSError``) when
@@ -269,7 +297,9 @@ def write_bundle(
     finals = [data_filename(prefix, s, num_shards) for s in range(num_shards)]
     temps: List[str] = []
     try:
-        _write_data(plans, finals, temps, alignment, nthreads, durable)
+        if not isinstance(staging_bytes, int) or staging_bytes < 1:
+            raise InvalidArgumentError(f"staging_bytes must be a positive int, got {staging_bytes!r}")
+        _write_data(plans, finals, temps, alignment, nthreads, durable, staging_bytes)
         index_tmp = _temp_name(index_filename(prefix))
         temps.append(index_tmp)
         _write_file(index_tmp, build_index(plans, num_shards), durable)
@@ -286,8 +316,56 @@ def write_bundle(
     return prefix
 
 
+def _write_direct(plans: List[TensorPlan], fds: List[int], finals: List[str], nthreads: int,
+                  durable: bool) -> None:
+    """One parallel write of every payload that is ready as it is."""
+    crcs = _core.io_run([fds[p.shard] for p in plans], [p.offset for p in plans],
+                        [p.payload for p in plans], [], True, nthreads,
+                        lambda i: f"tensor {plans[i].name!r} in {finals[plans[i].shard]}",
+                        uncached=durable)
+    assert crcs is not None
+    for p, crc in zip(plans, crcs):
+        if p.crc is None:
+            p.crc = crc
+
+
+def _write_staged(plans: List[TensorPlan], fds: List[int], finals: List[str], nthreads: int,
+                  durable: bool, staging_bytes: int) -> None:
+    """Arrays that need converting (non-contiguous, big-endian) go through a
+    staging pool of at most ``staging_bytes``: converted piece by piece,
+    written in parallel batches, their CRCs combined per tensor."""
+    batch: List[Tuple[TensorPlan, int, np.ndarray]] = []
+    held = 0
+
+    def flush() -> None:
+        nonlocal held
+        crcs = _core.io_run([fds[p.shard] for p, _, _ in batch], [p.offset + at for p, at, _ in batch],
+                            [c for _, _, c in batch], [], True, nthreads,
+                            lambda i: f"tensor {batch[i][0].name!r} in {finals[batch[i][0].shard]}",
+                            uncached=durable)
+        assert crcs is not None
+        for (p, at, chunk), crc in zip(batch, crcs):
+            p.crc = crc if at == 0 else _core.crc32c_combine(p.crc or 0, crc, chunk.nbytes)
+        batch.clear()
+        held = 0
+
+    for p in plans:
+        assert p.source is not None
+        at = 0
+        if p.size == 0:
+            p.crc = 0
+        for chunk in c_order_chunks(p.source, staging_bytes) if p.size else ():
+            if held and held + chunk.nbytes > staging_bytes:
+                flush()
+            batch.append((p, at, chunk))
+            at += chunk.nbytes
+            held += chunk.nbytes
+    if batch:
+        flush()
+
+
 def _write_data(plans: List[TensorPlan], finals: List[str], temps: List[str],
-                alignment: int, nthreads: int, durable: bool) -> None:
+                alignment: int, nthreads: int, durable: bool, staging_bytes: int) -> None:
     sizes = [0] * len(finals)
     for p in plans:
         sizes[p.shard] = max(sizes[p.shard], -(-(p.offset + p.size) // alignment) * alignment)
@@ -300,14 +378,10 @@ def _write_data(plans: List[TensorPlan], finals: List[str], temps: List[str],
             fds.append(fd)
             if size:
                 os.ftruncate(fd, size)
-        crcs = _core.io_run([fds[p.shard] for p in plans], [p.offset for p in plans],
-                            [p.payload for p in plans], [], True, nthreads,
-                            lambda i: f"tensor {plans[i].name!r} in {finals[plans[i].shard]}",
-                            uncached=durable)
-        assert crcs is not None
-        for p, crc in zip(plans, crcs):
-            if p.crc is None:
-                p.crc = crc
+        _write_direct([p for p in plans if p.payload is not None], fds, finals, nthreads, durable)
+        staged = [p for p in plans if p.payload is None]
+        if staged:
+            _write_staged(staged, fds, finals, nthreads, durable, staging_bytes)
         if durable:
             fsync_all(fds)
     finally:
