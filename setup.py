@@ -7,6 +7,7 @@ FASTCKPT_SANITIZE=1 builds with AddressSanitizer and UndefinedBehaviorSanitizer
 import glob
 import os
 
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -25,11 +26,12 @@ if os.environ.get("FASTCKPT_SANITIZE"):
 core = Extension(
     "fastckpt._core",
     sources=["fastckpt/_core.pyx"] + C_SOURCES,
-    include_dirs=["csrc"],
+    include_dirs=["csrc", numpy.get_include()],
     depends=HEADERS,
     extra_compile_args=compile_args,
     extra_link_args=link_args,
-    define_macros=[("_FILE_OFFSET_BITS", "64"), ("_GNU_SOURCE", "1")],
+    define_macros=[("_FILE_OFFSET_BITS", "64"), ("_GNU_SOURCE", "1"),
+                   ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
 )
 
 setup(ext_modules=cythonize([core], compiler_directives={"language_level": "3"}))

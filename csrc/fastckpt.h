@@ -129,6 +129,10 @@ typedef int (*fc_table_visit)(void *ctx, const uint8_t *key, size_t klen,
 int fc_table_iterate(const uint8_t *data, size_t len, fc_table_visit visit,
                      void *ctx, fc_status *st);
 
+/* Sorts n keys (arena + off/len) bytewise into order[]; stable. 0 or -1 (ENOMEM). */
+int fc_sort_keys(const uint8_t *arena, const uint32_t *off, const uint32_t *len, size_t n,
+                 uint32_t *order);
+
 /* ---- parsed bundle index -------------------------------------------------- */
 typedef struct {
     uint32_t key_off, key_len;

@@ -4,13 +4,25 @@ it takes Python buffers, releases the GIL around I/O and checksums, and turns
 C status codes into fastckpt exceptions in one place (``_raise``)."""
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
+from cpython.ref cimport Py_INCREF
+from cpython.unicode cimport PyUnicode_AsUTF8String, PyUnicode_DecodeUTF8
+
+cdef extern from "Python.h":
+    const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
+cimport numpy as cnp
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc, calloc, free
-from libc.string cimport memset
+from libc.string cimport memcmp, memset
 
 from .errors import (CheckpointIOError, DataLossError, InvalidArgumentError,
                      UnsupportedError, CheckpointError)
+
+cnp.import_array()
+
+cdef extern from "numpy/arrayobject.h":
+    # steals a reference to the dtype (numpy's .pxd leaves it out for that reason)
+    object PyArray_Empty(int nd, cnp.npy_intp *dims, cnp.dtype descr, int fortran)
 
 cdef extern from "fastckpt.h" nogil:
     enum:
@@ -27,6 +39,7 @@ cdef extern from "fastckpt.h" nogil:
         size_t len
         size_t cap
     void fc_buf_free(fc_buf *b)
+    int fc_buf_append(fc_buf *b, const void *data, size_t n)
 
     uint32_t fc_crc32c_extend(uint32_t crc, const void *data, size_t n)
     uint32_t fc_crc32c_extend_portable(uint32_t crc, const void *data, size_t n)
@@ -103,6 +116,8 @@ cdef extern from "fastckpt.h" nogil:
     int fc_decode_entry_into(fc_index *idx, const uint8_t *p, size_t n, fc_entry *e,
                              fc_status *st)
     int fc_dtype_size(int32_t dtype)
+    int fc_sort_keys(const uint8_t *arena, const uint32_t *off, const uint32_t *len, size_t n,
+                     uint32_t *order)
 
     int fc_string_payload_size(const uint64_t *lens, size_t n, uint64_t *size, fc_status *st)
     int fc_string_encode(const uint8_t *const *ptrs, const uint64_t *lens, size_t n,
@@ -578,5 +593,266 @@ def io_run(list fds, list offsets, list buffers, list crcs, bint is_write, int t
         if is_write:
             return [items[i].crc for i in range(n)]
         return None
+    finally:
+        free(items)
+
+
+# ---- fast paths for many tensors ----------------------------------------------------
+# The general paths (writer.py, reader.py) make a few Python objects per
+# tensor; for 100,000 small tensors that is most of the time. These do the
+# per-tensor work in C for the common case -- a dict of C-contiguous
+# little-endian numeric arrays to write, plain fixed-width tensors to read --
+# and return None for anything else, which then takes the general path.
+
+cdef class FastWrite:
+    """A write plan made in C: per tensor its key, dtype, shape, shard,
+    offset and buffer. Keeps the arrays alive until written."""
+    cdef fc_io_item *items
+    cdef int32_t *dtypes
+    cdef int32_t *shards
+    cdef int32_t *ranks
+    cdef uint32_t *dims_off
+    cdef int64_t *dims
+    cdef uint32_t *key_off
+    cdef uint32_t *key_len
+    cdef fc_buf keys
+    cdef Py_ssize_t n
+    cdef public list names
+    cdef list arrays
+    cdef public list shard_sizes
+
+    def __dealloc__(self):
+        free(self.items); free(self.dtypes); free(self.shards); free(self.ranks)
+        free(self.dims_off); free(self.dims); free(self.key_off); free(self.key_len)
+        fc_buf_free(&self.keys)
+
+    def write(self, list fds, int threads, bint uncached, list paths):
+        """Write every payload to ``fds[shard]``; fills the CRCs. ``paths``
+        (per shard) name the file in errors."""
+        cdef Py_ssize_t i
+        cdef fc_status st
+        cdef int rc
+        fc_status_clear(&st)
+        for i in range(self.n):
+            self.items[i].fd = fds[self.shards[i]]
+        with nogil:
+            rc = fc_io_run(self.items, <size_t>self.n, FC_IO_WRITE_UNCACHED if uncached else FC_IO_WRITE,
+                           threads, 0, &st)
+        if rc:
+            _raise(&st, "", lambda i: f"tensor {self.names[i]!r} in {paths[self.shards[i]]}")
+
+    def index(self, int num_shards):
+        """The .index bytes (call after write)."""
+        cdef uint32_t *order = <uint32_t *>malloc((self.n if self.n else 1) * sizeof(uint32_t))
+        cdef fc_table_builder *tb = fc_table_builder_new()
+        cdef fc_buf val
+        cdef fc_header h
+        cdef fc_entry_view e
+        cdef fc_status st
+        cdef const uint8_t *out
+        cdef size_t outlen
+        cdef Py_ssize_t k
+        cdef uint32_t i
+        cdef int rc = 0
+        cdef uint8_t empty_key = 0
+        memset(&val, 0, sizeof(val))
+        fc_status_clear(&st)
+        try:
+            if order == NULL or tb == NULL or fc_sort_keys(self.keys.p, self.key_off, self.key_len,
+                                                           <size_t>self.n, order):
+                raise MemoryError()
+            h.num_shards, h.endianness, h.producer = num_shards, 0, 1
+            h.min_consumer, h.bad_consumer_1, h.has_version = 0, 0, 1
+            with nogil:
+                rc = fc_encode_header(&val, &h, &st)
+                if rc == 0:
+                    rc = fc_table_add(tb, &empty_key, 0, val.p, val.len, &st)
+                k = 0
+                while rc == 0 and k < self.n:
+                    i = order[k]
+                    if k and self.key_len[i] == self.key_len[order[k - 1]] and memcmp(
+                            self.keys.p + self.key_off[i], self.keys.p + self.key_off[order[k - 1]],
+                            self.key_len[i]) == 0:
+                        rc = FC_INVALID  # two names with the same UTF-8 bytes
+                        break
+                    val.len = 0
+                    e.dtype, e.rank, e.dims = self.dtypes[i], self.ranks[i], self.dims + self.dims_off[i]
+                    e.shard_id, e.offset = self.shards[i], <int64_t>self.items[i].file_off
+                    e.size, e.crc32c, e.has_crc = <int64_t>self.items[i].len, fc_crc_mask(self.items[i].crc), 1
+                    e.num_slices, e.extents = 0, NULL
+                    rc = fc_encode_entry(&val, &e, &st)
+                    if rc == 0:
+                        rc = fc_table_add(tb, self.keys.p + self.key_off[i], self.key_len[i], val.p,
+                                          val.len, &st)
+                    k += 1
+                if rc == 0:
+                    rc = fc_table_finish(tb, &out, &outlen, &st)
+            if rc == FC_INVALID and st.code == FC_OK:
+                raise InvalidArgumentError(f"duplicate tensor name {self.names[order[k]]!r}")
+            if rc:
+                _raise(&st, "index")
+            return PyBytes_FromStringAndSize(<const char *>out, outlen)
+        finally:
+            free(order)
+            fc_buf_free(&val)
+            fc_table_builder_free(tb)
+
+
+def plan_write_fast(dict tensors, dict enums, int num_shards, int64_t alignment):
+    """A :class:`FastWrite` when every item is ``str`` -> C-contiguous
+    little-endian array of a dtype in ``enums`` (dtype -> enum); else None."""
+    cdef Py_ssize_t n = len(tensors), i = 0, d, ndims = 0, klen
+    cdef cnp.ndarray arr
+    cdef object name, value, enum, descr, last_descr = None
+    cdef int32_t last_enum = 0
+    cdef const char *kp
+    cdef FastWrite p = FastWrite()
+    cdef uint64_t cum = 0, total = 0, size
+    cdef int shard
+    cdef uint64_t *ends
+    p.names, p.arrays = [], []
+    for name, value in tensors.items():
+        if type(name) is not str or not cnp.PyArray_CheckExact(value):
+            return None
+        arr = <cnp.ndarray>value
+        if not cnp.PyArray_IS_C_CONTIGUOUS(arr) or len(<str>name) == 0 or (<str>name)[0] == "\x00":
+            return None
+        descr = <object>cnp.PyArray_DESCR(arr)
+        if descr is not last_descr:  # most states hold one or two dtypes
+            enum = enums.get(descr)
+            if enum is None:
+                return None
+            last_descr, last_enum = descr, enum
+        ndims += cnp.PyArray_NDIM(arr)
+        total += <uint64_t>cnp.PyArray_NBYTES(arr)
+    p.n = n
+    p.items = <fc_io_item *>calloc(n if n else 1, sizeof(fc_io_item))
+    p.dtypes = <int32_t *>malloc((n if n else 1) * sizeof(int32_t))
+    p.shards = <int32_t *>malloc((n if n else 1) * sizeof(int32_t))
+    p.ranks = <int32_t *>malloc((n if n else 1) * sizeof(int32_t))
+    p.dims_off = <uint32_t *>malloc((n if n else 1) * sizeof(uint32_t))
+    p.key_off = <uint32_t *>malloc((n if n else 1) * sizeof(uint32_t))
+    p.key_len = <uint32_t *>malloc((n if n else 1) * sizeof(uint32_t))
+    p.dims = <int64_t *>malloc((ndims if ndims else 1) * sizeof(int64_t))
+    ends = <uint64_t *>calloc(num_shards, sizeof(uint64_t))
+    memset(&p.keys, 0, sizeof(p.keys))
+    if (p.items == NULL or p.dtypes == NULL or p.shards == NULL or p.ranks == NULL or p.dims_off == NULL
+            or p.key_off == NULL or p.key_len == NULL or p.dims == NULL or ends == NULL):
+        free(ends)
+        raise MemoryError()
+    ndims = 0
+    last_descr = None
+    p.names, p.arrays = list(tensors.keys()), list(tensors.values())  # the arrays stay alive while written
+    try:
+        for i in range(n):
+            name = p.names[i]
+            arr = <cnp.ndarray>p.arrays[i]
+            try:
+                kp = PyUnicode_AsUTF8AndSize(name, &klen)  # cached in the str: no new object
+            except UnicodeEncodeError:
+                return None  # lone surrogates: the general path encodes them
+            if <uint64_t>klen > 0xFFFFFFFFu or p.keys.len > 0xFFFFFFFFu - <uint64_t>klen:
+                return None
+            p.key_off[i], p.key_len[i] = <uint32_t>p.keys.len, <uint32_t>klen
+            if fc_buf_append(&p.keys, kp, <size_t>klen):
+                raise MemoryError()
+            descr = <object>cnp.PyArray_DESCR(arr)
+            if descr is not last_descr:
+                last_descr, last_enum = descr, enums[descr]
+            p.dtypes[i] = last_enum
+            p.ranks[i] = cnp.PyArray_NDIM(arr)
+            if p.ranks[i] > FC_MAX_RANK:
+                return None
+            p.dims_off[i] = <uint32_t>ndims
+            for d in range(p.ranks[i]):
+                p.dims[ndims] = cnp.PyArray_DIMS(arr)[d]
+                ndims += 1
+            size = <uint64_t>cnp.PyArray_NBYTES(arr)
+            shard = 0
+            if num_shards > 1:  # contiguous runs of about equal bytes (as plan_bundle)
+                shard = <int>min(<uint64_t>(num_shards - 1), ((2 * cum + size) * <uint64_t>num_shards) // (2 * (total or 1)))
+            cum += size
+            p.shards[i] = shard
+            p.items[i].file_off = ends[shard]
+            p.items[i].len = size
+            p.items[i].buf = cnp.PyArray_DATA(arr)
+            ends[shard] = (ends[shard] + size + <uint64_t>alignment - 1) // <uint64_t>alignment * <uint64_t>alignment
+        p.shard_sizes = [ends[d] for d in range(num_shards)]
+        return p
+    finally:
+        free(ends)
+
+
+def read_fast(Index index, list names, list fds, list sizes, list descrs, bint verify, int threads,
+              describe):
+    """Read plain tensors into new arrays in C: a dict name -> array, or None
+    when some tensor needs the general path (missing, string, sliced,
+    big-endian, out of range, no checksum). ``names`` None means every
+    tensor; ``fds``/``sizes`` per shard; ``descrs[enum]`` a numpy dtype or
+    None."""
+    cdef fc_index *idx = &index.idx
+    cdef Py_ssize_t n, k, m = 0
+    cdef int64_t j
+    cdef fc_entry *e
+    cdef fc_io_item *items
+    cdef fc_status st
+    cdef int rc, d
+    cdef cnp.npy_intp dims[FC_MAX_RANK]
+    cdef object descr, name, arr
+    cdef bytes key
+    cdef dict out = {}
+    cdef list order = []
+    if idx.header.endianness != 0:
+        return None
+    n = len(names) if names is not None else <Py_ssize_t>idx.n
+    items = <fc_io_item *>calloc(n if n else 1, sizeof(fc_io_item))
+    if items == NULL:
+        raise MemoryError()
+    try:
+        for k in range(n):
+            if names is not None:
+                name = names[k]
+                if type(name) is not str:
+                    return None
+                try:
+                    key = PyUnicode_AsUTF8String(name)
+                except UnicodeEncodeError:
+                    return None
+                if len(key) == 0 or PyBytes_AS_STRING(key)[0] == 0:
+                    return None
+                j = fc_index_find(idx, <const uint8_t *>PyBytes_AS_STRING(key), len(key))
+                if j < 0:
+                    return None
+            else:
+                j = k
+                e = &idx.entries[j]
+                if e.key_len == 0 or idx.keys[e.key_off] == 0:
+                    continue  # slice entries are not tensors of their own
+                name = PyUnicode_DecodeUTF8(<const char *>idx.keys + e.key_off, e.key_len, "surrogateescape")
+            e = &idx.entries[j]
+            if e.num_slices or e.dtype < 0 or e.dtype >= len(descrs) or e.shard_id >= len(fds):
+                return None
+            descr = descrs[e.dtype]
+            if descr is None or (verify and not e.has_crc) or e.offset + e.size > sizes[e.shard_id]:
+                return None
+            for d in range(e.rank):
+                dims[d] = <cnp.npy_intp>idx.dims[e.dims_off + d]
+            Py_INCREF(descr)  # PyArray_Empty steals a reference
+            arr = PyArray_Empty(e.rank, dims, <cnp.dtype>descr, 0)
+            items[m].fd = fds[e.shard_id]
+            items[m].file_off = <uint64_t>e.offset
+            items[m].len = <uint64_t>e.size
+            items[m].buf = cnp.PyArray_DATA(<cnp.ndarray>arr)
+            items[m].crc = fc_crc_unmask(e.crc32c)
+            items[m].verify = verify
+            out[name] = arr
+            order.append((name, e.shard_id))
+            m += 1
+        fc_status_clear(&st)
+        with nogil:
+            rc = fc_io_run(items, <size_t>m, FC_IO_READ, threads, 0, &st)
+        if rc:
+            _raise(&st, "", lambda i: describe(*order[i]))
+        return out
     finally:
         free(items)

@@ -39,6 +39,16 @@ def parse_size(text: str) -> int:
     return int(float(num) * _UNITS[unit])
 
 
+def uniform_state(total_bytes: int, n_tensors: int, dtype: str = "float32") -> Dict[str, np.ndarray]:
+    """``n_tensors`` 1-D tensors of ``total_bytes / n_tensors`` each (the
+    many-small-tensors case: 100,000 x 1 KiB)."""
+    import ml_dtypes  # noqa: F401
+
+    dt = np.dtype(getattr(ml_dtypes, dtype, None) or dtype)
+    n = max(1, total_bytes // n_tensors // dt.itemsize)
+    return {f"layer_{i // 100:05d}/param_{i % 100:02d}": np.full(n, i % 1000, dt) for i in range(n_tensors)}
+
+
 def gpt_like_state(total_bytes: int, n_tensors: int, dtype: str = "float32", seed: int = 0) -> Dict[str, np.ndarray]:
     """A GPT-shaped state of about ``total_bytes`` in ``n_tensors`` tensors:
     an embedding, then per layer attention/MLP kernels, biases and norms."""
@@ -204,6 +214,10 @@ def _cases(work: str, state: Dict[str, np.ndarray], durable: bool, threads: int,
                 r.get_tensor(k)
         cases.append(_Case("TensorFlow load_checkpoint", "restore", tf_read, "raw read (fresh",
                            reads=os.path.dirname(tfp)))
+        dtypes = [tf.as_dtype(v.dtype) for v in state.values()]
+        cases.append(_Case("TensorFlow RestoreV2", "restore", lambda: [t.numpy() for t in tf.raw_ops.RestoreV2(
+            prefix=tfp, tensor_names=names, shape_and_slices=[""] * len(names), dtypes=dtypes)],
+            "raw read (fresh", reads=os.path.dirname(tfp)))
     if sf is not None:
         cases.append(_Case("safetensors load_file", "restore", lambda: sf.load_file(sfp), "raw read (fresh",
                            reads=sfp))
@@ -215,11 +229,16 @@ def _cases(work: str, state: Dict[str, np.ndarray], durable: bool, threads: int,
 
 def run_bench(size: int = 1 << 30, tensors: int = 250, dtype: str = "float32", durable: bool = False,
               cold: bool = False, rounds: int = 5, directory: Optional[str] = None,
-              threads: Optional[int] = None, skip_others: bool = False,
+              threads: Optional[int] = None, skip_others: bool = False, layout: str = "gpt",
               out: Callable[[str], None] = print) -> Dict[str, Dict[str, float]]:
-    """Run the benchmark and print the table; returns ``{case: stats}``."""
+    """Run the benchmark and print the table; returns ``{case: stats}``.
+
+    ``layout``: ``"gpt"`` (a GPT-shaped state) or ``"uniform"`` (equal 1-D
+    tensors, e.g. 100,000 x 1 KiB)."""
     nthreads = threads or default_threads()
-    state = gpt_like_state(size, tensors, dtype)
+    if layout not in ("gpt", "uniform"):
+        raise ValueError(f"layout must be 'gpt' or 'uniform', got {layout!r}")
+    state = (gpt_like_state if layout == "gpt" else uniform_state)(size, tensors, dtype)
     total = _nbytes(state)
     work = tempfile.mkdtemp(prefix="fastckpt-bench-", dir=directory)
     try:

@@ -15,7 +15,7 @@ __all__ = ["main"]
 def _bench(args: argparse.Namespace) -> int:
     run_bench(size=parse_size(args.size), tensors=args.tensors, dtype=args.dtype, durable=args.durable,
               cold=args.cold, rounds=args.rounds, directory=args.dir, threads=args.threads,
-              skip_others=args.only_fastckpt)
+              skip_others=args.only_fastckpt, layout=args.layout)
     return 0
 
 
@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--size", default="1GiB", help="total bytes of the state (default 1GiB)")
     b.add_argument("--tensors", type=int, default=250, help="number of tensors (default 250)")
     b.add_argument("--dtype", default="float32", help="float32, bfloat16, float16, ... (default float32)")
+    b.add_argument("--layout", choices=["gpt", "uniform"], default="gpt",
+                   help="gpt: GPT-shaped tensors; uniform: equal 1-D tensors (--size 100MB --tensors 100000)")
     b.add_argument("--durable", action="store_true", help="fsync (raw write and fastckpt save)")
     b.add_argument("--cold", action="store_true", help="restores read from disk: files are evicted from the page cache first")
     b.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are quoted (default 5)")

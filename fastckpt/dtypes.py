@@ -8,7 +8,7 @@ one-byte-per-element layout is the one TensorFlow writes. Quantized types
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import ml_dtypes
 import numpy as np
@@ -77,6 +77,16 @@ def native_enums() -> Dict[np.dtype, int]:
     """numpy dtype (native byte order, as ``np.dtype`` compares) -> enum, for
     the writer's fast path."""
     return dict(_NUMPY_TO_ENUM)
+
+
+def fixed_width_dtypes() -> List[Optional[np.dtype]]:
+    """numpy dtype by enum for every fixed-width dtype (None elsewhere): what
+    the reader's fast path allocates."""
+    table: List[Optional[np.dtype]] = [None] * (max(_ENUM_TO_NUMPY) + 1)
+    for enum, dt in _ENUM_TO_NUMPY.items():
+        if enum not in (DT_STRING, DT_VARIANT):
+            table[enum] = dt
+    return table
 
 
 def numpy_dtype(enum: int) -> np.dtype:

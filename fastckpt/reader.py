@@ -11,14 +11,16 @@ from typing import (Any, Dict, Iterator, List, Mapping, MutableMapping, Optional
 import numpy as np
 
 from . import _core
-from .dtypes import DT_STRING, DT_VARIANT, dtype_name, numpy_dtype
-from .errors import (CheckpointIOError, DataLossError, InvalidArgumentError,
+from .dtypes import DT_STRING, DT_VARIANT, dtype_name, fixed_width_dtypes, numpy_dtype
+from .errors import (CheckpointError, CheckpointIOError, DataLossError, InvalidArgumentError,
                      NotFoundError, TensorNotFoundError, UnsupportedError)
 from .naming import PathLike, data_filename, index_filename, resolve_prefix
 from .slices import Extent, encode_slice_key, slice_region, slice_shape
 from .writer import _gc_paused, default_threads
 
 __all__ = ["CheckpointReader", "read_bundle", "load_checkpoint", "list_variables"]
+
+_FIXED_DTYPES = fixed_width_dtypes()
 
 Entry = Tuple[int, Tuple[int, ...], int, int, int, Optional[int], Optional[List[Tuple[Extent, ...]]]]
 
@@ -242,8 +244,14 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         """
         if isinstance(names, (str, bytes)):
             raise InvalidArgumentError("names must be a list of tensor names, not a single string")
+        if names is None and into is not None:
+            names = list(into.keys())
+        if into is None:
+            fast = self._read_fast(names)
+            if fast is not None:
+                return fast
         if names is None:
-            names = list(into.keys()) if into is not None else self.tensor_names()
+            names = self.tensor_names()
         out: Dict[str, Any] = {} if into is None else into  # type: ignore[assignment]
         pending = _Pending()
         with _gc_paused():
@@ -256,6 +264,25 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         for finish in pending.after:
             finish()
         return out
+
+    def _read_fast(self, names: Optional[Sequence[str]]) -> Optional[Dict[str, Any]]:
+        """Plain tensors read in C (None: something needs the general path,
+        which also gives the precise error)."""
+        fds, sizes = [], []
+        try:
+            for shard in range(self.num_shards):
+                fd, size = self._open_shard(shard)
+                fds.append(fd)
+                sizes.append(size)
+        except CheckpointError:
+            return None
+        if names is None:
+            for fd, size in zip(fds, sizes):
+                _advise_willneed(fd, 0, size)
+        with _gc_paused():
+            return _core.read_fast(self._index, None if names is None else list(names), fds, sizes,
+                                   _FIXED_DTYPES, self._verify, self._threads,
+                                   lambda name, shard: f"{self._data_path(shard)}: tensor {name!r}")
 
     def _queue(self, name: str, pending: _Pending, out: Dict[str, Any],
                into: Optional[MutableMapping[str, Any]]) -> None:
@@ -384,11 +411,15 @@ def _prefetch(pending: _Pending) -> None:
         lo_hi[0] = min(lo_hi[0], off)
         lo_hi[1] = max(lo_hi[1], end)
     for fd, (lo, hi) in spans.items():
-        if hi > lo and hasattr(os, "posix_fadvise"):
-            try:
-                os.posix_fadvise(fd, lo, hi - lo, os.POSIX_FADV_WILLNEED)
-            except OSError:
-                pass
+        _advise_willneed(fd, lo, hi - lo)
+
+
+def _advise_willneed(fd: int, offset: int, length: int) -> None:
+    if length > 0 and hasattr(os, "posix_fadvise"):
+        try:
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
 
 
 def _check_coverage(name: str, shape: Tuple[int, ...], slices: List[Tuple[Extent, ...]]) -> None:

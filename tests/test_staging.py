@@ -65,3 +65,37 @@ def test_writes_leave_gaps_untouched(tmp_path):
     finally:
         os.close(fd)
     assert open(path, "rb").read() == b"a" * 10 + b"K" * 40 + b"b" * 10 + b"K" * 40
+
+
+def test_fast_and_general_paths_agree(tmp_path):
+    """A plain dict of arrays takes the C fast path; an OrderedDict the
+    general one. Same bytes either way, and both readers agree."""
+    import collections
+    rng = np.random.default_rng(5)
+    tensors = {f"t/{i:03d}": rng.standard_normal((i % 5, 3)).astype(np.float32) for i in range(50)}
+    tensors["z_scalar"] = np.array(3, np.int64)
+    tensors["a_first"] = np.arange(4, dtype=np.uint16)  # out of order: the fast path sorts
+    for shards, align in ((1, 1), (3, 64)):
+        a = fastckpt.write_bundle(str(tmp_path / f"fast{shards}"), tensors, num_shards=shards, alignment=align)
+        b = fastckpt.write_bundle(str(tmp_path / f"gen{shards}"), collections.OrderedDict(tensors),
+                                  num_shards=shards, alignment=align)
+        for ext in [".index"] + [f".data-{s:05d}-of-{shards:05d}" for s in range(shards)]:
+            assert open(a + ext, "rb").read() == open(b + ext, "rb").read(), ext
+        fast = fastckpt.read_bundle(a)
+        general = fastckpt.read_bundle(a, into={k: np.empty_like(v) for k, v in tensors.items()})
+        for k, v in tensors.items():
+            assert_bit_equal(fast[k], v)
+            assert_bit_equal(general[k], v)
+
+
+def test_fast_path_duplicate_utf8_is_rejected(tmp_path):
+    # distinct str keys never collide in UTF-8, but a str/bytes pair does: general path
+    with pytest.raises(fastckpt.InvalidArgumentError, match="duplicate"):
+        fastckpt.write_bundle(str(tmp_path / "c"), {"a": np.zeros(1), b"a": np.zeros(1)})
+
+
+def test_fast_read_falls_back_for_surrogates_and_missing(tmp_path):
+    p = fastckpt.write_bundle(str(tmp_path / "c"), {"x\udcff": np.zeros(2), "y": np.ones(2)})
+    assert fastckpt.read_bundle(p, ["x\udcff"])["x\udcff"].tolist() == [0.0, 0.0]
+    with pytest.raises(fastckpt.TensorNotFoundError):
+        fastckpt.read_bundle(p, ["y", "nope"])
