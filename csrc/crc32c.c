@@ -13,7 +13,10 @@
 #define POLY 0x82f63b78u
 
 static uint32_t table8[8][256];
-static uint32_t x2n[32];           /* x^(2^k) mod P, reflected */
+/* x^(2^k) mod P, reflected, k < 64. No "k & 31" wrap-around: that shortcut
+ * assumes an irreducible polynomial (period 32); CRC32C's is not, and
+ * lengths of 2^29 bytes and more then combine wrongly. */
+static uint32_t x2n[64];
 /* Shift operators for the interleaved streams: multiply a CRC register by
  * x^(8*STREAM) and x^(16*STREAM), one table per input byte. */
 #define STREAM 2048
@@ -38,7 +41,7 @@ static uint32_t multmodp(uint32_t a, uint32_t b) {
 static uint32_t x2nmodp(uint64_t n, unsigned k) {
     uint32_t p = 1u << 31;
     while (n) {
-        if (n & 1) p = multmodp(x2n[k & 31], p);
+        if (n & 1) p = multmodp(x2n[k], p);
         n >>= 1;
         k++;
     }
@@ -61,7 +64,7 @@ static void crc_init(void) {
             table8[t][i] = (table8[t - 1][i] >> 8) ^ table8[0][table8[t - 1][i] & 0xff];
     uint32_t p = 1u << 30; /* x^1 */
     x2n[0] = p;
-    for (int k = 1; k < 32; k++) x2n[k] = p = multmodp(p, p);
+    for (int k = 1; k < 64; k++) x2n[k] = p = multmodp(p, p);
     build_shift(shift1, x2nmodp(STREAM, 3));
     build_shift(shift2, x2nmodp(2 * STREAM, 3));
 #ifdef FC_HAVE_X86_CRC
@@ -154,6 +157,7 @@ uint32_t fc_crc32c_extend_portable(uint32_t crc, const void *data, size_t n) {
 
 uint32_t fc_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b) {
     ensure_init();
+    len_b &= (1ULL << 60) - 1; /* k = 3 + bit index stays below 64 (no buffer is 2^60 bytes) */
     return multmodp(x2nmodp(len_b, 3), crc_a) ^ crc_b;
 }
 

@@ -263,9 +263,38 @@ def run_bench(size: int = 1 << 30, tensors: int = 250, dtype: str = "float32", d
                 t0 = time.perf_counter()
                 case.fn()
                 case.times.append(time.perf_counter() - t0)
+        notes.append(_open_one(work, state, rounds, skip_others))
         return _report(cases, total, len(state), nthreads, rounds, durable, cold, notes, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _open_one(work: str, state: Dict[str, np.ndarray], rounds: int, skip_others: bool) -> str:
+    """Median time to open the checkpoint and read one tensor from its middle."""
+    from .reader import load_checkpoint
+
+    name = list(state)[len(state) // 2]
+    fc, tfp = os.path.join(work, "fc", "ckpt"), os.path.join(work, "tf", "ckpt")
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        with load_checkpoint(fc) as r:
+            r.get_tensor(name)
+        times.append(time.perf_counter() - t0)
+    text = f"open + read one tensor of {len(state)}: fastckpt {statistics.median(times) * 1e3:.1f} ms"
+    if not skip_others and os.path.exists(tfp + ".index"):
+        try:
+            import tensorflow as tf  # type: ignore
+
+            tf_times = []
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                tf.train.load_checkpoint(tfp).get_tensor(name)
+                tf_times.append(time.perf_counter() - t0)
+            text += f", TensorFlow {statistics.median(tf_times) * 1e3:.1f} ms"
+        except ImportError:
+            pass
+    return text
 
 
 def _rotated(cases: Sequence[_Case], r: int) -> List[_Case]:

@@ -48,3 +48,15 @@ def test_parallel_matches_serial():
     data = os.urandom(40 << 20)
     assert _core.crc32c_parallel(data, 4) == _core.crc32c(data)
     assert _core.crc32c_parallel(data[:1000], 4) == _core.crc32c(data[:1000])
+
+
+def test_combine_and_parallel_past_2_to_the_29_bytes():
+    """Regression: combine lengths >= 512 MiB once used a table that wrapped
+    every 32 powers (true only for irreducible polynomials; CRC32C's is not)."""
+    import numpy as np
+    z = np.zeros((3 << 29) + 12345, np.uint8)  # calloc'd: zero pages, no real memory
+    whole = _core.crc32c(z)
+    k = 1000
+    assert _core.crc32c_combine(_core.crc32c(z[:k]), _core.crc32c(z[k:]), len(z) - k) == whole
+    assert _core.crc32c_parallel(z, 2) == whole
+    assert _core.crc32c_parallel(z, 3) == whole
