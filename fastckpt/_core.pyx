@@ -784,12 +784,13 @@ def plan_write_fast(dict tensors, dict enums, int num_shards, int64_t alignment)
 
 
 def read_fast(Index index, list names, list fds, list sizes, list descrs, bint verify, int threads,
-              describe):
+              describe, dict into=None):
     """Read plain tensors into new arrays in C: a dict name -> array, or None
     when some tensor needs the general path (missing, string, sliced,
     big-endian, out of range, no checksum). ``names`` None means every
     tensor; ``fds``/``sizes`` per shard; ``descrs[enum]`` a numpy dtype or
-    None."""
+    None. With ``into`` (name -> array), its arrays are filled in place when
+    each is a writeable C-contiguous ndarray of the stored dtype and shape."""
     cdef fc_index *idx = &index.idx
     cdef Py_ssize_t n, k, m = 0
     cdef int64_t j
@@ -800,8 +801,9 @@ def read_fast(Index index, list names, list fds, list sizes, list descrs, bint v
     cdef cnp.npy_intp dims[FC_MAX_RANK]
     cdef object descr, name, arr
     cdef bytes key
-    cdef dict out = {}
+    cdef dict out = {} if into is None else into
     cdef list order = []
+    cdef cnp.ndarray target
     if idx.header.endianness != 0:
         return None
     n = len(names) if names is not None else <Py_ssize_t>idx.n
@@ -837,15 +839,30 @@ def read_fast(Index index, list names, list fds, list sizes, list descrs, bint v
                 return None
             for d in range(e.rank):
                 dims[d] = <cnp.npy_intp>idx.dims[e.dims_off + d]
-            Py_INCREF(descr)  # PyArray_Empty steals a reference
-            arr = PyArray_Empty(e.rank, dims, <cnp.dtype>descr, 0)
+            if into is not None:
+                arr = into.get(name)
+                if arr is None or not cnp.PyArray_CheckExact(arr):
+                    return None
+                target = <cnp.ndarray>arr
+                if (not cnp.PyArray_IS_C_CONTIGUOUS(target) or not cnp.PyArray_ISWRITEABLE(target)
+                        or cnp.PyArray_NDIM(target) != e.rank
+                        or not cnp.PyArray_EquivTypes(<cnp.dtype>cnp.PyArray_DESCR(target), <cnp.dtype>descr)
+                        or (<object>cnp.PyArray_DESCR(target)).byteorder == ">"):
+                    return None
+                for d in range(e.rank):
+                    if cnp.PyArray_DIMS(target)[d] != dims[d]:
+                        return None
+            else:
+                Py_INCREF(descr)  # PyArray_Empty steals a reference
+                arr = PyArray_Empty(e.rank, dims, <cnp.dtype>descr, 0)
             items[m].fd = fds[e.shard_id]
             items[m].file_off = <uint64_t>e.offset
             items[m].len = <uint64_t>e.size
             items[m].buf = cnp.PyArray_DATA(<cnp.ndarray>arr)
             items[m].crc = fc_crc_unmask(e.crc32c)
             items[m].verify = verify
-            out[name] = arr
+            if into is None:
+                out[name] = arr
             order.append((name, e.shard_id))
             m += 1
         fc_status_clear(&st)

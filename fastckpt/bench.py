@@ -281,7 +281,7 @@ def _open_one(work: str, state: Dict[str, np.ndarray], rounds: int, skip_others:
         with load_checkpoint(fc) as r:
             r.get_tensor(name)
         times.append(time.perf_counter() - t0)
-    text = f"open + read one tensor of {len(state)}: fastckpt {statistics.median(times) * 1e3:.1f} ms"
+    text = f"open + read one tensor of {len(state)}: fastckpt {statistics.median(times) * 1e3:.2f} ms"
     if not skip_others and os.path.exists(tfp + ".index"):
         try:
             import tensorflow as tf  # type: ignore
@@ -291,7 +291,7 @@ def _open_one(work: str, state: Dict[str, np.ndarray], rounds: int, skip_others:
                 t0 = time.perf_counter()
                 tf.train.load_checkpoint(tfp).get_tensor(name)
                 tf_times.append(time.perf_counter() - t0)
-            text += f", TensorFlow {statistics.median(tf_times) * 1e3:.1f} ms"
+            text += f", TensorFlow {statistics.median(tf_times) * 1e3:.2f} ms"
         except ImportError:
             pass
     return text
@@ -338,19 +338,19 @@ def _report(cases: Sequence[_Case], total: int, count: int, threads: int, rounds
     out(f"|{'-' * 36}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 12}|")
     results: Dict[str, Dict[str, float]] = {}
     for c in cases:
-        base = next((b for b in cases if c.baseline and b.name.startswith(c.baseline)), None)
-        raw = next(b for b in cases if b.kind == c.kind and b.name.startswith("raw"))
-        mine = next(b for b in cases if b.kind == c.kind and b.name.startswith("fastckpt")
-                    and ("into" in b.name) == ("into" in c.name))
+        into = "into" in c.name
+        raw = next(b for b in cases if b.kind == c.kind and b.name.startswith("raw") and ("into" in b.name) == into)
+        mine = next(b for b in cases if b.kind == c.kind and b.name.startswith("fastckpt") and ("into" in b.name) == into)
         vs_raw = med[raw.name] / med[c.name]
         speedup = med[c.name] / med[mine.name]
         gbps = total / med[c.name] / 1e9
         results[c.name] = {"median_s": med[c.name], "gb_per_s": gbps, "vs_raw": vs_raw, "fastckpt_speedup": speedup}
         other = "" if c.name.startswith(("fastckpt", "raw")) else f"{speedup:.2f}×"
         out(f"| {c.name:34} | {med[c.name]:9.3f} | {gbps:7.2f} | {vs_raw:7.2f} | {other:>10} |")
-        del base
     out("")
-    out("vs raw: raw time / case time (1.00 = the machine's raw limit); fastckpt ×: how many times faster fastckpt is.")
+    out("vs raw: raw time / case time against the raw case of the same kind (write; read into fresh arrays;"
+        " read into existing buffers); 1.00 = the machine's raw limit. fastckpt ×: how many times faster"
+        " fastckpt is than that row.")
     for n in notes:
         out(f"note: {n}")
     return results

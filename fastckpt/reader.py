@@ -246,8 +246,8 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             raise InvalidArgumentError("names must be a list of tensor names, not a single string")
         if names is None and into is not None:
             names = list(into.keys())
-        if into is None:
-            fast = self._read_fast(names)
+        if into is None or type(into) is dict:
+            fast = self._read_fast(names, into)  # type: ignore[arg-type]
             if fast is not None:
                 return fast
         if names is None:
@@ -265,7 +265,8 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             finish()
         return out
 
-    def _read_fast(self, names: Optional[Sequence[str]]) -> Optional[Dict[str, Any]]:
+    def _read_fast(self, names: Optional[Sequence[str]],
+                   into: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
         """Plain tensors read in C (None: something needs the general path,
         which also gives the precise error)."""
         fds, sizes = [], []
@@ -282,7 +283,7 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         with _gc_paused():
             return _core.read_fast(self._index, None if names is None else list(names), fds, sizes,
                                    _FIXED_DTYPES, self._verify, self._threads,
-                                   lambda name, shard: f"{self._data_path(shard)}: tensor {name!r}")
+                                   lambda name, shard: f"{self._data_path(shard)}: tensor {name!r}", into)
 
     def _queue(self, name: str, pending: _Pending, out: Dict[str, Any],
                into: Optional[MutableMapping[str, Any]]) -> None:

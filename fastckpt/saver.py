@@ -10,7 +10,8 @@ import re
 import time
 from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Sequence, Tuple
 
-from .errors import CheckpointError, DataLossError, InvalidArgumentError, NotFoundError
+from .errors import CheckpointError, CheckpointIOError, InvalidArgumentError, NotFoundError
+from .locking import clean_leftovers, directory_lock
 from .naming import PathLike, index_filename, resolve_prefix
 from .reader import read_bundle
 from .state import checkpoint_exists, get_checkpoint_state, update_checkpoint_state
@@ -73,8 +74,12 @@ class Saver:
     ``tf.train.get_checkpoint_state``), then deletes checkpoints beyond
     ``max_to_keep`` (``None`` or ``0`` keeps all). Every
     ``keep_checkpoint_every_n_hours`` hours one checkpoint is preserved
-    instead of deleted. Checkpoints already listed in the directory's state
-    file are adopted, so retention survives restarts.
+    instead of deleted. The directory's state file is the saver's memory:
+    it is re-read (under a lock file) at every save, so checkpoints listed
+    by an earlier run or another process are adopted and retention survives
+    restarts. Only listed checkpoints are ever deleted, and only after the
+    state file stops naming them. Temporaries left by interrupted saves are
+    removed by the next save in the directory.
 
     ``durable=True`` (the default) fsyncs data, index and directory before
     the state file names the checkpoint.
@@ -107,35 +112,35 @@ class Saver:
         self._write_options = dict(num_shards=num_shards, alignment=alignment, threads=threads)
         self._threads = threads
         self._created = time.time()
-        self._managed: Dict[str, List[Tuple[str, float]]] = {}   # directory -> [(prefix, ts)]
-        self._preserved: Dict[str, float] = {}                  # directory -> last preserved ts
+        self._last: List[str] = []
 
     @property
     def last_checkpoints(self) -> List[str]:
-        """Prefixes this saver manages (in all directories), oldest first."""
-        return [p for entries in self._managed.values() for p, _ in entries]
+        """Prefixes listed after this saver's last save, oldest first."""
+        return list(self._last)
 
-    def _adopt(self, directory: str, latest_filename: Optional[str]) -> None:
-        if directory in self._managed:
-            return
-        managed: List[Tuple[str, float]] = []
-        preserved = self._created
+    def _listed(self, directory: str, latest_filename: Optional[str]) -> Tuple[List[Tuple[str, float]], float]:
+        """The checkpoints the state file lists that exist, with timestamps
+        (the state's, else the index's mtime), and the last preserved time."""
+        preserved = min(self._created, time.time())
         try:
             st = get_checkpoint_state(directory, latest_filename)
-        except (DataLossError, CheckpointError) as e:
+        except CheckpointError as e:
             log.warning("ignoring unreadable checkpoint state in %s: %s", directory, e)
-            st = None
-        if st is not None:
-            stamps = st.all_model_checkpoint_timestamps
-            for i, p in enumerate(st.all_model_checkpoint_paths):
-                if not checkpoint_exists(p):
-                    continue
-                ts = stamps[i] if len(stamps) == len(st.all_model_checkpoint_paths) else os.path.getmtime(index_filename(p))
-                managed.append((p, ts))
-            if st.last_preserved_timestamp:
-                preserved = min(st.last_preserved_timestamp, time.time())
-        self._managed[directory] = managed
-        self._preserved[directory] = preserved
+            return [], preserved
+        if st is None:
+            return [], preserved
+        listed: List[Tuple[str, float]] = []
+        stamps = st.all_model_checkpoint_timestamps
+        for i, p in enumerate(st.all_model_checkpoint_paths):
+            if not checkpoint_exists(p):
+                continue
+            ts = stamps[i] if len(stamps) == len(st.all_model_checkpoint_paths) else \
+                os.path.getmtime(index_filename(p))
+            listed.append((p, ts))
+        if st.last_preserved_timestamp:
+            preserved = min(st.last_preserved_timestamp, time.time())
+        return listed, preserved
 
     def save(
         self,
@@ -163,36 +168,44 @@ class Saver:
         if global_step is None and os.path.basename(base) == (latest_filename or "checkpoint"):
             raise InvalidArgumentError(
                 f"save_path {base!r} collides with the checkpoint state file name")
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            raise CheckpointIOError(e.errno or 0, f"cannot create {directory}: {e.strerror}", directory) from e
+        clean_leftovers(directory)
         write_bundle(prefix, state, durable=self._durable, **self._write_options)  # type: ignore[arg-type]
         if write_state:
             self._record(prefix, directory, latest_filename)
         return prefix
 
     def _record(self, prefix: str, directory: str, latest_filename: Optional[str]) -> None:
-        self._adopt(directory, latest_filename)
-        managed = [(p, ts) for p, ts in self._managed[directory]
-                   if os.path.abspath(p) != os.path.abspath(prefix)]
-        managed.append((prefix, time.time()))
-        doomed: List[str] = []
-        while self._max_to_keep is not None and len(managed) > self._max_to_keep:
-            old, ts = managed.pop(0)
-            hours = self._keep_hours
-            if hours is not None and ts - hours * 3600 >= self._preserved[directory]:
-                self._preserved[directory] = ts  # kept on disk, no longer listed
-            else:
-                doomed.append(old)
-        update_checkpoint_state(
-            directory,
-            prefix,
-            [p for p, _ in managed],
-            all_model_checkpoint_timestamps=[ts for _, ts in managed],
-            last_preserved_timestamp=self._preserved[directory],
-            latest_filename=latest_filename,
-            durable=self._durable,
-        )
-        self._managed[directory] = managed
-        for old in doomed:
-            remove_checkpoint(old)
+        """Name the new checkpoint in the state file, then delete the ones
+        retention drops -- all under the directory lock, re-reading the state
+        file first, so concurrent savers and restarts see one history."""
+        with directory_lock(directory, latest_filename or "checkpoint"):
+            listed, preserved = self._listed(directory, latest_filename)
+            managed = [(p, ts) for p, ts in listed if os.path.abspath(p) != os.path.abspath(prefix)]
+            managed.append((prefix, time.time()))
+            doomed: List[str] = []
+            while self._max_to_keep is not None and len(managed) > self._max_to_keep:
+                old, ts = managed.pop(0)
+                hours = self._keep_hours
+                if hours is not None and ts - hours * 3600 >= preserved:
+                    preserved = ts  # kept on disk, no longer listed
+                else:
+                    doomed.append(old)
+            update_checkpoint_state(
+                directory,
+                prefix,
+                [p for p, _ in managed],
+                all_model_checkpoint_timestamps=[ts for _, ts in managed],
+                last_preserved_timestamp=preserved,
+                latest_filename=latest_filename,
+                durable=self._durable,
+            )
+            for old in doomed:
+                remove_checkpoint(old)
+        self._last = [p for p, _ in managed]
 
     def restore(
         self,

@@ -311,15 +311,18 @@ def write_text_atomic(path: str, text: str, durable: bool) -> None:
     """Write ``text`` to ``path`` by temp file + rename (+ fsyncs if durable)."""
     from .writer import fsync_dir
 
+    from .locking import lock_temp
+
     directory = os.path.dirname(path)
     tmp = os.path.join(directory, f"{os.path.basename(path)}.tmp{uuid.uuid4().hex}")
     try:
-        with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
+        with open(tmp, "x", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
+            lock_temp(f.fileno())  # not a leftover while we hold it
             f.write(text)
             f.flush()
             if durable:
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)
         if durable:
             fsync_dir(directory)
     except OSError as e:

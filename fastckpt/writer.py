@@ -14,6 +14,7 @@ import numpy as np
 from . import _core
 from .dtypes import DT_STRING, dtype_enum, native_enums
 from .errors import CheckpointError, CheckpointIOError, InvalidArgumentError
+from .locking import lock_temp
 from .naming import PathLike, data_filename, index_filename
 
 __all__ = ["write_bundle", "default_threads", "TensorPlan", "plan_bundle"]
@@ -227,18 +228,6 @@ def _io_error(e: OSError, what: str) -> CheckpointIOError:
     return CheckpointIOError(e.errno or 0, f"{what}: {e.strerror or e}", e.filename)
 
 
-def _write_file(path: str, data: bytes, durable: bool) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def build_index(plans: Sequence[TensorPlan], num_shards: int) -> bytes:
     """The .index bytes for written plans (their ``crc`` filled in)."""
     order = sorted(plans, key=lambda p: p.key)
@@ -295,13 +284,14 @@ def write_bundle(
         raise _io_error(e, f"cannot create directory {directory!r}") from e
     finals = [data_filename(prefix, s, num_shards) for s in range(num_shards)]
     temps: List[str] = []
+    open_fds: List[int] = []  # temporaries stay open and flock-ed until renamed
     try:
         if not isinstance(staging_bytes, int) or staging_bytes < 1:
             raise InvalidArgumentError(f"staging_bytes must be a positive int, got {staging_bytes!r}")
-        index = _write_data(tensors, finals, temps, num_shards, alignment, nthreads, durable, staging_bytes)
+        index = _write_data(tensors, finals, temps, open_fds, num_shards, alignment, nthreads, durable,
+                            staging_bytes)
         index_tmp = _temp_name(index_filename(prefix))
-        temps.append(index_tmp)
-        _write_file(index_tmp, index, durable)
+        _write_all(_create_temp(index_tmp, temps, open_fds), index, durable)
         _commit(prefix, finals, temps, durable)
     except BaseException as e:
         for t in temps:
@@ -312,7 +302,27 @@ def write_bundle(
         if isinstance(e, OSError) and not isinstance(e, CheckpointError):
             raise _io_error(e, f"writing checkpoint {prefix!r}") from e
         raise
+    finally:
+        for fd in open_fds:
+            os.close(fd)
     return prefix
+
+
+def _create_temp(path: str, temps: List[str], open_fds: List[int]) -> int:
+    """Create a new temporary file, locked against leftover cleaning."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    temps.append(path)
+    open_fds.append(fd)
+    lock_temp(fd)
+    return fd
+
+
+def _write_all(fd: int, data: bytes, durable: bool) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    if durable:
+        os.fsync(fd)
 
 
 def _write_direct(plans: List[TensorPlan], fds: List[int], finals: List[str], nthreads: int,
@@ -363,8 +373,8 @@ def _write_staged(plans: List[TensorPlan], fds: List[int], finals: List[str], nt
         flush()
 
 
-def _write_data(tensors: Mapping[Any, Any], finals: List[str], temps: List[str], num_shards: int,
-                alignment: int, nthreads: int, durable: bool, staging_bytes: int) -> bytes:
+def _write_data(tensors: Mapping[Any, Any], finals: List[str], temps: List[str], open_fds: List[int],
+                num_shards: int, alignment: int, nthreads: int, durable: bool, staging_bytes: int) -> bytes:
     """Create the data files under temporary names, write every tensor,
     fsync if durable; returns the index bytes. A plain dict of C-contiguous
     little-endian numeric arrays is planned and written in C (the per-tensor
@@ -381,27 +391,19 @@ def _write_data(tensors: Mapping[Any, Any], finals: List[str], temps: List[str],
         sizes = [0] * num_shards
         for p in plans:
             sizes[p.shard] = max(sizes[p.shard], -(-(p.offset + p.size) // alignment) * alignment)
-    fds: List[int] = []
-    try:
-        for final, size in zip(finals, sizes):
-            tmp = _temp_name(final)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
-            temps.append(tmp)
-            fds.append(fd)
-            if size:
-                os.ftruncate(fd, size)
-        if fast is not None:
-            fast.write(fds, nthreads, durable, finals)
-        else:
-            _write_direct([p for p in plans if p.payload is not None], fds, finals, nthreads, durable)
-            staged = [p for p in plans if p.payload is None]
-            if staged:
-                _write_staged(staged, fds, finals, nthreads, durable, staging_bytes)
-        if durable:
-            fsync_all(fds)
-    finally:
-        for fd in fds:
-            os.close(fd)
+    fds = [_create_temp(_temp_name(final), temps, open_fds) for final in finals]
+    for fd, size in zip(fds, sizes):
+        if size:
+            os.ftruncate(fd, size)
+    if fast is not None:
+        fast.write(fds, nthreads, durable, finals)
+    else:
+        _write_direct([p for p in plans if p.payload is not None], fds, finals, nthreads, durable)
+        staged = [p for p in plans if p.payload is None]
+        if staged:
+            _write_staged(staged, fds, finals, nthreads, durable, staging_bytes)
+    if durable:
+        fsync_all(fds)
     return fast.index(num_shards) if fast is not None else build_index(plans, num_shards)
 
 

@@ -54,7 +54,7 @@ def test_max_to_keep_deletes_oldest_after_state_update(tmp_path):
     saver = fastckpt.Saver(max_to_keep=2)
     for step in range(1, 5):
         saver.save(STATE, str(tmp_path / "m"), global_step=step)
-    assert files(tmp_path) == ["checkpoint", "m-3.data-00000-of-00001", "m-3.index",
+    assert files(tmp_path) == ["checkpoint", "checkpoint.lock", "m-3.data-00000-of-00001", "m-3.index",
                                "m-4.data-00000-of-00001", "m-4.index"]
     st = fastckpt.get_checkpoint_state(tmp_path)
     assert [os.path.basename(p) for p in st.all_model_checkpoint_paths] == ["m-3", "m-4"]
