@@ -131,9 +131,9 @@ class _Case:
     the previous round's files there, so every save writes a new file and
     no case is charged for freeing another's page cache."""
 
-    def __init__(self, name: str, kind: str, fn: Callable[[], object], baseline: str = "",
+    def __init__(self, name: str, kind: str, fn: Callable[[], object],
                  before: Optional[Callable[[], None]] = None, reads: str = "") -> None:
-        self.name, self.kind, self.fn, self.baseline = name, kind, fn, baseline
+        self.name, self.kind, self.fn = name, kind, fn
         self.before = before
         self.reads = reads  # restore cases: the file or directory they read
         self.times: List[float] = []
@@ -173,7 +173,7 @@ def _cases(work: str, state: Dict[str, np.ndarray], durable: bool, threads: int,
     cases = [
         _Case("raw write (1 file, sequential)", "save", lambda: _raw_write(raw, state, durable),
               before=_remover(raw)),
-        _Case("fastckpt save", "save", lambda: write_bundle(fc, state, durable=durable, threads=threads), "raw write",
+        _Case("fastckpt save", "save", lambda: write_bundle(fc, state, durable=durable, threads=threads),
               before=_remover(os.path.dirname(fc))),
     ]
     tf = sf = None
@@ -193,33 +193,31 @@ def _cases(work: str, state: Dict[str, np.ndarray], durable: bool, threads: int,
         names = list(state)
         tensors = [tf.constant(v) for v in state.values()]
         cases.append(_Case("TensorFlow SaveV2", "save", lambda: tf.raw_ops.SaveV2(
-            prefix=tfp, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors), "raw write",
+            prefix=tfp, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors),
             before=lambda: (_remover(os.path.dirname(tfp))(), os.makedirs(os.path.dirname(tfp))) and None))
     if sf is not None:
         sfp = os.path.join(work, "model.safetensors")
-        cases.append(_Case("safetensors save_file", "save", lambda: sf.save_file(state, sfp), "raw write",
+        cases.append(_Case("safetensors save_file", "save", lambda: sf.save_file(state, sfp),
                            before=_remover(sfp)))
     cases += [
         _Case("raw read (fresh arrays)", "restore", lambda: _raw_read(raw, state, None), reads=raw),
-        _Case("fastckpt restore (fresh arrays)", "restore", lambda: read_bundle(fc, threads=threads), "raw read (fresh",
+        _Case("fastckpt restore (fresh arrays)", "restore", lambda: read_bundle(fc, threads=threads),
               reads=os.path.dirname(fc)),
         _Case("raw read (into existing)", "restore", lambda: _raw_read(raw, state, existing), reads=raw),
-        _Case("fastckpt restore into=", "restore", lambda: read_bundle(fc, into=existing, threads=threads),
-              "raw read (into", reads=os.path.dirname(fc)),
+        _Case("fastckpt restore into=", "restore", lambda: read_bundle(fc, into=existing, threads=threads), reads=os.path.dirname(fc)),
     ]
     if tf is not None:
         def tf_read() -> None:
             r = tf.train.load_checkpoint(tfp)
             for k in state:
                 r.get_tensor(k)
-        cases.append(_Case("TensorFlow load_checkpoint", "restore", tf_read, "raw read (fresh",
+        cases.append(_Case("TensorFlow load_checkpoint", "restore", tf_read,
                            reads=os.path.dirname(tfp)))
         dtypes = [tf.as_dtype(v.dtype) for v in state.values()]
         cases.append(_Case("TensorFlow RestoreV2", "restore", lambda: [t.numpy() for t in tf.raw_ops.RestoreV2(
-            prefix=tfp, tensor_names=names, shape_and_slices=[""] * len(names), dtypes=dtypes)],
-            "raw read (fresh", reads=os.path.dirname(tfp)))
+            prefix=tfp, tensor_names=names, shape_and_slices=[""] * len(names), dtypes=dtypes)], reads=os.path.dirname(tfp)))
     if sf is not None:
-        cases.append(_Case("safetensors load_file", "restore", lambda: sf.load_file(sfp), "raw read (fresh",
+        cases.append(_Case("safetensors load_file", "restore", lambda: sf.load_file(sfp),
                            reads=sfp))
     if durable:
         notes.append("durable: raw write and fastckpt save include fsync; TensorFlow and safetensors do not fsync; "
