@@ -25,6 +25,7 @@ from .reader import CheckpointReader, list_variables, load_checkpoint, read_bund
 from .saver import Saver
 from .state import (CheckpointState, get_checkpoint_state, latest_checkpoint,
                     update_checkpoint_state)
+from .verify import VerifyReport, verify_checkpoint, verify_path
 from .writer import write_bundle
 
 __all__ = [
@@ -45,5 +46,8 @@ __all__ = [
     "load_checkpoint",
     "read_bundle",
     "update_checkpoint_state",
+    "VerifyReport",
+    "verify_checkpoint",
+    "verify_path",
     "write_bundle",
 ]

@@ -1,4 +1,4 @@
-"""The ``fastckpt`` command: ``bench``, ``ls``."""
+"""The ``fastckpt`` command: ``bench``, ``verify``, ``ls``."""
 
 from __future__ import annotations
 
@@ -30,6 +30,18 @@ def _ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from .verify import verify_path
+
+    reports = verify_path(args.path, threads=args.threads)
+    for r in reports:
+        if not (args.quiet and r.ok):
+            print(r.summary())
+    bad = sum(not r.ok for r in reports)
+    print(f"{len(reports) - bad} of {len(reports)} checkpoint(s) OK" + (f", {bad} DAMAGED" if bad else ""))
+    return 1 if bad else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fastckpt`` command."""
     p = argparse.ArgumentParser(prog="fastckpt", description="TensorFlow-format checkpoints, fast.")
@@ -47,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None, help="fastckpt threads (default: all cores)")
     b.add_argument("--only-fastckpt", action="store_true", help="skip TensorFlow and safetensors")
     b.set_defaults(func=_bench)
+    v = sub.add_parser("verify", help="check a checkpoint (or every one a directory's state file lists) "
+                                      "completely; exits 1 on any damage")
+    v.add_argument("path", help="a checkpoint prefix or a directory with a state file")
+    v.add_argument("--quiet", action="store_true", help="print only damaged checkpoints and the total")
+    v.add_argument("--threads", type=int, default=None)
+    v.set_defaults(func=_verify)
     ls = sub.add_parser("ls", help="list the tensors of a checkpoint (prefix or directory)")
     ls.add_argument("path")
     ls.set_defaults(func=_ls)

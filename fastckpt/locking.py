@@ -12,13 +12,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import re
-from typing import Iterator, List
+from typing import Callable, Iterator, List, Tuple
 
-__all__ = ["directory_lock", "lock_temp", "clean_leftovers", "is_leftover"]
+__all__ = ["directory_lock", "create_locked_temp", "clean_leftovers", "is_leftover"]
 
 log = logging.getLogger("fastckpt")
 
@@ -44,9 +45,26 @@ def directory_lock(directory: str, latest_filename: str = "checkpoint") -> Itera
         os.close(fd)  # releases the lock
 
 
-def lock_temp(fd: int) -> None:
-    """Mark a temporary file as in use by this process (until closed)."""
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+def create_locked_temp(make_name: Callable[[], str], mode: int = 0o644) -> Tuple[str, int]:
+    """Create a new temporary file and hold its lock; returns (path, fd).
+
+    Between creating the file and locking it, a cleaner in another process
+    may take the lock first and delete the file. So the lock is taken
+    blocking (waiting out such a cleaner) and the file must still have a
+    name afterwards; if not, a new name is tried.
+    """
+    for _ in range(100):
+        path = make_name()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_nlink > 0:
+                return path, fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # a cleaner removed it before we held the lock
+    raise OSError(errno.EAGAIN, "could not create a temporary file that stays", path)
 
 
 def clean_leftovers(directory: str) -> List[str]:

@@ -311,13 +311,14 @@ def write_text_atomic(path: str, text: str, durable: bool) -> None:
     """Write ``text`` to ``path`` by temp file + rename (+ fsyncs if durable)."""
     from .writer import fsync_dir
 
-    from .locking import lock_temp
+    from .locking import create_locked_temp
 
     directory = os.path.dirname(path)
-    tmp = os.path.join(directory, f"{os.path.basename(path)}.tmp{uuid.uuid4().hex}")
+    tmp = ""
     try:
-        with open(tmp, "x", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
-            lock_temp(f.fileno())  # not a leftover while we hold it
+        # locked: not a leftover to clean while we hold it
+        tmp, fd = create_locked_temp(lambda: os.path.join(directory, f"{os.path.basename(path)}.tmp{uuid.uuid4().hex}"))
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
             f.write(text)
             f.flush()
             if durable:
@@ -327,7 +328,8 @@ def write_text_atomic(path: str, text: str, durable: bool) -> None:
             fsync_dir(directory)
     except OSError as e:
         try:
-            os.unlink(tmp)
+            if tmp:
+                os.unlink(tmp)
         except OSError:
             pass
         raise CheckpointIOError(e.errno or 0, f"cannot write checkpoint state file {path}: {e.strerror}", path) from e

@@ -14,7 +14,7 @@ import numpy as np
 from . import _core
 from .dtypes import DT_STRING, dtype_enum, native_enums
 from .errors import CheckpointError, CheckpointIOError, InvalidArgumentError
-from .locking import lock_temp
+from .locking import create_locked_temp
 from .naming import PathLike, data_filename, index_filename
 
 __all__ = ["write_bundle", "default_threads", "TensorPlan", "plan_bundle"]
@@ -290,8 +290,7 @@ def write_bundle(
             raise InvalidArgumentError(f"staging_bytes must be a positive int, got {staging_bytes!r}")
         index = _write_data(tensors, finals, temps, open_fds, num_shards, alignment, nthreads, durable,
                             staging_bytes)
-        index_tmp = _temp_name(index_filename(prefix))
-        _write_all(_create_temp(index_tmp, temps, open_fds), index, durable)
+        _write_all(_create_temp(index_filename(prefix), temps, open_fds), index, durable)
         _commit(prefix, finals, temps, durable)
     except BaseException as e:
         for t in temps:
@@ -308,12 +307,11 @@ def write_bundle(
     return prefix
 
 
-def _create_temp(path: str, temps: List[str], open_fds: List[int]) -> int:
-    """Create a new temporary file, locked against leftover cleaning."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+def _create_temp(final: str, temps: List[str], open_fds: List[int]) -> int:
+    """Create the temporary for ``final``, locked against leftover cleaning."""
+    path, fd = create_locked_temp(lambda: _temp_name(final))
     temps.append(path)
     open_fds.append(fd)
-    lock_temp(fd)
     return fd
 
 
@@ -391,7 +389,7 @@ def _write_data(tensors: Mapping[Any, Any], finals: List[str], temps: List[str],
         sizes = [0] * num_shards
         for p in plans:
             sizes[p.shard] = max(sizes[p.shard], -(-(p.offset + p.size) // alignment) * alignment)
-    fds = [_create_temp(_temp_name(final), temps, open_fds) for final in finals]
+    fds = [_create_temp(final, temps, open_fds) for final in finals]
     for fd, size in zip(fds, sizes):
         if size:
             os.ftruncate(fd, size)
@@ -408,13 +406,18 @@ def _write_data(tensors: Mapping[Any, Any], finals: List[str], temps: List[str],
 
 
 def _commit(prefix: str, finals: List[str], temps: List[str], durable: bool) -> None:
-    """Rename data files, then the index, into place (temps: data..., index)."""
+    """Rename data files, then the index, into place (temps: data..., index).
+
+    Each rename replaces its entry in ``temps`` by the final name, so if a
+    later step fails the caller's cleanup removes what was already renamed:
+    without the index those files are no checkpoint, only litter."""
     index = index_filename(prefix)
     if os.path.lexists(index):
         # Hide the checkpoint being replaced before its data changes under it.
         os.unlink(index)
-    for tmp, final in zip(temps, finals):
-        os.replace(tmp, final)
+    for i, final in enumerate(finals):
+        os.replace(temps[i], final)
+        temps[i] = final
     os.replace(temps[-1], index)
     del temps[:]
     if durable:

@@ -27,3 +27,20 @@ DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 def data_dir():
     """Directory of the golden checkpoints TensorFlow wrote."""
     return DATA
+
+
+_COUNTS = {}
+
+
+@pytest.fixture
+def counts():
+    """Tests record how much they exercised (kills, flips, fuzz runs); the
+    totals are printed at the end of the run."""
+    return _COUNTS
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _COUNTS:
+        terminalreporter.section("fastckpt robustness counts")
+        for k, v in sorted(_COUNTS.items()):
+            terminalreporter.write_line(f"{k}: {v}")
