@@ -262,9 +262,26 @@ def run_bench(size: int = 1 << 30, tensors: int = 250, dtype: str = "float32", d
                 case.fn()
                 case.times.append(time.perf_counter() - t0)
         notes.append(_open_one(work, state, rounds, skip_others))
+        notes.append(_first_touch(state, rounds))
         return _report(cases, total, len(state), nthreads, rounds, durable, cold, notes, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _first_touch(state: Dict[str, np.ndarray], rounds: int) -> str:
+    """Median time to allocate and first-touch arrays for the whole state
+    (no I/O): the floor of any restore into new memory on this machine."""
+    times = []
+    for _ in range(rounds):
+        gc.collect()
+        t0 = time.perf_counter()
+        fresh = [np.zeros_like(v) for v in state.values()]  # noqa: F841  (zeros: written, not lazily mapped)
+        for a in fresh:
+            a.fill(0)
+        times.append(time.perf_counter() - t0)
+        del fresh
+    return (f"allocating and first touching fresh arrays for this state (no I/O) takes "
+            f"{statistics.median(times):.3f} s: the floor of any restore into new memory here")
 
 
 def _open_one(work: str, state: Dict[str, np.ndarray], rounds: int, skip_others: bool) -> str:

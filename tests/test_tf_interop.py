@@ -160,3 +160,24 @@ def test_corrupt_fastckpt_file_detected_by_both(tmp_path):
         fastckpt.read_bundle(prefix)
     with pytest.raises(Exception, match="Checksum does not match"):
         tf.train.load_checkpoint(prefix).get_tensor("x")
+
+
+def test_tf_checkpoint_manager_adopts_and_trims_a_saver_directory(tmp_path):
+    """The state file fastckpt writes (list, timestamps, last_preserved) lets
+    TensorFlow's CheckpointManager manage fastckpt's checkpoints."""
+    saver = fastckpt.Saver(max_to_keep=5)
+    for i in (1, 2, 3):
+        saver.save({"v/.ATTRIBUTES/VARIABLE_VALUE": np.full(3, i, np.float32)}, str(tmp_path / "ckpt"),
+                   global_step=i)
+    v = tf.Variable(np.zeros(3, np.float32))
+    mgr = tf.train.CheckpointManager(tf.train.Checkpoint(v=v), str(tmp_path), max_to_keep=2)
+    assert [os.path.basename(p) for p in mgr.checkpoints] == ["ckpt-1", "ckpt-2", "ckpt-3"]
+    assert mgr.latest_checkpoint == str(tmp_path / "ckpt-3")
+    assert tf.train.load_checkpoint(mgr.latest_checkpoint).get_tensor("v/.ATTRIBUTES/VARIABLE_VALUE").tolist() == [3] * 3
+    mgr.save(checkpoint_number=4)
+    assert [os.path.basename(p) for p in mgr.checkpoints] == ["ckpt-3", "ckpt-4"]
+    assert not (tmp_path / "ckpt-1.index").exists() and not (tmp_path / "ckpt-2.index").exists()
+    # ... and fastckpt's Saver carries on from what TensorFlow left
+    saver.save({"v/.ATTRIBUTES/VARIABLE_VALUE": np.full(3, 5, np.float32)}, str(tmp_path / "ckpt"), global_step=5)
+    st = fastckpt.get_checkpoint_state(str(tmp_path))
+    assert [os.path.basename(p) for p in st.all_model_checkpoint_paths] == ["ckpt-3", "ckpt-4", "ckpt-5"]
