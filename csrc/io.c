@@ -253,11 +253,19 @@ int fc_io_run(fc_io_item *items, size_t n, int mode, int nthreads, uint64_t piec
         free(j.batches);
         return fc_fail(st, FC_NOMEM, "out of memory planning I/O");
     }
-    for (size_t i = 0; i < n; i++) order[i] = i;
-    pthread_mutex_lock(&sort_lock);
-    sort_items = items;
-    qsort(order, n, sizeof(size_t), cmp_items);
-    pthread_mutex_unlock(&sort_lock);
+    int sorted = 1;
+    for (size_t i = 0; i < n; i++) {
+        order[i] = i;
+        if (i && (items[i].fd < items[i - 1].fd ||
+                  (items[i].fd == items[i - 1].fd && items[i].file_off < items[i - 1].file_off)))
+            sorted = 0;
+    }
+    if (!sorted) { /* items usually come in file order: then no sort at all */
+        pthread_mutex_lock(&sort_lock);
+        sort_items = items;
+        qsort(order, n, sizeof(size_t), cmp_items);
+        pthread_mutex_unlock(&sort_lock);
+    }
     size_t nsegs = plan(&j, n, order, piece);
     pthread_mutex_init(&j.lock, NULL);
 
