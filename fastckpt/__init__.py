@@ -22,15 +22,19 @@ except ImportError as e:  # pragma: no cover - only without a build
 from .errors import (CheckpointError, CheckpointIOError, DataLossError, InvalidArgumentError,
                      NotFoundError, TensorNotFoundError, UnsupportedError)
 from .reader import CheckpointReader, list_variables, load_checkpoint, read_bundle
-from .saver import Saver
+from .manager import CheckpointManager
+from .saver import Saver, save
 from .state import (CheckpointState, get_checkpoint_state, latest_checkpoint,
                     update_checkpoint_state)
+from .structure import read_meta
+from .structure import restore_structure as restore
 from .verify import VerifyReport, verify_checkpoint, verify_path
 from .writer import write_bundle
 
 __all__ = [
     "__version__",
     "CheckpointError",
+    "CheckpointManager",
     "CheckpointIOError",
     "CheckpointReader",
     "CheckpointState",
@@ -45,6 +49,9 @@ __all__ = [
     "list_variables",
     "load_checkpoint",
     "read_bundle",
+    "read_meta",
+    "restore",
+    "save",
     "update_checkpoint_state",
     "VerifyReport",
     "verify_checkpoint",

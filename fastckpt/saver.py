@@ -10,14 +10,17 @@ import re
 import time
 from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Sequence, Tuple
 
+import numpy as np
+
 from .errors import CheckpointError, CheckpointIOError, InvalidArgumentError, NotFoundError
 from .locking import clean_leftovers, directory_lock
 from .naming import PathLike, index_filename, resolve_prefix
 from .reader import read_bundle
 from .state import checkpoint_exists, get_checkpoint_state, update_checkpoint_state
+from .structure import flatten, meta_filename, write_meta
 from .writer import write_bundle
 
-__all__ = ["Saver", "checkpoint_files", "remove_checkpoint"]
+__all__ = ["Saver", "save", "checkpoint_files", "remove_checkpoint"]
 
 log = logging.getLogger("fastckpt")
 
@@ -64,6 +67,17 @@ def _step_suffix(global_step: Any) -> str:
     except Exception:
         pass
     raise InvalidArgumentError(f"global_step must be an integer, got {global_step!r}")
+
+
+def split_structure(state: Any, metadata: Any) -> Tuple[Mapping[str, Any], Any]:
+    """``(name -> leaf, tree or None)``: a plain dict of numpy arrays with no
+    metadata needs no ``.meta`` (it restores as the same flat dict)."""
+    if metadata is None and type(state) is dict and all(type(v) is np.ndarray for v in state.values()):
+        return state, None
+    if isinstance(state, Mapping) and not state:
+        return {}, ({"dict": []} if metadata is not None else None)
+    leaves, tree = flatten(state)
+    return leaves, tree
 
 
 class Saver:
@@ -149,8 +163,15 @@ class Saver:
         global_step: Any = None,
         latest_filename: Optional[str] = None,
         write_state: bool = True,
+        metadata: Any = None,
     ) -> str:
-        """Write ``state`` (name → array) as a checkpoint and return its prefix.
+        """Write ``state`` as a checkpoint and return its prefix.
+
+        ``state`` is a dict of name → array, or any nesting of dicts, lists
+        and tuples of arrays, scalars and framework tensors (stored under
+        joined paths like ``"layer/0/kernel"``; the tree, each leaf's dtype and
+        shape, and the JSON ``metadata`` go to ``PREFIX.meta``, read back by
+        :func:`fastckpt.restore` and :func:`fastckpt.read_meta`).
 
         The prefix is ``save_path`` or, with ``global_step``,
         ``f"{save_path}-{global_step}"``. The directory is created if needed.
@@ -173,10 +194,21 @@ class Saver:
         except OSError as e:
             raise CheckpointIOError(e.errno or 0, f"cannot create {directory}: {e.strerror}", directory) from e
         clean_leftovers(directory)
-        write_bundle(prefix, state, durable=self._durable, **self._write_options)  # type: ignore[arg-type]
+        leaves, tree = split_structure(state, metadata)
+        self._write(prefix, leaves, tree, metadata)
         if write_state:
             self._record(prefix, directory, latest_filename)
         return prefix
+
+    def _write(self, prefix: str, leaves: Mapping[str, Any], tree: Any, metadata: Any) -> None:
+        """The bundle, then (for nested state or metadata) ``PREFIX.meta``;
+        a stale ``.meta`` of an earlier checkpoint of the same name goes first."""
+        meta = meta_filename(prefix)
+        if tree is None and os.path.lexists(meta):
+            os.unlink(meta)
+        write_bundle(prefix, leaves, durable=self._durable, **self._write_options)  # type: ignore[arg-type]
+        if tree is not None:
+            write_meta(prefix, tree, leaves, metadata, self._durable)
 
     def _record(self, prefix: str, directory: str, latest_filename: Optional[str]) -> None:
         """Name the new checkpoint in the state file, then delete the ones
@@ -223,3 +255,13 @@ class Saver:
         if not checkpoint_exists(prefix):
             raise NotFoundError(f"The passed save_path is not a valid checkpoint: {os.fspath(save_path)}")
         return read_bundle(prefix, names, into=into, verify=verify, threads=self._threads)
+
+
+def save(state: Any, prefix: PathLike, *, metadata: Any = None, durable: bool = True, num_shards: int = 1,
+         alignment: int = 1, threads: Optional[int] = None) -> str:
+    """Write ``state`` (flat or nested; see :meth:`Saver.save`) as checkpoint
+    ``prefix`` with its ``PREFIX.meta``, without touching a state file."""
+    p = os.fspath(prefix)
+    leaves, tree = split_structure(state, metadata)
+    Saver(durable=durable, num_shards=num_shards, alignment=alignment, threads=threads)._write(p, leaves, tree, metadata)
+    return p

@@ -1,0 +1,223 @@
+"""``CheckpointManager``: resume automatically, save in the background.
+
+In the spirit of ``tf.train.CheckpointManager``: one directory, checkpoints
+named ``<checkpoint_name>-<step>``, retention, an optional save interval,
+``restore_or_initialize`` for jobs that restart with the same directory.
+``save(..., blocking=False)`` snapshots the state into reused host buffers
+(the only time the caller waits) and writes in a background thread, with
+the GIL released during the I/O, so training continues meanwhile.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import logging
+import os
+import re
+import threading
+import weakref
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+import numpy as np
+
+from .errors import InvalidArgumentError
+from .naming import PathLike
+from .saver import Saver, _step_suffix, split_structure
+from .state import get_checkpoint_state, latest_checkpoint
+from .structure import restore_structure
+
+__all__ = ["CheckpointManager"]
+
+log = logging.getLogger("fastckpt")
+_LIVE: "weakref.WeakSet[CheckpointManager]" = weakref.WeakSet()
+
+
+class CheckpointManager:
+    """Manages the checkpoints of one training job in ``directory``.
+
+    - ``save(state, step)`` writes ``<directory>/<checkpoint_name>-<step>``
+      (skipped, returning ``None``, when ``checkpoint_interval`` steps have not
+      passed since the last save), keeps the newest ``max_to_keep``, and with
+      ``blocking=False`` returns a ``concurrent.futures.Future`` at once.
+    - At most one save is in flight: the next ``save`` waits for it; an error
+      in the background surfaces on :meth:`wait` or on the next ``save``;
+      interpreter exit waits for the commit.
+    - ``restore_or_initialize(state)`` fills ``state``'s arrays in place from
+      the latest checkpoint and returns its step, or returns ``None`` in a new
+      directory.
+
+    The directory stays readable and manageable by TensorFlow's
+    ``CheckpointManager`` (the state file carries timestamps).
+    """
+
+    def __init__(self, directory: PathLike, max_to_keep: Optional[int] = 5,
+                 keep_checkpoint_every_n_hours: Optional[float] = None, checkpoint_name: str = "ckpt",
+                 checkpoint_interval: Optional[int] = None, *, durable: bool = True,
+                 threads: Optional[int] = None) -> None:
+        d = os.fspath(directory)
+        if not isinstance(d, str) or not d:
+            raise InvalidArgumentError(f"directory must be a path, got {directory!r}")
+        if not isinstance(checkpoint_name, str) or not checkpoint_name or os.sep in checkpoint_name:
+            raise InvalidArgumentError(f"checkpoint_name must be a plain name, got {checkpoint_name!r}")
+        if checkpoint_interval is not None and (not isinstance(checkpoint_interval, int)
+                                                or isinstance(checkpoint_interval, bool) or checkpoint_interval < 1):
+            raise InvalidArgumentError(f"checkpoint_interval must be None or an int >= 1, got {checkpoint_interval!r}")
+        if max_to_keep is not None and (not isinstance(max_to_keep, int) or max_to_keep < 1):
+            raise InvalidArgumentError(f"max_to_keep must be None or an int >= 1, got {max_to_keep!r}")
+        self._directory = d
+        self._name = checkpoint_name
+        self._interval = checkpoint_interval
+        self._saver = Saver(max_to_keep, keep_checkpoint_every_n_hours, durable=durable, threads=threads)
+        self._threads = threads
+        latest = self.latest_checkpoint
+        self._last_step: Optional[int] = self._step_of(latest) if latest else None
+        self._thread: Optional[threading.Thread] = None
+        self._future: Optional[concurrent.futures.Future] = None
+        self._buffers: Dict[str, np.ndarray] = {}
+        _LIVE.add(self)
+
+    # -- what is there ----------------------------------------------------------------
+    @property
+    def directory(self) -> str:
+        """The managed directory."""
+        return self._directory
+
+    @property
+    def checkpoint_interval(self) -> Optional[int]:
+        """Minimum number of steps between saves, or None."""
+        return self._interval
+
+    @property
+    def latest_checkpoint(self) -> Optional[str]:
+        """Prefix of the newest complete checkpoint, or None."""
+        if not os.path.isdir(self._directory):
+            return None
+        return latest_checkpoint(self._directory)
+
+    @property
+    def checkpoints(self) -> List[str]:
+        """Prefixes of the kept checkpoints, oldest first."""
+        if not os.path.isdir(self._directory):
+            return []
+        st = get_checkpoint_state(self._directory)
+        return list(st.all_model_checkpoint_paths) if st else []
+
+    def _step_of(self, prefix: str) -> Optional[int]:
+        m = re.search(r"-(-?\d+)\Z", prefix)
+        return int(m.group(1)) if m else None
+
+    # -- saving --------------------------------------------------------------------------
+    def save(self, state: Any, step: Any, *, blocking: bool = True, metadata: Any = None,
+             force: bool = False) -> Union[None, str, "concurrent.futures.Future[str]"]:
+        """Save ``state`` as step ``step``.
+
+        Returns the prefix (blocking), a Future of it (``blocking=False``), or
+        ``None`` when skipped by ``checkpoint_interval`` (``force=True``
+        saves regardless). The caller may change ``state`` as soon as a
+        non-blocking save returns: its arrays were copied.
+        """
+        n = int(_step_suffix(step))
+        if not force and self._skip(n):
+            return None
+        self.wait()  # one save in flight at most; surfaces its error
+        prefix = os.path.join(self._directory, f"{self._name}-{n}")
+        leaves, tree = split_structure(state, metadata)
+        if blocking:
+            self._commit(prefix, leaves, tree, metadata)
+            self._last_step = n
+            return prefix
+        snapshot = self._snapshot(leaves)
+        future: "concurrent.futures.Future[str]" = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()
+        thread = threading.Thread(target=self._background, args=(future, prefix, snapshot, tree, metadata),
+                                  name=f"fastckpt-save-{n}", daemon=False)  # interpreter exit waits for it
+        self._future, self._thread = future, thread
+        self._last_step = n
+        thread.start()
+        return future
+
+    def _skip(self, step: int) -> bool:
+        if self._interval is None or self._last_step is None:
+            return False
+        return step == self._last_step or step < self._last_step + self._interval
+
+    def _commit(self, prefix: str, leaves: Mapping[str, Any], tree: Any, metadata: Any) -> None:
+        saver = self._saver
+        os.makedirs(self._directory, exist_ok=True)
+        from .locking import clean_leftovers
+
+        clean_leftovers(self._directory)
+        saver._write(prefix, leaves, tree, metadata)
+        saver._record(prefix, self._directory, None)
+
+    def _snapshot(self, leaves: Mapping[str, Any]) -> Dict[str, Any]:
+        """Copy every leaf into a host buffer reused from the last save when
+        its shape and dtype are unchanged."""
+        out: Dict[str, Any] = {}
+        for name, value in leaves.items():
+            arr = np.asarray(value)
+            buf = self._buffers.get(name)
+            if arr.dtype.kind == "O" or arr.dtype.kind in "SU":
+                out[name] = arr.copy()
+                continue
+            if buf is None or buf.shape != arr.shape or buf.dtype != arr.dtype.newbyteorder("="):
+                buf = np.empty(arr.shape, arr.dtype.newbyteorder("="))
+                self._buffers[name] = buf
+            np.copyto(buf, arr, casting="unsafe")
+            out[name] = buf
+        for stale in set(self._buffers) - set(out):
+            del self._buffers[stale]
+        return out
+
+    def _background(self, future: "concurrent.futures.Future[str]", prefix: str, snapshot: Dict[str, Any],
+                    tree: Any, metadata: Any) -> None:
+        try:
+            self._commit(prefix, snapshot, tree, metadata)
+        except BaseException as e:  # surfaces on wait() / the next save
+            future.set_exception(e)
+        else:
+            future.set_result(prefix)
+
+    def wait(self) -> Optional[str]:
+        """Wait for the save in flight; return its prefix, or raise its error."""
+        thread, future = self._thread, self._future
+        if thread is None or future is None:
+            return None
+        thread.join()
+        self._thread = self._future = None
+        return future.result()
+
+    # -- restoring ---------------------------------------------------------------------------
+    def restore_or_initialize(self, state: Any) -> Optional[int]:
+        """Fill ``state``'s arrays in place from the latest checkpoint and
+        return its step; ``None`` (state untouched) when there is none.
+
+        ``state`` has the structure that was saved (nested dicts, lists,
+        tuples; numpy arrays or framework tensors, filled in place). Python
+        scalars in it cannot be filled in place; keep counters in arrays or
+        use the returned step.
+        """
+        self.wait()
+        latest = self.latest_checkpoint
+        if latest is None:
+            return None
+        restore_structure(latest, into=state, threads=self._threads)
+        step = self._step_of(latest)
+        self._last_step = step
+        return step
+
+    def __repr__(self) -> str:
+        return f"<fastckpt.CheckpointManager {self._directory!r}: {len(self.checkpoints)} checkpoints>"
+
+
+@atexit.register
+def _report_unfinished() -> None:
+    """Background saves have finished by now (their threads are not daemons);
+    make sure a failure nobody waited for is not silent."""
+    for mgr in list(_LIVE):
+        future = mgr._future
+        if future is not None and future.done() and future.exception() is not None:
+            log.error("fastckpt: a background save failed and nobody waited for it: %s", future.exception())
+            print(f"fastckpt: a background save failed: {future.exception()}", flush=True)
+

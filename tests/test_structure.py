@@ -1,0 +1,117 @@
+"""Nested state, PREFIX.meta, fastckpt.restore / read_meta."""
+
+import json
+import os
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import fastckpt
+from roundtrip_kit import assert_bit_equal
+
+NESTED = {
+    "layer": [{"kernel": np.arange(6.0).reshape(2, 3), "bias": np.zeros(3, np.float32)},
+              {"kernel": np.ones((3, 1), ml_dtypes.bfloat16), "bias": np.zeros(1, np.float32)}],
+    "opt": ({"m": np.full(4, 0.5)}, np.int64(3)),
+    "step": 42, "lr": 0.125, "frozen": True,
+    "vocab": np.array([b"a", b"bc"], dtype=object),
+}
+
+
+def assert_same_tree(a, b):
+    assert type(a) is type(b), (type(a), type(b))
+    if isinstance(a, dict):
+        assert list(a) == list(b)
+        for k in a:
+            assert_same_tree(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same_tree(x, y)
+    elif isinstance(a, np.ndarray):
+        assert_bit_equal(a, b)
+    else:
+        assert a == b
+
+
+def test_nested_roundtrip_names_and_meta(tmp_path):
+    prefix = fastckpt.save(NESTED, str(tmp_path / "c"), metadata={"epoch": 2, "note": "é"})
+    names = [n for n, _ in fastckpt.list_variables(prefix)]
+    assert "layer/0/kernel" in names and "opt/1" in names and "step" in names
+    back = fastckpt.restore(prefix)
+    expect = dict(NESTED, opt=({"m": NESTED["opt"][0]["m"]}, np.asarray(np.int64(3))))
+    assert_same_tree(back, expect)
+    meta = fastckpt.read_meta(prefix)
+    assert meta["metadata"] == {"epoch": 2, "note": "é"}
+    assert meta["leaves"]["layer/1/kernel"] == {"dtype": "bfloat16", "shape": [3, 1]}
+
+
+def test_read_meta_reads_no_tensor_data(tmp_path):
+    prefix = fastckpt.save({"a": {"b": np.zeros(10)}}, str(tmp_path / "c"))
+    os.unlink(prefix + ".data-00000-of-00001")
+    assert fastckpt.read_meta(prefix)["leaves"] == {"a/b": {"dtype": "float64", "shape": [10]}}
+
+
+def test_restore_into_fills_nested_arrays_in_place(tmp_path):
+    prefix = fastckpt.save(NESTED, str(tmp_path / "c"))
+    into = {"layer": [{"kernel": np.empty((2, 3)), "bias": np.empty(3, np.float32)},
+                      {"kernel": np.empty((3, 1), ml_dtypes.bfloat16), "bias": np.empty(1, np.float32)}]}
+    k = into["layer"][0]["kernel"]
+    assert fastckpt.restore(prefix, into=into) is into
+    assert into["layer"][0]["kernel"] is k
+    assert_bit_equal(k, NESTED["layer"][0]["kernel"])
+
+
+def test_tensorflow_checkpoints_restore_flat(data_dir):
+    got = fastckpt.restore(os.path.join(data_dir, "tf1_saver", "my-model-3000"))
+    assert isinstance(got, dict) and "dense/kernel" in got
+    with pytest.raises(fastckpt.NotFoundError, match="meta"):
+        fastckpt.read_meta(os.path.join(data_dir, "tf1_saver", "my-model-3000"))
+
+
+def test_flat_dict_of_arrays_writes_no_meta_and_stale_meta_is_removed(tmp_path):
+    p = fastckpt.save({"x": {"y": np.zeros(1)}}, str(tmp_path / "c"))
+    assert os.path.exists(p + ".meta")
+    fastckpt.save({"x": np.zeros(1)}, p)
+    assert not os.path.exists(p + ".meta")
+    assert list(fastckpt.restore(p)) == ["x"]
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({1: np.zeros(1)}, "must be str"),
+    ({"a": {1: np.zeros(1)}}, "keys must be str"),
+    ({"a/b": np.zeros(1), "a": {"b": np.zeros(1)}}, "same name"),
+    (np.zeros(3), "dict, list or tuple"),
+    ({"": np.zeros(1)}, "empty"),
+    ({"a": {"": np.zeros(1)}}, "empty dict key"),
+])
+def test_bad_structures(tmp_path, bad, match):
+    with pytest.raises(fastckpt.InvalidArgumentError, match=match):
+        fastckpt.save(bad, str(tmp_path / "c"))
+    assert not os.listdir(tmp_path)
+
+
+def test_metadata_must_be_json(tmp_path):
+    with pytest.raises(fastckpt.InvalidArgumentError, match="JSON"):
+        fastckpt.save({"a": np.zeros(1)}, str(tmp_path / "c"), metadata={"x": object()})
+
+
+def test_corrupt_meta_is_data_loss(tmp_path):
+    p = fastckpt.save({"a": {"b": np.zeros(1)}}, str(tmp_path / "c"))
+    with open(p + ".meta", "w") as f:
+        f.write("{not json")
+    with pytest.raises(fastckpt.DataLossError, match="meta"):
+        fastckpt.restore(p)
+    with open(p + ".meta", "w") as f:
+        json.dump({"format": "fastckpt.meta", "version": 1, "structure": {"leaf": "zz"}, "leaves": {}}, f)
+    with pytest.raises(fastckpt.DataLossError, match="zz"):
+        fastckpt.restore(p)
+
+
+def test_saver_accepts_nested_state_and_deletes_meta_with_retention(tmp_path):
+    saver = fastckpt.Saver(max_to_keep=1)
+    saver.save({"a": [np.zeros(2)]}, str(tmp_path / "m"), global_step=1)
+    saver.save({"a": [np.ones(2)]}, str(tmp_path / "m"), global_step=2)
+    assert not os.path.exists(str(tmp_path / "m-1.meta"))
+    assert fastckpt.restore(str(tmp_path / "m-2"))["a"][0].tolist() == [1.0, 1.0]
