@@ -6,13 +6,17 @@ import argparse
 import sys
 from typing import List, Optional
 
-from .bench import parse_size, run_bench
+from .bench import parse_size, run_async_bench, run_bench
 from .errors import CheckpointError
 
 __all__ = ["main"]
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.async_save:
+        run_async_bench(size=parse_size(args.size), tensors=args.tensors, dtype=args.dtype, rounds=args.rounds,
+                        directory=args.dir)
+        return 0
     run_bench(size=parse_size(args.size), tensors=args.tensors, dtype=args.dtype, durable=args.durable,
               cold=args.cold, rounds=args.rounds, directory=args.dir, threads=args.threads,
               skip_others=args.only_fastckpt, layout=args.layout)
@@ -57,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are quoted (default 5)")
     b.add_argument("--dir", default=None, help="directory for the files (default: the system temp dir)")
     b.add_argument("--threads", type=int, default=None, help="fastckpt threads (default: all cores)")
+    b.add_argument("--async", dest="async_save", action="store_true",
+                   help="measure CheckpointManager.save(blocking=False): time the caller is blocked vs a memory copy")
     b.add_argument("--only-fastckpt", action="store_true", help="skip TensorFlow and safetensors")
     b.set_defaults(func=_bench)
     v = sub.add_parser("verify", help="check a checkpoint (or every one a directory's state file lists) "
