@@ -8,7 +8,6 @@ curve (every step's data depends only on --seed and the step).
 
 import argparse
 import json
-import os
 import sys
 
 import numpy as np

@@ -6,7 +6,7 @@ import os
 import re
 from typing import List, Union
 
-__all__ = ["index_filename", "data_filename", "data_filenames", "resolve_prefix", "PathLike"]
+__all__ = ["index_filename", "data_filename", "data_filenames", "resolve_prefix", "read_file", "PathLike"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -46,3 +46,19 @@ def resolve_prefix(path: PathLike) -> str:
         if stripped and os.path.exists(index_filename(stripped)):
             return stripped
     return p
+
+
+def read_file(path: str, missing: str) -> bytes:
+    """The whole file; :class:`NotFoundError` (``missing`` + why) when it is
+    absent or a directory, :class:`CheckpointIOError` for other failures."""
+    from .errors import CheckpointIOError, NotFoundError
+
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise NotFoundError(f"{missing}: {path} does not exist") from None
+    except IsADirectoryError:
+        raise NotFoundError(f"{missing}: {path} is a directory") from None
+    except OSError as e:
+        raise CheckpointIOError(e.errno or 0, f"cannot read {path}: {e.strerror}", path) from e

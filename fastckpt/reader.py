@@ -14,7 +14,7 @@ from . import _core
 from .dtypes import DT_STRING, DT_VARIANT, dtype_name, fixed_width_dtypes, numpy_dtype
 from .errors import (CheckpointError, CheckpointIOError, DataLossError, InvalidArgumentError,
                      NotFoundError, TensorNotFoundError, UnsupportedError)
-from .naming import PathLike, data_filename, index_filename, resolve_prefix
+from .naming import PathLike, data_filename, index_filename, read_file, resolve_prefix
 from .slices import Extent, encode_slice_key, slice_region, slice_shape
 from .writer import _gc_paused, default_threads
 
@@ -39,16 +39,7 @@ def _key_of(name: Union[str, bytes]) -> bytes:
 
 def _read_index(prefix: str) -> "_core.Index":
     path = index_filename(prefix)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise NotFoundError(f"no checkpoint at {prefix!r}: {path} does not exist") from None
-    except IsADirectoryError:
-        raise NotFoundError(f"no checkpoint at {prefix!r}: {path} is a directory") from None
-    except OSError as e:
-        raise CheckpointIOError(e.errno or 0, f"cannot read {path}: {e.strerror}", path) from e
-    return _core.Index(data, path)
+    return _core.Index(read_file(path, f"no checkpoint at {prefix!r}"), path)
 
 
 class _Pending:

@@ -11,13 +11,12 @@ their numpy views, and never imported unless the caller passes them.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Tuple
 
 import numpy as np
 
 from .errors import DataLossError, InvalidArgumentError, NotFoundError
-from .naming import PathLike, resolve_prefix
+from .naming import PathLike, read_file, resolve_prefix
 
 __all__ = ["flatten", "unflatten", "to_numpy", "meta_filename", "write_meta", "read_meta", "META_FORMAT"]
 
@@ -177,11 +176,7 @@ def read_meta(prefix: PathLike) -> Dict[str, Any]:
     :class:`NotFoundError` when the checkpoint has none (TensorFlow's)."""
     p = resolve_prefix(prefix)
     path = meta_filename(p)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise NotFoundError(f"checkpoint {p!r} has no {os.path.basename(path)} (not written by fastckpt's save)") from None
+    raw = read_file(path, f"checkpoint {p!r} has no structure file (not written by fastckpt's save)")
     try:
         record = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:

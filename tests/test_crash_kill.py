@@ -9,7 +9,6 @@ import random
 import re
 import time
 
-import numpy as np
 import pytest
 
 import fastckpt

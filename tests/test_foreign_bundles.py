@@ -2,7 +2,6 @@
 big-endian bundles, DT_VARIANT tensors, newer format versions, entries
 without checksums."""
 
-import os
 
 import numpy as np
 import pytest

@@ -12,7 +12,6 @@ from fastckpt import _core
 EXAMPLES = int(os.environ.get("FASTCKPT_FUZZ_EXAMPLES", "1500"))
 fuzz = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 
-_seed_index = fastckpt.writer.build_index.__module__  # keep import used
 GOOD = None
 
 
