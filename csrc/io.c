@@ -18,8 +18,11 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#if defined(__linux__)
+#define HAVE_PWRITEV2 1
 #ifndef RWF_DONTCACHE
 #define RWF_DONTCACHE 0x00000080 /* Linux 6.14+: write through, drop the pages */
+#endif
 #endif
 
 #define MAX_GAP 65536
@@ -107,12 +110,14 @@ static int run_batch(job_t *j, const batch_t *b, uint8_t **scratch) {
         ssize_t r;
         if (!j->is_write) {
             r = preadv(fd, v, n, at);
+#ifdef HAVE_PWRITEV2
         } else if (__atomic_load_n(&j->uncached, __ATOMIC_RELAXED)) {
             r = pwritev2(fd, v, n, at, RWF_DONTCACHE);
             if (r < 0 && (errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS)) {
                 __atomic_store_n(&j->uncached, 0, __ATOMIC_RELAXED); /* not here: plain writes */
                 continue;
             }
+#endif
         } else {
             r = pwritev(fd, v, n, at);
         }
