@@ -32,3 +32,12 @@ def check_roundtrip(tmp_path, tensors, **write_options):
         for k, v in tensors.items():
             assert_bit_equal(r[k], v)
     return prefix
+
+
+def flip_byte(path, offset, mask):
+    """XOR one byte of a file in place (damage for corruption tests)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([b ^ mask]))

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import fastckpt
+from roundtrip_kit import flip_byte
 
 
 def is_view(a):
@@ -43,10 +44,7 @@ def test_strings_and_empty_tensors(tmp_path):
 
 def test_view_checks_crc_once(tmp_path):
     prefix = fastckpt.write_bundle(str(tmp_path / "c"), {"x": np.arange(1000, dtype=np.float32)})
-    data = prefix + ".data-00000-of-00001"
-    raw = bytearray(open(data, "rb").read())
-    raw[40] ^= 0xFF
-    open(data, "wb").write(bytes(raw))
+    flip_byte(prefix + ".data-00000-of-00001", 40, 0xFF)
     with pytest.raises(fastckpt.DataLossError, match="tensor 'x': checksum does not match"):
         fastckpt.load_checkpoint(prefix)["x"]
     assert is_view(fastckpt.CheckpointReader(prefix, verify=False)["x"])

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import fastckpt
-from roundtrip_kit import assert_bit_equal
+from roundtrip_kit import assert_bit_equal, flip_byte
 
 tf = pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.tensorflow
@@ -152,10 +152,7 @@ def test_fastckpt_reads_tf1_absolute_state(tmp_path):
 
 def test_corrupt_fastckpt_file_detected_by_both(tmp_path):
     prefix = fastckpt.write_bundle(str(tmp_path / "c"), {"x": np.arange(1000, dtype=np.float32)})
-    data = prefix + ".data-00000-of-00001"
-    raw = bytearray(open(data, "rb").read())
-    raw[100] ^= 0x10
-    open(data, "wb").write(bytes(raw))
+    flip_byte(prefix + ".data-00000-of-00001", 100, 0x10)
     with pytest.raises(fastckpt.DataLossError, match="tensor 'x'"):
         fastckpt.read_bundle(prefix)
     with pytest.raises(Exception, match="Checksum does not match"):
