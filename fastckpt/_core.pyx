@@ -461,10 +461,12 @@ cdef class Index:
 
     @property
     def num_shards(self):
+        """Number of data files, from the header."""
         return self.idx.header.num_shards
 
     @property
     def big_endian(self):
+        """True when the bundle was written on a big-endian host."""
         return self.idx.header.endianness == 1
 
     def find(self, bytes key):
@@ -472,6 +474,7 @@ cdef class Index:
         return fc_index_find(&self.idx, <const uint8_t *>PyBytes_AS_STRING(key), len(key))
 
     def key(self, Py_ssize_t i):
+        """The key (bytes) of entry ``i``."""
         cdef fc_entry *e = self._at(i)
         return PyBytes_FromStringAndSize(<const char *>self.idx.keys + e.key_off, e.key_len)
 
