@@ -276,6 +276,8 @@ def write_bundle(
     if not isinstance(prefix, str) or not prefix or prefix.endswith(os.sep):
         raise InvalidArgumentError(f"prefix must be a non-empty file path prefix, got {prefix!r}")
     nthreads = _check_options(num_shards, alignment, threads)
+    if not isinstance(staging_bytes, int) or isinstance(staging_bytes, bool) or staging_bytes < 1:
+        raise InvalidArgumentError(f"staging_bytes must be a positive int, got {staging_bytes!r}")
     directory = os.path.dirname(prefix)
     try:
         if directory:
@@ -286,8 +288,6 @@ def write_bundle(
     temps: List[str] = []
     open_fds: List[int] = []  # temporaries stay open and flock-ed until renamed
     try:
-        if not isinstance(staging_bytes, int) or staging_bytes < 1:
-            raise InvalidArgumentError(f"staging_bytes must be a positive int, got {staging_bytes!r}")
         index = _write_data(tensors, finals, temps, open_fds, num_shards, alignment, nthreads, durable,
                             staging_bytes)
         _write_all(_create_temp(index_filename(prefix), temps, open_fds), index, durable)
