@@ -268,7 +268,7 @@ class CheckpointReader(Mapping[str, np.ndarray]):
                 sizes.append(size)
         except CheckpointError:
             return None
-        if names is None:
+        if names is None or 2 * len(names) >= len(self._index):  # most of the files: read ahead
             for fd, size in zip(fds, sizes):
                 _advise_willneed(fd, 0, size)
         with _gc_paused():
