@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-from typing import List, Union
+from typing import Union
 
-__all__ = ["index_filename", "data_filename", "data_filenames", "resolve_prefix", "read_file", "PathLike"]
+__all__ = ["index_filename", "data_filename", "resolve_prefix", "read_file", "PathLike"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -21,11 +21,6 @@ def index_filename(prefix: str) -> str:
 def data_filename(prefix: str, shard: int, num_shards: int) -> str:
     """``PREFIX.data-SSSSS-of-NNNNN`` (each number at least 5 digits)."""
     return f"{prefix}.data-{shard:05d}-of-{num_shards:05d}"
-
-
-def data_filenames(prefix: str, num_shards: int) -> List[str]:
-    """Every data file name of a bundle with ``num_shards`` shards."""
-    return [data_filename(prefix, i, num_shards) for i in range(num_shards)]
 
 
 def resolve_prefix(path: PathLike) -> str:

@@ -61,10 +61,6 @@ def _torch_int16() -> Any:
     return torch.int16
 
 
-def _is_leaf(x: Any) -> bool:
-    return not isinstance(x, (Mapping, list, tuple))
-
-
 # ---- flatten / unflatten -------------------------------------------------------------
 
 def flatten(state: Any, sep: str = "/") -> Tuple[Dict[str, Any], Any]:
