@@ -83,29 +83,30 @@ def test_entry_without_checksum(tmp_path):
     assert fastckpt.read_bundle(prefix, verify=False)["x"].tolist() == [0.0]
 
 
-def test_wrong_size_for_shape_is_data_loss(tmp_path):
-    prefix = str(tmp_path / "s")
-    open(prefix + ".data-00000-of-00001", "wb").write(b"\x00" * 12)
+def write_one_entry(prefix, entry, data=None):
+    """A bundle whose index holds the header and one hand-made entry "x"."""
+    if data is not None:
+        open(prefix + ".data-00000-of-00001", "wb").write(data)
     with open(prefix + ".index", "wb") as f:
-        f.write(_core.build_table([(b"", _core.encode_header()), (b"x", _core.encode_entry(1, (4,), 0, 0, 12, 0))]))
+        f.write(_core.build_table([(b"", _core.encode_header()), (b"x", entry)]))
+    return prefix
+
+
+def test_wrong_size_for_shape_is_data_loss(tmp_path):
+    prefix = write_one_entry(str(tmp_path / "s"), _core.encode_entry(1, (4,), 0, 0, 12, 0), b"\x00" * 12)
     with pytest.raises(fastckpt.DataLossError, match="stored size 12; expected size 16"):
         fastckpt.load_checkpoint(prefix)
 
 
 def test_shard_id_out_of_range_is_data_loss(tmp_path):
-    prefix = str(tmp_path / "s")
-    with open(prefix + ".index", "wb") as f:
-        f.write(_core.build_table([(b"", _core.encode_header()), (b"x", _core.encode_entry(1, (1,), 3, 0, 4, 0))]))
+    prefix = write_one_entry(str(tmp_path / "s"), _core.encode_entry(1, (1,), 3, 0, 4, 0))
     with pytest.raises(fastckpt.DataLossError, match="shard id 3"):
         fastckpt.load_checkpoint(prefix)
 
 
 def test_huge_claimed_size_fails_before_allocating(tmp_path):
-    prefix = str(tmp_path / "s")
-    open(prefix + ".data-00000-of-00001", "wb").write(b"\x00" * 16)
     n = 2**40  # 4 TiB of float32
-    with open(prefix + ".index", "wb") as f:
-        f.write(_core.build_table([(b"", _core.encode_header()), (b"x", _core.encode_entry(1, (n,), 0, 0, 4 * n, 0))]))
+    prefix = write_one_entry(str(tmp_path / "s"), _core.encode_entry(1, (n,), 0, 0, 4 * n, 0), b"\x00" * 16)
     with pytest.raises(fastckpt.DataLossError, match="truncated"):
         fastckpt.read_bundle(prefix)
     with fastckpt.load_checkpoint(prefix) as r:
