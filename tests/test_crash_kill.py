@@ -104,3 +104,25 @@ def test_concurrent_savers_never_corrupt_the_state(tmp_path, ctx, counts):
     assert all(fastckpt.verify_checkpoint(p).ok for p in st.all_model_checkpoint_paths)
     assert not [n for n in os.listdir(d) if ".tempstate" in n or ".tmp" in n]
     counts["concurrent state-file polls"] = polls
+
+
+def test_temp_file_removed_before_it_was_locked_is_recreated(tmp_path, monkeypatch):
+    """If a cleaner deletes a brand-new temporary before its writer holds the
+    lock, the writer notices (no links left) and creates another one."""
+    from fastckpt import locking
+    names = iter([str(tmp_path / "a.tmp0"), str(tmp_path / "b.tmp0")])
+    real_flock = locking.fcntl.flock
+    calls = {"n": 0}
+
+    def flock_after_cleaner(fd, op):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            os.unlink(str(tmp_path / "a.tmp0"))  # the cleaner got there first
+        return real_flock(fd, op)
+    monkeypatch.setattr(locking.fcntl, "flock", flock_after_cleaner)
+    path, fd = locking.create_locked_temp(lambda: next(names))
+    try:
+        assert path == str(tmp_path / "b.tmp0") and os.path.exists(path)
+        assert os.listdir(tmp_path) == ["b.tmp0"]
+    finally:
+        os.close(fd)
