@@ -34,6 +34,15 @@ static int check_entry(const fc_index *idx, fc_entry *e, fc_status *st) {
     e->num_elements = nelem;
     int w = fc_dtype_size(e->dtype);
     if (w < 0) return fc_fail(st, FC_UNSUPPORTED, "unknown dtype enum %d", (int)e->dtype);
+    /* An array of this shape must be representable even when empty: numpy
+     * multiplies max(dim, 1) and the element size without overflow. */
+    int64_t span = w > 0 ? w : 8;
+    for (int32_t i = 0; i < e->rank; i++) {
+        int64_t d = dims[i] ? dims[i] : 1;
+        if (span > INT64_MAX / d)
+            return fc_fail(st, FC_DATA_LOSS, "shape too large: its dimensions multiply past 2**63 bytes");
+        span *= d;
+    }
     if (e->num_slices) {
         const fc_extent *x = idx->extents + e->extents_off;
         for (int32_t s = 0; s < e->num_slices; s++)

@@ -187,8 +187,8 @@ int fc_string_payload_size(const uint64_t *lens, size_t n, uint64_t *size,
 int fc_string_encode(const uint8_t *const *ptrs, const uint64_t *lens, size_t n,
                      uint8_t *out, uint64_t out_len, uint32_t *crc,
                      fc_status *st);
-/* Parses a payload of n strings: fills lens[n] and the offset of the first
- * string byte. Checks the length checksum and, when verify, the entry CRC.
+/* Parses a payload of n strings: fills lens[n] (unless lens is NULL: a
+ * check that allocates nothing) and the offset of the first string byte. Checks the length checksum and, when verify, the entry CRC.
  * big_endian: the bundle was written on a big-endian host. */
 int fc_string_decode(const uint8_t *payload, uint64_t size, uint64_t n,
                      uint64_t *lens, uint64_t *data_off, uint32_t masked_crc,

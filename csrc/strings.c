@@ -63,12 +63,14 @@ int fc_string_decode(const uint8_t *payload, uint64_t size, uint64_t n, uint64_t
     uint32_t c = 0;
     uint64_t total = 0;
     for (uint64_t i = 0; i < n; i++) {
-        if (fc_get_varint(&p, end, &lens[i]))
+        uint64_t len;
+        if (fc_get_varint(&p, end, &len))
             return fc_fail(st, FC_DATA_LOSS, "string lengths are truncated or corrupt");
-        if (lens[i] > size || total > size - lens[i])
+        if (len > size || total > size - len)
             return fc_fail(st, FC_DATA_LOSS, "string lengths exceed the payload size");
-        total += lens[i];
-        c = extend_len(c, lens[i], big_endian);
+        if (lens) lens[i] = len;
+        total += len;
+        c = extend_len(c, len, big_endian);
     }
     if (end - p < 4) return fc_fail(st, FC_DATA_LOSS, "string payload truncated before its length checksum");
     uint32_t stored = 0;

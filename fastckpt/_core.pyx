@@ -529,29 +529,31 @@ def encode_strings(list items):
 
 def decode_strings(payload, uint64_t n, uint32_t masked_crc, bint verify=True,
                    bint big_endian=False, str context=""):
-    """The ``n`` byte strings of a DT_STRING payload, checksums checked."""
+    """The ``n`` byte strings of a DT_STRING payload, checksums checked.
+
+    The payload is checked first without allocating anything (lengths,
+    sizes, checksums), so a hostile count costs no memory; only then are
+    the ``n`` Python objects made."""
     cdef _Buffer b = _Buffer(payload)
-    cdef uint64_t *lens
-    cdef uint64_t off, i
+    cdef uint64_t off, i, ln
+    cdef int rc
     cdef fc_status st
-    cdef const char *base = <const char *>b.view.buf
+    cdef const uint8_t *base = <const uint8_t *>b.view.buf
+    cdef const uint8_t *p = base
+    cdef const uint8_t *end = base + b.view.len
     if n > <uint64_t>b.view.len:
         raise DataLossError(f"{context}: {n} strings cannot fit in {b.view.len} bytes")
-    lens = <uint64_t *>malloc((n if n else 1) * sizeof(uint64_t))
-    if lens == NULL:
-        raise MemoryError()
     fc_status_clear(&st)
-    try:
-        if fc_string_decode(<const uint8_t *>base, <uint64_t>b.view.len, n, lens, &off,
-                            masked_crc, verify, big_endian, &st):
-            _raise(&st, context)
-        out = [None] * <Py_ssize_t>n
-        for i in range(n):
-            out[i] = PyBytes_FromStringAndSize(base + off, lens[i])
-            off += lens[i]
-        return out
-    finally:
-        free(lens)
+    with nogil:
+        rc = fc_string_decode(base, <uint64_t>b.view.len, n, NULL, &off, masked_crc, verify, big_endian, &st)
+    if rc:
+        _raise(&st, context)
+    out = [None] * <Py_ssize_t>n
+    for i in range(n):
+        fc_get_varint(&p, end, &ln)  # cannot fail: checked above
+        out[i] = PyBytes_FromStringAndSize(<const char *>base + off, ln)
+        off += ln
+    return out
 
 
 # ---- parallel I/O -------------------------------------------------------------------

@@ -1,12 +1,19 @@
 """Locks that make saving into a shared directory safe.
 
 - The **directory lock** (``<dir>/<state file>.lock``, ``flock``) is held
-  while the state file is read, rewritten and old checkpoints deleted, so
-  two processes never interleave those steps.
-- Every **temporary file** of a save in progress is ``flock``-ed by its
-  writer until it is renamed into place. A later save deletes a leftover
-  temporary only when it can take that lock, that is when its writer is
-  gone (killed, crashed): a concurrent save's files are never touched.
+  while a save commits: the state file is read and rewritten, the new
+  checkpoint put in place and old ones deleted, so two processes never
+  interleave those steps.
+- Every file of a save in progress (its staged bundle, its temporaries) is
+  ``flock``-ed by its writer until the save ends. A later save deletes a
+  leftover only when it can take that lock, that is when its writer is gone
+  (killed, crashed): a concurrent save's files are never touched.
+- Locks never outlive ``fork()`` in the child: a forked child closes the
+  lock descriptors it inherited (they belong to threads that do not exist
+  in the child), so neither the child's saves nor the parent's wait on it.
+- Nothing here follows a symbolic link or opens a non-regular file: a FIFO
+  or a dangling link with a checkpoint-like name never blocks or redirects
+  a save.
 """
 
 from __future__ import annotations
@@ -17,61 +24,161 @@ import fcntl
 import logging
 import os
 import re
-from typing import Callable, Iterator, List, Tuple
+import stat
+import threading
+from typing import Callable, Collection, Iterator, List, Set, Tuple
 
-__all__ = ["directory_lock", "create_locked_temp", "clean_leftovers", "is_leftover"]
+from .errors import CheckpointIOError, DataLossError
+
+__all__ = ["directory_lock", "create_locked_temp", "clean_leftovers", "is_leftover", "release_lock",
+           "open_regular"]
 
 log = logging.getLogger("fastckpt")
 
-# P.data-00000-of-00001.tempstate123, P.index.tempstate123 (TensorFlow's names
-# too), checkpoint.tmp<32 hex> (the state file being rewritten).
-_LEFTOVER = re.compile(r".*\.(?:index|data-\d{5,}-of-\d{5,})\.tempstate\d+\Z|.*\.tmp[0-9a-f]{32}\Z")
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+# TensorFlow's temporaries (P.index.tempstate123, P.data-...-of-....tempstate123),
+# a state file being rewritten (checkpoint.tmp<32 hex>), fastckpt's staged
+# bundles (.fcsave-<16 hex>.index / .data-...) and link temporaries (.fclink-<16 hex>).
+_LEFTOVER = re.compile(r".*\.(?:index|data-\d{5,}-of-\d{5,})\.tempstate\d+\Z|.*\.tmp[0-9a-f]{32}\Z"
+                       r"|\.fcsave-[0-9a-f]{16}\.(?:index|data-\d{5,}-of-\d{5,})\Z|\.fclink-[0-9a-f]{16}\Z")
+
+# Descriptors holding a lock, closed in a forked child.
+_HELD: Set[int] = set()
+_HELD_LOCK = threading.Lock()
+
+
+def _hold(fd: int) -> None:
+    with _HELD_LOCK:
+        _HELD.add(fd)
+
+
+def release_lock(fd: int) -> None:
+    """Close a descriptor returned by :func:`create_locked_temp` (its lock goes with it)."""
+    with _HELD_LOCK:
+        _HELD.discard(fd)
+    os.close(fd)
+
+
+def _close_inherited_locks() -> None:
+    """In a forked child: drop the lock descriptors the parent's threads hold."""
+    global _HELD_LOCK
+    _HELD_LOCK = threading.Lock()  # the parent's may have been held at fork time
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 def is_leftover(name: str) -> bool:
-    """True for the temporary names of an unfinished save or state update."""
+    """True for the names of an unfinished save's files (staged bundles,
+    temporaries of TensorFlow and fastckpt, a state file being rewritten)."""
     return bool(_LEFTOVER.match(name))
+
+
+def open_regular(path: str, flags: int = os.O_RDONLY, mode: int = 0o644, *, follow: bool = True) -> int:
+    """Open ``path`` without blocking on a FIFO or device (and, unless
+    ``follow``, without following a final symlink: ``ELOOP``); raises
+    ``IsADirectoryError`` for a directory, ``OSError(EINVAL)`` for any other
+    non-regular file."""
+    fd = os.open(path, flags | _CLOEXEC | _NONBLOCK | (0 if follow else _NOFOLLOW), mode)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        if _NONBLOCK:
+            fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fcntl.fcntl(fd, fcntl.F_SETFL, fl & ~_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @contextlib.contextmanager
 def directory_lock(directory: str, latest_filename: str = "checkpoint") -> Iterator[None]:
-    """Exclusive lock on a checkpoint directory (blocks until free)."""
+    """Exclusive lock on a checkpoint directory (blocks until free).
+
+    The lock file must be a regular file inside the directory: a symlink
+    (dangling or not), a directory or a FIFO under its name is refused with
+    :class:`DataLossError` naming it; nothing is created elsewhere.
+    """
     path = os.path.join(directory, latest_filename + ".lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        fd = open_regular(path, os.O_RDWR | os.O_CREAT, follow=False)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EISDIR, errno.EINVAL, errno.ENXIO):
+            raise DataLossError(f"lock file {path} is not a regular file (a symlink, directory or FIFO); "
+                                "remove it to save in this directory") from None
+        raise CheckpointIOError(e.errno or 0, f"cannot open lock file {path}: {e.strerror}", path) from e
+    _hold(fd)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)  # releases the lock
+        release_lock(fd)
 
 
 def create_locked_temp(make_name: Callable[[], str], mode: int = 0o644) -> Tuple[str, int]:
-    """Create a new temporary file and hold its lock; returns (path, fd).
+    """Create a new file and hold its lock; returns (path, fd).
 
     Between creating the file and locking it, a cleaner in another process
     may take the lock first and delete the file. So the lock is taken
     blocking (waiting out such a cleaner) and the file must still have a
-    name afterwards; if not, a new name is tried.
+    name afterwards; if not, a new name is tried. Release with
+    :func:`release_lock`.
     """
     for _ in range(100):
         path = make_name()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _CLOEXEC | _NOFOLLOW, mode)
+        _hold(fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             if os.fstat(fd).st_nlink > 0:
                 return path, fd
         except BaseException:
-            os.close(fd)
+            release_lock(fd)
             raise
-        os.close(fd)  # a cleaner removed it before we held the lock
+        release_lock(fd)  # a cleaner removed it before we held the lock
     raise OSError(errno.EAGAIN, "could not create a temporary file that stays", path)
 
 
-def clean_leftovers(directory: str) -> List[str]:
-    """Delete the temporaries of interrupted saves in ``directory``.
+def _unlink_if_abandoned(path: str) -> bool:
+    """Delete ``path`` if it is a regular file nobody holds a lock on (its
+    writer is gone), unlinking while holding the lock so that a writer
+    between its create and its lock sees the file vanish and retries.
+    Never blocks, never follows a symlink."""
+    try:
+        fd = open_regular(path, follow=False)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.unlink(path)
+        return True
+    except OSError:
+        return False  # a live save holds it, or it vanished
+    finally:
+        os.close(fd)
 
-    Only files whose writer no longer holds their lock are removed; returns
-    their paths. Never raises for a file that vanishes or cannot be opened.
+
+def clean_leftovers(directory: str, keep: Collection[str] = ()) -> List[str]:
+    """Delete the files of interrupted saves in ``directory``.
+
+    Only files whose writer no longer holds their lock are removed, never a
+    name in ``keep`` (files of a staged bundle the state file still lists);
+    returns their paths. Non-regular files and symlinks with such names are
+    left alone (and never opened in a way that blocks).
     """
     removed: List[str] = []
     try:
@@ -79,25 +186,11 @@ def clean_leftovers(directory: str) -> List[str]:
     except OSError:
         return removed
     for name in names:
-        if not is_leftover(name):
+        if not is_leftover(name) or name in keep:
             continue
         path = os.path.join(directory, name)
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            continue  # a live save is writing it
-        try:
-            os.unlink(path)
+        if _unlink_if_abandoned(path):
             removed.append(path)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
     if removed:
         log.info("removed %d leftover file(s) of interrupted saves in %s", len(removed), directory)
     return removed

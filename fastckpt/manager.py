@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
-from .errors import InvalidArgumentError
+from .errors import DataLossError, InvalidArgumentError, NotFoundError
 from .naming import PathLike
 from .saver import Saver, _step_suffix, split_structure
 from .state import get_checkpoint_state, latest_checkpoint
@@ -74,6 +74,7 @@ class CheckpointManager:
         self._last_step: Optional[int] = self._step_of(latest) if latest else None
         self._thread: Optional[threading.Thread] = None
         self._future: Optional[concurrent.futures.Future] = None
+        self._owner = os.getpid()  # the process whose thread runs the save in flight
         self._buffers: Dict[str, np.ndarray] = {}
         _LIVE.add(self)
 
@@ -132,7 +133,7 @@ class CheckpointManager:
         future.set_running_or_notify_cancel()
         thread = threading.Thread(target=self._background, args=(future, prefix, snapshot, tree, metadata),
                                   name=f"fastckpt-save-{n}", daemon=False)  # interpreter exit waits for it
-        self._future, self._thread = future, thread
+        self._future, self._thread, self._owner = future, thread, os.getpid()
         self._last_step = n
         thread.start()
         return future
@@ -143,13 +144,7 @@ class CheckpointManager:
         return step == self._last_step or step < self._last_step + self._interval
 
     def _commit(self, prefix: str, leaves: Mapping[str, Any], tree: Any, metadata: Any) -> None:
-        saver = self._saver
-        os.makedirs(self._directory, exist_ok=True)
-        from .locking import clean_leftovers
-
-        clean_leftovers(self._directory)
-        saver._write(prefix, leaves, tree, metadata)
-        saver._record(prefix, self._directory, None)
+        self._saver._save_leaves(prefix, leaves, tree, metadata)
 
     def _snapshot(self, leaves: Mapping[str, Any]) -> Dict[str, Any]:
         """Copy every leaf into a host buffer reused from the last save when
@@ -184,6 +179,11 @@ class CheckpointManager:
         thread, future = self._thread, self._future
         if thread is None or future is None:
             return None
+        if self._owner != os.getpid():
+            # A forked child: the save in flight belongs to the parent's
+            # thread, which does not exist here; the parent commits it.
+            self._thread = self._future = None
+            return None
         thread.join()
         self._thread = self._future = None
         return future.result()
@@ -199,16 +199,35 @@ class CheckpointManager:
         use the returned step.
         """
         self.wait()
-        latest = self.latest_checkpoint
+        latest = _restore_latest(self._directory, state, self._threads)
         if latest is None:
             return None
-        restore_structure(latest, into=state, threads=self._threads)
         step = self._step_of(latest)
         self._last_step = step
         return step
 
     def __repr__(self) -> str:
         return f"<fastckpt.CheckpointManager {self._directory!r}: {len(self.checkpoints)} checkpoints>"
+
+
+def _restore_latest(directory: str, into: Any, threads: Optional[int]) -> Optional[str]:
+    """Restore the directory's latest checkpoint into ``into``; returns its
+    prefix (None without one). A save that replaces the latest checkpoint
+    meanwhile is no failure: the state file is read again and the
+    checkpoint it names now is restored."""
+    for _ in range(20):
+        if not os.path.isdir(directory):
+            return None
+        latest = latest_checkpoint(directory)
+        if latest is None:
+            return None
+        try:
+            restore_structure(latest, into=into, threads=threads)
+            return latest
+        except NotFoundError:
+            if latest_checkpoint(directory) == latest:
+                raise
+    raise DataLossError(f"the latest checkpoint of {directory} keeps changing while it is restored")
 
 
 @atexit.register

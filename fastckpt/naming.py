@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Union
+from typing import List, Union
 
-__all__ = ["index_filename", "data_filename", "resolve_prefix", "read_file", "PathLike"]
+__all__ = ["index_filename", "data_filename", "resolve_prefix", "read_file", "read_regular", "checkpoint_files",
+           "PathLike"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -21,6 +22,19 @@ def index_filename(prefix: str) -> str:
 def data_filename(prefix: str, shard: int, num_shards: int) -> str:
     """``PREFIX.data-SSSSS-of-NNNNN`` (each number at least 5 digits)."""
     return f"{prefix}.data-{shard:05d}-of-{num_shards:05d}"
+
+
+def checkpoint_files(prefix: str) -> List[str]:
+    """The files of checkpoint ``prefix`` that exist: ``.index``, every
+    ``.data-SSSSS-of-NNNNN`` and ``.meta`` (matched exactly, no globbing)."""
+    directory = os.path.dirname(prefix) or "."
+    base = os.path.basename(prefix)
+    pattern = re.compile(re.escape(base) + r"(\.index|\.meta|\.data-\d{5,}-of-\d{5,})\Z")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return [os.path.join(os.path.dirname(prefix), n) for n in sorted(names) if pattern.match(n)]
 
 
 def resolve_prefix(path: PathLike) -> str:
@@ -43,17 +57,35 @@ def resolve_prefix(path: PathLike) -> str:
     return p
 
 
+def read_regular(path: str) -> bytes:
+    """The whole regular file ``path`` (no symlink at the end, never blocks on
+    a FIFO); ``OSError`` as the system reports it, ``EINVAL`` for a
+    non-regular file."""
+    from .locking import open_regular
+
+    fd = open_regular(path)
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def read_file(path: str, missing: str) -> bytes:
     """The whole file; :class:`NotFoundError` (``missing`` + why) when it is
-    absent or a directory, :class:`CheckpointIOError` for other failures."""
-    from .errors import CheckpointIOError, NotFoundError
+    absent or a directory, :class:`DataLossError` for another non-regular
+    file, :class:`CheckpointIOError` for other failures."""
+    import errno
+
+    from .errors import CheckpointIOError, DataLossError, NotFoundError
 
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return read_regular(path)
     except FileNotFoundError:
         raise NotFoundError(f"{missing}: {path} does not exist") from None
     except IsADirectoryError:
         raise NotFoundError(f"{missing}: {path} is a directory") from None
     except OSError as e:
+        if e.errno in (errno.EINVAL, errno.ELOOP, errno.ENXIO):
+            raise DataLossError(f"{path} is not a regular file") from None
         raise CheckpointIOError(e.errno or 0, f"cannot read {path}: {e.strerror}", path) from e

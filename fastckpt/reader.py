@@ -3,6 +3,7 @@ allocation) → parallel C reads into arrays → checksums."""
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 from typing import (Any, Dict, Iterator, List, Mapping, MutableMapping, Optional, Sequence,
@@ -14,11 +15,19 @@ from . import _core
 from .dtypes import DT_STRING, DT_VARIANT, dtype_name, fixed_width_dtypes, numpy_dtype
 from .errors import (CheckpointError, CheckpointIOError, DataLossError, InvalidArgumentError,
                      NotFoundError, TensorNotFoundError, UnsupportedError)
+from .fsutil import default_threads, gc_paused
+from .locking import open_regular
 from .naming import PathLike, data_filename, index_filename, read_file, resolve_prefix
 from .slices import Extent, encode_slice_key, slice_region, slice_shape
-from .writer import _gc_paused, default_threads
+from .structure import STRUCTURE_KEY, parse_structure_record
 
-__all__ = ["CheckpointReader", "read_bundle", "load_checkpoint", "list_variables"]
+__all__ = ["CheckpointReader", "read_bundle", "load_checkpoint", "list_variables", "read_index_header",
+           "crc32c_of_range"]
+
+# Data files opened with the index (a consistent generation); beyond this
+# many shards they are opened on first use.
+EAGER_SHARDS = 1024
+_CHUNK = 8 << 20
 
 _FIXED_DTYPES = fixed_width_dtypes()
 
@@ -37,9 +46,43 @@ def _key_of(name: Union[str, bytes]) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
 
-def _read_index(prefix: str) -> "_core.Index":
+def _file_id(st: os.stat_result) -> Tuple[int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_mtime_ns)
+
+
+def _read_index(prefix: str) -> Tuple["_core.Index", Tuple[int, int, int]]:
+    """The parsed index and the identity of the file it came from."""
     path = index_filename(prefix)
-    return _core.Index(read_file(path, f"no checkpoint at {prefix!r}"), path)
+    raw = read_file(path, f"no checkpoint at {prefix!r}")
+    try:
+        ident = _file_id(os.stat(path))
+    except OSError:
+        ident = (0, 0, 0)
+    return _core.Index(raw, path), ident
+
+
+def read_index_header(prefix: str) -> int:
+    """The number of data files the index of ``prefix`` names (its index is
+    parsed and checked whole)."""
+    return int(_read_index(prefix)[0].num_shards)
+
+
+def crc32c_of_range(fd: int, offset: int, size: int, what: str) -> int:
+    """CRC32C of a file's bytes read by ``pread`` in chunks (constant memory;
+    a file that shrank gives :class:`DataLossError`, never a signal)."""
+    crc = 0
+    buf = bytearray(min(size, _CHUNK))
+    at = 0
+    while at < size:
+        n = min(len(buf), size - at)
+        view = memoryview(buf)[:n]
+        got = os.preadv(fd, [view], offset + at)
+        if got <= 0:
+            raise DataLossError(f"{what}: the file ends at byte {offset + at}, before the tensor's end "
+                                f"{offset + size} (truncated while being read?)")
+        crc = _core.crc32c(view[:got], crc)
+        at += got
+    return crc
 
 
 class _Pending:
@@ -69,7 +112,6 @@ class CheckpointReader(Mapping[str, np.ndarray]):
 
     def __init__(self, prefix: PathLike, *, verify: bool = True, threads: Optional[int] = None):
         self._prefix = resolve_prefix(prefix)
-        self._index = _read_index(self._prefix)
         self._verify = bool(verify)
         self._threads = threads if threads is not None else default_threads()
         self._fds: Dict[int, int] = {}
@@ -77,6 +119,31 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         self._maps: Dict[int, Optional[mmap.mmap]] = {}
         self._verified: set = set()
         self._names: Optional[List[str]] = None
+        self._record: Any = False
+        self._open_generation()
+
+    def _open_generation(self) -> None:
+        """Parse the index and open the data files it names, as one
+        generation: if the index was replaced meanwhile (a save replacing
+        this checkpoint hides the index before it touches any data file),
+        start again, so index and data always belong together."""
+        for _ in range(20):
+            self._index, ident = _read_index(self._prefix)
+            if self.num_shards > EAGER_SHARDS:
+                return
+            for shard in range(self.num_shards):
+                try:
+                    self._open_shard(shard)
+                except CheckpointError:
+                    pass  # reported when the shard is used
+            try:
+                now = _file_id(os.stat(index_filename(self._prefix)))
+            except OSError:
+                now = None
+            if now == ident:
+                return
+            self.close()
+        raise DataLossError(f"checkpoint {self._prefix!r} keeps being replaced while it is opened")
 
     # -- files -------------------------------------------------------------------
     @property
@@ -96,10 +163,13 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         if shard not in self._fds:
             path = self._data_path(shard)
             try:
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                fd = open_regular(path)
             except FileNotFoundError:
                 raise NotFoundError(f"data file {path} of checkpoint {self._prefix!r} is missing") from None
             except OSError as e:
+                if e.errno in (errno.EINVAL, errno.EISDIR):
+                    raise DataLossError(f"data file {path} of checkpoint {self._prefix!r} is not a regular file") \
+                        from None
                 raise CheckpointIOError(e.errno or 0, f"cannot open {path}: {e.strerror}", path) from e
             self._fds[shard] = fd
             self._sizes[shard] = os.fstat(fd).st_size
@@ -156,6 +226,23 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             self._names = [_name_of(k) for k in self._index.keys() if k[:1] != b"\x00"]
         return list(self._names)
 
+    def structure_record(self) -> Optional[Dict[str, Any]]:
+        """The structure record fastckpt's ``save`` stored (checked against
+        the index), or None when the checkpoint has none."""
+        if self._record is False:
+            if not self.has_tensor(STRUCTURE_KEY):
+                self._record = None
+            else:
+                raw = self.read([STRUCTURE_KEY])[STRUCTURE_KEY]
+                if raw.dtype != np.uint8 or raw.ndim != 1:
+                    raise DataLossError(f"{self._prefix}: structure record is corrupt: "
+                                        f"tensor {STRUCTURE_KEY} is {raw.dtype} {list(raw.shape)}, not uint8 bytes")
+                names = [n for n in self.tensor_names() if n != STRUCTURE_KEY]
+                shapes = {n: self._entry(n)[1][1] for n in names}
+                dtypes = self.get_variable_to_dtype_map()
+                self._record = parse_structure_record(raw.tobytes(), shapes, dtypes, index_filename(self._prefix))
+        return self._record
+
     def has_tensor(self, name: Union[str, bytes]) -> bool:
         """True if ``name`` is a tensor of this checkpoint."""
         try:
@@ -186,22 +273,24 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         npdt = numpy_dtype(dtype) if dtype not in (DT_STRING, DT_VARIANT) else None
         if npdt is None or slices or self._index.big_endian or (size and offset % npdt.alignment):
             return self.read([name])[name]
-        self._check_range(name, shard, offset, size)
+        fd = self._check_range(name, shard, offset, size, fresh=True)
+        if self._verify and key not in self._verified:
+            if crc is None:
+                raise DataLossError(f"{self._data_path(shard)}: tensor {name!r}: the index entry has no checksum")
+            got = crc32c_of_range(fd, offset, size, f"{self._data_path(shard)}: tensor {name!r}")
+            if got != _core.unmask_crc(crc):
+                raise DataLossError(f"{self._data_path(shard)}: tensor {name!r}: checksum does not match: "
+                                    f"stored {crc} vs. calculated {_core.mask_crc(got)}")
+            self._verified.add(key)
         mapped = self._mapping(shard) if size else None
         if mapped is None:
             arr = np.empty(shape, npdt)
             arr.flags.writeable = False
             return arr
-        arr = np.frombuffer(mapped, npdt, size // npdt.itemsize, offset).reshape(shape)
-        if self._verify and key not in self._verified:
-            if crc is None:
-                raise DataLossError(f"{self._data_path(shard)}: tensor {name!r}: the index entry has no checksum")
-            got = _core.crc32c_parallel(arr, self._threads)
-            if got != _core.unmask_crc(crc):
-                raise DataLossError(f"{self._data_path(shard)}: tensor {name!r}: checksum does not match: "
-                                    f"stored {crc} vs. calculated {_core.mask_crc(got)}")
-            self._verified.add(key)
-        return arr
+        if offset + size > len(mapped):
+            raise DataLossError(f"{self._data_path(shard)}: tensor {name!r} lies beyond the end of the file "
+                                "as it was first mapped (the file grew or was replaced)")
+        return np.frombuffer(mapped, npdt, size // npdt.itemsize, offset).reshape(shape)
 
     # -- Mapping -------------------------------------------------------------------
     def __getitem__(self, name: str) -> np.ndarray:
@@ -245,7 +334,7 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             names = self.tensor_names()
         out: Dict[str, Any] = {} if into is None else into  # type: ignore[assignment]
         pending = _Pending()
-        with _gc_paused():
+        with gc_paused():
             for name in names:
                 self._queue(name, pending, out, into)
         if pending.buffers:
@@ -260,6 +349,8 @@ class CheckpointReader(Mapping[str, np.ndarray]):
                    into: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
         """Plain tensors read in C (None: something needs the general path,
         which also gives the precise error)."""
+        if self.num_shards > EAGER_SHARDS:
+            return None  # the general path opens only the shards it needs
         fds, sizes = [], []
         try:
             for shard in range(self.num_shards):
@@ -271,7 +362,7 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         if names is None or 2 * len(names) >= len(self._index):  # most of the files: read ahead
             for fd, size in zip(fds, sizes):
                 _advise_willneed(fd, 0, size)
-        with _gc_paused():
+        with gc_paused():
             return _core.read_fast(self._index, None if names is None else list(names), fds, sizes,
                                    _FIXED_DTYPES, self._verify, self._threads,
                                    lambda name, shard: f"{self._data_path(shard)}: tensor {name!r}", into)
@@ -316,9 +407,12 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             raise InvalidArgumentError(f"into[{name!r}] is read-only")
         return arr
 
-    def _check_range(self, name: str, shard: int, offset: int, size: int) -> int:
-        """The shard's fd, after checking the tensor lies inside the file."""
+    def _check_range(self, name: str, shard: int, offset: int, size: int, fresh: bool = False) -> int:
+        """The shard's fd, after checking the tensor lies inside the file
+        (as it is now, with ``fresh``: a file that shrank is caught here)."""
         fd, file_size = self._open_shard(shard)
+        if fresh:
+            file_size = os.fstat(fd).st_size
         if offset + size > file_size:
             raise DataLossError(
                 f"{self._data_path(shard)}: tensor {name!r} needs bytes {offset}..{offset + size} "

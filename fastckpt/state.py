@@ -3,16 +3,17 @@ naming a directory's latest checkpoint and the ones still kept."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
 import re
-import uuid
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 from .errors import CheckpointIOError, DataLossError, InvalidArgumentError
-from .naming import PathLike, index_filename
+from .fsutil import write_text_atomic
+from .naming import PathLike, index_filename, read_regular
 
 __all__ = [
     "CheckpointState",
@@ -36,12 +37,19 @@ class CheckpointState:
     joined with the directory, absolute ones unchanged. Timestamps are
     seconds since the epoch, parallel to ``all_model_checkpoint_paths``
     (empty when the writer recorded none).
+
+    ``pending`` is fastckpt's own record, kept in a comment TensorFlow
+    ignores: ``(staged, final)`` prefix pairs of commits in progress. While a
+    save moves its finished bundle from a staged name to its final name, the
+    state file lists the staged name; if the save dies there, the next save
+    in the directory (or ``fastckpt gc``) finishes the move.
     """
 
     model_checkpoint_path: str = ""
     all_model_checkpoint_paths: List[str] = field(default_factory=list)
     all_model_checkpoint_timestamps: List[float] = field(default_factory=list)
     last_preserved_timestamp: float = 0.0
+    pending: List[Tuple[str, str]] = field(default_factory=list)
 
 
 # ---- text format -------------------------------------------------------------------
@@ -93,10 +101,15 @@ def _unescape(body: str) -> str:
     return out.decode("utf-8", "surrogateescape")
 
 
+_TRAILING_SPACE = re.compile(r"\s*\Z")
+
+
 def _tokens(text: str) -> List[Tuple[str, str]]:
+    """The tokens of ``text`` in one linear pass (comments are kept: the
+    pending-commit record lives in one)."""
     pos, toks = 0, []
     while pos < len(text):
-        if text[pos:].strip() == "":
+        if _TRAILING_SPACE.match(text, pos):
             break
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
@@ -104,15 +117,25 @@ def _tokens(text: str) -> List[Tuple[str, str]]:
             raise ValueError(f"line {line}: cannot parse {text[pos:pos + 20].strip()!r}")
         pos = m.end()
         kind = m.lastgroup or ""
-        if kind != "comment":
-            toks.append((kind, m.group(kind)))
+        toks.append((kind, m.group(kind)))
     return toks
+
+
+_PENDING = re.compile(r"#\s*fastckpt-pending:\s*(\"(?:[^\"\\\n]|\\.)*\")\s+(\"(?:[^\"\\\n]|\\.)*\")\s*\Z")
+_PENDING_TAG = "# fastckpt-pending: "
 
 
 def parse_checkpoint_state(text: str) -> CheckpointState:
     """Parse the text form of a CheckpointState (raises ValueError)."""
-    toks = _tokens(text)
     st = CheckpointState()
+    toks = []
+    for kind, value in _tokens(text):
+        if kind != "comment":
+            toks.append((kind, value))
+            continue
+        m = _PENDING.match(value)
+        if m:
+            st.pending.append((_unescape(m.group(1)[1:-1]), _unescape(m.group(2)[1:-1])))
     i = 0
     while i < len(toks):
         kind, name = toks[i]
@@ -187,6 +210,7 @@ def format_checkpoint_state(st: CheckpointState) -> str:
     lines += [f"all_model_checkpoint_timestamps: {_number(t)}" for t in st.all_model_checkpoint_timestamps]
     if st.last_preserved_timestamp:
         lines.append(f"last_preserved_timestamp: {_number(st.last_preserved_timestamp)}")
+    lines += [f"{_PENDING_TAG}{_quote(a)} {_quote(b)}" for a, b in st.pending]
     return "".join(line + "\n" for line in lines)
 
 
@@ -212,13 +236,14 @@ def get_checkpoint_state(
     d = os.fspath(checkpoint_dir)
     path = _state_path(d, latest_filename)
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = read_regular(path)
     except FileNotFoundError:
         return None
-    except IsADirectoryError:
-        raise DataLossError(f"checkpoint state file {path} is a directory") from None
     except OSError as e:
+        if e.errno == errno.EISDIR:
+            raise DataLossError(f"checkpoint state file {path} is a directory") from None
+        if e.errno in (errno.EINVAL, errno.ELOOP, errno.ENXIO):
+            raise DataLossError(f"checkpoint state file {path} is not a regular file") from None
         raise CheckpointIOError(e.errno or 0, f"cannot read checkpoint state file {path}: {e.strerror}", path) from e
     try:
         st = parse_checkpoint_state(raw.decode("utf-8", "surrogateescape"))
@@ -229,6 +254,7 @@ def get_checkpoint_state(
     join = lambda p: p if os.path.isabs(p) else os.path.join(d, p)  # noqa: E731
     st.model_checkpoint_path = join(st.model_checkpoint_path)
     st.all_model_checkpoint_paths = [join(p) for p in st.all_model_checkpoint_paths]
+    st.pending = [(join(a), join(b)) for a, b in st.pending]
     return st
 
 
@@ -272,6 +298,7 @@ def update_checkpoint_state(
     last_preserved_timestamp: Optional[float] = None,
     latest_filename: Optional[str] = None,
     durable: bool = True,
+    pending: Sequence[Tuple[str, str]] = (),
 ) -> str:
     """Atomically rewrite the directory's state file; returns its path.
 
@@ -302,34 +329,7 @@ def update_checkpoint_state(
         [_relative_to(p, d) for p in paths],
         [float(t) for t in stamps],
         float(last_preserved_timestamp or 0.0),
+        [(_relative_to(a, d), _relative_to(b, d)) for a, b in pending],
     )
     write_text_atomic(path, format_checkpoint_state(st), durable)
     return path
-
-
-def write_text_atomic(path: str, text: str, durable: bool) -> None:
-    """Write ``text`` to ``path`` by temp file + rename (+ fsyncs if durable)."""
-    from .writer import fsync_dir
-
-    from .locking import create_locked_temp
-
-    directory = os.path.dirname(path)
-    tmp = ""
-    try:
-        # locked: not a leftover to clean while we hold it
-        tmp, fd = create_locked_temp(lambda: os.path.join(directory, f"{os.path.basename(path)}.tmp{uuid.uuid4().hex}"))
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        if durable:
-            fsync_dir(directory)
-    except OSError as e:
-        try:
-            if tmp:
-                os.unlink(tmp)
-        except OSError:
-            pass
-        raise CheckpointIOError(e.errno or 0, f"cannot write checkpoint state file {path}: {e.strerror}", path) from e

@@ -1,9 +1,13 @@
-"""Nested state and the ``PREFIX.meta`` file.
+"""Nested state and its structure record.
 
 ``save`` accepts nested dicts, lists and tuples of arrays and scalars; each
-leaf is stored under its joined path (``"layer/0/kernel"``). ``PREFIX.meta``
-(JSON) records the tree, each leaf's dtype and shape, and the caller's
-metadata, so the same structure comes back without the code that built it.
+leaf is stored under its joined path (``"layer/0/kernel"``). The tree, each
+leaf's dtype and shape, and the caller's metadata are recorded as JSON in
+one more tensor of the bundle, ``_FASTCKPT_STRUCTURE`` (uint8), in the
+spirit of TensorFlow 2's ``_CHECKPOINTABLE_OBJECT_GRAPH``: the bundle's
+checksums and atomic commit cover it, and TensorFlow reads it as an
+ordinary tensor. On reading, the record is checked strictly against the
+index (every leaf present, with its dtype and shape) before it is trusted.
 Framework tensors (PyTorch, JAX, TensorFlow) are taken as they are, through
 their numpy views, and never imported unless the caller passes them.
 """
@@ -15,18 +19,17 @@ from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Tuple
 
 import numpy as np
 
-from .errors import DataLossError, InvalidArgumentError, NotFoundError
-from .naming import PathLike, read_file, resolve_prefix
+from .errors import DataLossError, InvalidArgumentError, NotFoundError, UnsupportedError
+from .naming import PathLike
 
-__all__ = ["flatten", "unflatten", "to_numpy", "meta_filename", "write_meta", "read_meta", "META_FORMAT"]
+__all__ = ["flatten", "unflatten", "to_numpy", "with_structure_record", "parse_structure_record", "read_meta",
+           "restore_structure", "STRUCTURE_KEY"]
 
-META_FORMAT = "fastckpt.meta"
-META_VERSION = 1
-
-
-def meta_filename(prefix: str) -> str:
-    """``PREFIX.meta``."""
-    return prefix + ".meta"
+STRUCTURE_KEY = "_FASTCKPT_STRUCTURE"
+RECORD_FORMAT = "fastckpt.structure"
+RECORD_VERSION = 1
+MAX_DEPTH = 256
+_PYTHON_TYPES = {"bool": bool, "int": int, "float": float, "complex": complex}
 
 
 # ---- framework arrays ----------------------------------------------------------------
@@ -70,6 +73,8 @@ def flatten(state: Any, sep: str = "/") -> Tuple[Dict[str, Any], Any]:
     leaves: Dict[str, Any] = {}
 
     def walk(x: Any, path: List[str]) -> Any:
+        if len(path) > MAX_DEPTH:
+            raise InvalidArgumentError(f"the state is nested deeper than {MAX_DEPTH} levels")
         if isinstance(x, Mapping):
             items = []
             for k, v in x.items():
@@ -114,7 +119,7 @@ def unflatten(tree: Any, leaves: Mapping[str, Any]) -> Any:
         value = leaves[name]
         py = tree.get("python")
         if py is not None:
-            return {"bool": bool, "int": int, "float": float, "complex": complex}[py](value.item())
+            return _PYTHON_TYPES[py](value.item())
         return value
     raise DataLossError(f"corrupt structure record: {tree!r}")
 
@@ -146,67 +151,156 @@ def leaf_targets(tree: Any, into: Any) -> Dict[str, Any]:
     return out
 
 
-# ---- the .meta file --------------------------------------------------------------------
+# ---- the structure record ---------------------------------------------------------------
 
-def write_meta(prefix: str, tree: Any, leaves: Mapping[str, Any], metadata: Any, durable: bool) -> None:
-    """Write ``PREFIX.meta`` atomically."""
-    from .state import write_text_atomic
-
+def with_structure_record(leaves: Mapping[str, Any], tree: Any, metadata: Any) -> Mapping[str, Any]:
+    """``leaves`` plus the structure record tensor (none for a flat dict of
+    arrays without metadata: it restores as it is)."""
+    if STRUCTURE_KEY in leaves:
+        raise InvalidArgumentError(f"the tensor name {STRUCTURE_KEY!r} is reserved for fastckpt's structure record")
+    if tree is None:
+        return leaves
     record = {
-        "format": META_FORMAT,
-        "version": META_VERSION,
+        "format": RECORD_FORMAT,
+        "version": RECORD_VERSION,
         "structure": tree,
-        "leaves": {n: {"dtype": str(np.asarray(v).dtype), "shape": list(np.shape(v))} for n, v in leaves.items()},
+        "leaves": {n: {"dtype": str(np.asarray(v).dtype.newbyteorder("=")), "shape": list(np.shape(v))}
+                   for n, v in leaves.items()},
         "metadata": metadata,
     }
     try:
         text = json.dumps(record, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise InvalidArgumentError(f"metadata must be JSON-serialisable: {e}") from None
-    write_text_atomic(meta_filename(prefix), text, durable)
+    except RecursionError:
+        raise InvalidArgumentError("the state or its metadata is nested too deeply") from None
+    out = dict(leaves)
+    out[STRUCTURE_KEY] = np.frombuffer(text.encode("utf-8", "surrogateescape"), np.uint8)
+    return out
+
+
+def _corrupt(where: str, why: str) -> DataLossError:
+    return DataLossError(f"{where}: structure record is corrupt: {why}")
+
+
+def _check_tree(tree: Any, where: str) -> List[str]:
+    """The leaf names of a structure tree, after checking every node's shape
+    (iteratively: no depth limit of the interpreter's stack applies)."""
+    names: List[str] = []
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise _corrupt(where, f"nested deeper than {MAX_DEPTH}")
+        if not isinstance(node, dict) or not node:
+            raise _corrupt(where, f"a node is {type(node).__name__}, not an object")
+        kind = next(iter(node))
+        if kind == "dict" and len(node) == 1:
+            items = node["dict"]
+            if not isinstance(items, list) or not all(
+                    isinstance(kv, list) and len(kv) == 2 and isinstance(kv[0], str) and kv[0] for kv in items):
+                raise _corrupt(where, "a dict node is not a list of [key, node] pairs")
+            if len({kv[0] for kv in items}) != len(items):
+                raise _corrupt(where, "a dict node repeats a key")
+            stack.extend((kv[1], depth + 1) for kv in items)
+        elif kind in ("list", "tuple") and len(node) == 1:
+            if not isinstance(node[kind], list):
+                raise _corrupt(where, f"a {kind} node is not a list")
+            stack.extend((v, depth + 1) for v in node[kind])
+        elif "leaf" in node and set(node) <= {"leaf", "python"}:
+            if not isinstance(node["leaf"], str) or node.get("python", "int") not in _PYTHON_TYPES:
+                raise _corrupt(where, f"bad leaf node {node!r:.80}")
+            names.append(node["leaf"])
+        else:
+            raise _corrupt(where, f"unknown node {node!r:.80}")
+    if len(set(names)) != len(names):
+        raise _corrupt(where, "two leaves name the same tensor")
+    return names
+
+
+def parse_structure_record(raw: bytes, index_shapes: Mapping[str, Any], index_dtypes: Mapping[str, Any],
+                           where: str) -> Dict[str, Any]:
+    """The structure record from its bytes, checked against the index: the
+    tree is well formed, and every leaf it names is a tensor of the
+    checkpoint with the dtype and shape the record says."""
+    try:
+        record = json.loads(bytes(raw).decode("utf-8", "surrogateescape"))
+    except (ValueError, RecursionError) as e:
+        raise _corrupt(where, f"not JSON: {str(e)[:80]}") from None
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        raise _corrupt(where, "not a fastckpt structure record")
+    version = record.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise _corrupt(where, f"bad version {version!r}")
+    if version > RECORD_VERSION:
+        raise UnsupportedError(f"{where}: structure record version {version} is newer than this fastckpt reads")
+    leaves = record.get("leaves")
+    if not isinstance(leaves, dict) or "structure" not in record:
+        raise _corrupt(where, "no structure or leaves")
+    names = _check_tree(record["structure"], where)
+    if set(names) != set(leaves):
+        raise _corrupt(where, "the tree and the leaf table name different tensors")
+    for name in names:
+        _check_leaf(name, leaves[name], index_shapes, index_dtypes, where)
+    return record
+
+
+def _check_leaf(name: str, info: Any, shapes: Mapping[str, Any], dtypes: Mapping[str, Any], where: str) -> None:
+    if name not in shapes:
+        raise _corrupt(where, f"it names tensor {name!r}, which the checkpoint lacks")
+    if not isinstance(info, dict) or not isinstance(info.get("shape"), list):
+        raise _corrupt(where, f"bad entry for leaf {name!r}")
+    if list(info["shape"]) != list(shapes[name]):
+        raise _corrupt(where, f"leaf {name!r} has shape {list(shapes[name])} in the index, "
+                              f"{info['shape']} in the record")
+    want = dtypes[name]
+    try:
+        got = np.dtype(str(info.get("dtype"))) if want.kind != "O" else np.dtype(object)
+    except TypeError:
+        import ml_dtypes  # noqa: F401  (registers bfloat16 & co. with numpy)
+        try:
+            got = np.dtype(str(info.get("dtype")))
+        except TypeError:
+            raise _corrupt(where, f"leaf {name!r} has an unknown dtype {info.get('dtype')!r:.40}") from None
+    if want.kind != "O" and got.newbyteorder("=") != want.newbyteorder("="):
+        raise _corrupt(where, f"leaf {name!r} is {want} in the index, {got} in the record")
 
 
 def read_meta(prefix: PathLike) -> Dict[str, Any]:
-    """The ``PREFIX.meta`` record (``structure``, ``leaves`` with dtype and
-    shape, ``metadata``) without reading any tensor data. Raises
-    :class:`NotFoundError` when the checkpoint has none (TensorFlow's)."""
-    p = resolve_prefix(prefix)
-    path = meta_filename(p)
-    raw = read_file(path, f"checkpoint {p!r} has no structure file (not written by fastckpt's save)")
-    try:
-        record = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise DataLossError(f"{path} is corrupt: {e}") from None
-    if not isinstance(record, dict) or record.get("format") != META_FORMAT:
-        raise DataLossError(f"{path} is not a fastckpt structure file")
-    if record.get("version", 0) > META_VERSION:
-        raise DataLossError(f"{path} has version {record.get('version')}, newer than this fastckpt reads")
+    """The structure record (``structure``, ``leaves`` with dtype and shape,
+    ``metadata``) of a checkpoint written by :func:`fastckpt.save`, checked
+    against the index, reading no other tensor. Raises
+    :class:`NotFoundError` when the checkpoint has none (TensorFlow's, or a
+    flat dict of arrays saved without metadata)."""
+    from .reader import CheckpointReader
+
+    with CheckpointReader(prefix) as reader:
+        record = reader.structure_record()
+    if record is None:
+        raise NotFoundError(f"checkpoint {reader.prefix!r} has no structure record (not written by fastckpt's "
+                            "save from nested state or with metadata)")
     return record
 
 
 def restore_structure(prefix: PathLike, into: Optional[Any] = None, *, verify: bool = True,
                       threads: Optional[int] = None) -> Any:
-    """Read checkpoint ``prefix`` back in the structure it was saved in
-    (from ``PREFIX.meta``); checkpoints without one (TensorFlow's) come back
-    as a flat dict. With ``into`` (the same structure, or a flat dict),
-    arrays -- numpy, or PyTorch/JAX tensors through their numpy views -- are
-    filled in place and ``into`` is returned."""
-    from .reader import read_bundle
+    """Read checkpoint ``prefix`` back in the structure it was saved in;
+    checkpoints without a structure record (TensorFlow's) come back as a
+    flat dict. With ``into`` (the same structure, or a flat dict), arrays --
+    numpy, or PyTorch/JAX tensors through their numpy views -- are filled in
+    place and ``into`` is returned."""
+    from .reader import CheckpointReader
 
-    p = resolve_prefix(prefix)
-    try:
-        record: Optional[Dict[str, Any]] = read_meta(p)
-    except NotFoundError:
-        record = None
-    if record is None:  # a TensorFlow checkpoint: a flat dict
+    with CheckpointReader(prefix, verify=verify, threads=threads) as reader:
+        record = reader.structure_record()
+        if record is None:  # a TensorFlow checkpoint: a flat dict
+            if into is None:
+                return reader.read()
+            targets: MutableMapping[str, Any] = {k: to_numpy(v) for k, v in into.items()}
+            reader.read(into=targets)
+            return into
+        tree = record["structure"]
         if into is None:
-            return read_bundle(p, verify=verify, threads=threads)
-        targets: MutableMapping[str, Any] = {k: to_numpy(v) for k, v in into.items()}
-        read_bundle(p, into=targets, verify=verify, threads=threads)
+            return unflatten(tree, reader.read([n for n in record["leaves"]]))
+        reader.read(into=leaf_targets(tree, into))
         return into
-    tree = record["structure"]
-    if into is None:
-        return unflatten(tree, read_bundle(p, verify=verify, threads=threads))
-    targets = leaf_targets(tree, into)
-    read_bundle(p, into=targets, verify=verify, threads=threads)
-    return into

@@ -4,30 +4,27 @@ parallel C writes → index → commit (renames, index last)."""
 from __future__ import annotations
 
 import contextlib
-import gc
+import errno
 import os
 import secrets
+import shutil
+from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _core
 from .dtypes import DT_STRING, dtype_enum, native_enums
-from .errors import CheckpointError, CheckpointIOError, InvalidArgumentError
-from .locking import create_locked_temp
-from .naming import PathLike, data_filename, index_filename
+from .errors import CheckpointError, InvalidArgumentError
+from .fsutil import (check_name_fits, default_threads, ensure_directory, fsync_all, fsync_dir, gc_paused,
+                     io_error)
+from .locking import create_locked_temp, release_lock
+from .naming import PathLike, checkpoint_files, data_filename, index_filename
 
-__all__ = ["write_bundle", "default_threads", "TensorPlan", "plan_bundle"]
+__all__ = ["write_bundle", "TensorPlan", "plan_bundle", "StagedBundle", "stage_bundle", "install_bundle",
+           "install_plain", "STAGE_PREFIX"]
 
 Name = Union[str, bytes]
-
-
-def default_threads() -> int:
-    """The number of cores this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 class TensorPlan:
@@ -155,7 +152,7 @@ def plan_bundle(
         raise InvalidArgumentError(
             f"tensors must be a mapping of name to array, got {type(tensors).__name__}"
         )
-    with _gc_paused():
+    with gc_paused():
         plans = [_plan_tensor(name, value) for name, value in tensors.items()]
     seen: Dict[bytes, str] = {}
     for p in plans:
@@ -173,19 +170,6 @@ def plan_bundle(
     return plans
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic GC passes while building many small objects (they hold no
-    cycles); each pass would walk every one of them again."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _check_options(num_shards: int, alignment: int, threads: Optional[int]) -> int:
     if not isinstance(num_shards, int) or isinstance(num_shards, bool) or not 1 <= num_shards <= 99999:
         raise InvalidArgumentError(f"num_shards must be an int in 1..99999, got {num_shards!r}")
@@ -196,36 +180,6 @@ def _check_options(num_shards: int, alignment: int, threads: Optional[int]) -> i
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise InvalidArgumentError(f"threads must be a positive int, got {threads!r}")
     return threads
-
-
-def fsync_all(fds: Sequence[int]) -> None:
-    """fsync several files at once (each flush waits on the disk, not the CPU)."""
-    if len(fds) == 1:
-        os.fsync(fds[0])
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=min(len(fds), 16)) as pool:
-        list(pool.map(os.fsync, fds))
-
-
-def fsync_dir(path: str) -> None:
-    """fsync a directory so renames and creations in it are durable."""
-    fd = os.open(path or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _temp_name(path: str) -> str:
-    return f"{path}.tempstate{secrets.randbits(63)}"
-
-
-def _io_error(e: OSError, what: str) -> CheckpointIOError:
-    if isinstance(e, CheckpointIOError):
-        return e
-    return CheckpointIOError(e.errno or 0, f"{what}: {e.strerror or e}", e.filename)
 
 
 def build_index(plans: Sequence[TensorPlan], num_shards: int) -> bytes:
@@ -243,75 +197,73 @@ def build_index(plans: Sequence[TensorPlan], num_shards: int) -> bytes:
     )
 
 
-def write_bundle(
-    prefix: PathLike,
-    tensors: Mapping[Any, Any],
-    *,
-    alignment: int = 1,
-    num_shards: int = 1,
-    threads: Optional[int] = None,
-    durable: bool = False,
-    staging_bytes: int = STAGING_BYTES,
-) -> str:
-    """Write ``tensors`` (name → array) as the bundle ``prefix``.
 
-    Produces ``prefix.index`` and ``prefix.data-SSSSS-of-NNNNN``, readable by
-    TensorFlow. With ``alignment=1`` and one shard the bytes are identical to
-    ``tf.raw_ops.SaveV2`` for the same tensors in the same order. Data files
-    and the index are written under temporary names and renamed into place,
-    index last, so ``prefix.index`` only ever names complete data. With
-    ``durable=True`` every file and the directory are fsync'd first.
+# ---- staging: a complete bundle under a private name --------------------------------
 
-    No copy of the state is made: C-contiguous little-endian arrays are
-    written from their own memory by ``threads`` threads (default: all
-    cores). Arrays that need converting (non-contiguous, Fortran-order,
-    big-endian) pass through a staging pool of at most ``staging_bytes``
-    (64 MiB); string tensors are encoded whole.
+STAGE_PREFIX = ".fcsave-"
 
-    Returns the prefix. Raises :class:`InvalidArgumentError` for bad names,
-    dtypes or options and :class:`CheckpointIOError` (an ``OSError``) when
-    the disk fails; in both cases no partial file is left behind.
-    """
-    prefix = os.fspath(prefix)
-    if not isinstance(prefix, str) or not prefix or prefix.endswith(os.sep):
-        raise InvalidArgumentError(f"prefix must be a non-empty file path prefix, got {prefix!r}")
+
+@dataclass
+class StagedBundle:
+    """A complete bundle written under a private prefix
+    (``<dir>/.fcsave-<16 hex>``) whose files its writer keeps locked (so no
+    cleaner takes them for leftovers) until :meth:`close`."""
+
+    prefix: str
+    num_shards: int
+    durable: bool
+    fds: List[int] = field(default_factory=list)
+
+    def data_files(self) -> List[str]:
+        """The data files' paths."""
+        return [data_filename(self.prefix, s, self.num_shards) for s in range(self.num_shards)]
+
+    def files(self) -> List[str]:
+        """Every file of the bundle, the index first."""
+        return [index_filename(self.prefix)] + self.data_files()
+
+    def remove(self) -> None:
+        """Delete whatever is left of the staged files (index first)."""
+        for path in self.files():
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def close(self) -> None:
+        """Release the locks (the files themselves stay)."""
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                release_lock(fd)
+
+
+def stage_bundle(directory: str, tensors: Mapping[Any, Any], *, alignment: int = 1, num_shards: int = 1,
+                 threads: Optional[int] = None, durable: bool = False,
+                 staging_bytes: int = 64 << 20) -> StagedBundle:
+    """Write ``tensors`` as a complete bundle under a new private prefix in
+    ``directory``: data files, fsync'd when ``durable``, then the index.
+    On any failure nothing is left behind and the error is raised
+    (:class:`CheckpointIOError` for the system's)."""
     nthreads = _check_options(num_shards, alignment, threads)
     if not isinstance(staging_bytes, int) or isinstance(staging_bytes, bool) or staging_bytes < 1:
         raise InvalidArgumentError(f"staging_bytes must be a positive int, got {staging_bytes!r}")
-    directory = os.path.dirname(prefix)
+    staged = StagedBundle(os.path.join(directory, STAGE_PREFIX + secrets.token_hex(8)), num_shards, durable)
     try:
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-    except OSError as e:
-        raise _io_error(e, f"cannot create directory {directory!r}") from e
-    finals = [data_filename(prefix, s, num_shards) for s in range(num_shards)]
-    temps: List[str] = []
-    open_fds: List[int] = []  # temporaries stay open and flock-ed until renamed
-    try:
-        index = _write_data(tensors, finals, temps, open_fds, num_shards, alignment, nthreads, durable,
-                            staging_bytes)
-        _write_all(_create_temp(index_filename(prefix), temps, open_fds), index, durable)
-        _commit(prefix, finals, temps, durable)
+        index = _write_data(tensors, staged, alignment, nthreads, staging_bytes)
+        _write_all(_create_locked(index_filename(staged.prefix), staged), index, durable)
+        if durable:
+            fsync_dir(directory)
     except BaseException as e:
-        for t in temps:
-            try:
-                os.unlink(t)
-            except OSError:
-                pass
+        staged.remove()
+        staged.close()
         if isinstance(e, OSError) and not isinstance(e, CheckpointError):
-            raise _io_error(e, f"writing checkpoint {prefix!r}") from e
+            raise io_error(e, f"writing a checkpoint in {directory!r}") from e
         raise
-    finally:
-        for fd in open_fds:
-            os.close(fd)
-    return prefix
+    return staged
 
 
-def _create_temp(final: str, temps: List[str], open_fds: List[int]) -> int:
-    """Create the temporary for ``final``, locked against leftover cleaning."""
-    path, fd = create_locked_temp(lambda: _temp_name(final))
-    temps.append(path)
-    open_fds.append(fd)
+def _create_locked(path: str, staged: StagedBundle) -> int:
+    _, fd = create_locked_temp(lambda: path)
+    staged.fds.append(fd)
     return fd
 
 
@@ -371,15 +323,16 @@ def _write_staged(plans: List[TensorPlan], fds: List[int], finals: List[str], nt
         flush()
 
 
-def _write_data(tensors: Mapping[Any, Any], finals: List[str], temps: List[str], open_fds: List[int],
-                num_shards: int, alignment: int, nthreads: int, durable: bool, staging_bytes: int) -> bytes:
-    """Create the data files under temporary names, write every tensor,
-    fsync if durable; returns the index bytes. A plain dict of C-contiguous
-    little-endian numeric arrays is planned and written in C (the per-tensor
-    cost of 100,000 small tensors); anything else takes the general path."""
+def _write_data(tensors: Mapping[Any, Any], staged: StagedBundle, alignment: int, nthreads: int,
+                staging_bytes: int) -> bytes:
+    """Create the staged data files, write every tensor, fsync if durable;
+    returns the index bytes. A plain dict of C-contiguous little-endian
+    numeric arrays is planned and written in C (the per-tensor cost of
+    100,000 small tensors); anything else takes the general path."""
+    num_shards, durable = staged.num_shards, staged.durable
     fast = None
     if type(tensors) is dict and _FAST_ENUMS:
-        with _gc_paused():
+        with gc_paused():
             fast = _core.plan_write_fast(tensors, _FAST_ENUMS, num_shards, alignment)
     plans: List[TensorPlan] = []
     if fast is not None:
@@ -389,7 +342,8 @@ def _write_data(tensors: Mapping[Any, Any], finals: List[str], temps: List[str],
         sizes = [0] * num_shards
         for p in plans:
             sizes[p.shard] = max(sizes[p.shard], -(-(p.offset + p.size) // alignment) * alignment)
-    fds = [_create_temp(final, temps, open_fds) for final in finals]
+    finals = staged.data_files()
+    fds = [_create_locked(final, staged) for final in finals]
     for fd, size in zip(fds, sizes):
         if size:
             os.ftruncate(fd, size)
@@ -397,28 +351,132 @@ def _write_data(tensors: Mapping[Any, Any], finals: List[str], temps: List[str],
         fast.write(fds, nthreads, durable, finals)
     else:
         _write_direct([p for p in plans if p.payload is not None], fds, finals, nthreads, durable)
-        staged = [p for p in plans if p.payload is None]
-        if staged:
-            _write_staged(staged, fds, finals, nthreads, durable, staging_bytes)
+        staged_plans = [p for p in plans if p.payload is None]
+        if staged_plans:
+            _write_staged(staged_plans, fds, finals, nthreads, durable, staging_bytes)
     if durable:
         fsync_all(fds)
     return fast.index(num_shards) if fast is not None else build_index(plans, num_shards)
 
 
-def _commit(prefix: str, finals: List[str], temps: List[str], durable: bool) -> None:
-    """Rename data files, then the index, into place (temps: data..., index).
+# ---- installing a staged bundle under its final name --------------------------------
 
-    Each rename replaces its entry in ``temps`` by the final name, so if a
-    later step fails the caller's cleanup removes what was already renamed:
-    without the index those files are no checkpoint, only litter."""
+_NO_LINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS, errno.EXDEV}
+
+
+def _place(src: str, dst: str, link: bool) -> None:
+    """Make ``dst`` name ``src``'s contents: by rename, or (``link``) by a hard
+    link (a copy where links are not supported) renamed over ``dst``, so
+    ``src`` stays complete meanwhile."""
+    if not link:
+        os.replace(src, dst)
+        return
+    tmp = os.path.join(os.path.dirname(dst), ".fclink-" + secrets.token_hex(8))
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError as e:
+            if e.errno not in _NO_LINK:
+                raise
+            shutil.copyfile(src, tmp, follow_symlinks=False)
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def final_files(prefix: str, num_shards: int) -> List[str]:
+    """``prefix``'s data files for ``num_shards`` shards, then its index."""
+    return [data_filename(prefix, s, num_shards) for s in range(num_shards)] + [index_filename(prefix)]
+
+
+def install_bundle(staged: StagedBundle, prefix: str, *, link: bool) -> None:
+    """Give the staged bundle the name ``prefix``: an existing checkpoint of
+    that name is hidden first (its index unlinked, so no reader pairs its
+    index with new data), then the data files, then the index, are put in
+    place; data files of an earlier shard count become litter and go.
+    ``link=True`` keeps the staged files complete meanwhile (a state file
+    may list them)."""
     index = index_filename(prefix)
     if os.path.lexists(index):
-        # Hide the checkpoint being replaced before its data changes under it.
         os.unlink(index)
-    for i, final in enumerate(finals):
-        os.replace(temps[i], final)
-        temps[i] = final
-    os.replace(temps[-1], index)
-    del temps[:]
-    if durable:
-        fsync_dir(os.path.dirname(prefix))
+    finals = final_files(prefix, staged.num_shards)
+    for src, dst in zip(staged.data_files() + [index_filename(staged.prefix)], finals):
+        _place(src, dst, link)
+    for stale in set(checkpoint_files(prefix)) - set(finals):
+        if not stale.endswith(".meta"):
+            with contextlib.suppress(OSError):
+                os.unlink(stale)
+    if staged.durable:
+        fsync_dir(os.path.dirname(prefix) or ".")
+
+
+def install_plain(staged: StagedBundle, prefix: str) -> None:
+    """Rename the staged bundle into place as ``prefix`` (no state file);
+    on failure nothing of it is left (data without an index is litter)."""
+    try:
+        install_bundle(staged, prefix, link=False)
+    except BaseException as e:
+        if not os.path.lexists(index_filename(prefix)):
+            for f in final_files(prefix, staged.num_shards)[:-1]:
+                with contextlib.suppress(OSError):
+                    os.unlink(f)
+        if isinstance(e, OSError):
+            raise io_error(e, f"writing checkpoint {prefix!r}") from e
+        raise
+    finally:
+        staged.remove()
+        staged.close()
+
+
+def check_prefix(prefix: Any, num_shards: int = 1) -> str:
+    """``prefix`` as a str path, checked: non-empty, not a directory path,
+    and its files' names fit the file system."""
+    p = os.fspath(prefix) if prefix is not None else None
+    if not isinstance(p, str) or not p or p.endswith(os.sep) or os.path.basename(p) in (".", ".."):
+        raise InvalidArgumentError(f"prefix must be a non-empty file path prefix, got {prefix!r}")
+    for name in final_files(p, num_shards if isinstance(num_shards, int) and num_shards > 0 else 1):
+        check_name_fits(name)
+    return p
+
+
+def write_bundle(
+    prefix: PathLike,
+    tensors: Mapping[Any, Any],
+    *,
+    alignment: int = 1,
+    num_shards: int = 1,
+    threads: Optional[int] = None,
+    durable: bool = False,
+    staging_bytes: int = 64 << 20,
+) -> str:
+    """Write ``tensors`` (name → array) as the bundle ``prefix``.
+
+    Produces ``prefix.index`` and ``prefix.data-SSSSS-of-NNNNN``, readable by
+    TensorFlow. With ``alignment=1`` and one shard the bytes are identical to
+    ``tf.raw_ops.SaveV2`` for the same tensors in the same order. The bundle
+    is written completely under a private name in the same directory, then
+    renamed into place, index last, so ``prefix.index`` only ever names
+    complete data. With ``durable=True`` every file and the directory are
+    fsync'd first. Replacing an existing bundle this way is not atomic (a
+    crash in the renames can leave neither); :class:`Saver` and
+    :class:`CheckpointManager` replace checkpoints atomically.
+
+    No copy of the state is made: C-contiguous little-endian arrays are
+    written from their own memory by ``threads`` threads (default: all
+    cores). Arrays that need converting (non-contiguous, Fortran-order,
+    big-endian) pass through a staging pool of at most ``staging_bytes``
+    (64 MiB); string tensors are encoded whole.
+
+    Returns the prefix. Raises :class:`InvalidArgumentError` for bad names,
+    dtypes or options and :class:`CheckpointIOError` (an ``OSError``) when
+    the disk fails; in both cases no partial file is left behind.
+    """
+    p = check_prefix(prefix, num_shards)
+    directory = os.path.dirname(p)
+    ensure_directory(directory)
+    staged = stage_bundle(directory or ".", tensors, alignment=alignment, num_shards=num_shards,
+                          threads=threads, durable=durable, staging_bytes=staging_bytes)
+    install_plain(staged, p)
+    return p

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastckpt
-from fastckpt.saver import checkpoint_files
+from fastckpt.naming import checkpoint_files
 
 STATE = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(3)}
 

@@ -1,4 +1,4 @@
-"""Nested state, PREFIX.meta, fastckpt.restore / read_meta."""
+"""Nested state, the structure record, fastckpt.restore / read_meta."""
 
 import json
 import os
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fastckpt
+from fastckpt.structure import STRUCTURE_KEY
 from roundtrip_kit import assert_bit_equal
 
 NESTED = {
@@ -47,10 +48,16 @@ def test_nested_roundtrip_names_and_meta(tmp_path):
     assert meta["leaves"]["layer/1/kernel"] == {"dtype": "bfloat16", "shape": [3, 1]}
 
 
-def test_read_meta_reads_no_tensor_data(tmp_path):
+def test_read_meta_reads_no_other_tensor(tmp_path):
     prefix = fastckpt.save({"a": {"b": np.zeros(10)}}, str(tmp_path / "c"))
-    os.unlink(prefix + ".data-00000-of-00001")
+    with fastckpt.load_checkpoint(prefix) as r:
+        entry = r._entry("a/b")[1]
+    with open(prefix + ".data-00000-of-00001", "r+b") as f:  # damage a/b only
+        f.seek(entry[3])
+        f.write(b"\xff")
     assert fastckpt.read_meta(prefix)["leaves"] == {"a/b": {"dtype": "float64", "shape": [10]}}
+    with pytest.raises(fastckpt.DataLossError, match="a/b"):
+        fastckpt.restore(prefix)
 
 
 def test_restore_into_fills_nested_arrays_in_place(tmp_path):
@@ -70,12 +77,19 @@ def test_tensorflow_checkpoints_restore_flat(data_dir):
         fastckpt.read_meta(os.path.join(data_dir, "tf1_saver", "my-model-3000"))
 
 
-def test_flat_dict_of_arrays_writes_no_meta_and_stale_meta_is_removed(tmp_path):
+def test_flat_dict_of_arrays_has_no_structure_record(tmp_path):
     p = fastckpt.save({"x": {"y": np.zeros(1)}}, str(tmp_path / "c"))
-    assert os.path.exists(p + ".meta")
+    assert STRUCTURE_KEY in dict(fastckpt.list_variables(p))
     fastckpt.save({"x": np.zeros(1)}, p)
-    assert not os.path.exists(p + ".meta")
+    assert STRUCTURE_KEY not in dict(fastckpt.list_variables(p))
     assert list(fastckpt.restore(p)) == ["x"]
+    assert not os.path.exists(p + ".meta")
+
+
+def test_structure_record_name_is_reserved(tmp_path):
+    with pytest.raises(fastckpt.InvalidArgumentError, match="reserved"):
+        fastckpt.save({STRUCTURE_KEY: np.zeros(1)}, str(tmp_path / "c"))
+    assert not os.listdir(tmp_path)
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -97,16 +111,59 @@ def test_metadata_must_be_json(tmp_path):
         fastckpt.save({"a": np.zeros(1)}, str(tmp_path / "c"), metadata={"x": object()})
 
 
-def test_corrupt_meta_is_data_loss(tmp_path):
-    p = fastckpt.save({"a": {"b": np.zeros(1)}}, str(tmp_path / "c"))
-    with open(p + ".meta", "w") as f:
-        f.write("{not json")
-    with pytest.raises(fastckpt.DataLossError, match="meta"):
+def _with_record(tmp_path, record, **tensors):
+    """A bundle whose structure record is ``record`` (valid checksums)."""
+    raw = record if isinstance(record, bytes) else json.dumps(record).encode()
+    tensors[STRUCTURE_KEY] = np.frombuffer(raw, np.uint8)
+    return fastckpt.write_bundle(str(tmp_path / "c"), tensors)
+
+
+@pytest.mark.parametrize("record,match", [
+    (b"{not json", "not JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "corrupt"),
+    ({"format": "fastckpt.structure", "version": 1, "structure": {"leaf": "zz"}, "leaves": {"zz": {}}}, "zz"),
+    ({"format": "fastckpt.structure", "version": 1, "structure": {"leaf": "a"},
+      "leaves": {"a": {"dtype": "float32", "shape": [2]}}}, "float64"),
+    ({"format": "fastckpt.structure", "version": 1, "structure": {"leaf": "a"},
+      "leaves": {"a": {"dtype": "float64", "shape": [3]}}}, "shape"),
+    ({"format": "fastckpt.structure", "version": 1,
+      "structure": {"list": [{"leaf": "a"}, {"leaf": "a"}]}, "leaves": {"a": {"dtype": "float64", "shape": [2]}}},
+     "same tensor"),
+    ({"format": "fastckpt.structure", "version": 1, "structure": {"dict": [["k"]]}, "leaves": {}}, "pairs"),
+    ({"format": "fastckpt.structure", "version": "1", "structure": {"dict": []}, "leaves": {}}, "version"),
+    ({"format": "fastckpt.structure", "version": 1, "structure": {"leaf": 3}, "leaves": {}}, "leaf"),
+    ({"format": "other"}, "not a fastckpt"),
+    (json.loads("[" * 300 + "]" * 300), "not a fastckpt"),
+])
+def test_corrupt_structure_record_is_data_loss(tmp_path, record, match):
+    p = _with_record(tmp_path, record, a=np.zeros(2))
+    with pytest.raises(fastckpt.DataLossError, match=match):
         fastckpt.restore(p)
-    with open(p + ".meta", "w") as f:
-        json.dump({"format": "fastckpt.meta", "version": 1, "structure": {"leaf": "zz"}, "leaves": {}}, f)
-    with pytest.raises(fastckpt.DataLossError, match="zz"):
+    assert not fastckpt.verify_checkpoint(p).ok
+
+
+def test_deep_structure_record_is_data_loss_not_recursion(tmp_path):
+    for depth, match in ((300, "deeper"), (200_000, "not JSON")):
+        node = '{"list": [' * depth + '{"leaf": "a"}' + "]}" * depth
+        raw = ('{"format": "fastckpt.structure", "version": 1, "structure": ' + node +
+               ', "leaves": {"a": {"dtype": "float64", "shape": [2]}}}').encode()
+        p = _with_record(tmp_path, raw, a=np.zeros(2))
+        with pytest.raises(fastckpt.DataLossError, match=match):
+            fastckpt.restore(p)
+
+
+def test_newer_structure_record_is_unsupported(tmp_path):
+    p = _with_record(tmp_path, {"format": "fastckpt.structure", "version": 99, "structure": {"dict": []},
+                                "leaves": {}})
+    with pytest.raises(fastckpt.UnsupportedError, match="newer"):
         fastckpt.restore(p)
+
+
+def test_a_tf1_meta_graph_beside_the_checkpoint_is_ignored(tmp_path):
+    p = fastckpt.save({"a": {"b": np.ones(2)}}, str(tmp_path / "c"))
+    with open(p + ".meta", "wb") as f:  # what tf.compat.v1.train.Saver writes: a binary MetaGraphDef
+        f.write(b"\n\x0f\n\x0b\x08\x01\x12\x07\x08\x01\x12\x03\x08\x01\x10\x01")
+    assert fastckpt.restore(p)["a"]["b"].tolist() == [1.0, 1.0]
 
 
 def test_saver_accepts_nested_state_and_deletes_meta_with_retention(tmp_path):

@@ -1,0 +1,269 @@
+"""Committing a checkpoint into a directory with a state file, retention,
+and the recovery of saves that died.
+
+A save first writes its bundle completely under a private name
+(``.fcsave-<hex>``, :func:`fastckpt.writer.stage_bundle`), outside any lock.
+Then, under the directory lock:
+
+1. **recover**: commits a killed save left pending are finished, files of
+   dead writers are removed;
+2. the state file lists the staged prefix in place of the final one, with a
+   ``pending`` record (a comment TensorFlow ignores) naming both;
+3. the staged files get their final names by hard links (a checkpoint of the
+   same name is hidden first: its index goes before its data is replaced);
+4. the state file lists the final name, retention applied, no pending record;
+5. the staged names are removed, then the checkpoints retention dropped --
+   only files directly inside the directory, of checkpoints it listed.
+
+Killed at any system call, the state file's latest checkpoint is complete:
+the previous one (before 2), the staged one (2--4: the new contents) or the
+new one (after 4). A save that fails puts the state file back and removes
+what it wrote where it can; what it cannot (the disk refuses even that) is
+finished by recovery later, never lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from .errors import CheckpointError, DataLossError
+from .locking import clean_leftovers, directory_lock, is_leftover
+from .naming import checkpoint_files, index_filename
+from .state import _state_path, checkpoint_exists, get_checkpoint_state, update_checkpoint_state
+from .writer import STAGE_PREFIX, StagedBundle, install_bundle
+
+__all__ = ["commit_checkpoint", "recover_directory", "remove_checkpoint", "collect_garbage", "GarbageReport",
+           "Entry", "Retention", "inside"]
+
+log = logging.getLogger("fastckpt")
+
+Entry = Tuple[str, float]  # (prefix, timestamp)
+Retention = Callable[[List[Entry], float], Tuple[List[Entry], List[str], float]]
+
+_STAGE = re.compile(re.escape(STAGE_PREFIX) + r"[0-9a-f]{16}\Z")
+
+
+def _norm(path: str) -> str:
+    return os.path.normpath(os.path.abspath(path))
+
+
+def inside(prefix: str, directory: str) -> bool:
+    """True if checkpoint ``prefix`` lies directly in ``directory`` (after
+    normalising ``.``, ``..`` and duplicate separators)."""
+    return os.path.dirname(_norm(prefix)) == _norm(directory)
+
+
+def remove_checkpoint(prefix: str) -> None:
+    """Delete a checkpoint's files, index first (so it stops being one)."""
+    files = checkpoint_files(prefix)
+    files.sort(key=lambda f: not f.endswith(".index"))
+    for f in files:
+        try:
+            os.unlink(f)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("could not delete %s: %s", f, e)
+
+
+@dataclass
+class _Listed:
+    """What the state file says, checked: entries that exist, deduplicated."""
+
+    entries: List[Entry] = field(default_factory=list)
+    preserved: float = 0.0
+    pending: List[Tuple[str, str]] = field(default_factory=list)
+    exists: bool = False
+
+
+def _read_listed(directory: str, state_name: str) -> _Listed:
+    """The state file's checkpoints that exist, oldest first, each once
+    (``./ckpt-2`` and ``ckpt-2`` are one checkpoint; the later entry wins)."""
+    try:
+        st = get_checkpoint_state(directory, state_name)
+    except DataLossError as e:  # corrupt: it is rewritten (an I/O error is raised instead)
+        log.warning("ignoring unreadable checkpoint state in %s: %s", directory, e)
+        return _Listed()
+    if st is None:
+        return _Listed()
+    stamps = st.all_model_checkpoint_timestamps
+    paths = st.all_model_checkpoint_paths
+    if st.model_checkpoint_path and all(_norm(p) != _norm(st.model_checkpoint_path) for p in paths):
+        paths = paths + [st.model_checkpoint_path]
+    seen: Dict[str, Entry] = {}
+    for i, p in enumerate(paths):
+        if not checkpoint_exists(p):
+            continue
+        ts = stamps[i] if len(stamps) == len(st.all_model_checkpoint_paths) and i < len(stamps) else \
+            os.path.getmtime(index_filename(p))
+        seen.pop(_norm(p), None)
+        seen[_norm(p)] = (p, ts)
+    return _Listed(list(seen.values()), st.last_preserved_timestamp, st.pending, True)
+
+
+def _write_state(directory: str, state_name: str, entries: Sequence[Entry], preserved: float, durable: bool,
+                 pending: Sequence[Tuple[str, str]] = ()) -> None:
+    if not entries:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_state_path(directory, state_name))
+        return
+    update_checkpoint_state(directory, entries[-1][0], [p for p, _ in entries],
+                            all_model_checkpoint_timestamps=[ts for _, ts in entries],
+                            last_preserved_timestamp=preserved, latest_filename=state_name,
+                            durable=durable, pending=pending)
+
+
+def _try(action: Callable[[], None], what: str) -> bool:
+    try:
+        action()
+        return True
+    except Exception as e:  # the original error is the one to raise
+        log.warning("could not %s: %s", what, e)
+        return False
+
+
+def commit_checkpoint(staged: StagedBundle, prefix: str, directory: str, state_name: str,
+                      retain: Retention) -> List[str]:
+    """Make the staged bundle the checkpoint ``prefix``, the latest of the
+    directory's state file, then apply ``retain``; returns the listed
+    prefixes, oldest first. See the module docstring for the steps."""
+    durable = staged.durable
+    with directory_lock(directory, state_name):
+        recover_directory(directory, state_name, durable=durable, locked=True)
+        listed = _read_listed(directory, state_name)
+        original = listed.entries
+        others = [(p, ts) for p, ts in original if _norm(p) != _norm(prefix)]
+        existed = os.path.lexists(index_filename(prefix))
+        now = time.time()
+        try:
+            _write_state(directory, state_name, others + [(staged.prefix, now)], listed.preserved, durable,
+                         pending=[(staged.prefix, prefix)])
+        except BaseException:
+            staged.remove()
+            raise
+        try:
+            install_bundle(staged, prefix, link=True)
+        except BaseException:
+            _undo(staged, prefix, directory, state_name, original, listed.preserved, durable, existed)
+            raise
+        kept, doomed, preserved = retain(others + [(prefix, now)], listed.preserved)
+        try:
+            _write_state(directory, state_name, kept, preserved, durable)
+        except BaseException:
+            _undo(staged, prefix, directory, state_name, original, listed.preserved, durable, False)
+            raise
+        staged.remove()
+        _delete_dropped(doomed, [p for p, _ in kept], directory)
+    return [p for p, _ in kept]
+
+
+def _undo(staged: StagedBundle, prefix: str, directory: str, state_name: str, original: List[Entry],
+          preserved: float, durable: bool, hidden: bool) -> None:
+    """A commit failed after the state file listed the staged bundle. Put the
+    state file back and remove what this save wrote -- unless the checkpoint
+    being replaced is already hidden (``hidden``): then the staged bundle is
+    the only complete copy and stays listed, for recovery to finish."""
+    if hidden:
+        return
+    if _try(lambda: _write_state(directory, state_name, original, preserved, durable), "restore the state file"):
+        if all(_norm(p) != _norm(prefix) for p, _ in original):
+            remove_checkpoint(prefix)
+        staged.remove()
+
+
+def _delete_dropped(doomed: Sequence[str], kept: Sequence[str], directory: str) -> None:
+    """Delete the checkpoints retention dropped: only inside ``directory``,
+    never one that is still listed."""
+    still = {_norm(p) for p in kept}
+    for old in doomed:
+        if _norm(old) in still:
+            continue
+        if not inside(old, directory):
+            log.warning("retention dropped %s from the state file but does not delete it: "
+                        "it lies outside %s", old, directory)
+            continue
+        remove_checkpoint(old)
+
+
+def _staged_bundle(prefix: str, durable: bool) -> Optional[StagedBundle]:
+    """A staged bundle left by a dead save, if it is complete."""
+    from .reader import read_index_header
+
+    try:
+        num_shards = read_index_header(prefix)
+    except CheckpointError:
+        return None
+    return StagedBundle(prefix, num_shards, durable)
+
+
+def recover_directory(directory: str, state_name: str = "checkpoint", *, durable: bool = True,
+                      locked: bool = False) -> Tuple[List[str], List[str]]:
+    """Finish the commits that dead saves left pending and remove the files
+    of dead writers; returns (finished prefixes, removed files). Takes the
+    directory lock unless ``locked`` (the caller holds it)."""
+    if not locked:
+        with directory_lock(directory, state_name):
+            return recover_directory(directory, state_name, durable=durable, locked=True)
+    listed = _read_listed(directory, state_name)
+    if not listed.exists and os.path.lexists(_state_path(directory, state_name)):
+        return [], []  # unreadable state file: touch nothing it might list
+    finished: List[str] = []
+    entries = list(listed.entries)
+    for staged_prefix, final in listed.pending:
+        at = [i for i, (p, _) in enumerate(entries) if _norm(p) == _norm(staged_prefix)]
+        if not at or not inside(staged_prefix, directory) or not inside(final, directory) \
+                or not _STAGE.match(os.path.basename(staged_prefix)):
+            continue
+        staged = _staged_bundle(staged_prefix, durable)
+        if staged is None:
+            continue
+        install_bundle(staged, final, link=True)
+        entries = [e for e in entries if _norm(e[0]) != _norm(final)]
+        at = [i for i, (p, _) in enumerate(entries) if _norm(p) == _norm(staged_prefix)]
+        entries[at[0]] = (final, entries[at[0]][1])
+        finished.append(final)
+    if listed.pending:
+        _write_state(directory, state_name, entries, listed.preserved, durable)
+        log.info("finished %d commit(s) of interrupted saves in %s", len(finished), directory)
+    keep = {os.path.basename(f) for p, _ in entries if _STAGE.match(os.path.basename(p))
+            for f in checkpoint_files(p)}
+    return finished, clean_leftovers(directory, keep)
+
+
+@dataclass
+class GarbageReport:
+    """What :func:`collect_garbage` found in a checkpoint directory."""
+
+    directory: str
+    finished: List[str] = field(default_factory=list)
+    removed: List[str] = field(default_factory=list)
+    leftovers: List[str] = field(default_factory=list)
+    unlisted: List[str] = field(default_factory=list)
+
+
+def collect_garbage(directory: str, state_name: str = "checkpoint", *, dry_run: bool = False) -> GarbageReport:
+    """What the next save would clean up in ``directory``, done now (unless
+    ``dry_run``): finish pending commits, remove files of dead writers.
+    Complete checkpoints the state file does not list are reported in
+    ``unlisted``, never deleted (they may be the user's)."""
+    report = GarbageReport(directory)
+    if not dry_run:
+        report.finished, report.removed = recover_directory(directory, state_name)
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        names = []
+    report.leftovers = [os.path.join(directory, n) for n in names if is_leftover(n)]
+    listed = {_norm(p) for p, _ in _read_listed(directory, state_name).entries}
+    for n in names:
+        if n.endswith(".index") and not n.startswith(STAGE_PREFIX):
+            p = os.path.join(directory, n[:-len(".index")])
+            if _norm(p) not in listed:
+                report.unlisted.append(p)
+    return report
