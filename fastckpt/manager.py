@@ -105,7 +105,13 @@ class CheckpointManager:
         return list(st.all_model_checkpoint_paths) if st else []
 
     def _step_of(self, prefix: str) -> Optional[int]:
+        """The step in a checkpoint's name; for a staged bundle a killed save
+        left listed, the step of the name it was being committed as."""
         m = re.search(r"-(-?\d+)\Z", prefix)
+        if m is None:
+            st = get_checkpoint_state(self._directory)
+            final = dict(st.pending).get(prefix) if st else None
+            m = re.search(r"-(-?\d+)\Z", final) if final else None
         return int(m.group(1)) if m else None
 
     # -- saving --------------------------------------------------------------------------
