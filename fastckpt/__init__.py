@@ -22,6 +22,7 @@ except ImportError as e:  # pragma: no cover - only without a build
 from .errors import (CheckpointError, CheckpointIOError, DataLossError, InvalidArgumentError,
                      NotFoundError, TensorNotFoundError, UnsupportedError)
 from .reader import CheckpointReader, list_variables, load_checkpoint, read_bundle
+from .commit import GarbageReport, collect_garbage
 from .manager import CheckpointManager
 from .saver import Saver, save
 from .state import (CheckpointState, get_checkpoint_state, latest_checkpoint,
@@ -38,12 +39,14 @@ __all__ = [
     "CheckpointIOError",
     "CheckpointReader",
     "CheckpointState",
+    "GarbageReport",
     "DataLossError",
     "InvalidArgumentError",
     "NotFoundError",
     "Saver",
     "TensorNotFoundError",
     "UnsupportedError",
+    "collect_garbage",
     "get_checkpoint_state",
     "latest_checkpoint",
     "list_variables",

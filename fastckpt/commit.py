@@ -79,6 +79,7 @@ class _Listed:
     entries: List[Entry] = field(default_factory=list)
     preserved: float = 0.0
     pending: List[Tuple[str, str]] = field(default_factory=list)
+    deleting: List[str] = field(default_factory=list)
     exists: bool = False
 
 
@@ -104,11 +105,11 @@ def _read_listed(directory: str, state_name: str) -> _Listed:
             os.path.getmtime(index_filename(p))
         seen.pop(_norm(p), None)
         seen[_norm(p)] = (p, ts)
-    return _Listed(list(seen.values()), st.last_preserved_timestamp, st.pending, True)
+    return _Listed(list(seen.values()), st.last_preserved_timestamp, st.pending, st.deleting, True)
 
 
 def _write_state(directory: str, state_name: str, entries: Sequence[Entry], preserved: float, durable: bool,
-                 pending: Sequence[Tuple[str, str]] = ()) -> None:
+                 pending: Sequence[Tuple[str, str]] = (), deleting: Sequence[str] = ()) -> None:
     if not entries:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(_state_path(directory, state_name))
@@ -116,7 +117,7 @@ def _write_state(directory: str, state_name: str, entries: Sequence[Entry], pres
     update_checkpoint_state(directory, entries[-1][0], [p for p, _ in entries],
                             all_model_checkpoint_timestamps=[ts for _, ts in entries],
                             last_preserved_timestamp=preserved, latest_filename=state_name,
-                            durable=durable, pending=pending)
+                            durable=durable, pending=pending, deleting=deleting)
 
 
 def _try(action: Callable[[], None], what: str) -> bool:
@@ -153,13 +154,15 @@ def commit_checkpoint(staged: StagedBundle, prefix: str, directory: str, state_n
             _undo(staged, prefix, directory, state_name, original, listed.preserved, durable, existed)
             raise
         kept, doomed, preserved = retain(others + [(prefix, now)], listed.preserved)
+        doomed = _deletable(doomed, [p for p, _ in kept], directory)
         try:
-            _write_state(directory, state_name, kept, preserved, durable)
+            _write_state(directory, state_name, kept, preserved, durable, deleting=doomed)
         except BaseException:
             _undo(staged, prefix, directory, state_name, original, listed.preserved, durable, False)
             raise
         staged.remove()
-        _delete_dropped(doomed, [p for p, _ in kept], directory)
+        for old in doomed:
+            remove_checkpoint(old)
     return [p for p, _ in kept]
 
 
@@ -177,10 +180,11 @@ def _undo(staged: StagedBundle, prefix: str, directory: str, state_name: str, or
         staged.remove()
 
 
-def _delete_dropped(doomed: Sequence[str], kept: Sequence[str], directory: str) -> None:
-    """Delete the checkpoints retention dropped: only inside ``directory``,
-    never one that is still listed."""
+def _deletable(doomed: Sequence[str], kept: Sequence[str], directory: str) -> List[str]:
+    """The checkpoints retention dropped that may be deleted: only inside
+    ``directory``, never one that is still listed."""
     still = {_norm(p) for p in kept}
+    out = []
     for old in doomed:
         if _norm(old) in still:
             continue
@@ -188,7 +192,8 @@ def _delete_dropped(doomed: Sequence[str], kept: Sequence[str], directory: str) 
             log.warning("retention dropped %s from the state file but does not delete it: "
                         "it lies outside %s", old, directory)
             continue
-        remove_checkpoint(old)
+        out.append(old)
+    return out
 
 
 def _staged_bundle(prefix: str, durable: bool) -> Optional[StagedBundle]:
@@ -228,8 +233,11 @@ def recover_directory(directory: str, state_name: str = "checkpoint", *, durable
         at = [i for i, (p, _) in enumerate(entries) if _norm(p) == _norm(staged_prefix)]
         entries[at[0]] = (final, entries[at[0]][1])
         finished.append(final)
-    if listed.pending:
+    for old in _deletable(listed.deleting, [p for p, _ in entries], directory):
+        remove_checkpoint(old)  # dropped by a save that died before deleting
+    if listed.pending or listed.deleting:
         _write_state(directory, state_name, entries, listed.preserved, durable)
+    if finished:
         log.info("finished %d commit(s) of interrupted saves in %s", len(finished), directory)
     keep = {os.path.basename(f) for p, _ in entries if _STAGE.match(os.path.basename(p))
             for f in checkpoint_files(p)}

@@ -42,7 +42,10 @@ class CheckpointState:
     ignores: ``(staged, final)`` prefix pairs of commits in progress. While a
     save moves its finished bundle from a staged name to its final name, the
     state file lists the staged name; if the save dies there, the next save
-    in the directory (or ``fastckpt gc``) finishes the move.
+    in the directory (or ``fastckpt gc``) finishes the move. ``deleting``
+    (also a comment) names checkpoints retention dropped, deleted right
+    after the state file is written; if the save dies first, the next one
+    deletes them.
     """
 
     model_checkpoint_path: str = ""
@@ -50,6 +53,7 @@ class CheckpointState:
     all_model_checkpoint_timestamps: List[float] = field(default_factory=list)
     last_preserved_timestamp: float = 0.0
     pending: List[Tuple[str, str]] = field(default_factory=list)
+    deleting: List[str] = field(default_factory=list)
 
 
 # ---- text format -------------------------------------------------------------------
@@ -123,6 +127,8 @@ def _tokens(text: str) -> List[Tuple[str, str]]:
 
 _PENDING = re.compile(r"#\s*fastckpt-pending:\s*(\"(?:[^\"\\\n]|\\.)*\")\s+(\"(?:[^\"\\\n]|\\.)*\")\s*\Z")
 _PENDING_TAG = "# fastckpt-pending: "
+_DELETING = re.compile(r"#\s*fastckpt-deleting:\s*(\"(?:[^\"\\\n]|\\.)*\")\s*\Z")
+_DELETING_TAG = "# fastckpt-deleting: "
 
 
 def parse_checkpoint_state(text: str) -> CheckpointState:
@@ -136,6 +142,9 @@ def parse_checkpoint_state(text: str) -> CheckpointState:
         m = _PENDING.match(value)
         if m:
             st.pending.append((_unescape(m.group(1)[1:-1]), _unescape(m.group(2)[1:-1])))
+        m = _DELETING.match(value)
+        if m:
+            st.deleting.append(_unescape(m.group(1)[1:-1]))
     i = 0
     while i < len(toks):
         kind, name = toks[i]
@@ -211,6 +220,7 @@ def format_checkpoint_state(st: CheckpointState) -> str:
     if st.last_preserved_timestamp:
         lines.append(f"last_preserved_timestamp: {_number(st.last_preserved_timestamp)}")
     lines += [f"{_PENDING_TAG}{_quote(a)} {_quote(b)}" for a, b in st.pending]
+    lines += [f"{_DELETING_TAG}{_quote(p)}" for p in st.deleting]
     return "".join(line + "\n" for line in lines)
 
 
@@ -255,6 +265,7 @@ def get_checkpoint_state(
     st.model_checkpoint_path = join(st.model_checkpoint_path)
     st.all_model_checkpoint_paths = [join(p) for p in st.all_model_checkpoint_paths]
     st.pending = [(join(a), join(b)) for a, b in st.pending]
+    st.deleting = [join(p) for p in st.deleting]
     return st
 
 
@@ -299,6 +310,7 @@ def update_checkpoint_state(
     latest_filename: Optional[str] = None,
     durable: bool = True,
     pending: Sequence[Tuple[str, str]] = (),
+    deleting: Sequence[str] = (),
 ) -> str:
     """Atomically rewrite the directory's state file; returns its path.
 
@@ -330,6 +342,7 @@ def update_checkpoint_state(
         [float(t) for t in stamps],
         float(last_preserved_timestamp or 0.0),
         [(_relative_to(a, d), _relative_to(b, d)) for a, b in pending],
+        [_relative_to(p, d) for p in deleting],
     )
     write_text_atomic(path, format_checkpoint_state(st), durable)
     return path

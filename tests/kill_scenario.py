@@ -1,0 +1,51 @@
+"""Child process of the systematic kill test (run as a script under the
+LD_PRELOAD kill shim). In a directory that already holds steps 1 and 2 it
+runs the attacked sequence -- a new step with a retention delete, a
+re-saved step, a background save, a re-save through the manager -- and
+logs each save to ``log`` (not counted) after it returned."""
+
+import ctypes
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import fastckpt  # noqa: E402
+from crash_child import state_for  # noqa: E402
+
+RESAVED = 1000  # the re-saved contents of step s are state_for(s + RESAVED)
+
+
+def contents(step: int, resaved: bool) -> dict:
+    """The state saved as ``step`` (first save, or its re-save)."""
+    return state_for(step + (RESAVED if resaved else 0))
+
+
+def main(directory: str, target: int, log: str, durable: bool) -> None:
+    shim = ctypes.CDLL(None)
+    saver = fastckpt.Saver(max_to_keep=2, durable=durable)
+    prefix = os.path.join(directory, "model")
+
+    def done(step: int, resaved: bool) -> None:
+        shim.killshim_pause(1)
+        with open(log, "a") as f:
+            f.write(f"{step} {int(resaved)}\n")
+        shim.killshim_pause(0)
+
+    shim.killshim_arm(ctypes.c_long(target))
+    saver.save(contents(3, False), prefix, global_step=3)        # new step; retention deletes step 1
+    done(3, False)
+    saver.save(contents(3, True), prefix, global_step=3)         # re-save of the latest step
+    done(3, True)
+    mgr = fastckpt.CheckpointManager(directory, max_to_keep=2, checkpoint_name="model", durable=durable)
+    mgr.save(contents(4, False), 4, blocking=False)              # background save; deletes step 2
+    mgr.wait()
+    done(4, False)
+    mgr.save(contents(4, True), 4, force=True)                   # re-save through the manager
+    done(4, True)
+    shim.killshim_pause(1)
+    print(shim.killshim_count())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "durable")
