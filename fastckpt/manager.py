@@ -21,10 +21,11 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
-from .errors import DataLossError, InvalidArgumentError, NotFoundError
+from .errors import InvalidArgumentError
 from .naming import PathLike
 from .saver import Saver, _step_suffix, split_structure
 from .state import get_checkpoint_state, latest_checkpoint
+from .reader import open_latest
 from .structure import restore_structure
 
 __all__ = ["CheckpointManager"]
@@ -218,22 +219,14 @@ class CheckpointManager:
 
 def _restore_latest(directory: str, into: Any, threads: Optional[int]) -> Optional[str]:
     """Restore the directory's latest checkpoint into ``into``; returns its
-    prefix (None without one). A save that replaces the latest checkpoint
-    meanwhile is no failure: the state file is read again and the
-    checkpoint it names now is restored."""
-    for _ in range(20):
-        if not os.path.isdir(directory):
-            return None
-        latest = latest_checkpoint(directory)
-        if latest is None:
-            return None
-        try:
-            restore_structure(latest, into=into, threads=threads)
-            return latest
-        except NotFoundError:
-            if latest_checkpoint(directory) == latest:
-                raise
-    raise DataLossError(f"the latest checkpoint of {directory} keeps changing while it is restored")
+    prefix (None without one), even while saves replace it."""
+    if not os.path.isdir(directory) or latest_checkpoint(directory) is None:
+        return None
+
+    def use(prefix: str) -> str:
+        restore_structure(prefix, into=into, threads=threads)
+        return prefix
+    return open_latest(directory, use)
 
 
 @atexit.register

@@ -6,8 +6,8 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-from typing import (Any, Dict, Iterator, List, Mapping, MutableMapping, Optional, Sequence,
-                    Tuple, Union)
+from typing import (Any, Callable, Dict, Iterator, List, Mapping, MutableMapping, Optional, Sequence,
+                    Tuple, TypeVar, Union)
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from .naming import PathLike, data_filename, index_filename, read_file, resolve_
 from .slices import Extent, encode_slice_key, slice_region, slice_shape
 from .structure import STRUCTURE_KEY, parse_structure_record
 
-__all__ = ["CheckpointReader", "read_bundle", "load_checkpoint", "list_variables", "read_index_header",
+__all__ = ["CheckpointReader", "read_bundle", "load_checkpoint", "list_variables", "read_index_header", "open_latest",
            "crc32c_of_range"]
 
 # Data files opened with the index (a consistent generation); beyond this
@@ -546,15 +546,34 @@ def read_bundle(
 def load_checkpoint(dir_or_prefix: PathLike, *, verify: bool = True) -> CheckpointReader:
     """A :class:`CheckpointReader` for a checkpoint prefix, or for the latest
     checkpoint of a directory (from its ``checkpoint`` state file)."""
-    from .state import latest_checkpoint
-
     path = os.fspath(dir_or_prefix)
     if os.path.isdir(path):
-        latest = latest_checkpoint(path)
-        if latest is None:
-            raise NotFoundError(f"Couldn't find 'checkpoint' file or checkpoints in given directory {path}")
-        path = latest
+        return open_latest(path, lambda p: CheckpointReader(p, verify=verify))
     return CheckpointReader(path, verify=verify)
+
+
+T = TypeVar("T")
+
+
+def open_latest(directory: str, use: Callable[[str], T]) -> T:
+    """``use(prefix)`` on the directory's latest checkpoint. A save that
+    replaces or deletes that checkpoint meanwhile is no failure: when the
+    state file has changed since it was read (every commit changes its
+    text: new names, new timestamps), it is read again and the checkpoint
+    it names now is used."""
+    from .state import checkpoint_exists, get_checkpoint_state
+
+    for _ in range(100):
+        st = get_checkpoint_state(directory)
+        latest = st.model_checkpoint_path if st is not None else None
+        try:
+            if latest is None or not checkpoint_exists(latest):
+                raise NotFoundError(f"Couldn't find 'checkpoint' file or checkpoints in given directory {directory}")
+            return use(latest)
+        except NotFoundError:
+            if get_checkpoint_state(directory) == st:
+                raise
+    raise DataLossError(f"the latest checkpoint of {directory} keeps changing while it is opened")
 
 
 def list_variables(dir_or_prefix: PathLike) -> List[Tuple[str, List[int]]]:

@@ -36,3 +36,49 @@ def save_n(directory: str, name: str, n: int) -> None:
     saver = fastckpt.Saver(max_to_keep=4, durable=False)
     for i in range(n):
         saver.save(state_for(i), os.path.join(directory, name), global_step=i)
+
+
+def resave_steps(directory: str, steps: int) -> None:
+    """Save steps 1..steps, each twice: first contents, then re-saved ones
+    (state_for(step + 1000)), as a forced final save at a saved step does."""
+    import fastckpt
+
+    saver = fastckpt.Saver(max_to_keep=3, durable=False)
+    for step in range(1, steps + 1):
+        for variant in (0, 1000):
+            saver.save(state_for(step + variant), os.path.join(directory, "model"), global_step=step)
+
+
+def restore_latest_until(directory: str, stop_file: str, result_file: str) -> None:
+    """Restore the latest checkpoint in a loop until ``stop_file`` exists;
+    every restore must equal a state some save wrote for its step. Writes
+    'restores failures' to ``result_file``."""
+    import fastckpt
+
+    ok = bad = 0
+    errors = []
+    started = False  # from the first successful restore on, every restore must succeed
+    while not os.path.exists(stop_file):
+        try:
+            with fastckpt.load_checkpoint(directory) as reader:
+                got = reader.read()
+                started = True
+        except fastckpt.NotFoundError as e:
+            if not started:
+                continue  # nothing saved yet
+            bad += 1
+            errors.append(repr(e))
+            continue
+        except fastckpt.CheckpointError as e:
+            bad += 1
+            errors.append(repr(e))
+            continue
+        seed = int(got["b"][0])  # state_for(seed) has b == seed everywhere
+        want = state_for(seed)
+        if 1 <= seed % 1000 <= 10_000 and all(np.array_equal(got[k], want[k]) for k in want):
+            ok += 1
+        else:
+            bad += 1
+            errors.append(f"wrong values from {prefix}")
+    with open(result_file, "w") as f:
+        f.write(f"{ok} {bad}\n" + "\n".join(errors))
