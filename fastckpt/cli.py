@@ -1,4 +1,4 @@
-"""The ``fastckpt`` command: ``bench``, ``verify``, ``ls``."""
+"""The ``fastckpt`` command: ``bench``, ``verify``, ``ls``, ``gc``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from typing import List, Optional
 
 from .bench import parse_size, run_async_bench, run_bench
-from .errors import CheckpointError
+from .errors import CheckpointError, InvalidArgumentError, NotFoundError
 
 __all__ = ["main"]
 
@@ -46,6 +46,31 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _gc(args: argparse.Namespace) -> int:
+    import os
+
+    from .commit import collect_garbage
+    from .errors import NotFoundError
+
+    if not os.path.isdir(args.directory):
+        raise NotFoundError(f"{args.directory} is not a directory")
+    report = collect_garbage(args.directory, dry_run=args.dry_run)
+    for p in report.finished:
+        print(f"finished the interrupted commit of {p}")
+    if args.dry_run:
+        print(f"{len(report.leftovers)} file(s) of interrupted saves (removed by the next save "
+              "if their writer is gone)" if report.leftovers else "nothing to remove")
+        for p in report.leftovers:
+            print(f"  {p}")
+    else:
+        print(f"removed {len(report.removed)} file(s) of interrupted saves")
+        for p in report.removed:
+            print(f"  {p}")
+    for p in report.unlisted:
+        print(f"not listed in the state file (kept): {p}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fastckpt`` command."""
     p = argparse.ArgumentParser(prog="fastckpt", description="TensorFlow-format checkpoints, fast.")
@@ -71,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--quiet", action="store_true", help="print only damaged checkpoints and the total")
     v.add_argument("--threads", type=int, default=None)
     v.set_defaults(func=_verify)
+    g = sub.add_parser("gc", help="finish commits and remove files that killed saves left in a checkpoint "
+                                  "directory (what the next save does first); report unlisted checkpoints")
+    g.add_argument("directory", help="a checkpoint directory")
+    g.add_argument("--dry-run", action="store_true", help="only report")
+    g.set_defaults(func=_gc)
     ls = sub.add_parser("ls", help="list the tensors of a checkpoint (prefix or directory)")
     ls.add_argument("path")
     ls.set_defaults(func=_ls)
@@ -82,6 +112,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except (NotFoundError, InvalidArgumentError) as e:
+        print(f"fastckpt: {e}", file=sys.stderr)
+        return 2
     except CheckpointError as e:
         print(f"fastckpt: {e}", file=sys.stderr)
         return 1

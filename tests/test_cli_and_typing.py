@@ -22,7 +22,7 @@ def test_ls(tmp_path, capsys):
 
 
 def test_ls_missing_is_an_error(tmp_path, capsys):
-    assert main(["ls", str(tmp_path / "nothing")]) == 1
+    assert main(["ls", str(tmp_path / "nothing")]) == 2  # not found: 2, as for a usage error; damage: 1
     assert "fastckpt:" in capsys.readouterr().err
 
 
