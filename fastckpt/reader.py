@@ -376,6 +376,14 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         # Every byte range is checked against the files before anything is allocated.
         parts = self._slice_parts(name, key, dtype, shape, slices) if slices else None
         fd = self._check_range(name, shard, offset, size) if parts is None else -1
+        outname = name if isinstance(name, str) else _name_of(key)
+        if dtype == DT_STRING and parts is None and into is None:
+            # the array is made from the decoded strings: nothing is sized
+            # from the element count before the payload's checksums pass
+            out[outname] = None
+            self._queue_payload(name, dtype, shape, fd, shard, offset, size, crc, None, pending,
+                                deliver=lambda arr: out.__setitem__(outname, arr))
+            return
         target = self._target(name, shape, npdt, into)
         if parts is not None:
             for region, entry in parts:
@@ -385,7 +393,7 @@ class CheckpointReader(Mapping[str, np.ndarray]):
                 pending.after.append(lambda part=part, region=region: target.__setitem__(region, part))
         else:
             self._queue_payload(name, dtype, shape, fd, shard, offset, size, crc, target, pending)
-        out[name if isinstance(name, str) else _name_of(key)] = target
+        out[outname] = target
 
     def _target(self, name: str, shape: Tuple[int, ...], npdt: np.dtype,
                 into: Optional[MutableMapping[str, Any]]) -> np.ndarray:
@@ -420,8 +428,8 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         return fd
 
     def _queue_payload(self, name: str, dtype: int, shape: Tuple[int, ...], fd: int, shard: int,
-                       offset: int, size: int, crc: Optional[int], target: np.ndarray,
-                       pending: _Pending) -> None:
+                       offset: int, size: int, crc: Optional[int], target: Optional[np.ndarray],
+                       pending: _Pending, deliver: Optional[Callable[[np.ndarray], None]] = None) -> None:
         if self._verify and crc is None:
             raise DataLossError(f"{self._data_path(shard)}: tensor {name!r}: the index entry has no checksum")
         big = self._index.big_endian
@@ -434,12 +442,17 @@ class CheckpointReader(Mapping[str, np.ndarray]):
                 items = _core.decode_strings(buf, count, crc or 0, self._verify, big, label)
                 flat = np.empty(len(items), dtype=object)
                 flat[:] = items
-                target[...] = flat.reshape(shape)
+                if target is None:
+                    assert deliver is not None
+                    deliver(flat.reshape(shape))
+                else:
+                    target[...] = flat.reshape(shape)
 
             # the string decoder checks the entry CRC, which is not the payload's
             self._add(pending, name, shard, fd, offset, buf, None)
             pending.after.append(finish_strings)
             return
+        assert target is not None
         expected = _core.unmask_crc(crc) if (self._verify and crc is not None) else None
         if not big and target.flags.c_contiguous and target.dtype.byteorder in "=|<":
             self._add(pending, name, shard, fd, offset, target, expected)

@@ -1,0 +1,60 @@
+"""A data file that shrinks under an open reader gives DataLossError on
+every path that copies or checks data -- never SIGBUS. (Zero-copy views
+already handed out map the file: touching their pages after the file
+shrank is a SIGBUS, as for any mmap; the README says so.)"""
+
+import multiprocessing
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import fastckpt
+
+STATE = {"a": np.arange(1000, dtype=np.float32), "b": np.arange(100_000, dtype=np.float32),
+         "c": np.arange(50_000, dtype=np.float64)}
+
+
+def in_child(fn, *args):
+    """(exit signal or None, result) of fn(*args) run in a forked child."""
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+
+    def wrapper():
+        try:
+            q.put(fn(*args))
+        except BaseException as e:  # noqa: BLE001
+            q.put(f"{type(e).__name__}: {e}")
+    p = ctx.Process(target=wrapper)
+    p.start()
+    p.join(60)
+    if p.exitcode is not None and p.exitcode < 0:
+        return -p.exitcode, None
+    return None, q.get(timeout=5)
+
+
+def shrink_under(prefix, action):
+    r = fastckpt.load_checkpoint(prefix)
+    r["a"]  # mapped and in use
+    os.truncate(prefix + ".data-00000-of-00001", 4096)
+    return action(r)
+
+
+ACTIONS = {
+    "view": lambda r: r["b"],
+    "view-unverified": lambda r: fastckpt.CheckpointReader(r.prefix, verify=False)["b"],
+    "get_tensor": lambda r: r.get_tensor("b"),
+    "read-all": lambda r: r.read(),
+    "read-into": lambda r: r.read(into={"c": np.empty(50_000)}),
+    "verify": lambda r: fastckpt.verify_checkpoint(r.prefix).problems[0],
+    "restore": lambda r: fastckpt.restore(r.prefix),
+}
+
+
+@pytest.mark.parametrize("action", list(ACTIONS))
+def test_truncated_under_the_reader(tmp_path, action):
+    prefix = fastckpt.write_bundle(str(tmp_path / "c"), STATE)
+    sig, result = in_child(shrink_under, prefix, ACTIONS[action])
+    assert sig is None, f"killed by {signal.Signals(sig).name}"
+    assert isinstance(result, str) and ("DataLossError" in result or "truncated" in result), result
