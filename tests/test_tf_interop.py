@@ -178,3 +178,36 @@ def test_tf_checkpoint_manager_adopts_and_trims_a_saver_directory(tmp_path):
     saver.save({"v/.ATTRIBUTES/VARIABLE_VALUE": np.full(3, 5, np.float32)}, str(tmp_path / "ckpt"), global_step=5)
     st = fastckpt.get_checkpoint_state(str(tmp_path))
     assert [os.path.basename(p) for p in st.all_model_checkpoint_paths] == ["ckpt-3", "ckpt-4", "ckpt-5"]
+
+
+def test_tf1_saver_directory_with_meta_graphs_restores(tmp_path):
+    """A default tf.compat.v1.train.Saver writes PREFIX.meta (a binary
+    MetaGraphDef) beside every checkpoint: fastckpt ignores it."""
+    with tf.Graph().as_default():
+        v = tf.compat.v1.Variable(np.arange(4, dtype=np.float32), name="v")
+        with tf.compat.v1.Session() as s:
+            s.run(v.initializer)
+            saver = tf.compat.v1.train.Saver([v], max_to_keep=2)
+            for step in (1, 2):
+                path = saver.save(s, str(tmp_path / "model"), global_step=step)
+    assert os.path.exists(path + ".meta")
+    assert_bit_equal(fastckpt.restore(path)["v"], np.arange(4, dtype=np.float32))
+    into = {"v": np.zeros(4, np.float32)}
+    assert fastckpt.CheckpointManager(tmp_path, checkpoint_name="model").restore_or_initialize(into) == 2
+    assert_bit_equal(into["v"], np.arange(4, dtype=np.float32))
+    assert fastckpt.verify_path(str(tmp_path))[0].ok
+
+
+def test_tf_reads_nested_fastckpt_state_and_its_meta_graph_files_stay_tfs(tmp_path):
+    """The structure record is one more tensor for TensorFlow; fastckpt
+    writes no PREFIX.meta that TF1 tools could take for a MetaGraphDef."""
+    p = fastckpt.save({"dense": {"kernel": np.ones((2, 2), np.float32)}, "step": 3}, str(tmp_path / "c"))
+    assert not os.path.exists(p + ".meta")
+    names = dict(tf.train.list_variables(p))
+    assert names["dense/kernel"] == [2, 2] and "_FASTCKPT_STRUCTURE" in names
+    assert tf.train.load_checkpoint(p).get_tensor("dense/kernel").tolist() == [[1, 1], [1, 1]]
+    with tf.Graph().as_default():
+        k = tf.compat.v1.Variable(np.zeros((2, 2), np.float32), name="dense/kernel")
+        with tf.compat.v1.Session() as s:
+            tf.compat.v1.train.Saver([k]).restore(s, p)
+            assert s.run(k).tolist() == [[1, 1], [1, 1]]
