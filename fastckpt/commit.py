@@ -136,7 +136,7 @@ def commit_checkpoint(staged: StagedBundle, prefix: str, directory: str, state_n
     prefixes, oldest first. See the module docstring for the steps."""
     durable = staged.durable
     with directory_lock(directory, state_name):
-        recover_directory(directory, state_name, durable=durable, locked=True)
+        recover_directory(directory, state_name, durable=durable, locked=True, tidy_state=False)
         listed = _read_listed(directory, state_name)
         original = listed.entries
         others = [(p, ts) for p, ts in original if _norm(p) != _norm(prefix)]
@@ -208,13 +208,15 @@ def _staged_bundle(prefix: str, durable: bool) -> Optional[StagedBundle]:
 
 
 def recover_directory(directory: str, state_name: str = "checkpoint", *, durable: bool = True,
-                      locked: bool = False) -> Tuple[List[str], List[str]]:
-    """Finish the commits that dead saves left pending and remove the files
-    of dead writers; returns (finished prefixes, removed files). Takes the
-    directory lock unless ``locked`` (the caller holds it)."""
+                      locked: bool = False, tidy_state: bool = True) -> Tuple[List[str], List[str]]:
+    """Finish the commits that dead saves left pending, delete what their
+    retention dropped, and remove the files of dead writers; returns
+    (finished prefixes, removed files). Takes the directory lock unless
+    ``locked`` (the caller holds it). Without ``tidy_state`` the state file
+    keeps its deletion records (a commit about to rewrite it drops them)."""
     if not locked:
         with directory_lock(directory, state_name):
-            return recover_directory(directory, state_name, durable=durable, locked=True)
+            return recover_directory(directory, state_name, durable=durable, locked=True, tidy_state=tidy_state)
     listed = _read_listed(directory, state_name)
     if not listed.exists and os.path.lexists(_state_path(directory, state_name)):
         return [], []  # unreadable state file: touch nothing it might list
@@ -235,7 +237,7 @@ def recover_directory(directory: str, state_name: str = "checkpoint", *, durable
         finished.append(final)
     for old in _deletable(listed.deleting, [p for p, _ in entries], directory):
         remove_checkpoint(old)  # dropped by a save that died before deleting
-    if listed.pending or listed.deleting:
+    if listed.pending or (listed.deleting and tidy_state):
         _write_state(directory, state_name, entries, listed.preserved, durable)
     if finished:
         log.info("finished %d commit(s) of interrupted saves in %s", len(finished), directory)

@@ -46,8 +46,7 @@ def _step_suffix(global_step: Any) -> str:
 def split_structure(state: Any, metadata: Any) -> Tuple[Mapping[str, Any], Any]:
     """``(name -> leaf, tree or None)``: a plain dict of numpy arrays with no
     metadata needs no structure record (it restores as the same flat dict)."""
-    if metadata is None and type(state) is dict and all(type(v) is np.ndarray for v in state.values()) \
-            and all(type(k) is str for k in state):
+    if metadata is None and type(state) is dict and all(type(v) is np.ndarray for v in state.values()):
         return state, None
     if isinstance(state, Mapping) and not state:
         return {}, ({"dict": []} if metadata is not None else None)
@@ -160,7 +159,7 @@ class Saver:
         ensure_directory(directory)
         tensors = with_structure_record(leaves, tree, metadata)
         if write_state:
-            recover_directory(directory, state_name, durable=self._durable)  # frees space first
+            recover_directory(directory, state_name, durable=self._durable, tidy_state=False)  # frees space first
         staged = stage_bundle(directory, tensors, durable=self._durable, **self._write_options)  # type: ignore[arg-type]
         if not write_state:
             install_plain(staged, prefix)
