@@ -4,6 +4,7 @@ FASTCKPT_HYPOTHESIS=ci (default; bounded for CI), dev (fast), deep (long).
 """
 
 import os
+import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # quiet TensorFlow
@@ -27,6 +28,20 @@ DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 def data_dir():
     """Directory of the golden checkpoints TensorFlow wrote."""
     return DATA
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 1 MiB tmpfs (needs root; skipped elsewhere) to fill up."""
+    d = tmp_path / "tmpfs"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}); needs root")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
 
 
 _COUNTS = {}

@@ -79,6 +79,6 @@ def restore_latest_until(directory: str, stop_file: str, result_file: str) -> No
             ok += 1
         else:
             bad += 1
-            errors.append(f"wrong values from {prefix}")
+            errors.append(f"wrong values (b = {seed})")
     with open(result_file, "w") as f:
         f.write(f"{ok} {bad}\n" + "\n".join(errors))

@@ -4,7 +4,6 @@ the previous checkpoint and the state file untouched."""
 
 import errno
 import os
-import subprocess
 
 import numpy as np
 import pytest
@@ -14,19 +13,6 @@ from roundtrip_kit import assert_bit_equal
 
 SMALL = {"w": np.arange(32_768, dtype=np.float32)}             # 128 KiB
 LARGE = {"w": np.arange(2_000_000, dtype=np.float32)}          # 8 MB
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    d = tmp_path / "tmpfs"
-    d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}); disk-full test needs root")
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
 
 
 def entries(d):

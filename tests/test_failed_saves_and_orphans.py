@@ -21,19 +21,6 @@ def files(d):
     return sorted(n for n in os.listdir(d) if n != "checkpoint.lock")
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    d = tmp_path / "tmpfs"
-    d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}); needs root")
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
-
-
 def fill_leaving(d, pages):
     """A filler file that leaves exactly ``pages`` free pages."""
     st = os.statvfs(d)

@@ -3,7 +3,6 @@ tensor claiming more elements than its bytes can hold is rejected before
 anything is sized from the claim, and the state file parser is linear."""
 
 import os
-import resource
 import subprocess
 import sys
 import textwrap
@@ -12,7 +11,6 @@ import time
 import numpy as np
 
 import fastckpt
-from fastckpt import _core
 from fastckpt.state import parse_checkpoint_state
 
 

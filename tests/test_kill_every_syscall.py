@@ -113,7 +113,7 @@ def test_kill_at_every_mutating_syscall(tmp_path, shim, counts, durable):
             assert r.returncode == -9, (n, r.returncode, r.stderr[-2000:])
             killed += 1
         pending += bool(fastckpt.get_checkpoint_state(str(d)).pending)
-        report = check_after_kill(d, log)
+        check_after_kill(d, log)
         shutil.rmtree(d)
     assert killed >= total // STRIDE - 3
     kind = "durable" if durable else "non-durable"
