@@ -1,7 +1,7 @@
 """Build of the C core and its Cython bridge; all metadata is in pyproject.toml.
 
 FASTCKPT_SANITIZE=1 builds with AddressSanitizer and UndefinedBehaviorSanitizer
-(used by `make sanitize` / .ci/run); FASTCKPT_WERROR=1 turns warnings into errors.
+(used by .ci/sanitize); FASTCKPT_WERROR=1 turns warnings into errors.
 """
 
 import glob

@@ -6,13 +6,14 @@ import argparse
 import sys
 from typing import List, Optional
 
-from .bench import parse_size, run_async_bench, run_bench
 from .errors import CheckpointError, InvalidArgumentError, NotFoundError
 
 __all__ = ["main"]
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from .bench import parse_size, run_async_bench, run_bench  # only the bench's own process loads it
+
     if args.async_save:
         run_async_bench(size=parse_size(args.size), tensors=args.tensors, dtype=args.dtype, rounds=args.rounds,
                         directory=args.dir)

@@ -61,3 +61,15 @@ def test_mypy_clean():
     r = subprocess.run([sys.executable, "-m", "mypy", os.path.join(ROOT, "fastckpt")], capture_output=True,
                        text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_library_and_its_commands_do_not_load_the_benchmark(tmp_path):
+    """`import fastckpt`, `fastckpt ls/verify/gc` leave the benchmark (and its
+    process-wide malloc settings) out of the user's process."""
+    p = fastckpt.save({"a": {"b": np.zeros(2)}}, str(tmp_path / "c"))
+    code = ("import sys, fastckpt, fastckpt.cli as c\n"
+            f"for argv in (['ls', {p!r}], ['verify', {p!r}], ['gc', {str(tmp_path)!r}]):\n"
+            "    assert c.main(argv) == 0, argv\n"
+            "assert 'fastckpt.bench' not in sys.modules, 'benchmark imported'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
