@@ -21,8 +21,13 @@ from .errors import (CheckpointIOError, DataLossError, InvalidArgumentError,
 cnp.import_array()
 
 cdef extern from "numpy/arrayobject.h":
-    # steals a reference to the dtype (numpy's .pxd leaves it out for that reason)
+    # both steal a reference to the dtype (numpy's .pxd leaves them out for that reason)
     object PyArray_Empty(int nd, cnp.npy_intp *dims, cnp.dtype descr, int fortran)
+    ctypedef struct PyTypeObject:
+        pass
+    PyTypeObject PyArray_Type
+    object PyArray_NewFromDescr(PyTypeObject *subtype, cnp.dtype descr, int nd, cnp.npy_intp *dims,
+                                cnp.npy_intp *strides, void *data, int flags, object obj)
 
 cdef extern from "fastckpt.h" nogil:
     enum:
@@ -788,6 +793,19 @@ def plan_write_fast(dict tensors, dict enums, int num_shards, int64_t alignment)
         free(ends)
 
 
+# Tensors up to this size, read into new arrays, share one allocation (each
+# array a view into it, aligned to 64 bytes): one page-fault run instead of
+# one malloc each. Larger ones get their own, so freeing one frees it.
+PACK_MAX_BYTES = 64 * 1024
+cdef int64_t _PACK_ALIGN = 64
+
+
+cdef inline bint _fast_entry_ok(fc_entry *e, list descrs, list fds, list sizes, bint verify):
+    if e.num_slices or e.dtype < 0 or e.dtype >= len(descrs) or e.shard_id >= len(fds):
+        return False
+    return descrs[e.dtype] is not None and not (verify and not e.has_crc) and e.offset + e.size <= sizes[e.shard_id]
+
+
 def read_fast(Index index, list names, list fds, list sizes, list descrs, bint verify, int threads,
               describe, dict into=None):
     """Read plain tensors into new arrays in C: a dict name -> array, or None
@@ -795,28 +813,35 @@ def read_fast(Index index, list names, list fds, list sizes, list descrs, bint v
     big-endian, out of range, no checksum). ``names`` None means every
     tensor; ``fds``/``sizes`` per shard; ``descrs[enum]`` a numpy dtype or
     None. With ``into`` (name -> array), its arrays are filled in place when
-    each is a writeable C-contiguous ndarray of the stored dtype and shape."""
+    each is a writeable C-contiguous ndarray of the stored dtype and shape.
+    New arrays of up to ``PACK_MAX_BYTES`` are views into one allocation."""
     cdef fc_index *idx = &index.idx
     cdef Py_ssize_t n, k, m = 0
-    cdef int64_t j
+    cdef int64_t j, pack_total = 0, pack_at = 0, pack_count = 0
+    cdef int64_t *js
     cdef fc_entry *e
     cdef fc_io_item *items
     cdef fc_status st
     cdef int rc, d
     cdef cnp.npy_intp dims[FC_MAX_RANK]
-    cdef object descr, name, arr
+    cdef cnp.npy_intp total_dim
+    cdef object descr, name, arr, pool = None
     cdef bytes key
     cdef dict out = {} if into is None else into
-    cdef list order = []
+    cdef list found = []
     cdef cnp.ndarray target
+    cdef char *pool_data = NULL
     if idx.header.endianness != 0:
         return None
     n = len(names) if names is not None else <Py_ssize_t>idx.n
     items = <fc_io_item *>calloc(n if n else 1, sizeof(fc_io_item))
-    if items == NULL:
+    js = <int64_t *>malloc((n if n else 1) * sizeof(int64_t))
+    if items == NULL or js == NULL:
+        free(items)
+        free(js)
         raise MemoryError()
     try:
-        for k in range(n):
+        for k in range(n):  # pass 1: find and check every entry, size the shared allocation
             if names is not None:
                 name = names[k]
                 if type(name) is not str:
@@ -837,11 +862,22 @@ def read_fast(Index index, list names, list fds, list sizes, list descrs, bint v
                     continue  # slice entries are not tensors of their own
                 name = PyUnicode_DecodeUTF8(<const char *>idx.keys + e.key_off, e.key_len, "surrogateescape")
             e = &idx.entries[j]
-            if e.num_slices or e.dtype < 0 or e.dtype >= len(descrs) or e.shard_id >= len(fds):
+            if not _fast_entry_ok(e, descrs, fds, sizes, verify):
                 return None
+            if into is None and e.size <= PACK_MAX_BYTES:
+                pack_total += (e.size + _PACK_ALIGN - 1) // _PACK_ALIGN * _PACK_ALIGN
+                pack_count += 1
+            js[m] = j
+            found.append(name)
+            m += 1
+        if pack_total and pack_count > 1:  # one tensor alone gets an array of its own
+            total_dim = <cnp.npy_intp>pack_total
+            pool = cnp.PyArray_SimpleNew(1, &total_dim, cnp.NPY_UINT8)
+            pool_data = <char *>cnp.PyArray_DATA(<cnp.ndarray>pool)
+        for k in range(m):  # pass 2: the arrays and the reads
+            e = &idx.entries[js[k]]
+            name = found[k]
             descr = descrs[e.dtype]
-            if descr is None or (verify and not e.has_crc) or e.offset + e.size > sizes[e.shard_id]:
-                return None
             for d in range(e.rank):
                 dims[d] = <cnp.npy_intp>idx.dims[e.dims_off + d]
             if into is not None:
@@ -857,24 +893,29 @@ def read_fast(Index index, list names, list fds, list sizes, list descrs, bint v
                 for d in range(e.rank):
                     if cnp.PyArray_DIMS(target)[d] != dims[d]:
                         return None
+            elif pool is not None and e.size <= PACK_MAX_BYTES:
+                Py_INCREF(descr)  # PyArray_NewFromDescr steals a reference
+                arr = PyArray_NewFromDescr(&PyArray_Type, <cnp.dtype>descr, e.rank, dims, NULL,
+                                           pool_data + pack_at, cnp.NPY_ARRAY_CARRAY, None)
+                cnp.set_array_base(<cnp.ndarray>arr, pool)
+                pack_at += (e.size + _PACK_ALIGN - 1) // _PACK_ALIGN * _PACK_ALIGN
             else:
                 Py_INCREF(descr)  # PyArray_Empty steals a reference
                 arr = PyArray_Empty(e.rank, dims, <cnp.dtype>descr, 0)
-            items[m].fd = fds[e.shard_id]
-            items[m].file_off = <uint64_t>e.offset
-            items[m].len = <uint64_t>e.size
-            items[m].buf = cnp.PyArray_DATA(<cnp.ndarray>arr)
-            items[m].crc = fc_crc_unmask(e.crc32c)
-            items[m].verify = verify
+            items[k].fd = fds[e.shard_id]
+            items[k].file_off = <uint64_t>e.offset
+            items[k].len = <uint64_t>e.size
+            items[k].buf = cnp.PyArray_DATA(<cnp.ndarray>arr)
+            items[k].crc = fc_crc_unmask(e.crc32c)
+            items[k].verify = verify
             if into is None:
                 out[name] = arr
-            order.append((name, e.shard_id))
-            m += 1
         fc_status_clear(&st)
         with nogil:
             rc = fc_io_run(items, <size_t>m, FC_IO_READ, threads, 0, &st)
         if rc:
-            _raise(&st, "", lambda i: describe(*order[i]))
+            _raise(&st, "", lambda i: describe(found[i], idx.entries[js[i]].shard_id))
         return out
     finally:
         free(items)
+        free(js)

@@ -81,3 +81,22 @@ def test_missing_data_file(prefix):
 def test_pathlike_prefix(prefix):
     import pathlib
     assert sorted(fastckpt.read_bundle(pathlib.Path(prefix))) == ["a/x", "b", "s"]
+
+
+def test_many_small_tensors_share_one_allocation(tmp_path):
+    """Read into new arrays, small tensors are views of one allocation
+    (each aligned to 64 bytes); large ones and a lone tensor own theirs."""
+    import fastckpt
+    small = {f"s{i}": np.full(i + 1, i, np.float32) for i in range(50)}
+    big = {"big": np.arange(100_000, dtype=np.float64)}
+    p = fastckpt.write_bundle(str(tmp_path / "c"), {**small, **big})
+    got = fastckpt.read_bundle(p)
+    bases = {id(got[k].base) for k in small}
+    assert len(bases) == 1 and got["s0"].base is not None
+    assert all(got[k].ctypes.data % 64 == 0 and got[k].flags.writeable for k in small)
+    assert got["big"].flags.owndata
+    for k, v in {**small, **big}.items():
+        assert np.array_equal(got[k], v)
+    got["s1"][:] = -1  # views do not overlap
+    assert got["s0"].tolist() == [0.0] and got["s2"].tolist() == [2.0] * 3
+    assert fastckpt.CheckpointReader(p).get_tensor("s3").flags.owndata
