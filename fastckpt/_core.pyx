@@ -871,9 +871,10 @@ def read_fast(Index index, list names, list fds, list sizes, list descrs, bint v
             found.append(name)
             m += 1
         if pack_total and pack_count > 1:  # one tensor alone gets an array of its own
-            total_dim = <cnp.npy_intp>pack_total
+            total_dim = <cnp.npy_intp>(pack_total + _PACK_ALIGN)
             pool = cnp.PyArray_SimpleNew(1, &total_dim, cnp.NPY_UINT8)
             pool_data = <char *>cnp.PyArray_DATA(<cnp.ndarray>pool)
+            pool_data += (_PACK_ALIGN - <int64_t>(<size_t>pool_data % <size_t>_PACK_ALIGN)) % _PACK_ALIGN
         for k in range(m):  # pass 2: the arrays and the reads
             e = &idx.entries[js[k]]
             name = found[k]
