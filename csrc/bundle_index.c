@@ -10,14 +10,17 @@
 /* Bytes per element; 0 for variable-width, -1 for unknown. */
 int fc_dtype_size(int32_t dtype) {
     switch (dtype) {
-    case 1: case 3: case 13: case 22: return 4;          /* f32 i32 qi32 u32 */
-    case 2: case 8: case 9: case 23: return 8;           /* f64 c64 i64 u64 */
-    case 4: case 6: case 10: case 11: case 12: return 1; /* u8 i8 bool qi8 qu8 */
-    case 5: case 14: case 15: case 16: case 17: case 19: return 2;
-    case 18: return 16;                                   /* c128 */
-    case 24: case 25: case 26: case 27: case 28: return 1; /* float8 */
-    case 29: case 30: case 31: case 32: case 33: return 1; /* int4/2, fp4: 1 per elem */
-    case 7: case 21: return 0;                            /* string, variant */
+    case FC_DT_FLOAT: case FC_DT_INT32: case FC_DT_QINT32: case FC_DT_UINT32: return 4;
+    case FC_DT_DOUBLE: case FC_DT_COMPLEX64: case FC_DT_INT64: case FC_DT_UINT64: return 8;
+    case FC_DT_UINT8: case FC_DT_INT8: case FC_DT_BOOL: case FC_DT_QINT8: case FC_DT_QUINT8: return 1;
+    case FC_DT_INT16: case FC_DT_BFLOAT16: case FC_DT_QINT16: case FC_DT_QUINT16: case FC_DT_UINT16:
+    case FC_DT_HALF: return 2;
+    case FC_DT_COMPLEX128: return 16;
+    case FC_DT_FLOAT8_E5M2: case FC_DT_FLOAT8_E4M3FN: case FC_DT_FLOAT8_E4M3FNUZ:
+    case FC_DT_FLOAT8_E4M3B11FNUZ: case FC_DT_FLOAT8_E5M2FNUZ: return 1;
+    case FC_DT_INT4: case FC_DT_UINT4: case FC_DT_INT2: case FC_DT_UINT2:
+    case FC_DT_FLOAT4_E2M1FN: return 1; /* one element per byte, as TensorFlow stores them */
+    case FC_DT_STRING: case FC_DT_VARIANT: return 0;
     default: return -1;
     }
 }
@@ -62,7 +65,7 @@ static int check_entry(const fc_index *idx, fc_entry *e, fc_status *st) {
             return fc_fail(st, FC_DATA_LOSS,
                            "invalid size in bundle entry: stored size %lld; expected size %lld",
                            (long long)e->size, (long long)(nelem <= INT64_MAX / w ? nelem * w : -1));
-    } else if (e->dtype == 7 && nelem > 0 && e->size < nelem + 4) {
+    } else if (e->dtype == FC_DT_STRING && nelem > 0 && e->size < nelem + 4) {
         return fc_fail(st, FC_DATA_LOSS, "string payload of %lld bytes cannot hold %lld strings",
                        (long long)e->size, (long long)nelem);
     }
@@ -134,9 +137,7 @@ int64_t fc_index_find(const fc_index *idx, const uint8_t *key, size_t klen) {
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
         const fc_entry *e = &idx->entries[mid];
-        size_t m = e->key_len < klen ? e->key_len : klen;
-        int c = m ? memcmp(idx->keys + e->key_off, key, m) : 0;
-        if (c == 0) c = (e->key_len > klen) - (e->key_len < klen);
+        int c = fc_key_compare(idx->keys + e->key_off, e->key_len, key, klen);
         if (c == 0) return (int64_t)mid;
         if (c < 0) lo = mid + 1;
         else hi = mid;

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "bytes.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -37,6 +39,18 @@ int fc_fail(fc_status *st, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)))
 #endif
     ;
+
+/* ---- TensorFlow's DataType enum (types.proto) ------------------------- */
+enum fc_dtype {
+    FC_DT_FLOAT = 1, FC_DT_DOUBLE = 2, FC_DT_INT32 = 3, FC_DT_UINT8 = 4, FC_DT_INT16 = 5,
+    FC_DT_INT8 = 6, FC_DT_STRING = 7, FC_DT_COMPLEX64 = 8, FC_DT_INT64 = 9, FC_DT_BOOL = 10,
+    FC_DT_QINT8 = 11, FC_DT_QUINT8 = 12, FC_DT_QINT32 = 13, FC_DT_BFLOAT16 = 14,
+    FC_DT_QINT16 = 15, FC_DT_QUINT16 = 16, FC_DT_UINT16 = 17, FC_DT_COMPLEX128 = 18,
+    FC_DT_HALF = 19, FC_DT_RESOURCE = 20, FC_DT_VARIANT = 21, FC_DT_UINT32 = 22,
+    FC_DT_UINT64 = 23, FC_DT_FLOAT8_E5M2 = 24, FC_DT_FLOAT8_E4M3FN = 25,
+    FC_DT_FLOAT8_E4M3FNUZ = 26, FC_DT_FLOAT8_E4M3B11FNUZ = 27, FC_DT_FLOAT8_E5M2FNUZ = 28,
+    FC_DT_INT4 = 29, FC_DT_UINT4 = 30, FC_DT_INT2 = 31, FC_DT_UINT2 = 32, FC_DT_FLOAT4_E2M1FN = 33,
+};
 
 /* ---- growable byte buffer ---------------------------------------------- */
 typedef struct {
@@ -132,6 +146,23 @@ int fc_table_iterate(const uint8_t *data, size_t len, fc_table_visit visit,
 /* Sorts n keys (arena + off/len) bytewise into order[]; stable. 0 or -1 (ENOMEM). */
 int fc_sort_keys(const uint8_t *arena, const uint32_t *off, const uint32_t *len, size_t n,
                  uint32_t *order);
+/* Stable merge sort of order[0..n) by less(ctx, a, b); thread-safe (no
+ * globals). 0, or -1 when out of memory. */
+int fc_sort_indices(size_t *order, size_t n, int (*less)(const void *ctx, size_t a, size_t b),
+                    const void *ctx);
+
+/* ---- the write plan (plan.c) ------------------------------------------------ */
+/* Shard and offset of each of n payloads of the given sizes: contiguous runs
+ * of about equal bytes per shard, each payload padded to `alignment`;
+ * shard_ends[num_shards] receives each data file's size. */
+int fc_plan_layout(const uint64_t *sizes, size_t n, int32_t num_shards, uint64_t alignment,
+                   int32_t *shards, uint64_t *offsets, uint64_t *shard_ends, fc_status *st);
+/* The .index of n written entries (keys in an arena, any order): sorted,
+ * checked for duplicate names (*duplicate: the second one's position),
+ * appended to out. */
+int fc_index_build(const fc_header *h, const uint8_t *keys, const uint32_t *key_off,
+                   const uint32_t *key_len, const fc_entry_view *entries, size_t n, fc_buf *out,
+                   int64_t *duplicate, fc_status *st);
 
 /* ---- parsed bundle index -------------------------------------------------- */
 typedef struct {

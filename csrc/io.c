@@ -167,14 +167,11 @@ static void *worker(void *arg) {
     return NULL;
 }
 
-static fc_io_item *sort_items;
-static int cmp_items(const void *a, const void *b) {
-    const fc_io_item *x = &sort_items[*(const size_t *)a], *y = &sort_items[*(const size_t *)b];
-    if (x->fd != y->fd) return x->fd < y->fd ? -1 : 1;
-    if (x->file_off != y->file_off) return x->file_off < y->file_off ? -1 : 1;
-    return *(const size_t *)a < *(const size_t *)b ? -1 : 1;
+/* File order: by descriptor, then offset (the sort is stable). */
+static int item_less(const void *ctx, size_t a, size_t b) {
+    const fc_io_item *x = &((const fc_io_item *)ctx)[a], *y = &((const fc_io_item *)ctx)[b];
+    return x->fd != y->fd ? x->fd < y->fd : x->file_off < y->file_off;
 }
-static pthread_mutex_t sort_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static seg_t *add_seg(job_t *j, size_t *nseg, size_t item, uint64_t off, uint64_t len) {
     seg_t *s = &j->segs[(*nseg)++];
@@ -265,11 +262,11 @@ int fc_io_run(fc_io_item *items, size_t n, int mode, int nthreads, uint64_t piec
                   (items[i].fd == items[i - 1].fd && items[i].file_off < items[i - 1].file_off)))
             sorted = 0;
     }
-    if (!sorted) { /* items usually come in file order: then no sort at all */
-        pthread_mutex_lock(&sort_lock);
-        sort_items = items;
-        qsort(order, n, sizeof(size_t), cmp_items);
-        pthread_mutex_unlock(&sort_lock);
+    if (!sorted && fc_sort_indices(order, n, item_less, items)) { /* usually in file order already */
+        free(order);
+        free(j.segs);
+        free(j.batches);
+        return fc_fail(st, FC_NOMEM, "out of memory planning I/O");
     }
     size_t nsegs = plan(&j, n, order, piece);
     pthread_mutex_init(&j.lock, NULL);

@@ -42,6 +42,16 @@ int fc_get_varint(const uint8_t **pp, const uint8_t *end, uint64_t *v) {
     return -1;
 }
 
+/* Wire types, and the field numbers of tensor_bundle.proto (BundleHeaderProto,
+ * BundleEntryProto), versions.proto, tensor_shape.proto and tensor_slice.proto. */
+enum { WIRE_VARINT = 0, WIRE_FIXED64 = 1, WIRE_LEN = 2, WIRE_FIXED32 = 5 };
+enum { HEADER_NUM_SHARDS = 1, HEADER_ENDIANNESS = 2, HEADER_VERSION = 3 };
+enum { VERSION_PRODUCER = 1, VERSION_MIN_CONSUMER = 2, VERSION_BAD_CONSUMERS = 3 };
+enum { ENTRY_DTYPE = 1, ENTRY_SHAPE = 2, ENTRY_SHARD_ID = 3, ENTRY_OFFSET = 4, ENTRY_SIZE = 5,
+       ENTRY_CRC32C = 6, ENTRY_SLICES = 7 };
+enum { SHAPE_DIM = 2, SHAPE_UNKNOWN_RANK = 3, DIM_SIZE = 1 };
+enum { SLICE_EXTENT = 1, EXTENT_START = 1, EXTENT_LENGTH = 2 };
+
 /* ---- encoding ---------------------------------------------------------- */
 
 /* Size of a varint field (tag + value); int32/int64 negatives take 10 bytes
@@ -50,12 +60,12 @@ static size_t vfield_len(int64_t v) { return 1 + fc_varint_len((uint64_t)v); }
 static size_t lfield_len(size_t body) { return 1 + fc_varint_len(body) + body; }
 
 static uint8_t *put_vfield(uint8_t *p, unsigned field, int64_t v) {
-    *p++ = (uint8_t)(field << 3);
+    *p++ = (uint8_t)(field << 3 | WIRE_VARINT);
     return p + fc_put_varint(p, (uint64_t)v);
 }
 
 static uint8_t *put_ltag(uint8_t *p, unsigned field, size_t body) {
-    *p++ = (uint8_t)((field << 3) | 2);
+    *p++ = (uint8_t)(field << 3 | WIRE_LEN);
     return p + fc_put_varint(p, body);
 }
 
@@ -94,28 +104,28 @@ int fc_encode_entry(fc_buf *out, const fc_entry_view *e, fc_status *st) {
         total += lfield_len(slice_body(e->extents + (size_t)s * e->rank, e->rank));
     if (fc_buf_reserve(out, total)) return fc_fail(st, FC_NOMEM, "out of memory");
     uint8_t *p = out->p + out->len;
-    if (e->dtype) p = put_vfield(p, 1, e->dtype);
-    p = put_ltag(p, 2, shape);
+    if (e->dtype) p = put_vfield(p, ENTRY_DTYPE, e->dtype);
+    p = put_ltag(p, ENTRY_SHAPE, shape);
     for (int32_t i = 0; i < e->rank; i++) {
-        p = put_ltag(p, 2, dim_body(e->dims[i]));
-        if (e->dims[i]) p = put_vfield(p, 1, e->dims[i]);
+        p = put_ltag(p, SHAPE_DIM, dim_body(e->dims[i]));
+        if (e->dims[i]) p = put_vfield(p, DIM_SIZE, e->dims[i]);
     }
-    if (e->shard_id) p = put_vfield(p, 3, e->shard_id);
-    if (e->offset) p = put_vfield(p, 4, e->offset);
-    if (e->size) p = put_vfield(p, 5, e->size);
+    if (e->shard_id) p = put_vfield(p, ENTRY_SHARD_ID, e->shard_id);
+    if (e->offset) p = put_vfield(p, ENTRY_OFFSET, e->offset);
+    if (e->size) p = put_vfield(p, ENTRY_SIZE, e->size);
     if (e->has_crc) {
-        uint32_t c = e->crc32c;
-        *p++ = (6 << 3) | 5;
-        for (int i = 0; i < 4; i++) *p++ = (uint8_t)(c >> (8 * i));
+        *p++ = ENTRY_CRC32C << 3 | WIRE_FIXED32;
+        fc_store_le32(p, e->crc32c);
+        p += 4;
     }
     for (int32_t s = 0; s < e->num_slices; s++) {
         const fc_extent *xs = e->extents + (size_t)s * e->rank;
-        p = put_ltag(p, 7, slice_body(xs, e->rank));
+        p = put_ltag(p, ENTRY_SLICES, slice_body(xs, e->rank));
         for (int32_t i = 0; i < e->rank; i++) {
-            p = put_ltag(p, 1, extent_body(&xs[i]));
+            p = put_ltag(p, SLICE_EXTENT, extent_body(&xs[i]));
             if (xs[i].length < 0) continue;
-            if (xs[i].start) p = put_vfield(p, 1, xs[i].start);
-            p = put_vfield(p, 2, xs[i].length);
+            if (xs[i].start) p = put_vfield(p, EXTENT_START, xs[i].start);
+            p = put_vfield(p, EXTENT_LENGTH, xs[i].length);
         }
     }
     out->len = (size_t)(p - out->p);
@@ -132,14 +142,14 @@ int fc_encode_header(fc_buf *out, const fc_header *h, fc_status *st) {
                    (h->has_version ? lfield_len(version) : 0);
     if (fc_buf_reserve(out, total)) return fc_fail(st, FC_NOMEM, "out of memory");
     uint8_t *p = out->p + out->len;
-    if (h->num_shards) p = put_vfield(p, 1, h->num_shards);
-    if (h->endianness) p = put_vfield(p, 2, h->endianness);
+    if (h->num_shards) p = put_vfield(p, HEADER_NUM_SHARDS, h->num_shards);
+    if (h->endianness) p = put_vfield(p, HEADER_ENDIANNESS, h->endianness);
     if (h->has_version) {
-        p = put_ltag(p, 3, version);
-        if (h->producer) p = put_vfield(p, 1, h->producer);
-        if (h->min_consumer) p = put_vfield(p, 2, h->min_consumer);
+        p = put_ltag(p, HEADER_VERSION, version);
+        if (h->producer) p = put_vfield(p, VERSION_PRODUCER, h->producer);
+        if (h->min_consumer) p = put_vfield(p, VERSION_MIN_CONSUMER, h->min_consumer);
         if (h->bad_consumer_1) {
-            p = put_ltag(p, 3, 1);
+            p = put_ltag(p, VERSION_BAD_CONSUMERS, 1);
             *p++ = 1;
         }
     }
@@ -173,21 +183,19 @@ static int next_field(reader *r, pfield *f) {
     f->wire = (unsigned)(tag & 7);
     if (tag >> 32 || f->field == 0) return -1;
     switch (f->wire) {
-    case 0:
+    case WIRE_VARINT:
         return fc_get_varint(&r->p, r->end, &f->v) ? -1 : 1;
-    case 1:
+    case WIRE_FIXED64:
         if (r->end - r->p < 8) return -1;
-        f->v = 0;
-        for (int i = 0; i < 8; i++) f->v |= (uint64_t)r->p[i] << (8 * i);
+        f->v = fc_load_le64(r->p);
         r->p += 8;
         return 1;
-    case 5:
+    case WIRE_FIXED32:
         if (r->end - r->p < 4) return -1;
-        f->v = 0;
-        for (int i = 0; i < 4; i++) f->v |= (uint64_t)r->p[i] << (8 * i);
+        f->v = fc_load_le32(r->p);
         r->p += 4;
         return 1;
-    case 2: {
+    case WIRE_LEN: {
         uint64_t len;
         if (fc_get_varint(&r->p, r->end, &len)) return -1;
         if (len > (uint64_t)(r->end - r->p)) return -1;
@@ -209,10 +217,10 @@ static int decode_version(const uint8_t *p, size_t n, fc_header *h) {
     pfield f;
     int k;
     while ((k = next_field(&r, &f)) == 1) {
-        if (f.field == 1 && f.wire == 0) h->producer = as_i32(f.v);
-        else if (f.field == 2 && f.wire == 0) h->min_consumer = as_i32(f.v);
-        else if (f.field == 3 && f.wire == 0) h->bad_consumer_1 |= as_i32(f.v) == 1;
-        else if (f.field == 3 && f.wire == 2) {
+        if (f.field == VERSION_PRODUCER && f.wire == WIRE_VARINT) h->producer = as_i32(f.v);
+        else if (f.field == VERSION_MIN_CONSUMER && f.wire == WIRE_VARINT) h->min_consumer = as_i32(f.v);
+        else if (f.field == VERSION_BAD_CONSUMERS && f.wire == WIRE_VARINT) h->bad_consumer_1 |= as_i32(f.v) == 1;
+        else if (f.field == VERSION_BAD_CONSUMERS && f.wire == WIRE_LEN) {  /* packed */
             reader pr = {f.body, f.body + f.body_len};
             while (pr.p < pr.end) {
                 uint64_t v;
@@ -230,9 +238,9 @@ int fc_decode_header(const uint8_t *p, size_t n, fc_header *h, fc_status *st) {
     pfield f;
     int k;
     while ((k = next_field(&r, &f)) == 1) {
-        if (f.field == 1 && f.wire == 0) h->num_shards = as_i32(f.v);
-        else if (f.field == 2 && f.wire == 0) h->endianness = as_i32(f.v);
-        else if (f.field == 3 && f.wire == 2) {
+        if (f.field == HEADER_NUM_SHARDS && f.wire == WIRE_VARINT) h->num_shards = as_i32(f.v);
+        else if (f.field == HEADER_ENDIANNESS && f.wire == WIRE_VARINT) h->endianness = as_i32(f.v);
+        else if (f.field == HEADER_VERSION && f.wire == WIRE_LEN) {
             h->has_version = 1;
             if (decode_version(f.body, f.body_len, h) < 0) { k = -1; break; }
         }
@@ -250,15 +258,15 @@ static int decode_shape(fc_index *idx, const uint8_t *p, size_t n, fc_entry *e) 
     e->dims_off = (uint32_t)idx->dims_len;
     e->rank = 0;
     while ((k = next_field(&r, &f)) == 1) {
-        if (f.field == 3 && f.wire == 0 && f.v) return -2; /* unknown_rank */
-        if (f.field != 2 || f.wire != 2) continue;
+        if (f.field == SHAPE_UNKNOWN_RANK && f.wire == WIRE_VARINT && f.v) return -2;
+        if (f.field != SHAPE_DIM || f.wire != WIRE_LEN) continue;
         if (e->rank >= FC_MAX_RANK) return -3;
         int64_t size = 0;
         reader dr = {f.body, f.body + f.body_len};
         pfield df;
         int dk;
         while ((dk = next_field(&dr, &df)) == 1)
-            if (df.field == 1 && df.wire == 0) size = (int64_t)df.v;
+            if (df.field == DIM_SIZE && df.wire == WIRE_VARINT) size = (int64_t)df.v;
         if (dk < 0) return -1;
         if (fc_grow((void **)&idx->dims, &idx->dims_cap, idx->dims_len + 1, sizeof(int64_t)))
             return -4;
@@ -274,15 +282,15 @@ static int decode_slice(fc_index *idx, const uint8_t *p, size_t n, int32_t *coun
     int k;
     *count = 0;
     while ((k = next_field(&r, &f)) == 1) {
-        if (f.field != 1 || f.wire != 2) continue;
+        if (f.field != SLICE_EXTENT || f.wire != WIRE_LEN) continue;
         fc_extent x = {0, -1};
         int has_len = 0;
         reader xr = {f.body, f.body + f.body_len};
         pfield xf;
         int xk;
         while ((xk = next_field(&xr, &xf)) == 1) {
-            if (xf.field == 1 && xf.wire == 0) x.start = (int64_t)xf.v;
-            else if (xf.field == 2 && xf.wire == 0) {
+            if (xf.field == EXTENT_START && xf.wire == WIRE_VARINT) x.start = (int64_t)xf.v;
+            else if (xf.field == EXTENT_LENGTH && xf.wire == WIRE_VARINT) {
                 x.length = (int64_t)xf.v;
                 has_len = 1;
             }
@@ -310,8 +318,8 @@ int fc_decode_entry_into(fc_index *idx, const uint8_t *p, size_t n, fc_entry *e,
     pfield f;
     int k, have_shape = 0, slice_rank = -1;
     while ((k = next_field(&r, &f)) == 1) {
-        if (f.wire == 0 && f.field == 1) e->dtype = as_i32(f.v);
-        else if (f.wire == 2 && f.field == 2) {
+        if (f.wire == WIRE_VARINT && f.field == ENTRY_DTYPE) e->dtype = as_i32(f.v);
+        else if (f.wire == WIRE_LEN && f.field == ENTRY_SHAPE) {
             if (have_shape) return fc_fail(st, FC_DATA_LOSS, "entry has two shapes");
             int s = decode_shape(idx, f.body, f.body_len, e);
             if (s == -4) return fc_fail(st, FC_NOMEM, "out of memory");
@@ -319,13 +327,13 @@ int fc_decode_entry_into(fc_index *idx, const uint8_t *p, size_t n, fc_entry *e,
             if (s == -2) return fc_fail(st, FC_DATA_LOSS, "shape of unknown rank");
             if (s < 0) return fc_fail(st, FC_DATA_LOSS, "corrupt shape");
             have_shape = 1;
-        } else if (f.wire == 0 && f.field == 3) e->shard_id = as_i32(f.v);
-        else if (f.wire == 0 && f.field == 4) e->offset = (int64_t)f.v;
-        else if (f.wire == 0 && f.field == 5) e->size = (int64_t)f.v;
-        else if (f.wire == 5 && f.field == 6) {
+        } else if (f.wire == WIRE_VARINT && f.field == ENTRY_SHARD_ID) e->shard_id = as_i32(f.v);
+        else if (f.wire == WIRE_VARINT && f.field == ENTRY_OFFSET) e->offset = (int64_t)f.v;
+        else if (f.wire == WIRE_VARINT && f.field == ENTRY_SIZE) e->size = (int64_t)f.v;
+        else if (f.wire == WIRE_FIXED32 && f.field == ENTRY_CRC32C) {
             e->crc32c = (uint32_t)f.v;
             e->has_crc = 1;
-        } else if (f.wire == 2 && f.field == 7) {
+        } else if (f.wire == WIRE_LEN && f.field == ENTRY_SLICES) {
             int32_t cnt;
             int s = decode_slice(idx, f.body, f.body_len, &cnt);
             if (s == -4) return fc_fail(st, FC_NOMEM, "out of memory");

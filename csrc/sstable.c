@@ -98,11 +98,11 @@ static int bb_add(block_builder *b, const uint8_t *key, size_t klen, const uint8
 static int bb_finish(block_builder *b) {
     for (size_t i = 0; i < b->nrestarts; i++) {
         uint8_t le[4];
-        for (int k = 0; k < 4; k++) le[k] = (uint8_t)(b->restarts[i] >> (8 * k));
+        fc_store_le32(le, (uint32_t)b->restarts[i]);
         if (fc_buf_append(&b->buf, le, 4)) return -1;
     }
     uint8_t le[4];
-    for (int k = 0; k < 4; k++) le[k] = (uint8_t)(b->nrestarts >> (8 * k));
+    fc_store_le32(le, (uint32_t)b->nrestarts);
     return fc_buf_append(&b->buf, le, 4);
 }
 
@@ -114,7 +114,7 @@ static int write_block(fc_table_builder *tb, block_builder *b, uint64_t *off, ui
     uint8_t trailer[TRAILER] = {0};
     uint32_t crc = fc_crc32c_extend(0, b->buf.p, b->buf.len);
     crc = fc_crc_mask(fc_crc32c_extend(crc, trailer, 1));
-    for (int k = 0; k < 4; k++) trailer[1 + k] = (uint8_t)(crc >> (8 * k));
+    fc_store_le32(trailer + 1, crc);
     if (fc_buf_append(&tb->out, b->buf.p, b->buf.len) ||
         fc_buf_append(&tb->out, trailer, TRAILER))
         return -1;
@@ -178,9 +178,7 @@ static int add_separator(fc_table_builder *tb, const uint8_t *key, size_t klen) 
 int fc_table_add(fc_table_builder *tb, const uint8_t *key, size_t klen, const uint8_t *val,
                  size_t vlen, fc_status *st) {
     if (tb->have_key) {
-        size_t n = tb->last_key.len < klen ? tb->last_key.len : klen;
-        int c = n ? memcmp(tb->last_key.p, key, n) : 0;
-        if (c > 0 || (c == 0 && tb->last_key.len >= klen))
+        if (fc_key_compare(tb->last_key.p, tb->last_key.len, key, klen) >= 0)
             return fc_fail(st, FC_INVALID, "table keys must be strictly increasing");
     }
     int err = 0;
@@ -219,10 +217,8 @@ int fc_table_finish(fc_table_builder *tb, const uint8_t **out, size_t *len, fc_s
         uint8_t footer[FC_TABLE_FOOTER_LEN] = {0};
         size_t n = put_handle(footer, meta_off, meta_size);
         put_handle(footer + n, idx_off, idx_size);
-        for (int k = 0; k < 4; k++) {
-            footer[40 + k] = (uint8_t)(MAGIC_LO >> (8 * k));
-            footer[44 + k] = (uint8_t)(MAGIC_HI >> (8 * k));
-        }
+        fc_store_le32(footer + 40, MAGIC_LO);
+        fc_store_le32(footer + 44, MAGIC_HI);
         err = fc_buf_append(&tb->out, footer, sizeof footer);
     }
     if (err) return fc_fail(st, FC_NOMEM, "out of memory building the index");
@@ -233,9 +229,6 @@ int fc_table_finish(fc_table_builder *tb, const uint8_t **out, size_t *len, fc_s
 
 /* ---- reading ------------------------------------------------------------ */
 
-static uint32_t le32(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
 
 /* Checks a block handle against the file and the block's trailer. */
 static int load_block(const uint8_t *data, size_t len, uint64_t off, uint64_t size,
@@ -248,7 +241,7 @@ static int load_block(const uint8_t *data, size_t len, uint64_t off, uint64_t si
     const uint8_t *b = data + off;
     uint8_t type = b[size];
     uint32_t crc = fc_crc32c_extend(fc_crc32c_extend(0, b, (size_t)size), &type, 1);
-    if (fc_crc_mask(crc) != le32(b + size + 1))
+    if (fc_crc_mask(crc) != fc_load_le32(b + size + 1))
         return fc_fail(st, FC_DATA_LOSS, "%s block checksum mismatch", what);
     if (type == 1)
         return fc_fail(st, FC_UNSUPPORTED, "snappy-compressed index blocks are not supported");
@@ -268,7 +261,7 @@ typedef struct {
 static int parse_block(const uint8_t *b, size_t n, iter_state *it, fc_table_visit visit,
                        void *ctx, const char *what, fc_status *st) {
     if (n < 4) return fc_fail(st, FC_DATA_LOSS, "%s block too short", what);
-    uint32_t nr = le32(b + n - 4);
+    uint32_t nr = fc_load_le32(b + n - 4);
     if (nr == 0 || nr > (n - 4) / 4)
         return fc_fail(st, FC_DATA_LOSS, "%s block has a bad restart count", what);
     const uint8_t *p = b, *end = b + n - 4 - 4 * (size_t)nr;
@@ -290,9 +283,7 @@ static int parse_block(const uint8_t *b, size_t n, iter_state *it, fc_table_visi
         p += vlen;
         first = 0;
         if (it->have_prev) {
-            size_t m = it->prev.len < it->key.len ? it->prev.len : it->key.len;
-            int c = m ? memcmp(it->prev.p, it->key.p, m) : 0;
-            if (c > 0 || (c == 0 && it->prev.len >= it->key.len))
+            if (fc_key_compare(it->prev.p, it->prev.len, it->key.p, it->key.len) >= 0)
                 return fc_fail(st, FC_DATA_LOSS, "index keys are not in strictly increasing order");
         }
         it->prev.len = 0;
@@ -310,7 +301,7 @@ int fc_table_iterate(const uint8_t *data, size_t len, fc_table_visit visit, void
     if (len < FC_TABLE_FOOTER_LEN)
         return fc_fail(st, FC_DATA_LOSS, "file is too short to be an sstable");
     const uint8_t *foot = data + len - FC_TABLE_FOOTER_LEN;
-    if (le32(foot + 40) != MAGIC_LO || le32(foot + 44) != MAGIC_HI)
+    if (fc_load_le32(foot + 40) != MAGIC_LO || fc_load_le32(foot + 44) != MAGIC_HI)
         return fc_fail(st, FC_DATA_LOSS, "not an sstable (bad magic number)");
     const uint8_t *h = foot, *hend = foot + 40;
     uint64_t moff, msize, ioff, isize;
@@ -323,7 +314,7 @@ int fc_table_iterate(const uint8_t *data, size_t len, fc_table_visit visit, void
     if (r) return r;
     /* Walk the index block by hand: each value is a data block handle. */
     if (ilen < 4) return fc_fail(st, FC_DATA_LOSS, "index block too short");
-    uint32_t nr = le32(ib + ilen - 4);
+    uint32_t nr = fc_load_le32(ib + ilen - 4);
     if (nr == 0 || nr > (ilen - 4) / 4)
         return fc_fail(st, FC_DATA_LOSS, "index block has a bad restart count");
     const uint8_t *p = ib, *end = ib + ilen - 4 - 4 * (size_t)nr;

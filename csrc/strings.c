@@ -42,7 +42,7 @@ int fc_string_encode(const uint8_t *const *ptrs, const uint64_t *lens, size_t n,
         c = extend_len(c, lens[i], 0);
     }
     uint32_t m = fc_crc_mask(c);
-    for (int k = 0; k < 4; k++) p[k] = (uint8_t)(m >> (8 * k));
+    fc_store_le32(p, m);
     c = fc_crc32c_extend(c, p, 4);
     p += 4;
     for (size_t i = 0; i < n; i++) {
