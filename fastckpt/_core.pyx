@@ -81,6 +81,12 @@ cdef extern from "fastckpt.h" nogil:
     int fc_encode_header(fc_buf *out, const fc_header *h, fc_status *st)
     int fc_decode_header(const uint8_t *p, size_t n, fc_header *h, fc_status *st)
     int fc_encode_entry(fc_buf *out, const fc_entry_view *e, fc_status *st)
+    int fc_grow(void **arr, size_t *cap, size_t need, size_t elem)
+    int fc_plan_layout(const uint64_t *sizes, size_t n, int32_t num_shards, uint64_t alignment,
+                       int32_t *shards, uint64_t *offsets, uint64_t *shard_ends, fc_status *st)
+    int fc_index_build(const fc_header *h, const uint8_t *keys, const uint32_t *key_off,
+                       const uint32_t *key_len, const fc_entry_view *entries, size_t n, fc_buf *out,
+                       int64_t *duplicate, fc_status *st)
 
     ctypedef struct fc_table_builder:
         pass
@@ -400,43 +406,57 @@ def iterate_table(data):
     return out
 
 
-def build_index(int num_shards, list keys, list dtypes, list shapes, list shard_ids,
-                list offsets, list sizes, list crcs, int endianness=0):
-    """The .index file of a bundle. ``keys`` (bytes) must be sorted; the
-    other lists run parallel to it; ``crcs`` are masked."""
-    cdef fc_table_builder *tb = fc_table_builder_new()
+cdef bytes _index_bytes(fc_header *h, fc_buf *keys, uint32_t *key_off, uint32_t *key_len,
+                        fc_entry_view *entries, size_t n, list names):
+    """The .index built by the C core (the one index builder)."""
+    cdef fc_buf out
     cdef fc_status st
-    cdef fc_buf val
-    cdef fc_header h
-    cdef fc_entry_view e
-    cdef int64_t dims[FC_MAX_RANK]
-    cdef const uint8_t *out
-    cdef size_t n
-    cdef Py_ssize_t i
-    cdef bytes key
-    if tb == NULL:
-        raise MemoryError()
-    memset(&val, 0, sizeof(val))
+    cdef int64_t dup
+    cdef int rc
+    memset(&out, 0, sizeof(out))
     fc_status_clear(&st)
     try:
+        with nogil:
+            rc = fc_index_build(h, keys.p, key_off, key_len, entries, n, &out, &dup, &st)
+        if rc and dup >= 0:
+            raise InvalidArgumentError(f"duplicate tensor name {names[dup]!r}")
+        if rc:
+            _raise(&st, "index", lambda i: f"tensor {names[i]!r}")
+        return PyBytes_FromStringAndSize(<const char *>out.p, out.len)
+    finally:
+        fc_buf_free(&out)
+
+
+def build_index(int num_shards, list keys, list dtypes, list shapes, list shard_ids,
+                list offsets, list sizes, list crcs, int endianness=0):
+    """The .index file of hand-made entries (tests, tools): ``keys`` (bytes)
+    in any order, the other lists parallel to it, ``crcs`` masked."""
+    cdef size_t n = len(keys), i
+    cdef fc_header h
+    cdef fc_buf karena
+    cdef uint32_t *key_off = <uint32_t *>malloc((n if n else 1) * sizeof(uint32_t))
+    cdef uint32_t *key_len = <uint32_t *>malloc((n if n else 1) * sizeof(uint32_t))
+    cdef fc_entry_view *entries = <fc_entry_view *>calloc((n if n else 1), sizeof(fc_entry_view))
+    cdef int64_t *dims = <int64_t *>malloc((n if n else 1) * FC_MAX_RANK * sizeof(int64_t))
+    cdef bytes key
+    memset(&karena, 0, sizeof(karena))
+    try:
+        if key_off == NULL or key_len == NULL or entries == NULL or dims == NULL:
+            raise MemoryError()
+        for i in range(n):
+            key = keys[i]
+            key_off[i], key_len[i] = <uint32_t>karena.len, <uint32_t>len(key)
+            if fc_buf_append(&karena, PyBytes_AS_STRING(key), len(key)):
+                raise MemoryError()
+            _fill_view(&entries[i], dims + i * FC_MAX_RANK, NULL, dtypes[i], shapes[i], shard_ids[i],
+                       offsets[i], sizes[i], crcs[i], None)
         h.num_shards, h.endianness, h.producer = num_shards, endianness, 1
         h.min_consumer, h.bad_consumer_1, h.has_version = 0, 0, 1
-        if fc_encode_header(&val, &h, &st) or fc_table_add(tb, <const uint8_t *>"", 0, val.p, val.len, &st):
-            _raise(&st, "header")
-        for i in range(len(keys)):
-            key = keys[i]
-            val.len = 0
-            _fill_view(&e, dims, NULL, dtypes[i], shapes[i], shard_ids[i], offsets[i],
-                       sizes[i], crcs[i], None)
-            if fc_encode_entry(&val, &e, &st) or fc_table_add(
-                    tb, <const uint8_t *>PyBytes_AS_STRING(key), len(key), val.p, val.len, &st):
-                _raise(&st, f"tensor {key.decode('utf-8', 'replace')!r}")
-        if fc_table_finish(tb, &out, &n, &st):
-            _raise(&st, "index")
-        return PyBytes_FromStringAndSize(<const char *>out, n)
+        return _index_bytes(&h, &karena, key_off, key_len, entries, n,
+                            [k.decode("utf-8", "replace") for k in keys])
     finally:
-        fc_buf_free(&val)
-        fc_table_builder_free(tb)
+        free(key_off); free(key_len); free(entries); free(dims)
+        fc_buf_free(&karena)
 
 
 cdef class Index:
@@ -607,190 +627,224 @@ def io_run(list fds, list offsets, list buffers, list crcs, bint is_write, int t
         free(items)
 
 
-# ---- fast paths for many tensors ----------------------------------------------------
-# The general paths (writer.py, reader.py) make a few Python objects per
-# tensor; for 100,000 small tensors that is most of the time. These do the
-# per-tensor work in C for the common case -- a dict of C-contiguous
-# little-endian numeric arrays to write, plain fixed-width tensors to read --
-# and return None for anything else, which then takes the general path.
+# ---- the write plan ----------------------------------------------------------------
+# One plan for every tensor, made here: the per-tensor work for the common
+# case (a str name -> C-contiguous little-endian numeric array) is done in
+# C, anything else is turned into a payload by the caller's ``prepare``
+# (writer.py) and planned the same way. Shards and offsets come from the C
+# planner (fc_plan_layout), the index from the C builder (fc_index_build).
 
-cdef class FastWrite:
-    """A write plan made in C: per tensor its key, dtype, shape, shard,
-    offset and buffer. Keeps the arrays alive until written."""
+cdef class WritePlan:
+    """Per tensor: its key, dtype, shape, shard, offset and payload. Ready
+    payloads (arrays written from their own memory, encoded strings) are
+    written by :meth:`write`; the others (``staged``: ``(i, source)``
+    pairs) are converted piecewise by the caller, which sets their CRC with
+    :meth:`set_crc`. Keeps every payload alive until written."""
     cdef fc_io_item *items
-    cdef int32_t *dtypes
-    cdef int32_t *shards
-    cdef int32_t *ranks
-    cdef uint32_t *dims_off
+    cdef fc_entry_view *entries
     cdef int64_t *dims
+    cdef size_t dims_len, dims_cap
+    cdef size_t *dims_off
     cdef uint32_t *key_off
     cdef uint32_t *key_len
+    cdef uint8_t *ready
+    cdef uint8_t *preset
     cdef fc_buf keys
     cdef Py_ssize_t n
     cdef public list names
-    cdef list arrays
+    cdef list held
+    cdef public list staged
     cdef public list shard_sizes
 
     def __dealloc__(self):
-        free(self.items); free(self.dtypes); free(self.shards); free(self.ranks)
-        free(self.dims_off); free(self.dims); free(self.key_off); free(self.key_len)
+        free(self.items); free(self.entries); free(self.dims); free(self.dims_off); free(self.key_off)
+        free(self.key_len); free(self.ready); free(self.preset)
         fc_buf_free(&self.keys)
 
+    cdef int _alloc(self, Py_ssize_t n) except -1:
+        cdef size_t m = <size_t>(n if n else 1)
+        self.n = n
+        self.items = <fc_io_item *>calloc(m, sizeof(fc_io_item))
+        self.entries = <fc_entry_view *>calloc(m, sizeof(fc_entry_view))
+        self.key_off = <uint32_t *>malloc(m * sizeof(uint32_t))
+        self.key_len = <uint32_t *>malloc(m * sizeof(uint32_t))
+        self.dims_off = <size_t *>malloc(m * sizeof(size_t))
+        self.ready = <uint8_t *>calloc(m, 1)
+        self.preset = <uint8_t *>calloc(m, 1)
+        if (self.items == NULL or self.entries == NULL or self.key_off == NULL or self.key_len == NULL
+                or self.dims_off == NULL or self.ready == NULL or self.preset == NULL):
+            raise MemoryError()
+        return 0
+
+    cdef int _add_key(self, Py_ssize_t i, const char *kp, Py_ssize_t klen) except -1:
+        if <uint64_t>klen > 0xFFFFFFFFu or self.keys.len > 0xFFFFFFFFu - <uint64_t>klen:
+            raise InvalidArgumentError("tensor names too long")
+        self.key_off[i], self.key_len[i] = <uint32_t>self.keys.len, <uint32_t>klen
+        if fc_buf_append(&self.keys, kp, <size_t>klen):
+            raise MemoryError()
+        return 0
+
+    cdef int _add_dims(self, Py_ssize_t i, int rank) except -1:
+        """Room for tensor ``i``'s ``rank`` dimensions at ``dims_off[i]``."""
+        if rank > FC_MAX_RANK:
+            raise InvalidArgumentError(f"tensor {self.names[i]!r}: rank {rank} is over {FC_MAX_RANK}")
+        if fc_grow(<void **>&self.dims, &self.dims_cap, self.dims_len + <size_t>rank + 1, sizeof(int64_t)):
+            raise MemoryError()
+        self.entries[i].rank = rank
+        self.dims_off[i] = self.dims_len
+        return 0
+
+    def shard(self, Py_ssize_t i):
+        """The shard of tensor ``i``."""
+        return self.entries[i].shard_id
+
+    def offset(self, Py_ssize_t i):
+        """The offset of tensor ``i`` in its data file."""
+        return self.entries[i].offset
+
+    def set_crc(self, Py_ssize_t i, uint32_t crc):
+        """The CRC32C (unmasked) of staged tensor ``i``'s payload."""
+        self.items[i].crc = crc
+
     def write(self, list fds, int threads, bint uncached, list paths):
-        """Write every payload to ``fds[shard]``; fills the CRCs. ``paths``
-        (per shard) name the file in errors."""
+        """Write every ready payload to ``fds[shard]``, computing its CRC.
+        ``paths`` (per shard) name the file in errors."""
+        cdef size_t *which = <size_t *>malloc((self.n if self.n else 1) * sizeof(size_t))
+        cdef fc_io_item *batch = <fc_io_item *>malloc((self.n if self.n else 1) * sizeof(fc_io_item))
+        cdef size_t m = 0
         cdef Py_ssize_t i
         cdef fc_status st
         cdef int rc
-        fc_status_clear(&st)
-        for i in range(self.n):
-            self.items[i].fd = fds[self.shards[i]]
-        with nogil:
-            rc = fc_io_run(self.items, <size_t>self.n, FC_IO_WRITE_UNCACHED if uncached else FC_IO_WRITE,
-                           threads, 0, &st)
-        if rc:
-            _raise(&st, "", lambda i: f"tensor {self.names[i]!r} in {paths[self.shards[i]]}")
+        try:
+            if which == NULL or batch == NULL:
+                raise MemoryError()
+            for i in range(self.n):
+                if self.ready[i]:
+                    batch[m] = self.items[i]
+                    batch[m].fd = fds[self.entries[i].shard_id]
+                    which[m] = <size_t>i
+                    m += 1
+            fc_status_clear(&st)
+            with nogil:
+                rc = fc_io_run(batch, m, FC_IO_WRITE_UNCACHED if uncached else FC_IO_WRITE, threads, 0, &st)
+            if rc:
+                _raise(&st, "", lambda k: f"tensor {self.names[which[k]]!r} in {paths[self.entries[which[k]].shard_id]}")
+            for i in range(<Py_ssize_t>m):
+                if not self.preset[which[i]]:
+                    self.items[which[i]].crc = batch[i].crc
+        finally:
+            free(which)
+            free(batch)
 
     def index(self, int num_shards):
-        """The .index bytes (call after write)."""
-        cdef uint32_t *order = <uint32_t *>malloc((self.n if self.n else 1) * sizeof(uint32_t))
-        cdef fc_table_builder *tb = fc_table_builder_new()
-        cdef fc_buf val
+        """The .index bytes (after every payload is written)."""
         cdef fc_header h
-        cdef fc_entry_view e
-        cdef fc_status st
-        cdef const uint8_t *out
-        cdef size_t outlen
-        cdef Py_ssize_t k
-        cdef uint32_t i
-        cdef int rc = 0
-        cdef uint8_t empty_key = 0
-        memset(&val, 0, sizeof(val))
-        fc_status_clear(&st)
-        try:
-            if order == NULL or tb == NULL or fc_sort_keys(self.keys.p, self.key_off, self.key_len,
-                                                           <size_t>self.n, order):
-                raise MemoryError()
-            h.num_shards, h.endianness, h.producer = num_shards, 0, 1
-            h.min_consumer, h.bad_consumer_1, h.has_version = 0, 0, 1
-            with nogil:
-                rc = fc_encode_header(&val, &h, &st)
-                if rc == 0:
-                    rc = fc_table_add(tb, &empty_key, 0, val.p, val.len, &st)
-                k = 0
-                while rc == 0 and k < self.n:
-                    i = order[k]
-                    if k and self.key_len[i] == self.key_len[order[k - 1]] and memcmp(
-                            self.keys.p + self.key_off[i], self.keys.p + self.key_off[order[k - 1]],
-                            self.key_len[i]) == 0:
-                        rc = FC_INVALID  # two names with the same UTF-8 bytes
-                        break
-                    val.len = 0
-                    e.dtype, e.rank, e.dims = self.dtypes[i], self.ranks[i], self.dims + self.dims_off[i]
-                    e.shard_id, e.offset = self.shards[i], <int64_t>self.items[i].file_off
-                    e.size, e.crc32c, e.has_crc = <int64_t>self.items[i].len, fc_crc_mask(self.items[i].crc), 1
-                    e.num_slices, e.extents = 0, NULL
-                    rc = fc_encode_entry(&val, &e, &st)
-                    if rc == 0:
-                        rc = fc_table_add(tb, self.keys.p + self.key_off[i], self.key_len[i], val.p,
-                                          val.len, &st)
-                    k += 1
-                if rc == 0:
-                    rc = fc_table_finish(tb, &out, &outlen, &st)
-            if rc == FC_INVALID and st.code == FC_OK:
-                raise InvalidArgumentError(f"duplicate tensor name {self.names[order[k]]!r}")
-            if rc:
-                _raise(&st, "index")
-            return PyBytes_FromStringAndSize(<const char *>out, outlen)
-        finally:
-            free(order)
-            fc_buf_free(&val)
-            fc_table_builder_free(tb)
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            self.entries[i].dims = self.dims + self.dims_off[i]  # the arena no longer moves
+            self.entries[i].crc32c = fc_crc_mask(self.items[i].crc)
+            self.entries[i].has_crc = 1
+        h.num_shards, h.endianness, h.producer = num_shards, 0, 1
+        h.min_consumer, h.bad_consumer_1, h.has_version = 0, 0, 1
+        return _index_bytes(&h, &self.keys, self.key_off, self.key_len, self.entries, <size_t>self.n,
+                            self.names)
 
 
-def plan_write_fast(dict tensors, dict enums, int num_shards, int64_t alignment):
-    """A :class:`FastWrite` when every item is ``str`` -> C-contiguous
-    little-endian array of a dtype in ``enums`` (dtype -> enum); else None."""
-    cdef Py_ssize_t n = len(tensors), i = 0, d, ndims = 0, klen
+def plan_write(tensors, dict enums, int num_shards, int64_t alignment, prepare):
+    """The :class:`WritePlan` of ``tensors`` (a mapping of name -> value).
+
+    A ``str`` name with a C-contiguous array of a dtype in ``enums`` (dtype
+    -> enum) is planned here; any other item goes through
+    ``prepare(name, value)``, which returns ``(key, name, dtype enum, shape,
+    payload or None, size, crc or None, source or None)`` or raises."""
+    cdef Py_ssize_t n = len(tensors), i = 0, d, klen = 0
     cdef cnp.ndarray arr
     cdef object name, value, enum, descr, last_descr = None
     cdef int32_t last_enum = 0
-    cdef const char *kp
-    cdef FastWrite p = FastWrite()
-    cdef uint64_t cum = 0, total = 0, size
-    cdef int shard
+    cdef const char *kp = NULL
+    cdef WritePlan p = WritePlan()
+    cdef uint64_t *sizes
+    cdef int32_t *shards
+    cdef uint64_t *offsets
     cdef uint64_t *ends
-    p.names, p.arrays = [], []
-    for name, value in tensors.items():
-        if type(name) is not str or not cnp.PyArray_CheckExact(value):
-            return None
-        arr = <cnp.ndarray>value
-        if not cnp.PyArray_IS_C_CONTIGUOUS(arr) or len(<str>name) == 0 or (<str>name)[0] == "\x00":
-            return None
-        descr = <object>cnp.PyArray_DESCR(arr)
-        if descr is not last_descr:  # most states hold one or two dtypes
-            enum = enums.get(descr)
-            if enum is None:
-                return None
-            last_descr, last_enum = descr, enum
-        ndims += cnp.PyArray_NDIM(arr)
-        total += <uint64_t>cnp.PyArray_NBYTES(arr)
-    p.n = n
-    p.items = <fc_io_item *>calloc(n if n else 1, sizeof(fc_io_item))
-    p.dtypes = <int32_t *>malloc((n if n else 1) * sizeof(int32_t))
-    p.shards = <int32_t *>malloc((n if n else 1) * sizeof(int32_t))
-    p.ranks = <int32_t *>malloc((n if n else 1) * sizeof(int32_t))
-    p.dims_off = <uint32_t *>malloc((n if n else 1) * sizeof(uint32_t))
-    p.key_off = <uint32_t *>malloc((n if n else 1) * sizeof(uint32_t))
-    p.key_len = <uint32_t *>malloc((n if n else 1) * sizeof(uint32_t))
-    p.dims = <int64_t *>malloc((ndims if ndims else 1) * sizeof(int64_t))
-    ends = <uint64_t *>calloc(num_shards, sizeof(uint64_t))
-    memset(&p.keys, 0, sizeof(p.keys))
-    if (p.items == NULL or p.dtypes == NULL or p.shards == NULL or p.ranks == NULL or p.dims_off == NULL
-            or p.key_off == NULL or p.key_len == NULL or p.dims == NULL or ends == NULL):
-        free(ends)
-        raise MemoryError()
-    ndims = 0
-    last_descr = None
-    p.names, p.arrays = list(tensors.keys()), list(tensors.values())  # the arrays stay alive while written
-    try:
-        for i in range(n):
-            name = p.names[i]
-            arr = <cnp.ndarray>p.arrays[i]
-            try:
-                kp = PyUnicode_AsUTF8AndSize(name, &klen)  # cached in the str: no new object
-            except UnicodeEncodeError:
-                return None  # lone surrogates: the general path encodes them
-            if <uint64_t>klen > 0xFFFFFFFFu or p.keys.len > 0xFFFFFFFFu - <uint64_t>klen:
-                return None
-            p.key_off[i], p.key_len[i] = <uint32_t>p.keys.len, <uint32_t>klen
-            if fc_buf_append(&p.keys, kp, <size_t>klen):
-                raise MemoryError()
+    cdef fc_status st
+    cdef _Buffer hold
+    cdef bytes key
+    p._alloc(n)
+    p.names, p.held, p.staged = [], [], []
+    items = tensors.items() if type(tensors) is dict else list(tensors.items())
+    for name, value in items:
+        if i >= n:
+            raise InvalidArgumentError("the mapping changed size while it was being saved")
+        fast = False
+        if type(name) is str and cnp.PyArray_CheckExact(value):
+            arr = <cnp.ndarray>value
             descr = <object>cnp.PyArray_DESCR(arr)
-            if descr is not last_descr:
-                last_descr, last_enum = descr, enums[descr]
-            p.dtypes[i] = last_enum
-            p.ranks[i] = cnp.PyArray_NDIM(arr)
-            if p.ranks[i] > FC_MAX_RANK:
-                return None
-            p.dims_off[i] = <uint32_t>ndims
-            for d in range(p.ranks[i]):
-                p.dims[ndims] = cnp.PyArray_DIMS(arr)[d]
-                ndims += 1
-            size = <uint64_t>cnp.PyArray_NBYTES(arr)
-            shard = 0
-            if num_shards > 1:  # contiguous runs of about equal bytes (as plan_bundle)
-                shard = <int>min(<uint64_t>(num_shards - 1), ((2 * cum + size) * <uint64_t>num_shards) // (2 * (total or 1)))
-            cum += size
-            p.shards[i] = shard
-            p.items[i].file_off = ends[shard]
-            p.items[i].len = size
+            if descr is not last_descr:  # most states hold one or two dtypes
+                enum = enums.get(descr)
+                if enum is not None:
+                    last_descr, last_enum = descr, enum
+            fast = (descr is last_descr and cnp.PyArray_IS_C_CONTIGUOUS(arr) and len(<str>name) > 0
+                    and (<str>name)[0] != "\x00")
+            if fast:
+                try:
+                    kp = PyUnicode_AsUTF8AndSize(name, &klen)  # cached in the str: no new object
+                except UnicodeEncodeError:
+                    fast = False  # lone surrogates: prepare encodes them
+        if fast:
+            p.names.append(name)
+            p._add_key(i, kp, klen)
+            p.entries[i].dtype = last_enum
+            p._add_dims(i, cnp.PyArray_NDIM(arr))
+            for d in range(cnp.PyArray_NDIM(arr)):
+                p.dims[p.dims_len] = cnp.PyArray_DIMS(arr)[d]
+                p.dims_len += 1
+            p.entries[i].size = <int64_t>cnp.PyArray_NBYTES(arr)
             p.items[i].buf = cnp.PyArray_DATA(arr)
-            ends[shard] = (ends[shard] + size + <uint64_t>alignment - 1) // <uint64_t>alignment * <uint64_t>alignment
+            p.ready[i] = 1
+            p.held.append(arr)
+        else:
+            key, text, dtype, shape, payload, size, crc, source = prepare(name, value)
+            p.names.append(text)
+            p._add_key(i, PyBytes_AS_STRING(key), len(key))
+            p.entries[i].dtype = dtype
+            p._add_dims(i, len(shape))
+            for d in range(len(shape)):
+                p.dims[p.dims_len] = shape[d]
+                p.dims_len += 1
+            p.entries[i].size = size
+            if crc is not None:
+                p.items[i].crc, p.preset[i] = crc, 1
+            if payload is not None:
+                hold = _Buffer(payload)
+                p.held.append(hold)
+                p.items[i].buf = hold.view.buf
+                p.ready[i] = 1
+            else:
+                p.staged.append((i, source))
+        p.items[i].len = <uint64_t>p.entries[i].size
+        i += 1
+    if i != n:
+        raise InvalidArgumentError("the mapping changed size while it was being saved")
+    sizes = <uint64_t *>malloc((n if n else 1) * sizeof(uint64_t))
+    shards = <int32_t *>malloc((n if n else 1) * sizeof(int32_t))
+    offsets = <uint64_t *>malloc((n if n else 1) * sizeof(uint64_t))
+    ends = <uint64_t *>calloc(num_shards, sizeof(uint64_t))
+    try:
+        if sizes == NULL or shards == NULL or offsets == NULL or ends == NULL:
+            raise MemoryError()
+        for i in range(n):
+            sizes[i] = p.items[i].len
+        fc_status_clear(&st)
+        if fc_plan_layout(sizes, <size_t>n, num_shards, <uint64_t>alignment, shards, offsets, ends, &st):
+            _raise(&st, "plan")
+        for i in range(n):
+            p.entries[i].shard_id, p.entries[i].offset = shards[i], <int64_t>offsets[i]
+            p.items[i].file_off = offsets[i]
         p.shard_sizes = [ends[d] for d in range(num_shards)]
         return p
     finally:
-        free(ends)
+        free(sizes); free(shards); free(offsets); free(ends)
 
 
 # Tensors up to this size, read into new arrays, share one allocation (each

@@ -9,7 +9,7 @@ import os
 import secrets
 import shutil
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -21,26 +21,10 @@ from .fsutil import (check_name_fits, default_threads, ensure_directory, fsync_a
 from .locking import create_locked_temp, release_lock
 from .naming import PathLike, checkpoint_files, data_filename, index_filename
 
-__all__ = ["write_bundle", "TensorPlan", "plan_bundle", "StagedBundle", "stage_bundle", "install_bundle",
+__all__ = ["write_bundle", "plan_bundle", "StagedBundle", "stage_bundle", "install_bundle",
            "install_plain", "STAGE_PREFIX"]
 
 Name = Union[str, bytes]
-
-
-class TensorPlan:
-    """Where one tensor goes: its key, dtype enum, shape, payload (a
-    C-contiguous array or bytes), shard and offset. ``crc`` is preset
-    (unmasked) for string tensors, whose entry CRC is not the payload's."""
-
-    __slots__ = ("name", "key", "dtype", "shape", "payload", "size", "crc", "shard", "offset", "source")
-
-    def __init__(self, name: str, key: bytes, dtype: int, shape: Tuple[int, ...], payload: Any,
-                 size: int, crc: Optional[int] = None, source: Optional[np.ndarray] = None) -> None:
-        self.name, self.key, self.dtype, self.shape = name, key, dtype, shape
-        self.payload, self.size, self.crc = payload, size, crc
-        self.source = source  # set (payload None) when the array must be converted in the staging pool
-        self.shard = 0
-        self.offset = 0
 
 
 def _key_of(name: Name) -> Tuple[str, bytes]:
@@ -87,32 +71,29 @@ def _as_array(name: str, value: Any) -> np.ndarray:
 _FAST_ENUMS = native_enums() if np.little_endian else {}
 
 
-def _plan_tensor(name: Name, value: Any) -> TensorPlan:
-    # Fast path: a str name and a C-contiguous little-endian numeric array,
-    # written as it is (no copy, no view).
-    if type(name) is str and type(value) is np.ndarray and name and name[0] != "\x00":
-        enum = _FAST_ENUMS.get(value.dtype)
-        if enum is not None and value.flags.c_contiguous:
-            try:
-                key = name.encode("utf-8", "surrogateescape")
-            except UnicodeEncodeError:
-                pass  # the slow path explains
-            else:
-                return TensorPlan(name, key, enum, value.shape, value, value.nbytes)
+Prepared = Tuple[bytes, str, int, Tuple[int, ...], Any, int, Optional[int], Optional[np.ndarray]]
+
+
+def _prepare(name: Any, value: Any) -> Prepared:
+    """The plan's inputs for an item the C planner does not take as it is:
+    ``(key, name, dtype enum, shape, payload, size, preset CRC, source)``.
+    Strings are encoded here (their entry CRC is not the payload's); arrays
+    that must be converted (non-contiguous, big-endian) have no payload but
+    a ``source``, converted piecewise in the staging pool."""
     text, key = _key_of(name)
     arr = _as_array(text, value)
     shape = tuple(int(d) for d in arr.shape)
     if arr.dtype.kind in "SUO":
         payload, crc = _string_payload(text, arr)
-        return TensorPlan(text, key, DT_STRING, shape, payload, len(payload), crc)
+        return key, text, DT_STRING, shape, payload, len(payload), crc, None
     try:
         enum = dtype_enum(arr.dtype)
     except InvalidArgumentError as e:
         raise InvalidArgumentError(f"tensor {text!r}: {e}") from None
     big = arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and not _LITTLE)
     if big or not arr.flags.c_contiguous:
-        return TensorPlan(text, key, enum, shape, None, arr.nbytes, source=arr)
-    return TensorPlan(text, key, enum, shape, arr, arr.nbytes)
+        return key, text, enum, shape, None, arr.nbytes, None, arr
+    return key, text, enum, shape, arr, arr.nbytes, None, None
 
 
 STAGING_BYTES = 64 << 20
@@ -138,36 +119,17 @@ def c_order_chunks(arr: np.ndarray, max_bytes: int) -> Iterator[np.ndarray]:
 _LITTLE = np.little_endian
 
 
-def plan_bundle(
-    tensors: Mapping[Any, Any], num_shards: int = 1, alignment: int = 1
-) -> List[TensorPlan]:
-    """Turns ``tensors`` into a write plan, in the mapping's order.
-
-    Tensors are cut into ``num_shards`` contiguous runs of about equal byte
-    size; within a shard each tensor starts where the previous one ended,
-    padded up to a multiple of ``alignment`` (as TensorFlow's
-    ``data_alignment`` does).
-    """
+def plan_bundle(tensors: Mapping[Any, Any], num_shards: int = 1, alignment: int = 1) -> "_core.WritePlan":
+    """The write plan of ``tensors``, in the mapping's order: every tensor's
+    key, dtype, shape, shard and offset. Tensors are cut into
+    ``num_shards`` contiguous runs of about equal byte size; within a shard
+    each starts where the previous one ended, padded up to a multiple of
+    ``alignment`` (as TensorFlow's ``data_alignment`` does)."""
     if not isinstance(tensors, Mapping):
         raise InvalidArgumentError(
-            f"tensors must be a mapping of name to array, got {type(tensors).__name__}"
-        )
+            f"tensors must be a mapping of name to array, got {type(tensors).__name__}")
     with gc_paused():
-        plans = [_plan_tensor(name, value) for name, value in tensors.items()]
-    seen: Dict[bytes, str] = {}
-    for p in plans:
-        if p.key in seen:
-            raise InvalidArgumentError(f"duplicate tensor name {p.name!r}")
-        seen[p.key] = p.name
-    total = sum(p.size for p in plans) or 1
-    ends = [0] * num_shards
-    cum = 0
-    for p in plans:
-        p.shard = min(num_shards - 1, (2 * cum + p.size) * num_shards // (2 * total))
-        cum += p.size
-        p.offset = ends[p.shard]
-        ends[p.shard] = -(-(p.offset + p.size) // alignment) * alignment
-    return plans
+        return _core.plan_write(tensors, _FAST_ENUMS, num_shards, alignment, _prepare)
 
 
 def _check_options(num_shards: int, alignment: int, threads: Optional[int]) -> int:
@@ -180,22 +142,6 @@ def _check_options(num_shards: int, alignment: int, threads: Optional[int]) -> i
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise InvalidArgumentError(f"threads must be a positive int, got {threads!r}")
     return threads
-
-
-def build_index(plans: Sequence[TensorPlan], num_shards: int) -> bytes:
-    """The .index bytes for written plans (their ``crc`` filled in)."""
-    order = sorted(plans, key=lambda p: p.key)
-    return _core.build_index(
-        num_shards,
-        [p.key for p in order],
-        [p.dtype for p in order],
-        [p.shape for p in order],
-        [p.shard for p in order],
-        [p.offset for p in order],
-        [p.size for p in order],
-        [_core.mask_crc(p.crc or 0) for p in order],
-    )
-
 
 
 # ---- staging: a complete bundle under a private name --------------------------------
@@ -275,88 +221,60 @@ def _write_all(fd: int, data: bytes, durable: bool) -> None:
         os.fsync(fd)
 
 
-def _write_direct(plans: List[TensorPlan], fds: List[int], finals: List[str], nthreads: int,
-                  durable: bool) -> None:
-    """One parallel write of every payload that is ready as it is."""
-    crcs = _core.io_run([fds[p.shard] for p in plans], [p.offset for p in plans],
-                        [p.payload for p in plans], [], True, nthreads,
-                        lambda i: f"tensor {plans[i].name!r} in {finals[plans[i].shard]}",
-                        uncached=durable)
-    assert crcs is not None
-    for p, crc in zip(plans, crcs):
-        if p.crc is None:
-            p.crc = crc
-
-
-def _write_staged(plans: List[TensorPlan], fds: List[int], finals: List[str], nthreads: int,
-                  durable: bool, staging_bytes: int) -> None:
+def _write_converted(plan: "_core.WritePlan", fds: List[int], finals: List[str], nthreads: int,
+                     durable: bool, staging_bytes: int) -> None:
     """Arrays that need converting (non-contiguous, big-endian) go through a
     staging pool of at most ``staging_bytes``: converted piece by piece,
     written in parallel batches, their CRCs combined per tensor."""
-    batch: List[Tuple[TensorPlan, int, np.ndarray]] = []
+    batch: List[Tuple[int, int, np.ndarray]] = []
+    crcs: Dict[int, int] = {}
     held = 0
 
     def flush() -> None:
         nonlocal held
-        crcs = _core.io_run([fds[p.shard] for p, _, _ in batch], [p.offset + at for p, at, _ in batch],
-                            [c for _, _, c in batch], [], True, nthreads,
-                            lambda i: f"tensor {batch[i][0].name!r} in {finals[batch[i][0].shard]}",
-                            uncached=durable)
-        assert crcs is not None
-        for (p, at, chunk), crc in zip(batch, crcs):
-            p.crc = crc if at == 0 else _core.crc32c_combine(p.crc or 0, crc, chunk.nbytes)
+        got = _core.io_run([fds[plan.shard(i)] for i, _, _ in batch], [plan.offset(i) + at for i, at, _ in batch],
+                           [c for _, _, c in batch], [], True, nthreads,
+                           lambda k: f"tensor {plan.names[batch[k][0]]!r} in {finals[plan.shard(batch[k][0])]}",
+                           uncached=durable)
+        assert got is not None
+        for (i, at, chunk), crc in zip(batch, got):
+            crcs[i] = crc if at == 0 else _core.crc32c_combine(crcs[i], crc, chunk.nbytes)
         batch.clear()
         held = 0
 
-    for p in plans:
-        assert p.source is not None
+    for i, source in plan.staged:
         at = 0
-        if p.size == 0:
-            p.crc = 0
-        for chunk in c_order_chunks(p.source, staging_bytes) if p.size else ():
+        crcs[i] = 0
+        for chunk in c_order_chunks(source, staging_bytes) if source.nbytes else ():
             if held and held + chunk.nbytes > staging_bytes:
                 flush()
-            batch.append((p, at, chunk))
+            batch.append((i, at, chunk))
             at += chunk.nbytes
             held += chunk.nbytes
     if batch:
         flush()
+    for i, crc in crcs.items():
+        plan.set_crc(i, crc)
 
 
 def _write_data(tensors: Mapping[Any, Any], staged: StagedBundle, alignment: int, nthreads: int,
                 staging_bytes: int) -> bytes:
-    """Create the staged data files, write every tensor, fsync if durable;
-    returns the index bytes. A plain dict of C-contiguous little-endian
-    numeric arrays is planned and written in C (the per-tensor cost of
-    100,000 small tensors); anything else takes the general path."""
+    """Plan every tensor, create the staged data files, write the payloads
+    (ready ones from their own memory, the rest through the staging pool),
+    fsync if durable; returns the index bytes."""
     num_shards, durable = staged.num_shards, staged.durable
-    fast = None
-    if type(tensors) is dict and _FAST_ENUMS:
-        with gc_paused():
-            fast = _core.plan_write_fast(tensors, _FAST_ENUMS, num_shards, alignment)
-    plans: List[TensorPlan] = []
-    if fast is not None:
-        sizes = list(fast.shard_sizes)
-    else:
-        plans = plan_bundle(tensors, num_shards, alignment)
-        sizes = [0] * num_shards
-        for p in plans:
-            sizes[p.shard] = max(sizes[p.shard], -(-(p.offset + p.size) // alignment) * alignment)
+    plan = plan_bundle(tensors, num_shards, alignment)
     finals = staged.data_files()
     fds = [_create_locked(final, staged) for final in finals]
-    for fd, size in zip(fds, sizes):
+    for fd, size in zip(fds, plan.shard_sizes):
         if size:
             os.ftruncate(fd, size)
-    if fast is not None:
-        fast.write(fds, nthreads, durable, finals)
-    else:
-        _write_direct([p for p in plans if p.payload is not None], fds, finals, nthreads, durable)
-        staged_plans = [p for p in plans if p.payload is None]
-        if staged_plans:
-            _write_staged(staged_plans, fds, finals, nthreads, durable, staging_bytes)
+    plan.write(fds, nthreads, durable, finals)
+    if plan.staged:
+        _write_converted(plan, fds, finals, nthreads, durable, staging_bytes)
     if durable:
         fsync_all(fds)
-    return fast.index(num_shards) if fast is not None else build_index(plans, num_shards)
+    return plan.index(num_shards)
 
 
 # ---- installing a staged bundle under its final name --------------------------------
