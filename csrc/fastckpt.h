@@ -159,10 +159,11 @@ int fc_plan_layout(const uint64_t *sizes, size_t n, int32_t num_shards, uint64_t
                    int32_t *shards, uint64_t *offsets, uint64_t *shard_ends, fc_status *st);
 /* The .index of n written entries (keys in an arena, any order): sorted,
  * checked for duplicate names (*duplicate: the second one's position),
- * appended to out. */
+ * built in tb; *out then points at the whole file (owned by tb). */
 int fc_index_build(const fc_header *h, const uint8_t *keys, const uint32_t *key_off,
-                   const uint32_t *key_len, const fc_entry_view *entries, size_t n, fc_buf *out,
-                   int64_t *duplicate, fc_status *st);
+                   const uint32_t *key_len, const fc_entry_view *entries, size_t n,
+                   fc_table_builder *tb, const uint8_t **out, size_t *out_len, int64_t *duplicate,
+                   fc_status *st);
 
 /* ---- parsed bundle index -------------------------------------------------- */
 typedef struct {

@@ -38,6 +38,12 @@ static int key_less(const void *ctx, size_t a, size_t b) {
 
 int fc_sort_keys(const uint8_t *arena, const uint32_t *off, const uint32_t *len, size_t n,
                  uint32_t *order) {
+    size_t i = 1;
+    while (i < n && fc_key_compare(arena + off[i - 1], len[i - 1], arena + off[i], len[i]) <= 0) i++;
+    if (i >= n) { /* already in order: the common case */
+        for (size_t k = 0; k < n; k++) order[k] = (uint32_t)k;
+        return 0;
+    }
     size_t *idx = (size_t *)malloc((n ? n : 1) * sizeof(size_t));
     if (!idx) return -1;
     for (size_t i = 0; i < n; i++) idx[i] = i;

@@ -31,15 +31,15 @@ int fc_plan_layout(const uint64_t *sizes, size_t n, int32_t num_shards, uint64_t
 }
 
 int fc_index_build(const fc_header *h, const uint8_t *keys, const uint32_t *key_off,
-                   const uint32_t *key_len, const fc_entry_view *entries, size_t n, fc_buf *out,
-                   int64_t *duplicate, fc_status *st) {
+                   const uint32_t *key_len, const fc_entry_view *entries, size_t n,
+                   fc_table_builder *tb, const uint8_t **out, size_t *out_len, int64_t *duplicate,
+                   fc_status *st) {
     *duplicate = -1;
     if (n > UINT32_MAX) return fc_fail(st, FC_INVALID, "too many tensors");
     uint32_t *order = (uint32_t *)malloc((n ? n : 1) * sizeof(uint32_t));
-    fc_table_builder *tb = fc_table_builder_new();
     fc_buf val = {0};
     int rc = FC_OK;
-    if (!order || !tb || fc_sort_keys(keys, key_off, key_len, n, order)) {
+    if (!order || fc_sort_keys(keys, key_off, key_len, n, order)) {
         rc = fc_fail(st, FC_NOMEM, "out of memory");
         goto done;
     }
@@ -48,8 +48,9 @@ int fc_index_build(const fc_header *h, const uint8_t *keys, const uint32_t *key_
     if (!rc) rc = fc_table_add(tb, &empty_key, 0, val.p, val.len, st);
     for (size_t k = 0; !rc && k < n; k++) {
         uint32_t i = order[k];
-        if (k && fc_key_compare(keys + key_off[i], key_len[i], keys + key_off[order[k - 1]],
-                                key_len[order[k - 1]]) == 0) {
+        uint32_t prev = k ? order[k - 1] : 0;
+        if (k && key_len[i] == key_len[prev] &&
+            fc_key_compare(keys + key_off[i], key_len[i], keys + key_off[prev], key_len[prev]) == 0) {
             *duplicate = (int64_t)i; /* two names with the same UTF-8 bytes */
             rc = fc_fail(st, FC_INVALID, "duplicate tensor name");
             break;
@@ -59,13 +60,9 @@ int fc_index_build(const fc_header *h, const uint8_t *keys, const uint32_t *key_
         if (!rc) rc = fc_table_add(tb, keys + key_off[i], key_len[i], val.p, val.len, st);
         if (rc && st->item < 0) st->item = (int64_t)i;
     }
-    const uint8_t *table;
-    size_t table_len;
-    if (!rc) rc = fc_table_finish(tb, &table, &table_len, st);
-    if (!rc && fc_buf_append(out, table, table_len)) rc = fc_fail(st, FC_NOMEM, "out of memory");
+    if (!rc) rc = fc_table_finish(tb, out, out_len, st);
 done:
     free(order);
     fc_buf_free(&val);
-    fc_table_builder_free(tb);
     return rc;
 }

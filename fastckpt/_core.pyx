@@ -85,8 +85,9 @@ cdef extern from "fastckpt.h" nogil:
     int fc_plan_layout(const uint64_t *sizes, size_t n, int32_t num_shards, uint64_t alignment,
                        int32_t *shards, uint64_t *offsets, uint64_t *shard_ends, fc_status *st)
     int fc_index_build(const fc_header *h, const uint8_t *keys, const uint32_t *key_off,
-                       const uint32_t *key_len, const fc_entry_view *entries, size_t n, fc_buf *out,
-                       int64_t *duplicate, fc_status *st)
+                       const uint32_t *key_len, const fc_entry_view *entries, size_t n,
+                       fc_table_builder *tb, const uint8_t **out, size_t *out_len, int64_t *duplicate,
+                       fc_status *st)
 
     ctypedef struct fc_table_builder:
         pass
@@ -409,22 +410,25 @@ def iterate_table(data):
 cdef bytes _index_bytes(fc_header *h, fc_buf *keys, uint32_t *key_off, uint32_t *key_len,
                         fc_entry_view *entries, size_t n, list names):
     """The .index built by the C core (the one index builder)."""
-    cdef fc_buf out
+    cdef fc_table_builder *tb = fc_table_builder_new()
+    cdef const uint8_t *out
+    cdef size_t out_len
     cdef fc_status st
     cdef int64_t dup
     cdef int rc
-    memset(&out, 0, sizeof(out))
+    if tb == NULL:
+        raise MemoryError()
     fc_status_clear(&st)
     try:
         with nogil:
-            rc = fc_index_build(h, keys.p, key_off, key_len, entries, n, &out, &dup, &st)
+            rc = fc_index_build(h, keys.p, key_off, key_len, entries, n, tb, &out, &out_len, &dup, &st)
         if rc and dup >= 0:
             raise InvalidArgumentError(f"duplicate tensor name {names[dup]!r}")
         if rc:
             _raise(&st, "index", lambda i: f"tensor {names[i]!r}")
-        return PyBytes_FromStringAndSize(<const char *>out.p, out.len)
+        return PyBytes_FromStringAndSize(<const char *>out, out_len)
     finally:
-        fc_buf_free(&out)
+        fc_table_builder_free(tb)
 
 
 def build_index(int num_shards, list keys, list dtypes, list shapes, list shard_ids,
@@ -649,6 +653,7 @@ cdef class WritePlan:
     cdef uint32_t *key_len
     cdef uint8_t *ready
     cdef uint8_t *preset
+    cdef uint32_t *preset_crc
     cdef fc_buf keys
     cdef Py_ssize_t n
     cdef public list names
@@ -658,7 +663,7 @@ cdef class WritePlan:
 
     def __dealloc__(self):
         free(self.items); free(self.entries); free(self.dims); free(self.dims_off); free(self.key_off)
-        free(self.key_len); free(self.ready); free(self.preset)
+        free(self.key_len); free(self.ready); free(self.preset); free(self.preset_crc)
         fc_buf_free(&self.keys)
 
     cdef int _alloc(self, Py_ssize_t n) except -1:
@@ -671,8 +676,9 @@ cdef class WritePlan:
         self.dims_off = <size_t *>malloc(m * sizeof(size_t))
         self.ready = <uint8_t *>calloc(m, 1)
         self.preset = <uint8_t *>calloc(m, 1)
+        self.preset_crc = <uint32_t *>calloc(m, sizeof(uint32_t))
         if (self.items == NULL or self.entries == NULL or self.key_off == NULL or self.key_len == NULL
-                or self.dims_off == NULL or self.ready == NULL or self.preset == NULL):
+                or self.dims_off == NULL or self.ready == NULL or self.preset == NULL or self.preset_crc == NULL):
             raise MemoryError()
         return 0
 
@@ -709,32 +715,44 @@ cdef class WritePlan:
     def write(self, list fds, int threads, bint uncached, list paths):
         """Write every ready payload to ``fds[shard]``, computing its CRC.
         ``paths`` (per shard) name the file in errors."""
-        cdef size_t *which = <size_t *>malloc((self.n if self.n else 1) * sizeof(size_t))
-        cdef fc_io_item *batch = <fc_io_item *>malloc((self.n if self.n else 1) * sizeof(fc_io_item))
-        cdef size_t m = 0
+        cdef int *shard_fd = <int *>malloc((len(fds) if fds else 1) * sizeof(int))
+        cdef size_t *which = NULL
+        cdef fc_io_item *run = self.items
+        cdef size_t m = <size_t>self.n
         cdef Py_ssize_t i
         cdef fc_status st
         cdef int rc
         try:
-            if which == NULL or batch == NULL:
+            if shard_fd == NULL:
                 raise MemoryError()
+            for i in range(len(fds)):
+                shard_fd[i] = fds[i]
             for i in range(self.n):
-                if self.ready[i]:
-                    batch[m] = self.items[i]
-                    batch[m].fd = fds[self.entries[i].shard_id]
-                    which[m] = <size_t>i
-                    m += 1
+                self.items[i].fd = shard_fd[self.entries[i].shard_id]
+            if self.staged:  # write only the ready ones
+                which = <size_t *>malloc((self.n if self.n else 1) * sizeof(size_t))
+                run = <fc_io_item *>malloc((self.n if self.n else 1) * sizeof(fc_io_item))
+                if which == NULL or run == NULL:
+                    raise MemoryError()
+                m = 0
+                for i in range(self.n):
+                    if self.ready[i]:
+                        run[m], which[m] = self.items[i], <size_t>i
+                        m += 1
             fc_status_clear(&st)
             with nogil:
-                rc = fc_io_run(batch, m, FC_IO_WRITE_UNCACHED if uncached else FC_IO_WRITE, threads, 0, &st)
+                rc = fc_io_run(run, m, FC_IO_WRITE_UNCACHED if uncached else FC_IO_WRITE, threads, 0, &st)
             if rc:
-                _raise(&st, "", lambda k: f"tensor {self.names[which[k]]!r} in {paths[self.entries[which[k]].shard_id]}")
-            for i in range(<Py_ssize_t>m):
-                if not self.preset[which[i]]:
-                    self.items[which[i]].crc = batch[i].crc
+                _raise(&st, "", lambda k: f"tensor {self.names[which[k] if which else k]!r} in "
+                                          f"{paths[self.entries[which[k] if which else k].shard_id]}")
+            if which != NULL:
+                for i in range(<Py_ssize_t>m):
+                    self.items[which[i]].crc = run[i].crc
         finally:
+            free(shard_fd)
             free(which)
-            free(batch)
+            if run != self.items:
+                free(run)
 
     def index(self, int num_shards):
         """The .index bytes (after every payload is written)."""
@@ -742,7 +760,7 @@ cdef class WritePlan:
         cdef Py_ssize_t i
         for i in range(self.n):
             self.entries[i].dims = self.dims + self.dims_off[i]  # the arena no longer moves
-            self.entries[i].crc32c = fc_crc_mask(self.items[i].crc)
+            self.entries[i].crc32c = fc_crc_mask(self.preset_crc[i] if self.preset[i] else self.items[i].crc)
             self.entries[i].has_crc = 1
         h.num_shards, h.endianness, h.producer = num_shards, 0, 1
         h.min_consumer, h.bad_consumer_1, h.has_version = 0, 0, 1
@@ -814,7 +832,7 @@ def plan_write(tensors, dict enums, int num_shards, int64_t alignment, prepare):
                 p.dims_len += 1
             p.entries[i].size = size
             if crc is not None:
-                p.items[i].crc, p.preset[i] = crc, 1
+                p.preset_crc[i], p.preset[i] = crc, 1
             if payload is not None:
                 hold = _Buffer(payload)
                 p.held.append(hold)
