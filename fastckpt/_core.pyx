@@ -15,6 +15,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcmp, memset
 
+from .records import IndexEntry
 from .errors import (CheckpointIOError, DataLossError, InvalidArgumentError,
                      UnsupportedError, CheckpointError)
 
@@ -334,7 +335,7 @@ def encode_entry(int dtype, shape, int shard_id=0, int64_t offset=0, int64_t siz
         fc_buf_free(&out)
 
 
-cdef tuple _entry_tuple(fc_index *idx, fc_entry *e):
+cdef object _entry_tuple(fc_index *idx, fc_entry *e):
     cdef int32_t i, s
     shape = tuple([idx.dims[e.dims_off + i] for i in range(e.rank)])
     slices = None
@@ -344,8 +345,7 @@ cdef tuple _entry_tuple(fc_index *idx, fc_entry *e):
             slices.append(tuple([(idx.extents[e.extents_off + s * e.rank + i].start,
                                   idx.extents[e.extents_off + s * e.rank + i].length)
                                  for i in range(e.rank)]))
-    return (e.dtype, shape, e.shard_id, e.offset, e.size,
-            e.crc32c if e.has_crc else None, slices)
+    return IndexEntry(e.dtype, shape, e.shard_id, e.offset, e.size, e.crc32c if e.has_crc else None, slices)
 
 
 def decode_entry(data):
@@ -518,7 +518,7 @@ cdef class Index:
         return out
 
     def entry(self, Py_ssize_t i):
-        """(dtype, shape, shard_id, offset, size, masked crc or None, slices or None)."""
+        """Entry ``i`` as an :class:`~fastckpt.records.IndexEntry`."""
         return _entry_tuple(&self.idx, self._at(i))
 
     cdef fc_entry *_at(self, Py_ssize_t i) except NULL:

@@ -3,8 +3,6 @@ allocation) → parallel C reads into arrays → checksums."""
 
 from __future__ import annotations
 
-import errno
-import mmap
 import os
 from typing import (Any, Callable, Dict, Iterator, List, Mapping, MutableMapping, Optional, Sequence,
                     Tuple, TypeVar, Union)
@@ -13,25 +11,22 @@ import numpy as np
 
 from . import _core
 from .dtypes import DT_STRING, DT_VARIANT, dtype_name, fixed_width_dtypes, numpy_dtype
-from .errors import (CheckpointError, CheckpointIOError, DataLossError, InvalidArgumentError,
+from .errors import (DataLossError, InvalidArgumentError,
                      NotFoundError, TensorNotFoundError, UnsupportedError)
+from .files import DataFiles, crc32c_of_range
 from .fsutil import default_threads, gc_paused
-from .locking import open_regular
-from .naming import PathLike, data_filename, index_filename, read_file, resolve_prefix
-from .slices import Extent, encode_slice_key, slice_region, slice_shape
+from .naming import PathLike, index_filename, read_file, resolve_prefix
+from .records import Extent, IndexEntry
+from .slices import encode_slice_key, slice_region, slice_shape
 from .structure import STRUCTURE_KEY, parse_structure_record
 
-__all__ = ["CheckpointReader", "read_bundle", "load_checkpoint", "list_variables", "read_index_header", "open_latest",
-           "crc32c_of_range"]
+__all__ = ["CheckpointReader", "read_bundle", "load_checkpoint", "list_variables", "read_index_header", "open_latest"]
 
 # Data files opened with the index (a consistent generation); beyond this
 # many shards they are opened on first use.
 EAGER_SHARDS = 1024
-_CHUNK = 8 << 20
 
 _FIXED_DTYPES = fixed_width_dtypes()
-
-Entry = Tuple[int, Tuple[int, ...], int, int, int, Optional[int], Optional[List[Tuple[Extent, ...]]]]
 
 
 def _name_of(key: bytes) -> str:
@@ -67,24 +62,6 @@ def read_index_header(prefix: str) -> int:
     return int(_read_index(prefix)[0].num_shards)
 
 
-def crc32c_of_range(fd: int, offset: int, size: int, what: str) -> int:
-    """CRC32C of a file's bytes read by ``pread`` in chunks (constant memory;
-    a file that shrank gives :class:`DataLossError`, never a signal)."""
-    crc = 0
-    buf = bytearray(min(size, _CHUNK))
-    at = 0
-    while at < size:
-        n = min(len(buf), size - at)
-        view = memoryview(buf)[:n]
-        got = os.preadv(fd, [view], offset + at)
-        if got <= 0:
-            raise DataLossError(f"{what}: the file ends at byte {offset + at}, before the tensor's end "
-                                f"{offset + size} (truncated while being read?)")
-        crc = _core.crc32c(view[:got], crc)
-        at += got
-    return crc
-
-
 class _Pending:
     """Reads queued for one io_run, and what to do with each afterwards."""
 
@@ -114,9 +91,7 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         self._prefix = resolve_prefix(prefix)
         self._verify = bool(verify)
         self._threads = threads if threads is not None else default_threads()
-        self._fds: Dict[int, int] = {}
-        self._sizes: Dict[int, int] = {}
-        self._maps: Dict[int, Optional[mmap.mmap]] = {}
+        self._files = DataFiles(self._prefix, 0)
         self._verified: set = set()
         self._names: Optional[List[str]] = None
         self._record: Any = False
@@ -129,13 +104,10 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         start again, so index and data always belong together."""
         for _ in range(20):
             self._index, ident = _read_index(self._prefix)
+            self._files = DataFiles(self._prefix, self.num_shards)
             if self.num_shards > EAGER_SHARDS:
                 return
-            for shard in range(self.num_shards):
-                try:
-                    self._open_shard(shard)
-                except CheckpointError:
-                    pass  # reported when the shard is used
+            self._files.open_all()
             try:
                 now = _file_id(os.stat(index_filename(self._prefix)))
             except OSError:
@@ -156,49 +128,26 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         """Number of data files."""
         return int(self._index.num_shards)
 
-    def _data_path(self, shard: int) -> str:
-        return data_filename(self._prefix, shard, self.num_shards)
+    @property
+    def files(self) -> DataFiles:
+        """The bundle's data files (descriptors, sizes, maps, range checks)."""
+        return self._files
 
-    def _open_shard(self, shard: int) -> Tuple[int, int]:
-        if shard not in self._fds:
-            path = self._data_path(shard)
-            try:
-                fd = open_regular(path)
-            except FileNotFoundError:
-                raise NotFoundError(f"data file {path} of checkpoint {self._prefix!r} is missing") from None
-            except OSError as e:
-                if e.errno in (errno.EINVAL, errno.EISDIR):
-                    raise DataLossError(f"data file {path} of checkpoint {self._prefix!r} is not a regular file") \
-                        from None
-                raise CheckpointIOError(e.errno or 0, f"cannot open {path}: {e.strerror}", path) from e
-            self._fds[shard] = fd
-            self._sizes[shard] = os.fstat(fd).st_size
-        return self._fds[shard], self._sizes[shard]
+    @property
+    def index(self) -> "_core.Index":
+        """The parsed index."""
+        return self._index
 
-    def _mapping(self, shard: int) -> Optional[mmap.mmap]:
-        if shard not in self._maps:
-            fd, size = self._open_shard(shard)
-            self._maps[shard] = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else None
-        return self._maps[shard]
+    def entries(self) -> Iterator[Tuple[bytes, IndexEntry]]:
+        """Every ``(key, entry)`` of the index, slice entries included, sorted."""
+        for i in range(len(self._index)):
+            yield self._index.key(i), self._index.entry(i)
 
     def close(self) -> None:
         """Close the data files and mappings. Views already handed out stay
         valid (their mapping closes when the last one is gone); the reader
         itself can still be used and reopens files on demand."""
-        maps, self._maps = self._maps, {}
-        for m in maps.values():
-            if m is not None:
-                try:
-                    m.close()
-                except BufferError:
-                    pass  # views exist: the mapping lives until they are gone
-        fds, self._fds = self._fds, {}
-        self._sizes = {}
-        for fd in fds.values():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._files.close()
 
     def __enter__(self) -> "CheckpointReader":
         return self
@@ -213,7 +162,7 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             pass
 
     # -- the index -------------------------------------------------------------------
-    def _entry(self, name: Union[str, bytes]) -> Tuple[bytes, Entry]:
+    def _entry(self, name: Union[str, bytes]) -> Tuple[bytes, IndexEntry]:
         key = _key_of(name)
         i = self._index.find(key) if key and key[0] != 0 else -1
         if i < 0:
@@ -238,7 +187,7 @@ class CheckpointReader(Mapping[str, np.ndarray]):
                     raise DataLossError(f"{self._prefix}: structure record is corrupt: "
                                         f"tensor {STRUCTURE_KEY} is {raw.dtype} {list(raw.shape)}, not uint8 bytes")
                 names = [n for n in self.tensor_names() if n != STRUCTURE_KEY]
-                shapes = {n: self._entry(n)[1][1] for n in names}
+                shapes = {n: self._entry(n)[1].shape for n in names}
                 dtypes = self.get_variable_to_dtype_map()
                 self._record = parse_structure_record(raw.tobytes(), shapes, dtypes, index_filename(self._prefix))
         return self._record
@@ -253,13 +202,13 @@ class CheckpointReader(Mapping[str, np.ndarray]):
 
     def get_variable_to_shape_map(self) -> Dict[str, List[int]]:
         """name → shape (a list of ints), as TensorFlow's reader returns."""
-        return {n: list(self._entry(n)[1][1]) for n in self.tensor_names()}
+        return {n: list(self._entry(n)[1].shape) for n in self.tensor_names()}
 
     def get_variable_to_dtype_map(self) -> Dict[str, np.dtype]:
         """name → numpy dtype (``object`` for strings)."""
         out = {}
         for n in self.tensor_names():
-            dt = self._entry(n)[1][0]
+            dt = self._entry(n)[1].dtype
             out[n] = numpy_dtype(dt) if dt != DT_VARIANT else np.dtype(object)
         return out
 
@@ -273,22 +222,22 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         npdt = numpy_dtype(dtype) if dtype not in (DT_STRING, DT_VARIANT) else None
         if npdt is None or slices or self._index.big_endian or (size and offset % npdt.alignment):
             return self.read([name])[name]
-        fd = self._check_range(name, shard, offset, size, fresh=True)
+        fd = self._files.check_range(name, shard, offset, size, fresh=True)
         if self._verify and key not in self._verified:
             if crc is None:
-                raise DataLossError(f"{self._data_path(shard)}: tensor {name!r}: the index entry has no checksum")
-            got = crc32c_of_range(fd, offset, size, f"{self._data_path(shard)}: tensor {name!r}")
+                raise DataLossError(f"{self._files.path(shard)}: tensor {name!r}: the index entry has no checksum")
+            got = crc32c_of_range(fd, offset, size, f"{self._files.path(shard)}: tensor {name!r}")
             if got != _core.unmask_crc(crc):
-                raise DataLossError(f"{self._data_path(shard)}: tensor {name!r}: checksum does not match: "
+                raise DataLossError(f"{self._files.path(shard)}: tensor {name!r}: checksum does not match: "
                                     f"stored {crc} vs. calculated {_core.mask_crc(got)}")
             self._verified.add(key)
-        mapped = self._mapping(shard) if size else None
+        mapped = self._files.mapping(shard) if size else None
         if mapped is None:
             arr = np.empty(shape, npdt)
             arr.flags.writeable = False
             return arr
         if offset + size > len(mapped):
-            raise DataLossError(f"{self._data_path(shard)}: tensor {name!r} lies beyond the end of the file "
+            raise DataLossError(f"{self._files.path(shard)}: tensor {name!r} lies beyond the end of the file "
                                 "as it was first mapped (the file grew or was replaced)")
         return np.frombuffer(mapped, npdt, size // npdt.itemsize, offset).reshape(shape)
 
@@ -340,7 +289,7 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         if pending.buffers:
             _prefetch(pending)
             _core.io_run(pending.fds, pending.offsets, pending.buffers, pending.crcs, False, self._threads,
-                         lambda i: f"{self._data_path(pending.shards[i])}: tensor {pending.names[i]!r}")
+                         lambda i: f"{self._files.path(pending.shards[i])}: tensor {pending.names[i]!r}")
         for finish in pending.after:
             finish()
         return out
@@ -351,21 +300,17 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         which also gives the precise error)."""
         if self.num_shards > EAGER_SHARDS:
             return None  # the general path opens only the shards it needs
-        fds, sizes = [], []
-        try:
-            for shard in range(self.num_shards):
-                fd, size = self._open_shard(shard)
-                fds.append(fd)
-                sizes.append(size)
-        except CheckpointError:
+        opened = self._files.descriptors()
+        if opened is None:
             return None
+        fds, sizes = opened
         if names is None or 2 * len(names) >= len(self._index):  # most of the files: read ahead
             for fd, size in zip(fds, sizes):
                 _advise_willneed(fd, 0, size)
         with gc_paused():
             return _core.read_fast(self._index, None if names is None else list(names), fds, sizes,
                                    _FIXED_DTYPES, self._verify, self._threads,
-                                   lambda name, shard: f"{self._data_path(shard)}: tensor {name!r}", into)
+                                   lambda name, shard: f"{self._files.path(shard)}: tensor {name!r}", into)
 
     def _queue(self, name: str, pending: _Pending, out: Dict[str, Any],
                into: Optional[MutableMapping[str, Any]]) -> None:
@@ -374,8 +319,8 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             raise UnsupportedError(f"tensor {name!r} is a DT_VARIANT tensor, which fastckpt does not read")
         npdt = numpy_dtype(dtype)
         # Every byte range is checked against the files before anything is allocated.
-        parts = self._slice_parts(name, key, dtype, shape, slices) if slices else None
-        fd = self._check_range(name, shard, offset, size) if parts is None else -1
+        parts = self.slice_parts(name, key, dtype, shape, slices) if slices else None
+        fd = self._files.check_range(name, shard, offset, size) if parts is None else -1
         outname = name if isinstance(name, str) else _name_of(key)
         if dtype == DT_STRING and parts is None and into is None:
             # the array is made from the decoded strings: nothing is sized
@@ -387,9 +332,10 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         target = self._target(name, shape, npdt, into)
         if parts is not None:
             for region, entry in parts:
-                part = np.empty(entry[1], npdt)
-                sfd = self._check_range(name, entry[2], entry[3], entry[4])
-                self._queue_payload(name, dtype, entry[1], sfd, *entry[2:6], part, pending)
+                part = np.empty(entry.shape, npdt)
+                sfd = self._files.check_range(name, entry.shard, entry.offset, entry.size)
+                self._queue_payload(name, dtype, entry.shape, sfd, entry.shard, entry.offset, entry.size, entry.crc,
+                                    part, pending)
                 pending.after.append(lambda part=part, region=region: target.__setitem__(region, part))
         else:
             self._queue_payload(name, dtype, shape, fd, shard, offset, size, crc, target, pending)
@@ -418,12 +364,12 @@ class CheckpointReader(Mapping[str, np.ndarray]):
     def _check_range(self, name: str, shard: int, offset: int, size: int, fresh: bool = False) -> int:
         """The shard's fd, after checking the tensor lies inside the file
         (as it is now, with ``fresh``: a file that shrank is caught here)."""
-        fd, file_size = self._open_shard(shard)
+        fd, file_size = self._files.open(shard)
         if fresh:
             file_size = os.fstat(fd).st_size
         if offset + size > file_size:
             raise DataLossError(
-                f"{self._data_path(shard)}: tensor {name!r} needs bytes {offset}..{offset + size} "
+                f"{self._files.path(shard)}: tensor {name!r} needs bytes {offset}..{offset + size} "
                 f"but the file has {file_size} bytes (truncated?)")
         return fd
 
@@ -431,12 +377,12 @@ class CheckpointReader(Mapping[str, np.ndarray]):
                        offset: int, size: int, crc: Optional[int], target: Optional[np.ndarray],
                        pending: _Pending, deliver: Optional[Callable[[np.ndarray], None]] = None) -> None:
         if self._verify and crc is None:
-            raise DataLossError(f"{self._data_path(shard)}: tensor {name!r}: the index entry has no checksum")
+            raise DataLossError(f"{self._files.path(shard)}: tensor {name!r}: the index entry has no checksum")
         big = self._index.big_endian
         if dtype == DT_STRING:
             buf = bytearray(size)
             count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-            label = f"{self._data_path(shard)}: tensor {name!r}"
+            label = f"{self._files.path(shard)}: tensor {name!r}"
 
             def finish_strings() -> None:
                 items = _core.decode_strings(buf, count, crc or 0, self._verify, big, label)
@@ -477,8 +423,8 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         p.names.append(name)
         p.shards.append(shard)
 
-    def _slice_parts(self, name: str, key: bytes, dtype: int, shape: Tuple[int, ...],
-                     slices: List[Tuple[Extent, ...]]) -> List[Tuple[Tuple[slice, ...], Entry]]:
+    def slice_parts(self, name: str, key: bytes, dtype: int, shape: Tuple[int, ...],
+                    slices: List[Tuple[Extent, ...]]) -> List[Tuple[Tuple[slice, ...], IndexEntry]]:
         """The slice entries of a partitioned tensor, checked: they tile the
         shape, match its dtype, and lie inside their data files."""
         _check_coverage(name, shape, slices)
@@ -494,7 +440,7 @@ class CheckpointReader(Mapping[str, np.ndarray]):
                 raise DataLossError(
                     f"{self._prefix}: slice {list(extents)} of tensor {name!r} has dtype "
                     f"{dtype_name(sdtype)} shape {list(sshape)}, expected {dtype_name(dtype)} {list(want)}")
-            self._check_range(name, shard, offset, size)
+            self._files.check_range(name, shard, offset, size)
             parts.append((slice_region(extents, shape), entry))
         return parts
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import List, Sequence, Tuple
 
-__all__ = ["encode_slice_key", "decode_slice_key", "slice_region", "Extent"]
+from .records import Extent
 
-Extent = Tuple[int, int]  # (start, length); length -1 = the whole dimension
+__all__ = ["encode_slice_key", "decode_slice_key", "slice_region", "Extent"]
 
 _SIGNED_HEADERS = {2: 0xC000, 3: 0xE000, 4: 0xF000, 5: 0xF800, 6: 0xFC00,
                    7: 0xFE00, 8: 0xFF00, 9: 0xFF80, 10: 0xFFC0}

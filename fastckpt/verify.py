@@ -8,7 +8,6 @@ structure record is checked against the index.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Set
 
@@ -16,9 +15,11 @@ import numpy as np
 
 from . import _core
 from .dtypes import DT_STRING, DT_VARIANT, dtype_name
-from .errors import CheckpointError, DataLossError
-from .naming import PathLike, data_filename
-from .reader import CheckpointReader, crc32c_of_range
+from .errors import CheckpointError
+from .files import crc32c_of_range, read_range
+from .naming import PathLike
+from .reader import CheckpointReader
+from .records import IndexEntry
 from .slices import decode_slice_key
 from .state import checkpoint_exists, get_checkpoint_state
 
@@ -73,12 +74,13 @@ def verify_checkpoint(prefix: PathLike, threads: Optional[int] = None) -> Verify
         return report
     report.prefix = reader.prefix
     with reader:
-        missing = _missing_shards(reader, report)
-        index = reader._index
-        for i in range(len(index)):
-            key = index.key(i)
+        count, missing = reader.files.missing()
+        if count:
+            report.problems.append(f"{count} of {reader.num_shards} data file(s) missing, the first "
+                                   f"{reader.files.path(min(missing))}")
+        for key, entry in reader.entries():
             try:
-                _verify_entry(reader, key, index.entry(i), missing, report)
+                _verify_entry(reader, key, entry, missing, report)
             except CheckpointError as e:
                 report.problems.append(f"{_display(key)}: {e}")
         if not report.problems:
@@ -89,53 +91,31 @@ def verify_checkpoint(prefix: PathLike, threads: Optional[int] = None) -> Verify
     return report
 
 
-def _missing_shards(reader: CheckpointReader, report: VerifyReport) -> Set[int]:
-    """The shards whose data file is missing (found with one directory
-    listing, however many shards the header claims), reported once."""
-    n = reader.num_shards
-    directory = os.path.dirname(reader.prefix) or "."
-    pattern = re.compile(re.escape(os.path.basename(reader.prefix)) + r"\.data-(\d{5,})-of-" + f"{n:05d}" + r"\Z")
-    try:
-        present = {int(m.group(1)) for m in map(pattern.match, os.listdir(directory)) if m}
-    except OSError:
-        present = set()
-    missing_count = n - len({s for s in present if s < n})
-    if not missing_count:
-        return set()
-    first = next(s for s in range(n) if s not in present)
-    report.problems.append(f"{missing_count} of {n} data file(s) missing, the first "
-                           f"{data_filename(reader.prefix, first, n)}")
-    return set(range(n)) - present if n <= 1 << 16 else {first}
-
-
-def _verify_entry(reader: CheckpointReader, key: bytes, entry: tuple, missing: Set[int],
+def _verify_entry(reader: CheckpointReader, key: bytes, entry: IndexEntry, missing: Set[int],
                   report: VerifyReport) -> None:
-    dtype, shape, shard, offset, size, crc, slices = entry
     name = _display(key)
-    if slices:
-        reader._slice_parts(name, key, dtype, tuple(shape), slices)  # tiling, presence, ranges
+    if entry.slices:
+        reader.slice_parts(name, key, entry.dtype, entry.shape, entry.slices)  # tiling, presence, ranges
         report.tensors += 1
         return
-    if dtype == DT_VARIANT:
-        report.unchecked.append(f"{name}: {dtype_name(dtype)} payloads are not checked")
+    if entry.dtype == DT_VARIANT:
+        report.unchecked.append(f"{name}: {dtype_name(entry.dtype)} payloads are not checked")
         return
-    if shard in missing:
+    if entry.shard in missing:
         return  # the missing data file is already reported
-    fd = reader._check_range(name, shard, offset, size, fresh=True)
-    where = f"{reader._data_path(shard)}: {name}"
-    if crc is None:
+    fd = reader.files.check_range(name, entry.shard, entry.offset, entry.size, fresh=True)
+    where = f"{reader.files.path(entry.shard)}: {name}"
+    if entry.crc is None:
         report.problems.append(f"{where}: the index entry has no checksum")
         return
-    if dtype == DT_STRING:
-        payload = bytearray(size)
-        if size and os.preadv(fd, [payload], offset) != size:
-            raise DataLossError(f"{where}: the file ends before the tensor's end (truncated while being read?)")
-        count = int(np.prod(shape, dtype=object)) if shape else 1
-        _core.decode_strings(payload, count, crc, True, reader._index.big_endian, where)
-    elif crc32c_of_range(fd, offset, size, where) != _core.unmask_crc(crc):
+    if entry.dtype == DT_STRING:
+        payload = read_range(fd, entry.offset, entry.size, where)
+        count = int(np.prod(entry.shape, dtype=object)) if entry.shape else 1
+        _core.decode_strings(payload, count, entry.crc, True, reader.index.big_endian, where)
+    elif crc32c_of_range(fd, entry.offset, entry.size, where) != _core.unmask_crc(entry.crc):
         report.problems.append(f"{where}: checksum does not match")
     report.tensors += 1
-    report.bytes += size
+    report.bytes += entry.size
 
 
 def verify_path(path: PathLike, threads: Optional[int] = None) -> List[VerifyReport]:
