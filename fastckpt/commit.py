@@ -30,21 +30,22 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import CheckpointError, DataLossError
+from .fsutil import ensure_directory, io_error
 from .locking import clean_leftovers, directory_lock, is_leftover
 from .naming import checkpoint_files, index_filename
+from .retention import Entry
 from .state import _state_path, checkpoint_exists, get_checkpoint_state, update_checkpoint_state
-from .writer import STAGE_PREFIX, StagedBundle, install_bundle
+from .writer import STAGE_PREFIX, StagedBundle, check_prefix, install_bundle, install_plain, stage_bundle
 
-__all__ = ["commit_checkpoint", "recover_directory", "remove_checkpoint", "collect_garbage", "GarbageReport",
-           "Entry", "Retention", "inside"]
+__all__ = ["save_checkpoint", "commit_checkpoint", "recover_directory", "remove_checkpoint", "collect_garbage",
+           "GarbageReport", "inside"]
 
 log = logging.getLogger("fastckpt")
 
-Entry = Tuple[str, float]  # (prefix, timestamp)
-Retention = Callable[[List[Entry], float], Tuple[List[Entry], List[str], float]]
+RetainFn = Callable[[List[Entry], float], Tuple[List[Entry], List[str], float]]
 
 _STAGE = re.compile(re.escape(STAGE_PREFIX) + r"[0-9a-f]{16}\Z")
 
@@ -129,8 +130,34 @@ def _try(action: Callable[[], None], what: str) -> bool:
         return False
 
 
+def save_checkpoint(prefix: str, tensors: Mapping[Any, Any], *, retain: RetainFn, durable: bool = True,
+                    num_shards: int = 1, alignment: int = 1, threads: Optional[int] = None,
+                    state_name: str = "checkpoint", write_state: bool = True) -> List[str]:
+    """Write ``tensors`` as checkpoint ``prefix`` and commit it in its
+    directory's state file ``state_name`` with retention ``retain`` (or,
+    without ``write_state``, rename it into place); returns the listed
+    prefixes. What ``Saver`` and ``CheckpointManager`` both do."""
+    check_prefix(prefix, num_shards)
+    directory = os.path.dirname(os.path.abspath(prefix))
+    _state_path(directory, state_name)  # validates the name
+    ensure_directory(directory)
+    if write_state:
+        recover_directory(directory, state_name, durable=durable, tidy_state=False)  # frees space first
+    staged = stage_bundle(directory, tensors, durable=durable, num_shards=num_shards, alignment=alignment,
+                          threads=threads)
+    if not write_state:
+        install_plain(staged, prefix)
+        return []
+    try:
+        return commit_checkpoint(staged, prefix, directory, state_name, retain)
+    except OSError as e:
+        raise io_error(e, f"saving checkpoint {prefix!r}") from e
+    finally:
+        staged.close()
+
+
 def commit_checkpoint(staged: StagedBundle, prefix: str, directory: str, state_name: str,
-                      retain: Retention) -> List[str]:
+                      retain: RetainFn) -> List[str]:
     """Make the staged bundle the checkpoint ``prefix``, the latest of the
     directory's state file, then apply ``retain``; returns the listed
     prefixes, oldest first. See the module docstring for the steps."""

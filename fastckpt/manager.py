@@ -22,8 +22,11 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import numpy as np
 
 from .errors import InvalidArgumentError
-from .naming import PathLike
-from .saver import Saver, _step_suffix, split_structure
+from .commit import save_checkpoint
+from .naming import PathLike, step_suffix
+from .retention import Retention
+from .saver import split_structure
+from .structure import with_structure_record
 from .state import get_checkpoint_state, latest_checkpoint
 from .reader import open_latest
 from .structure import restore_structure
@@ -64,12 +67,11 @@ class CheckpointManager:
         if checkpoint_interval is not None and (not isinstance(checkpoint_interval, int)
                                                 or isinstance(checkpoint_interval, bool) or checkpoint_interval < 1):
             raise InvalidArgumentError(f"checkpoint_interval must be None or an int >= 1, got {checkpoint_interval!r}")
-        if max_to_keep is not None and (not isinstance(max_to_keep, int) or max_to_keep < 1):
-            raise InvalidArgumentError(f"max_to_keep must be None or an int >= 1, got {max_to_keep!r}")
         self._directory = d
         self._name = checkpoint_name
         self._interval = checkpoint_interval
-        self._saver = Saver(max_to_keep, keep_checkpoint_every_n_hours, durable=durable, threads=threads)
+        self._retention = Retention(max_to_keep, keep_checkpoint_every_n_hours, minimum=1)
+        self._durable = bool(durable)
         self._threads = threads
         latest = self.latest_checkpoint
         self._last_step: Optional[int] = self._step_of(latest) if latest else None
@@ -125,7 +127,7 @@ class CheckpointManager:
         saves regardless). The caller may change ``state`` as soon as a
         non-blocking save returns: its arrays were copied.
         """
-        n = int(_step_suffix(step))
+        n = int(step_suffix(step))
         if not force and self._skip(n):
             return None
         self.wait()  # one save in flight at most; surfaces its error
@@ -151,7 +153,8 @@ class CheckpointManager:
         return step == self._last_step or step < self._last_step + self._interval
 
     def _commit(self, prefix: str, leaves: Mapping[str, Any], tree: Any, metadata: Any) -> None:
-        self._saver._save_leaves(prefix, leaves, tree, metadata)
+        save_checkpoint(prefix, with_structure_record(leaves, tree, metadata), retain=self._retention,
+                        durable=self._durable, threads=self._threads)
 
     def _snapshot(self, leaves: Mapping[str, Any]) -> Dict[str, Any]:
         """Copy every leaf into a host buffer reused from the last save when

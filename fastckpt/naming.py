@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-from typing import List, Union
+from typing import Any, List, Union
 
 __all__ = ["index_filename", "data_filename", "resolve_prefix", "read_file", "read_regular", "checkpoint_files",
-           "PathLike"]
+           "step_suffix", "PathLike"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -35,6 +35,30 @@ def checkpoint_files(prefix: str) -> List[str]:
     except OSError:
         return []
     return [os.path.join(os.path.dirname(prefix), n) for n in sorted(names) if pattern.match(n)]
+
+
+def step_suffix(global_step: Any) -> str:
+    """The decimal text of a global step: an int, a 0-d integer array or a
+    framework scalar (not a bool); :class:`InvalidArgumentError` otherwise."""
+    import operator
+
+    from .errors import InvalidArgumentError
+
+    if isinstance(global_step, bool):
+        raise InvalidArgumentError(f"global_step must be an integer, got {global_step!r}")
+    try:
+        return str(operator.index(global_step))
+    except TypeError:
+        pass
+    try:  # a 0-d array or a framework scalar
+        import numpy as np
+
+        arr = np.asarray(global_step)
+        if arr.ndim == 0 and arr.dtype.kind in "iu":
+            return str(int(arr))
+    except Exception:
+        pass
+    raise InvalidArgumentError(f"global_step must be an integer, got {global_step!r}")
 
 
 def resolve_prefix(path: PathLike) -> str:

@@ -91,7 +91,7 @@ def test_only_managed_files_are_deleted(tmp_path):
 
 def test_keep_checkpoint_every_n_hours_preserves(tmp_path, monkeypatch):
     clock = [1_000_000.0]
-    monkeypatch.setattr(fastckpt.saver.time, "time", lambda: clock[0])
+    monkeypatch.setattr(fastckpt.retention.time, "time", lambda: clock[0])
     saver = fastckpt.Saver(max_to_keep=1, keep_checkpoint_every_n_hours=1)
     for step in range(4):
         clock[0] += 1800  # half an hour per save
