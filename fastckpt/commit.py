@@ -37,7 +37,7 @@ from .fsutil import ensure_directory, io_error
 from .locking import clean_leftovers, directory_lock, is_leftover
 from .naming import checkpoint_files, index_filename
 from .retention import Entry
-from .state import _state_path, checkpoint_exists, get_checkpoint_state, update_checkpoint_state
+from .state import state_path, checkpoint_exists, get_checkpoint_state, update_checkpoint_state
 from .writer import STAGE_PREFIX, StagedBundle, check_prefix, install_bundle, install_plain, stage_bundle
 
 __all__ = ["save_checkpoint", "commit_checkpoint", "recover_directory", "remove_checkpoint", "collect_garbage",
@@ -113,7 +113,7 @@ def _write_state(directory: str, state_name: str, entries: Sequence[Entry], pres
                  pending: Sequence[Tuple[str, str]] = (), deleting: Sequence[str] = ()) -> None:
     if not entries:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(_state_path(directory, state_name))
+            os.unlink(state_path(directory, state_name))
         return
     update_checkpoint_state(directory, entries[-1][0], [p for p, _ in entries],
                             all_model_checkpoint_timestamps=[ts for _, ts in entries],
@@ -139,7 +139,7 @@ def save_checkpoint(prefix: str, tensors: Mapping[Any, Any], *, retain: RetainFn
     prefixes. What ``Saver`` and ``CheckpointManager`` both do."""
     check_prefix(prefix, num_shards)
     directory = os.path.dirname(os.path.abspath(prefix))
-    _state_path(directory, state_name)  # validates the name
+    state_path(directory, state_name)  # validates the name
     ensure_directory(directory)
     if write_state:
         recover_directory(directory, state_name, durable=durable, tidy_state=False)  # frees space first
@@ -245,7 +245,7 @@ def recover_directory(directory: str, state_name: str = "checkpoint", *, durable
         with directory_lock(directory, state_name):
             return recover_directory(directory, state_name, durable=durable, locked=True, tidy_state=tidy_state)
     listed = _read_listed(directory, state_name)
-    if not listed.exists and os.path.lexists(_state_path(directory, state_name)):
+    if not listed.exists and os.path.lexists(state_path(directory, state_name)):
         return [], []  # unreadable state file: touch nothing it might list
     finished: List[str] = []
     entries = list(listed.entries)

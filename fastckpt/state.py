@@ -226,7 +226,9 @@ def format_checkpoint_state(st: CheckpointState) -> str:
 
 # ---- reading ---------------------------------------------------------------------
 
-def _state_path(checkpoint_dir: str, latest_filename: Optional[str]) -> str:
+def state_path(checkpoint_dir: str, latest_filename: Optional[str]) -> str:
+    """The state file's path; :class:`InvalidArgumentError` unless
+    ``latest_filename`` is a plain file name."""
     name = STATE_FILENAME if latest_filename is None else latest_filename
     if not isinstance(name, str) or not name or os.sep in name or (os.altsep and os.altsep in name):
         raise InvalidArgumentError(f"latest_filename must be a plain file name, got {latest_filename!r}")
@@ -244,7 +246,7 @@ def get_checkpoint_state(
     than being silently ignored.
     """
     d = os.fspath(checkpoint_dir)
-    path = _state_path(d, latest_filename)
+    path = state_path(d, latest_filename)
     try:
         raw = read_regular(path)
     except FileNotFoundError:
@@ -321,7 +323,7 @@ def update_checkpoint_state(
     old or the new state, never a mix.
     """
     d = os.fspath(save_dir)
-    path = _state_path(d, latest_filename)
+    path = state_path(d, latest_filename)
     if not model_checkpoint_path:
         raise InvalidArgumentError("model_checkpoint_path must not be empty")
     if os.path.abspath(model_checkpoint_path) == os.path.abspath(path):
