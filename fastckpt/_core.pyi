@@ -41,8 +41,8 @@ class Index:
 def encode_strings(items: List[bytes]) -> Tuple[bytes, int]: ...
 def decode_strings(payload: Any, n: int, masked_crc: int, verify: bool = ..., big_endian: bool = ...,
                    context: str = ...) -> List[bytes]: ...
-def io_run(fds: List[int], offsets: List[int], buffers: List[Any], crcs: List[Optional[int]], is_write: bool,
-           threads: int, describe: Optional[Callable[[int], str]], piece: int = ...,
+def io_run(fds: List[int], offsets: List[int], buffers: List[Any], crcs: Optional[List[Optional[int]]] = ..., *,
+           write: bool, threads: int = ..., describe: Optional[Callable[[int], str]] = ..., piece: int = ...,
            uncached: bool = ...) -> Optional[List[int]]: ...
 
 class WritePlan:

@@ -587,9 +587,9 @@ def decode_strings(payload, uint64_t n, uint32_t masked_crc, bint verify=True,
 
 # ---- parallel I/O -------------------------------------------------------------------
 
-def io_run(list fds, list offsets, list buffers, list crcs, bint is_write, int threads,
-           describe, uint64_t piece=0, bint uncached=False):
-    """Write (``is_write``) or read every buffer at its file offset on up to
+def io_run(list fds, list offsets, list buffers, list crcs=None, *, bint write, int threads=1,
+           describe=None, uint64_t piece=0, bint uncached=False):
+    """Write (``write=True``) or read every buffer at its file offset on up to
     ``threads`` threads with the GIL released. Buffers are any C-contiguous
     buffer (numpy arrays of any dtype, bytes, bytearray).
 
@@ -610,21 +610,21 @@ def io_run(list fds, list offsets, list buffers, list crcs, bint is_write, int t
     fc_status_clear(&st)
     try:
         for i in range(n):
-            hold = _Buffer(buffers[i], not is_write)
+            hold = _Buffer(buffers[i], not write)
             held.append(hold)
             items[i].fd = fds[i]
             items[i].file_off = offsets[i]
             items[i].len = <uint64_t>hold.view.len
             items[i].buf = hold.view.buf
-            if not is_write and crcs[i] is not None:
+            if not write and crcs is not None and crcs[i] is not None:
                 items[i].crc = crcs[i]
                 items[i].verify = 1
         with nogil:
-            rc = fc_io_run(items, n, (FC_IO_WRITE_UNCACHED if uncached else FC_IO_WRITE) if is_write
+            rc = fc_io_run(items, n, (FC_IO_WRITE_UNCACHED if uncached else FC_IO_WRITE) if write
                            else FC_IO_READ, threads, piece, &st)
         if rc:
             _raise(&st, "", describe)
-        if is_write:
+        if write:
             return [items[i].crc for i in range(n)]
         return None
     finally:

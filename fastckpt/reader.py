@@ -288,8 +288,8 @@ class CheckpointReader(Mapping[str, np.ndarray]):
                 self._queue(name, pending, out, into)
         if pending.buffers:
             _prefetch(pending)
-            _core.io_run(pending.fds, pending.offsets, pending.buffers, pending.crcs, False, self._threads,
-                         lambda i: f"{self._files.path(pending.shards[i])}: tensor {pending.names[i]!r}")
+            _core.io_run(pending.fds, pending.offsets, pending.buffers, pending.crcs, write=False, threads=self._threads,
+                         describe=lambda i: f"{self._files.path(pending.shards[i])}: tensor {pending.names[i]!r}")
         for finish in pending.after:
             finish()
         return out

@@ -233,9 +233,8 @@ def _write_converted(plan: "_core.WritePlan", fds: List[int], finals: List[str],
     def flush() -> None:
         nonlocal held
         got = _core.io_run([fds[plan.shard(i)] for i, _, _ in batch], [plan.offset(i) + at for i, at, _ in batch],
-                           [c for _, _, c in batch], [], True, nthreads,
-                           lambda k: f"tensor {plan.names[batch[k][0]]!r} in {finals[plan.shard(batch[k][0])]}",
-                           uncached=durable)
+                           [c for _, _, c in batch], write=True, threads=nthreads, uncached=durable,
+                           describe=lambda k: f"tensor {plan.names[batch[k][0]]!r} in {finals[plan.shard(batch[k][0])]}")
         assert got is not None
         for (i, at, chunk), crc in zip(batch, got):
             crcs[i] = crc if at == 0 else _core.crc32c_combine(crcs[i], crc, chunk.nbytes)

@@ -13,8 +13,8 @@ from fastckpt import _core
 def _write(path, chunks, offsets, threads, piece=0):
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
     try:
-        crcs = _core.io_run([fd] * len(chunks), offsets, chunks, [], True, threads,
-                            lambda i: f"c{i}", piece)
+        crcs = _core.io_run([fd] * len(chunks), offsets, chunks, write=True, threads=threads,
+                            describe=lambda i: f"c{i}", piece=piece)
     finally:
         os.close(fd)
     return crcs
@@ -35,7 +35,7 @@ def test_mixed_sizes_with_gaps(tmp_path, threads, piece):
     fd = os.open(str(tmp_path / "f"), os.O_RDONLY)
     try:
         outs = [np.zeros(n, np.uint8) for n in sizes]
-        _core.io_run([fd] * len(outs), offsets, outs, crcs, False, threads, None, piece)
+        _core.io_run([fd] * len(outs), offsets, outs, crcs, write=False, threads=threads, piece=piece)
     finally:
         os.close(fd)
     for a, b in zip(outs, chunks):
@@ -49,7 +49,7 @@ def test_read_checksum_failure_names_the_item(tmp_path):
     try:
         with pytest.raises(fastckpt.DataLossError, match="second: checksum does not match"):
             _core.io_run([fd, fd], [0, 100], [np.zeros(100, np.uint8), np.zeros(50, np.uint8)],
-                         [crcs[0], crcs[1] ^ 1], False, 2, ["first", "second"].__getitem__)
+                         [crcs[0], crcs[1] ^ 1], write=False, threads=2, describe=["first", "second"].__getitem__)
     finally:
         os.close(fd)
 
@@ -59,7 +59,7 @@ def test_short_file_is_data_loss(tmp_path):
     fd = os.open(str(tmp_path / "f"), os.O_RDONLY)
     try:
         with pytest.raises(fastckpt.DataLossError, match="t: data file is truncated"):
-            _core.io_run([fd], [0], [bytearray(20)], [None], False, 1, lambda i: "t")
+            _core.io_run([fd], [0], [bytearray(20)], [None], write=False, describe=lambda i: "t")
     finally:
         os.close(fd)
 
@@ -67,7 +67,7 @@ def test_short_file_is_data_loss(tmp_path):
 def test_bad_fd_is_oserror_with_errno(tmp_path):
     import errno
     with pytest.raises(fastckpt.CheckpointIOError) as e:
-        _core.io_run([987654], [0], [b"abc"], [], True, 1, lambda i: "x")
+        _core.io_run([987654], [0], [b"abc"], write=True, describe=lambda i: "x")
     assert e.value.errno == errno.EBADF
 
 
@@ -76,6 +76,6 @@ def test_read_only_buffer_cannot_be_read_into(tmp_path):
     fd = os.open(str(tmp_path / "f"), os.O_RDONLY)
     try:
         with pytest.raises(BufferError):
-            _core.io_run([fd], [0], [b"xyz"], [None], False, 1, None)
+            _core.io_run([fd], [0], [b"xyz"], [None], write=False)
     finally:
         os.close(fd)

@@ -61,7 +61,7 @@ def test_writes_leave_gaps_untouched(tmp_path):
         f.write(b"K" * 100)
     fd = os.open(path, os.O_WRONLY)
     try:
-        _core.io_run([fd, fd], [0, 50], [b"a" * 10, b"b" * 10], [], True, 1, None)
+        _core.io_run([fd, fd], [0, 50], [b"a" * 10, b"b" * 10], write=True)
     finally:
         os.close(fd)
     assert open(path, "rb").read() == b"a" * 10 + b"K" * 40 + b"b" * 10 + b"K" * 40
