@@ -13,6 +13,7 @@ from setuptools import Extension, setup
 
 C_SOURCES = sorted(glob.glob("csrc/*.c"))
 HEADERS = sorted(glob.glob("csrc/*.h"))
+BRIDGE = ["fastckpt/_core.pxd"] + sorted(glob.glob("fastckpt/*.pxi"))  # included by _core.pyx
 
 compile_args = ["-O3", "-std=c11", "-Wall", "-Wextra", "-fvisibility=hidden", "-pthread"]
 link_args = ["-pthread"]
@@ -27,7 +28,7 @@ core = Extension(
     "fastckpt._core",
     sources=["fastckpt/_core.pyx"] + C_SOURCES,
     include_dirs=["csrc", numpy.get_include()],
-    depends=HEADERS,
+    depends=HEADERS + BRIDGE,
     extra_compile_args=compile_args,
     extra_link_args=link_args,
     define_macros=[("_FILE_OFFSET_BITS", "64"), ("_GNU_SOURCE", "1"),

@@ -1,0 +1,174 @@
+# Parallel positional I/O and the read planner (included by _core.pyx).
+
+# ---- parallel I/O -------------------------------------------------------------------
+
+def io_run(list fds, list offsets, list buffers, list crcs=None, *, bint write, int threads=1,
+           describe=None, uint64_t piece=0, bint uncached=False):
+    """Write (``write=True``) or read every buffer at its file offset on up to
+    ``threads`` threads with the GIL released. Buffers are any C-contiguous
+    buffer (numpy arrays of any dtype, bytes, bytearray).
+
+    Writing returns each buffer's CRC32C. Reading checks each buffer against
+    ``crcs[i]`` (unmasked) unless it is None. On failure the exception's
+    message starts with ``describe(i)`` for the failing item i. ``uncached``
+    writes with RWF_DONTCACHE where the kernel supports it (for data that is
+    fsync'd next).
+    """
+    cdef size_t n = len(buffers), i
+    cdef fc_io_item *items = <fc_io_item *>calloc((n if n else 1), sizeof(fc_io_item))
+    cdef fc_status st
+    cdef int rc
+    cdef _Buffer hold
+    if items == NULL:
+        raise MemoryError()
+    held = []
+    fc_status_clear(&st)
+    try:
+        for i in range(n):
+            hold = _Buffer(buffers[i], not write)
+            held.append(hold)
+            items[i].fd = fds[i]
+            items[i].file_off = offsets[i]
+            items[i].len = <uint64_t>hold.view.len
+            items[i].buf = hold.view.buf
+            if not write and crcs is not None and crcs[i] is not None:
+                items[i].crc = crcs[i]
+                items[i].verify = 1
+        with nogil:
+            rc = fc_io_run(items, n, (FC_IO_WRITE_UNCACHED if uncached else FC_IO_WRITE) if write
+                           else FC_IO_READ, threads, piece, &st)
+        if rc:
+            _raise(&st, "", describe)
+        if write:
+            return [items[i].crc for i in range(n)]
+        return None
+    finally:
+        free(items)
+
+
+
+PACK_MAX_BYTES = 64 * 1024
+cdef int64_t _PACK_ALIGN = 64
+
+
+cdef inline bint _fast_entry_ok(fc_entry *e, list descrs, list fds, list sizes, bint verify):
+    if e.num_slices or e.dtype < 0 or e.dtype >= len(descrs) or e.shard_id >= len(fds):
+        return False
+    return descrs[e.dtype] is not None and not (verify and not e.has_crc) and e.offset + e.size <= sizes[e.shard_id]
+
+
+def read_fast(Index index, list names, list fds, list sizes, list descrs, bint verify, int threads,
+              describe, dict into=None):
+    """Read plain tensors into new arrays in C: a dict name -> array, or None
+    when some tensor needs the general path (missing, string, sliced,
+    big-endian, out of range, no checksum). ``names`` None means every
+    tensor; ``fds``/``sizes`` per shard; ``descrs[enum]`` a numpy dtype or
+    None. With ``into`` (name -> array), its arrays are filled in place when
+    each is a writeable C-contiguous ndarray of the stored dtype and shape.
+    New arrays of up to ``PACK_MAX_BYTES`` are views into one allocation."""
+    cdef fc_index *idx = &index.idx
+    cdef Py_ssize_t n, k, m = 0
+    cdef int64_t j, pack_total = 0, pack_at = 0, pack_count = 0
+    cdef int64_t *js
+    cdef fc_entry *e
+    cdef fc_io_item *items
+    cdef fc_status st
+    cdef int rc, d
+    cdef cnp.npy_intp dims[FC_MAX_RANK]
+    cdef cnp.npy_intp total_dim
+    cdef object descr, name, arr, pool = None
+    cdef bytes key
+    cdef dict out = {} if into is None else into
+    cdef list found = []
+    cdef cnp.ndarray target
+    cdef char *pool_data = NULL
+    if idx.header.endianness != 0:
+        return None
+    n = len(names) if names is not None else <Py_ssize_t>idx.n
+    items = <fc_io_item *>calloc(n if n else 1, sizeof(fc_io_item))
+    js = <int64_t *>malloc((n if n else 1) * sizeof(int64_t))
+    if items == NULL or js == NULL:
+        free(items)
+        free(js)
+        raise MemoryError()
+    try:
+        for k in range(n):  # pass 1: find and check every entry, size the shared allocation
+            if names is not None:
+                name = names[k]
+                if type(name) is not str:
+                    return None
+                try:
+                    key = PyUnicode_AsUTF8String(name)
+                except UnicodeEncodeError:
+                    return None
+                if len(key) == 0 or PyBytes_AS_STRING(key)[0] == 0:
+                    return None
+                j = fc_index_find(idx, <const uint8_t *>PyBytes_AS_STRING(key), len(key))
+                if j < 0:
+                    return None
+            else:
+                j = k
+                e = &idx.entries[j]
+                if e.key_len == 0 or idx.keys[e.key_off] == 0:
+                    continue  # slice entries are not tensors of their own
+                name = PyUnicode_DecodeUTF8(<const char *>idx.keys + e.key_off, e.key_len, "surrogateescape")
+            e = &idx.entries[j]
+            if not _fast_entry_ok(e, descrs, fds, sizes, verify):
+                return None
+            if into is None and e.size <= PACK_MAX_BYTES:
+                pack_total += (e.size + _PACK_ALIGN - 1) // _PACK_ALIGN * _PACK_ALIGN
+                pack_count += 1
+            js[m] = j
+            found.append(name)
+            m += 1
+        if pack_total and pack_count > 1:  # one tensor alone gets an array of its own
+            total_dim = <cnp.npy_intp>(pack_total + _PACK_ALIGN)
+            pool = cnp.PyArray_SimpleNew(1, &total_dim, cnp.NPY_UINT8)
+            pool_data = <char *>cnp.PyArray_DATA(<cnp.ndarray>pool)
+            pool_data += (_PACK_ALIGN - <int64_t>(<size_t>pool_data % <size_t>_PACK_ALIGN)) % _PACK_ALIGN
+        for k in range(m):  # pass 2: the arrays and the reads
+            e = &idx.entries[js[k]]
+            name = found[k]
+            descr = descrs[e.dtype]
+            for d in range(e.rank):
+                dims[d] = <cnp.npy_intp>idx.dims[e.dims_off + d]
+            if into is not None:
+                arr = into.get(name)
+                if arr is None or not cnp.PyArray_CheckExact(arr):
+                    return None
+                target = <cnp.ndarray>arr
+                if (not cnp.PyArray_IS_C_CONTIGUOUS(target) or not cnp.PyArray_ISWRITEABLE(target)
+                        or cnp.PyArray_NDIM(target) != e.rank
+                        or not cnp.PyArray_EquivTypes(<cnp.dtype>cnp.PyArray_DESCR(target), <cnp.dtype>descr)
+                        or (<object>cnp.PyArray_DESCR(target)).byteorder == ">"):
+                    return None
+                for d in range(e.rank):
+                    if cnp.PyArray_DIMS(target)[d] != dims[d]:
+                        return None
+            elif pool is not None and e.size <= PACK_MAX_BYTES:
+                Py_INCREF(descr)  # PyArray_NewFromDescr steals a reference
+                arr = PyArray_NewFromDescr(&PyArray_Type, <cnp.dtype>descr, e.rank, dims, NULL,
+                                           pool_data + pack_at, cnp.NPY_ARRAY_CARRAY, None)
+                cnp.set_array_base(<cnp.ndarray>arr, pool)
+                pack_at += (e.size + _PACK_ALIGN - 1) // _PACK_ALIGN * _PACK_ALIGN
+            else:
+                Py_INCREF(descr)  # PyArray_Empty steals a reference
+                arr = PyArray_Empty(e.rank, dims, <cnp.dtype>descr, 0)
+            items[k].fd = fds[e.shard_id]
+            items[k].file_off = <uint64_t>e.offset
+            items[k].len = <uint64_t>e.size
+            items[k].buf = cnp.PyArray_DATA(<cnp.ndarray>arr)
+            items[k].crc = fc_crc_unmask(e.crc32c)
+            items[k].verify = verify
+            if into is None:
+                out[name] = arr
+        fc_status_clear(&st)
+        with nogil:
+            rc = fc_io_run(items, <size_t>m, FC_IO_READ, threads, 0, &st)
+        if rc:
+            _raise(&st, "", lambda i: describe(found[i], idx.entries[js[i]].shard_id))
+        return out
+    finally:
+        free(items)
+        free(js)
+

@@ -1,0 +1,239 @@
+# The write plan (included by _core.pyx).
+
+# ---- the write plan ----------------------------------------------------------------
+# One plan for every tensor, made here: the per-tensor work for the common
+# case (a str name -> C-contiguous little-endian numeric array) is done in
+# C, anything else is turned into a payload by the caller's ``prepare``
+# (writer.py) and planned the same way. Shards and offsets come from the C
+# planner (fc_plan_layout), the index from the C builder (fc_index_build).
+
+cdef class WritePlan:
+    """Per tensor: its key, dtype, shape, shard, offset and payload. Ready
+    payloads (arrays written from their own memory, encoded strings) are
+    written by :meth:`write`; the others (``staged``: ``(i, source)``
+    pairs) are converted piecewise by the caller, which sets their CRC with
+    :meth:`set_crc`. Keeps every payload alive until written."""
+    cdef fc_io_item *items
+    cdef fc_entry_view *entries
+    cdef int64_t *dims
+    cdef size_t dims_len, dims_cap
+    cdef size_t *dims_off
+    cdef uint32_t *key_off
+    cdef uint32_t *key_len
+    cdef uint8_t *ready
+    cdef uint8_t *preset
+    cdef uint32_t *preset_crc
+    cdef fc_buf keys
+    cdef Py_ssize_t n
+    cdef public list names
+    cdef list held
+    cdef public list staged
+    cdef public list shard_sizes
+
+    def __dealloc__(self):
+        free(self.items); free(self.entries); free(self.dims); free(self.dims_off); free(self.key_off)
+        free(self.key_len); free(self.ready); free(self.preset); free(self.preset_crc)
+        fc_buf_free(&self.keys)
+
+    cdef int _alloc(self, Py_ssize_t n) except -1:
+        cdef size_t m = <size_t>(n if n else 1)
+        self.n = n
+        self.items = <fc_io_item *>calloc(m, sizeof(fc_io_item))
+        self.entries = <fc_entry_view *>calloc(m, sizeof(fc_entry_view))
+        self.key_off = <uint32_t *>malloc(m * sizeof(uint32_t))
+        self.key_len = <uint32_t *>malloc(m * sizeof(uint32_t))
+        self.dims_off = <size_t *>malloc(m * sizeof(size_t))
+        self.ready = <uint8_t *>calloc(m, 1)
+        self.preset = <uint8_t *>calloc(m, 1)
+        self.preset_crc = <uint32_t *>calloc(m, sizeof(uint32_t))
+        if (self.items == NULL or self.entries == NULL or self.key_off == NULL or self.key_len == NULL
+                or self.dims_off == NULL or self.ready == NULL or self.preset == NULL or self.preset_crc == NULL):
+            raise MemoryError()
+        return 0
+
+    cdef int _add_key(self, Py_ssize_t i, const char *kp, Py_ssize_t klen) except -1:
+        if <uint64_t>klen > 0xFFFFFFFFu or self.keys.len > 0xFFFFFFFFu - <uint64_t>klen:
+            raise InvalidArgumentError("tensor names too long")
+        self.key_off[i], self.key_len[i] = <uint32_t>self.keys.len, <uint32_t>klen
+        if fc_buf_append(&self.keys, kp, <size_t>klen):
+            raise MemoryError()
+        return 0
+
+    cdef int _add_dims(self, Py_ssize_t i, int rank) except -1:
+        """Room for tensor ``i``'s ``rank`` dimensions at ``dims_off[i]``."""
+        if rank > FC_MAX_RANK:
+            raise InvalidArgumentError(f"tensor {self.names[i]!r}: rank {rank} is over {FC_MAX_RANK}")
+        if fc_grow(<void **>&self.dims, &self.dims_cap, self.dims_len + <size_t>rank + 1, sizeof(int64_t)):
+            raise MemoryError()
+        self.entries[i].rank = rank
+        self.dims_off[i] = self.dims_len
+        return 0
+
+    def shard(self, Py_ssize_t i):
+        """The shard of tensor ``i``."""
+        return self.entries[i].shard_id
+
+    def offset(self, Py_ssize_t i):
+        """The offset of tensor ``i`` in its data file."""
+        return self.entries[i].offset
+
+    def set_crc(self, Py_ssize_t i, uint32_t crc):
+        """The CRC32C (unmasked) of staged tensor ``i``'s payload."""
+        self.items[i].crc = crc
+
+    def write(self, list fds, int threads, bint uncached, list paths):
+        """Write every ready payload to ``fds[shard]``, computing its CRC.
+        ``paths`` (per shard) name the file in errors."""
+        cdef int *shard_fd = <int *>malloc((len(fds) if fds else 1) * sizeof(int))
+        cdef size_t *which = NULL
+        cdef fc_io_item *run = self.items
+        cdef size_t m = <size_t>self.n
+        cdef Py_ssize_t i
+        cdef fc_status st
+        cdef int rc
+        try:
+            if shard_fd == NULL:
+                raise MemoryError()
+            for i in range(len(fds)):
+                shard_fd[i] = fds[i]
+            for i in range(self.n):
+                self.items[i].fd = shard_fd[self.entries[i].shard_id]
+            if self.staged:  # write only the ready ones
+                which = <size_t *>malloc((self.n if self.n else 1) * sizeof(size_t))
+                run = <fc_io_item *>malloc((self.n if self.n else 1) * sizeof(fc_io_item))
+                if which == NULL or run == NULL:
+                    raise MemoryError()
+                m = 0
+                for i in range(self.n):
+                    if self.ready[i]:
+                        run[m], which[m] = self.items[i], <size_t>i
+                        m += 1
+            fc_status_clear(&st)
+            with nogil:
+                rc = fc_io_run(run, m, FC_IO_WRITE_UNCACHED if uncached else FC_IO_WRITE, threads, 0, &st)
+            if rc:
+                _raise(&st, "", lambda k: f"tensor {self.names[which[k] if which else k]!r} in "
+                                          f"{paths[self.entries[which[k] if which else k].shard_id]}")
+            if which != NULL:
+                for i in range(<Py_ssize_t>m):
+                    self.items[which[i]].crc = run[i].crc
+        finally:
+            free(shard_fd)
+            free(which)
+            if run != self.items:
+                free(run)
+
+    def index(self, int num_shards):
+        """The .index bytes (after every payload is written)."""
+        cdef fc_header h
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            self.entries[i].dims = self.dims + self.dims_off[i]  # the arena no longer moves
+            self.entries[i].crc32c = fc_crc_mask(self.preset_crc[i] if self.preset[i] else self.items[i].crc)
+            self.entries[i].has_crc = 1
+        h.num_shards, h.endianness, h.producer = num_shards, 0, 1
+        h.min_consumer, h.bad_consumer_1, h.has_version = 0, 0, 1
+        return _index_bytes(&h, &self.keys, self.key_off, self.key_len, self.entries, <size_t>self.n,
+                            self.names)
+
+
+def plan_write(tensors, dict enums, int num_shards, int64_t alignment, prepare):
+    """The :class:`WritePlan` of ``tensors`` (a mapping of name -> value).
+
+    A ``str`` name with a C-contiguous array of a dtype in ``enums`` (dtype
+    -> enum) is planned here; any other item goes through
+    ``prepare(name, value)``, which returns ``(key, name, dtype enum, shape,
+    payload or None, size, crc or None, source or None)`` or raises."""
+    cdef Py_ssize_t n = len(tensors), i = 0, d, klen = 0
+    cdef cnp.ndarray arr
+    cdef object name, value, enum, descr, last_descr = None
+    cdef int32_t last_enum = 0
+    cdef const char *kp = NULL
+    cdef WritePlan p = WritePlan()
+    cdef uint64_t *sizes
+    cdef int32_t *shards
+    cdef uint64_t *offsets
+    cdef uint64_t *ends
+    cdef fc_status st
+    cdef _Buffer hold
+    cdef bytes key
+    p._alloc(n)
+    p.names, p.held, p.staged = [], [], []
+    items = tensors.items() if type(tensors) is dict else list(tensors.items())
+    for name, value in items:
+        if i >= n:
+            raise InvalidArgumentError("the mapping changed size while it was being saved")
+        fast = False
+        if type(name) is str and cnp.PyArray_CheckExact(value):
+            arr = <cnp.ndarray>value
+            descr = <object>cnp.PyArray_DESCR(arr)
+            if descr is not last_descr:  # most states hold one or two dtypes
+                enum = enums.get(descr)
+                if enum is not None:
+                    last_descr, last_enum = descr, enum
+            fast = (descr is last_descr and cnp.PyArray_IS_C_CONTIGUOUS(arr) and len(<str>name) > 0
+                    and (<str>name)[0] != "\x00")
+            if fast:
+                try:
+                    kp = PyUnicode_AsUTF8AndSize(name, &klen)  # cached in the str: no new object
+                except UnicodeEncodeError:
+                    fast = False  # lone surrogates: prepare encodes them
+        if fast:
+            p.names.append(name)
+            p._add_key(i, kp, klen)
+            p.entries[i].dtype = last_enum
+            p._add_dims(i, cnp.PyArray_NDIM(arr))
+            for d in range(cnp.PyArray_NDIM(arr)):
+                p.dims[p.dims_len] = cnp.PyArray_DIMS(arr)[d]
+                p.dims_len += 1
+            p.entries[i].size = <int64_t>cnp.PyArray_NBYTES(arr)
+            p.items[i].buf = cnp.PyArray_DATA(arr)
+            p.ready[i] = 1
+            p.held.append(arr)
+        else:
+            key, text, dtype, shape, payload, size, crc, source = prepare(name, value)
+            p.names.append(text)
+            p._add_key(i, PyBytes_AS_STRING(key), len(key))
+            p.entries[i].dtype = dtype
+            p._add_dims(i, len(shape))
+            for d in range(len(shape)):
+                p.dims[p.dims_len] = shape[d]
+                p.dims_len += 1
+            p.entries[i].size = size
+            if crc is not None:
+                p.preset_crc[i], p.preset[i] = crc, 1
+            if payload is not None:
+                hold = _Buffer(payload)
+                p.held.append(hold)
+                p.items[i].buf = hold.view.buf
+                p.ready[i] = 1
+            else:
+                p.staged.append((i, source))
+        p.items[i].len = <uint64_t>p.entries[i].size
+        i += 1
+    if i != n:
+        raise InvalidArgumentError("the mapping changed size while it was being saved")
+    sizes = <uint64_t *>malloc((n if n else 1) * sizeof(uint64_t))
+    shards = <int32_t *>malloc((n if n else 1) * sizeof(int32_t))
+    offsets = <uint64_t *>malloc((n if n else 1) * sizeof(uint64_t))
+    ends = <uint64_t *>calloc(num_shards, sizeof(uint64_t))
+    try:
+        if sizes == NULL or shards == NULL or offsets == NULL or ends == NULL:
+            raise MemoryError()
+        for i in range(n):
+            sizes[i] = p.items[i].len
+        fc_status_clear(&st)
+        if fc_plan_layout(sizes, <size_t>n, num_shards, <uint64_t>alignment, shards, offsets, ends, &st):
+            _raise(&st, "plan")
+        for i in range(n):
+            p.entries[i].shard_id, p.entries[i].offset = shards[i], <int64_t>offsets[i]
+            p.items[i].file_off = offsets[i]
+        p.shard_sizes = [ends[d] for d in range(num_shards)]
+        return p
+    finally:
+        free(sizes); free(shards); free(offsets); free(ends)
+
+
+# Tensors up to this size, read into new arrays, share one allocation (each
+# array a view into it, aligned to 64 bytes): one page-fault run instead of
+# one malloc each. Larger ones get their own, so freeing one frees it.
