@@ -1,18 +1,16 @@
-"""Shared fixtures and hypothesis profiles.
+"""Shared fixtures, tier markers and hypothesis profiles.
 
 FASTCKPT_HYPOTHESIS=ci (default; bounded for CI), dev (fast), deep (long).
 """
 
 import os
 import subprocess
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # quiet TensorFlow
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 settings.register_profile("ci", max_examples=150, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -22,6 +20,16 @@ settings.register_profile("deep", max_examples=3000, deadline=None,
 settings.load_profile(os.environ.get("FASTCKPT_HYPOTHESIS", "ci"))
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+TIERS = ("unit", "format", "api", "robustness", "compat")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test is marked with its tier, the folder it lives in
+    (``-m unit``, ``-m "format or robustness"``...)."""
+    for item in items:
+        parts = item.nodeid.split("/")
+        if len(parts) > 2 and parts[1] in TIERS:
+            item.add_marker(getattr(pytest.mark, parts[1]))
 
 
 @pytest.fixture

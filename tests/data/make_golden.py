@@ -1,20 +1,18 @@
 """Writes the golden checkpoints in this directory with TensorFlow.
 
-Run from the repository root:  python tests/data/make_golden.py
+Run from the repository root:  python -m tests.data.make_golden
 (written with tensorflow-cpu 2.21.0). The values come from
-tests/golden_values.py; tests/test_golden_tf.py reads them without TF.
+tests/helpers/golden_values.py; tests/format/test_golden_tf.py reads them without TF.
 """
 
 import os
 import shutil
-import sys
+
+import tensorflow as tf
+
+import tests.helpers.golden_values as gv
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-
-import tensorflow as tf  # noqa: E402
-
-import golden_values as gv  # noqa: E402
 
 tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 3)

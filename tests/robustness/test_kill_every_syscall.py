@@ -2,7 +2,7 @@
 with a retention delete, a re-saved step, a background save, a re-save
 through the manager) is SIGKILL-ed at *every* mutating system call in turn
 -- each write, truncate, create, rename, link, unlink and fsync, counted by
-an LD_PRELOAD shim (tests/killshim.c). After each kill:
+an LD_PRELOAD shim (tests/helpers/killshim.c). After each kill:
 
 - the latest checkpoint restores bit-exactly to the contents of a save of
   its step (the old or the new contents of a re-saved step), never older
@@ -21,11 +21,14 @@ import pytest
 
 import fastckpt
 from fastckpt.locking import is_leftover
-from kill_scenario import contents
-from roundtrip_kit import assert_bit_equal
+from tests.helpers.kill_scenario import contents
+from tests.helpers.roundtrip import assert_bit_equal
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SHIM = os.path.join(ROOT, "tests", "helpers", "killshim.c")
 STRIDE = int(os.environ.get("FASTCKPT_KILL_STRIDE", "1"))  # 1: every call
+
+pytestmark = pytest.mark.no_sanitizer  # runs its own processes and preloads; slow under ASan
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,7 @@ def shim(tmp_path_factory):
     if cc is None:
         pytest.skip("no C compiler for the kill shim")
     out = str(tmp_path_factory.mktemp("shim") / "killshim.so")
-    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", out, os.path.join(HERE, "killshim.c"), "-ldl"],
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", out, SHIM, "-ldl"],
                    check=True)
     return out
 
@@ -47,8 +50,9 @@ def setup_directory(d, durable):
 
 def run_child(shim, d, target, log, durable):
     env = dict(os.environ, LD_PRELOAD=shim)
-    return subprocess.run([sys.executable, os.path.join(HERE, "kill_scenario.py"), str(d), str(target), str(log),
-                           "durable" if durable else "fast"], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "tests.helpers.kill_scenario", str(d), str(target), str(log),
+                           "durable" if durable else "fast"], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
 
 
 def committed(log):

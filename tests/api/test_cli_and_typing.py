@@ -11,7 +11,7 @@ import fastckpt
 from fastckpt.bench import gpt_like_state, parse_size, run_bench
 from fastckpt.cli import main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_ls(tmp_path, capsys):

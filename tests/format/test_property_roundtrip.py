@@ -9,7 +9,7 @@ from hypothesis.extra import numpy as hnp
 
 import fastckpt
 from fastckpt import _core
-from roundtrip_kit import assert_bit_equal
+from tests.helpers.roundtrip import assert_bit_equal
 
 DTYPES = [np.float16, np.float32, np.float64, ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn, np.int8,
           np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64, np.bool_, np.complex64,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fastckpt
-from roundtrip_kit import flip_byte
+from tests.helpers.roundtrip import flip_byte
 
 
 def is_view(a):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import fastckpt
-import golden_values as gv
-from roundtrip_kit import assert_bit_equal
+import tests.helpers.golden_values as gv
+from tests.helpers.roundtrip import assert_bit_equal
 
 
 def test_tf1_saver_relative_state_and_all_dtypes(data_dir):

@@ -9,7 +9,7 @@ import pytest
 
 import fastckpt
 from fastckpt.structure import STRUCTURE_KEY
-from roundtrip_kit import assert_bit_equal
+from tests.helpers.roundtrip import assert_bit_equal
 
 NESTED = {
     "layer": [{"kernel": np.arange(6.0).reshape(2, 3), "bias": np.zeros(3, np.float32)},

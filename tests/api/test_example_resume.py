@@ -8,8 +8,11 @@ import subprocess
 import sys
 import time
 
+import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.no_sanitizer  # runs its own processes; slow under ASan
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLE = os.path.join(ROOT, "examples", "resume_training.py")
 
 

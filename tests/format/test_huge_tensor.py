@@ -11,6 +11,8 @@ import fastckpt
 
 GIB = 1 << 30
 
+pytestmark = pytest.mark.no_sanitizer  # 5 GiB: too slow under ASan
+
 
 def _mem_available():
     try:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastckpt
-from roundtrip_kit import assert_bit_equal
+from tests.helpers.roundtrip import assert_bit_equal
 
 SMALL = {"w": np.arange(32_768, dtype=np.float32)}             # 128 KiB
 LARGE = {"w": np.arange(2_000_000, dtype=np.float32)}          # 8 MB

@@ -1,5 +1,6 @@
-"""Child process of the systematic kill test (run as a script under the
-LD_PRELOAD kill shim). In a directory that already holds steps 1 and 2 it
+"""Child process of the systematic kill test (run as
+``python -m tests.helpers.kill_scenario`` from the repository root, under
+the LD_PRELOAD kill shim). In a directory that already holds steps 1 and 2 it
 runs the attacked sequence -- a new step with a retention delete, a
 re-saved step, a background save, a re-save through the manager -- and
 logs each save to ``log`` (not counted) after it returned."""
@@ -8,10 +9,8 @@ import ctypes
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import fastckpt  # noqa: E402
-from crash_child import state_for  # noqa: E402
+import fastckpt
+from tests.helpers.crash_child import state_for
 
 RESAVED = 1000  # the re-saved contents of step s are state_for(s + RESAVED)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fastckpt
-from roundtrip_kit import assert_bit_equal
+from tests.helpers.roundtrip import assert_bit_equal
 
 TENSORS = {
     "dense/kernel": np.arange(24, dtype=np.float32).reshape(4, 6),

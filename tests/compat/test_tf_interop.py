@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import fastckpt
-from roundtrip_kit import assert_bit_equal, flip_byte
+from tests.helpers.roundtrip import assert_bit_equal, flip_byte
 
 tf = pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.tensorflow

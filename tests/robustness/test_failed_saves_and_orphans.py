@@ -12,7 +12,7 @@ import pytest
 
 import fastckpt
 from fastckpt.locking import create_locked_temp, is_leftover, release_lock
-from roundtrip_kit import assert_bit_equal
+from tests.helpers.roundtrip import assert_bit_equal
 
 SMALL = {"w": np.arange(32_768, dtype=np.float32)}  # 128 KiB
 

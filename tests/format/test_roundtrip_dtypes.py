@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fastckpt
-from roundtrip_kit import assert_bit_equal, check_roundtrip
+from tests.helpers.roundtrip import assert_bit_equal, check_roundtrip
 
 FIXED = [np.float16, np.float32, np.float64, ml_dtypes.bfloat16, ml_dtypes.float8_e5m2,
          ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e4m3fnuz, ml_dtypes.float8_e4m3b11fnuz,

@@ -8,14 +8,16 @@ import os
 import pytest
 
 import fastckpt
-import crash_child
+from tests.helpers import crash_child
 from fastckpt.locking import is_leftover
+
+pytestmark = pytest.mark.no_sanitizer  # runs its own processes and preloads; slow under ASan
 
 
 @pytest.fixture(scope="module")
 def ctx():
     c = multiprocessing.get_context("forkserver")
-    c.set_forkserver_preload(["numpy", "fastckpt", "crash_child"])
+    c.set_forkserver_preload(["numpy", "fastckpt", "tests.helpers.crash_child"])
     return c
 
 

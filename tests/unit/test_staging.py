@@ -11,7 +11,7 @@ from hypothesis.extra import numpy as hnp
 import fastckpt
 from fastckpt import _core
 from fastckpt.writer import c_order_chunks
-from roundtrip_kit import assert_bit_equal
+from tests.helpers.roundtrip import assert_bit_equal
 
 
 @given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=0, max_dims=4, max_side=6)), st.integers(4, 200),

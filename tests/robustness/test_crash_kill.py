@@ -12,16 +12,18 @@ import time
 import pytest
 
 import fastckpt
-import crash_child
-from roundtrip_kit import assert_bit_equal
+from tests.helpers import crash_child
+from tests.helpers.roundtrip import assert_bit_equal
 
 KILLS = int(os.environ.get("FASTCKPT_KILLS", "120"))
+
+pytestmark = pytest.mark.no_sanitizer  # runs its own processes and preloads; slow under ASan
 
 
 @pytest.fixture(scope="module")
 def ctx():
     c = multiprocessing.get_context("forkserver")
-    c.set_forkserver_preload(["numpy", "fastckpt", "crash_child"])
+    c.set_forkserver_preload(["numpy", "fastckpt", "tests.helpers.crash_child"])
     return c
 
 
