@@ -361,18 +361,6 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             raise InvalidArgumentError(f"into[{name!r}] is read-only")
         return arr
 
-    def _check_range(self, name: str, shard: int, offset: int, size: int, fresh: bool = False) -> int:
-        """The shard's fd, after checking the tensor lies inside the file
-        (as it is now, with ``fresh``: a file that shrank is caught here)."""
-        fd, file_size = self._files.open(shard)
-        if fresh:
-            file_size = os.fstat(fd).st_size
-        if offset + size > file_size:
-            raise DataLossError(
-                f"{self._files.path(shard)}: tensor {name!r} needs bytes {offset}..{offset + size} "
-                f"but the file has {file_size} bytes (truncated?)")
-        return fd
-
     def _queue_payload(self, name: str, dtype: int, shape: Tuple[int, ...], fd: int, shard: int,
                        offset: int, size: int, crc: Optional[int], target: Optional[np.ndarray],
                        pending: _Pending, deliver: Optional[Callable[[np.ndarray], None]] = None) -> None:

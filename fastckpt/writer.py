@@ -1,5 +1,7 @@
-"""Writing a bundle: user state → plan (names, dtypes, shards, offsets) →
-parallel C writes → index → commit (renames, index last)."""
+"""Writing a bundle: user state → the write plan (names, dtypes, shapes,
+shards, offsets; made in C) → parallel C writes of a complete bundle under
+a private name → installed under its final name (renames, or hard links
+while a state file lists the private name)."""
 
 from __future__ import annotations
 
