@@ -64,4 +64,5 @@ PACK_MAX_BYTES: int
 
 def read_fast(index: Index, names: Optional[List[str]], fds: List[int], sizes: List[int], descrs: List[Any],
               verify: bool, threads: int, describe: Callable[[str, int], str],
-              into: Optional[dict] = ...) -> Optional[dict]: ...
+              into: Optional[dict] = ..., before_io: Optional[Callable[[List[str]], None]] = ...,
+              out: Optional[dict] = ...) -> Optional[Tuple[dict, List[str]]]: ...

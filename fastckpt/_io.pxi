@@ -51,6 +51,40 @@ PACK_MAX_BYTES = 64 * 1024
 cdef int64_t _PACK_ALIGN = 64
 
 
+cdef int64_t _find(fc_index *idx, object name) except -2:
+    """Entry number of a tensor name, -1 when it is not a plain str key
+    present in the index (the general path explains)."""
+    cdef bytes key
+    if type(name) is not str:
+        return -1
+    try:
+        key = PyUnicode_AsUTF8String(name)
+    except UnicodeEncodeError:
+        return -1
+    if len(key) == 0 or PyBytes_AS_STRING(key)[0] == 0:
+        return -1
+    return fc_index_find(idx, <const uint8_t *>PyBytes_AS_STRING(key), len(key))
+
+
+cdef bint _fits(object arr, fc_entry *e, fc_index *idx, list descrs):
+    """True if ``arr`` is an ndarray the C path can fill with entry ``e``:
+    C-contiguous, writeable, native byte order, same dtype and shape."""
+    cdef cnp.ndarray target
+    cdef int d
+    if arr is None or not cnp.PyArray_CheckExact(arr):
+        return False
+    target = <cnp.ndarray>arr
+    if (not cnp.PyArray_IS_C_CONTIGUOUS(target) or not cnp.PyArray_ISWRITEABLE(target)
+            or cnp.PyArray_NDIM(target) != e.rank
+            or not cnp.PyArray_EquivTypes(<cnp.dtype>cnp.PyArray_DESCR(target), <cnp.dtype>descrs[e.dtype])
+            or (<object>cnp.PyArray_DESCR(target)).byteorder == ">"):
+        return False
+    for d in range(e.rank):
+        if cnp.PyArray_DIMS(target)[d] != idx.dims[e.dims_off + d]:
+            return False
+    return True
+
+
 cdef inline bint _fast_entry_ok(fc_entry *e, list descrs, list fds, list sizes, bint verify):
     if e.num_slices or e.dtype < 0 or e.dtype >= len(descrs) or e.shard_id >= len(fds):
         return False
@@ -58,18 +92,25 @@ cdef inline bint _fast_entry_ok(fc_entry *e, list descrs, list fds, list sizes, 
 
 
 def read_fast(Index index, list names, list fds, list sizes, list descrs, bint verify, int threads,
-              describe, dict into=None):
-    """Read plain tensors into new arrays in C: a dict name -> array, or None
-    when some tensor needs the general path (missing, string, sliced,
-    big-endian, out of range, no checksum). ``names`` None means every
+              describe, dict into=None, before_io=None, dict out=None):
+    """The read planner: plain tensors are planned and read here, in C.
+
+    Returns ``(out, rest)``: ``out`` (the caller's dict, else a new one, or
+    ``into`` itself) maps name -> array, ``rest`` lists the names the caller's general path must read
+    (missing, string, sliced, out of range, no checksum, an ``into`` array
+    that does not fit); their places in ``out`` are kept with ``None``.
+    ``before_io(rest)`` runs before any byte is read, so the general path can
+    check its tensors first (an error then leaves ``into`` untouched).
+    None for a big-endian bundle (all general). ``names`` None means every
     tensor; ``fds``/``sizes`` per shard; ``descrs[enum]`` a numpy dtype or
-    None. With ``into`` (name -> array), its arrays are filled in place when
-    each is a writeable C-contiguous ndarray of the stored dtype and shape.
-    New arrays of up to ``PACK_MAX_BYTES`` are views into one allocation."""
+    None. New arrays of up to ``PACK_MAX_BYTES`` are views into one
+    allocation."""
     cdef fc_index *idx = &index.idx
     cdef Py_ssize_t n, k, m = 0
     cdef int64_t j, pack_total = 0, pack_at = 0, pack_count = 0
     cdef int64_t *js
+    cdef int64_t *slot
+    cdef Py_ssize_t nslots = 0, q
     cdef fc_entry *e
     cdef fc_io_item *items
     cdef fc_status st
@@ -77,48 +118,45 @@ def read_fast(Index index, list names, list fds, list sizes, list descrs, bint v
     cdef cnp.npy_intp dims[FC_MAX_RANK]
     cdef cnp.npy_intp total_dim
     cdef object descr, name, arr, pool = None
-    cdef bytes key
-    cdef dict out = {} if into is None else into
-    cdef list found = []
-    cdef cnp.ndarray target
+    cdef list found = [], rest = []
     cdef char *pool_data = NULL
     if idx.header.endianness != 0:
         return None
+    if out is None:
+        out = {} if into is None else into
     n = len(names) if names is not None else <Py_ssize_t>idx.n
     items = <fc_io_item *>calloc(n if n else 1, sizeof(fc_io_item))
     js = <int64_t *>malloc((n if n else 1) * sizeof(int64_t))
-    if items == NULL or js == NULL:
+    slot = <int64_t *>malloc((n if n else 1) * sizeof(int64_t))  # in order: m >= 0 planned here, -1-r rest[r]
+    if items == NULL or js == NULL or slot == NULL:
         free(items)
         free(js)
+        free(slot)
         raise MemoryError()
     try:
         for k in range(n):  # pass 1: find and check every entry, size the shared allocation
             if names is not None:
                 name = names[k]
-                if type(name) is not str:
-                    return None
-                try:
-                    key = PyUnicode_AsUTF8String(name)
-                except UnicodeEncodeError:
-                    return None
-                if len(key) == 0 or PyBytes_AS_STRING(key)[0] == 0:
-                    return None
-                j = fc_index_find(idx, <const uint8_t *>PyBytes_AS_STRING(key), len(key))
-                if j < 0:
-                    return None
+                j = _find(idx, name)
             else:
                 j = k
                 e = &idx.entries[j]
                 if e.key_len == 0 or idx.keys[e.key_off] == 0:
                     continue  # slice entries are not tensors of their own
                 name = PyUnicode_DecodeUTF8(<const char *>idx.keys + e.key_off, e.key_len, "surrogateescape")
+            if j < 0 or not _fast_entry_ok(&idx.entries[j], descrs, fds, sizes, verify) or (
+                    into is not None and not _fits(into.get(name), &idx.entries[j], idx, descrs)):
+                slot[nslots] = -1 - <int64_t>len(rest)
+                nslots += 1
+                rest.append(name)
+                continue
             e = &idx.entries[j]
-            if not _fast_entry_ok(e, descrs, fds, sizes, verify):
-                return None
             if into is None and e.size <= PACK_MAX_BYTES:
                 pack_total += (e.size + _PACK_ALIGN - 1) // _PACK_ALIGN * _PACK_ALIGN
                 pack_count += 1
             js[m] = j
+            slot[nslots] = m
+            nslots += 1
             found.append(name)
             m += 1
         if pack_total and pack_count > 1:  # one tensor alone gets an array of its own
@@ -126,25 +164,19 @@ def read_fast(Index index, list names, list fds, list sizes, list descrs, bint v
             pool = cnp.PyArray_SimpleNew(1, &total_dim, cnp.NPY_UINT8)
             pool_data = <char *>cnp.PyArray_DATA(<cnp.ndarray>pool)
             pool_data += (_PACK_ALIGN - <int64_t>(<size_t>pool_data % <size_t>_PACK_ALIGN)) % _PACK_ALIGN
-        for k in range(m):  # pass 2: the arrays and the reads
+        for q in range(nslots):  # pass 2, in the requested order: the arrays and the reads
+            if slot[q] < 0:
+                if into is None:
+                    out[rest[-1 - slot[q]]] = None  # keeps its place for the general path
+                continue
+            k = <Py_ssize_t>slot[q]
             e = &idx.entries[js[k]]
             name = found[k]
             descr = descrs[e.dtype]
             for d in range(e.rank):
                 dims[d] = <cnp.npy_intp>idx.dims[e.dims_off + d]
             if into is not None:
-                arr = into.get(name)
-                if arr is None or not cnp.PyArray_CheckExact(arr):
-                    return None
-                target = <cnp.ndarray>arr
-                if (not cnp.PyArray_IS_C_CONTIGUOUS(target) or not cnp.PyArray_ISWRITEABLE(target)
-                        or cnp.PyArray_NDIM(target) != e.rank
-                        or not cnp.PyArray_EquivTypes(<cnp.dtype>cnp.PyArray_DESCR(target), <cnp.dtype>descr)
-                        or (<object>cnp.PyArray_DESCR(target)).byteorder == ">"):
-                    return None
-                for d in range(e.rank):
-                    if cnp.PyArray_DIMS(target)[d] != dims[d]:
-                        return None
+                arr = into[name]  # checked by _fits
             elif pool is not None and e.size <= PACK_MAX_BYTES:
                 Py_INCREF(descr)  # PyArray_NewFromDescr steals a reference
                 arr = PyArray_NewFromDescr(&PyArray_Type, <cnp.dtype>descr, e.rank, dims, NULL,
@@ -162,13 +194,16 @@ def read_fast(Index index, list names, list fds, list sizes, list descrs, bint v
             items[k].verify = verify
             if into is None:
                 out[name] = arr
+        if rest and before_io is not None:
+            before_io(rest)
         fc_status_clear(&st)
         with nogil:
             rc = fc_io_run(items, <size_t>m, FC_IO_READ, threads, 0, &st)
         if rc:
             _raise(&st, "", lambda i: describe(found[i], idx.entries[js[i]].shard_id))
-        return out
+        return out, rest
     finally:
         free(items)
         free(js)
+        free(slot)
 

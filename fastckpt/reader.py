@@ -275,17 +275,17 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             raise InvalidArgumentError("names must be a list of tensor names, not a single string")
         if names is None and into is not None:
             names = list(into.keys())
-        if into is None or type(into) is dict:
-            fast = self._read_fast(names, into)  # type: ignore[arg-type]
-            if fast is not None:
-                return fast
-        if names is None:
-            names = self.tensor_names()
         out: Dict[str, Any] = {} if into is None else into  # type: ignore[assignment]
         pending = _Pending()
-        with gc_paused():
-            for name in names:
-                self._queue(name, pending, out, into)
+
+        def queue(rest: Sequence[str]) -> None:  # checks every tensor before anything is read
+            with gc_paused():
+                for name in rest:
+                    self._queue(name, pending, out, into)
+
+        fast = self._read_fast(names, into, queue, out) if into is None or type(into) is dict else None
+        if fast is None:
+            queue(self.tensor_names() if names is None else names)
         if pending.buffers:
             _prefetch(pending)
             _core.io_run(pending.fds, pending.offsets, pending.buffers, pending.crcs, write=False, threads=self._threads,
@@ -294,10 +294,12 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             finish()
         return out
 
-    def _read_fast(self, names: Optional[Sequence[str]],
-                   into: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
-        """Plain tensors read in C (None: something needs the general path,
-        which also gives the precise error)."""
+    def _read_fast(self, names: Optional[Sequence[str]], into: Optional[MutableMapping[str, Any]],
+                   before_io: Callable[[Sequence[str]], None],
+                   out: Dict[str, Any]) -> Optional[Tuple[Dict[str, Any], List[str]]]:
+        """Plain tensors planned and read in C; the names left for the general
+        path come back (and are queued by ``before_io`` before any read).
+        None when the C planner cannot be used at all."""
         if self.num_shards > EAGER_SHARDS:
             return None  # the general path opens only the shards it needs
         opened = self._files.descriptors()
@@ -310,7 +312,8 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         with gc_paused():
             return _core.read_fast(self._index, None if names is None else list(names), fds, sizes,
                                    _FIXED_DTYPES, self._verify, self._threads,
-                                   lambda name, shard: f"{self._files.path(shard)}: tensor {name!r}", into)
+                                   lambda name, shard: f"{self._files.path(shard)}: tensor {name!r}",
+                                   into, before_io, out)  # type: ignore[arg-type]
 
     def _queue(self, name: str, pending: _Pending, out: Dict[str, Any],
                into: Optional[MutableMapping[str, Any]]) -> None:

@@ -100,3 +100,27 @@ def test_many_small_tensors_share_one_allocation(tmp_path):
     got["s1"][:] = -1  # views do not overlap
     assert got["s0"].tolist() == [0.0] and got["s2"].tolist() == [2.0] * 3
     assert fastckpt.CheckpointReader(p).get_tensor("s3").flags.owndata
+
+
+def test_one_read_plan_for_mixed_tensors(tmp_path):
+    """Plain tensors are read by the C planner, the rest (strings, partitioned,
+    ill-fitting into= arrays) by the general path -- in one read, in order."""
+    import fastckpt
+    state = {"a": np.arange(3.0), "s": np.array([b"x", b"yz"], dtype=object), "b": np.arange(4, dtype=np.int8)}
+    p = fastckpt.write_bundle(str(tmp_path / "c"), state)
+    got = fastckpt.read_bundle(p)
+    assert list(got) == ["a", "b", "s"]  # index order, the string in its place
+    assert got["s"].tolist() == [b"x", b"yz"] and got["b"].tolist() == [0, 1, 2, 3]
+    into = {"a": np.empty(3), "b": np.empty(4, np.int8)[::-1]}  # b: not contiguous -> general path
+    fastckpt.read_bundle(p, into=into)
+    assert into["a"].tolist() == [0.0, 1.0, 2.0] and into["b"].tolist() == [0, 1, 2, 3]
+
+
+def test_into_is_untouched_when_any_tensor_fails(tmp_path):
+    """The general path checks its tensors before the C planner reads any."""
+    import fastckpt
+    p = fastckpt.write_bundle(str(tmp_path / "c"), {"a": np.arange(3.0), "b": np.arange(4.0)})
+    into = {"a": np.full(3, -1.0), "b": np.empty(5)}  # b has the wrong shape
+    with pytest.raises(fastckpt.InvalidArgumentError, match="shape"):
+        fastckpt.read_bundle(p, into=into)
+    assert into["a"].tolist() == [-1.0] * 3
