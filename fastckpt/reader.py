@@ -186,9 +186,12 @@ class CheckpointReader(Mapping[str, np.ndarray]):
                 if raw.dtype != np.uint8 or raw.ndim != 1:
                     raise DataLossError(f"{self._prefix}: structure record is corrupt: "
                                         f"tensor {STRUCTURE_KEY} is {raw.dtype} {list(raw.shape)}, not uint8 bytes")
-                names = [n for n in self.tensor_names() if n != STRUCTURE_KEY]
-                shapes = {n: self._entry(n)[1].shape for n in names}
-                dtypes = self.get_variable_to_dtype_map()
+                shapes, dtypes = {}, {}
+                for key, entry in self.entries():  # one pass over the index
+                    if key[:1] != b"\x00":
+                        name = _name_of(key)
+                        shapes[name] = entry.shape
+                        dtypes[name] = numpy_dtype(entry.dtype) if entry.dtype != DT_VARIANT else np.dtype(object)
                 self._record = parse_structure_record(raw.tobytes(), shapes, dtypes, index_filename(self._prefix))
         return self._record
 

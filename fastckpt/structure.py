@@ -245,24 +245,37 @@ def parse_structure_record(raw: bytes, index_shapes: Mapping[str, Any], index_dt
     return record
 
 
+_DTYPE_TEXT: Dict[np.dtype, str] = {}
+
+
+def _dtype_text(dt: np.dtype) -> str:
+    """How the record writes a dtype (``str`` of its native form), cached."""
+    text = _DTYPE_TEXT.get(dt)
+    if text is None:
+        text = _DTYPE_TEXT[dt] = str(dt.newbyteorder("="))
+    return text
+
+
 def _check_leaf(name: str, info: Any, shapes: Mapping[str, Any], dtypes: Mapping[str, Any], where: str) -> None:
     if name not in shapes:
         raise _corrupt(where, f"it names tensor {name!r}, which the checkpoint lacks")
     if not isinstance(info, dict) or not isinstance(info.get("shape"), list):
         raise _corrupt(where, f"bad entry for leaf {name!r}")
-    if list(info["shape"]) != list(shapes[name]):
+    if tuple(info["shape"]) != tuple(shapes[name]):
         raise _corrupt(where, f"leaf {name!r} has shape {list(shapes[name])} in the index, "
                               f"{info['shape']} in the record")
     want = dtypes[name]
+    if want.kind == "O" or info.get("dtype") == _dtype_text(want):
+        return  # the common case: the text save wrote, without parsing it
     try:
-        got = np.dtype(str(info.get("dtype"))) if want.kind != "O" else np.dtype(object)
+        got = np.dtype(str(info.get("dtype")))
     except TypeError:
         import ml_dtypes  # noqa: F401  (registers bfloat16 & co. with numpy)
         try:
             got = np.dtype(str(info.get("dtype")))
         except TypeError:
             raise _corrupt(where, f"leaf {name!r} has an unknown dtype {info.get('dtype')!r:.40}") from None
-    if want.kind != "O" and got.newbyteorder("=") != want.newbyteorder("="):
+    if got.newbyteorder("=") != want.newbyteorder("="):
         raise _corrupt(where, f"leaf {name!r} is {want} in the index, {got} in the record")
 
 
