@@ -1,0 +1,29 @@
+"""Before/after comparison of two source trees of fastckpt (each built in
+place: python setup.py build_ext --inplace), side by side in one run:
+processes alternate between the trees, 5 rounds per workload, medians.
+
+    python benchmarks/ab_compare.py /path/to/before /path/to/after [rounds]
+
+Prints the markdown table the README quotes."""
+import json, os, statistics, subprocess, sys
+before, after = sys.argv[1], sys.argv[2]
+rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
+sample = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ab_sample.py")
+res = {}
+for kind in ("small", "nested", "big"):
+    for r in range(rounds):
+        pair = (("before", before), ("after", after))
+        for v, pp in pair if r % 2 == 0 else pair[::-1]:
+            out = subprocess.run([sys.executable, sample, kind], env=dict(os.environ, PYTHONPATH=pp),
+                                 capture_output=True, text=True)
+            line = [l for l in out.stdout.splitlines() if l.startswith("{")]
+            if not line:
+                print(v, kind, out.stderr[-500:]); continue
+            for case, t in json.loads(line[-1]).items():
+                res.setdefault((kind, case), {}).setdefault(v, []).append(t)
+names = {"small": "100,000 × 1 KiB", "nested": "nested, 10,000 tensors + string + scalars", "big": "1 GiB GPT-like, 256 × 4 MiB"}
+print("| workload | case | before (s) | after (s) | after / before |")
+print("|---|---|---|---|---|")
+for (kind, case), d in res.items():
+    b, a = statistics.median(d["before"]), statistics.median(d["after"])
+    print(f"| {names[kind]} | {case} | {b:.4f} | {a:.4f} | {a / b:.2f} |")
