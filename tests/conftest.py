@@ -52,6 +52,16 @@ def small_tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(d)], capture_output=True)
 
 
+@pytest.fixture(scope="session")
+def ctx():
+    """A forkserver context whose children have numpy, fastckpt and the
+    child-process helpers loaded (kill and concurrency tests)."""
+    import multiprocessing
+    c = multiprocessing.get_context("forkserver")
+    c.set_forkserver_preload(["numpy", "fastckpt", "tests.helpers.crash_child"])
+    return c
+
+
 _COUNTS = {}
 
 

@@ -2,7 +2,6 @@
 restores the latest checkpoint in a loop: no restore fails or returns data
 no save wrote, and nothing is left behind."""
 
-import multiprocessing
 import os
 
 import pytest
@@ -12,13 +11,6 @@ from tests.helpers import crash_child
 from fastckpt.locking import is_leftover
 
 pytestmark = pytest.mark.no_sanitizer  # runs its own processes and preloads; slow under ASan
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    c = multiprocessing.get_context("forkserver")
-    c.set_forkserver_preload(["numpy", "fastckpt", "tests.helpers.crash_child"])
-    return c
 
 
 def test_two_resavers_and_a_reader(tmp_path, ctx, counts):

@@ -3,7 +3,6 @@ After every kill the directory's latest checkpoint restores bit-exactly to
 a state that was fully saved, no committed checkpoint is lost, and the next
 save cleans up whatever the killed one left behind."""
 
-import multiprocessing
 import os
 import random
 import re
@@ -18,13 +17,6 @@ from tests.helpers.roundtrip import assert_bit_equal
 KILLS = int(os.environ.get("FASTCKPT_KILLS", "120"))
 
 pytestmark = pytest.mark.no_sanitizer  # runs its own processes and preloads; slow under ASan
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    c = multiprocessing.get_context("forkserver")
-    c.set_forkserver_preload(["numpy", "fastckpt", "tests.helpers.crash_child"])
-    return c
 
 
 def step_of(prefix):
