@@ -30,6 +30,7 @@ RECORD_FORMAT = "fastckpt.structure"
 RECORD_VERSION = 1
 MAX_DEPTH = 256
 _PYTHON_TYPES = {"bool": bool, "int": int, "float": float, "complex": complex}
+_MISSING = object()
 
 
 # ---- framework arrays ----------------------------------------------------------------
@@ -188,31 +189,38 @@ def _check_tree(tree: Any, where: str) -> List[str]:
     (iteratively: no depth limit of the interpreter's stack applies)."""
     names: List[str] = []
     stack = [(tree, 0)]
+    pop, push = stack.pop, stack.append
     while stack:
-        node, depth = stack.pop()
+        node, depth = pop()
+        if type(node) is not dict:
+            raise _corrupt(where, f"a node is {type(node).__name__}, not an object")
         if depth > MAX_DEPTH:
             raise _corrupt(where, f"nested deeper than {MAX_DEPTH}")
-        if not isinstance(node, dict) or not node:
-            raise _corrupt(where, f"a node is {type(node).__name__}, not an object")
-        kind = next(iter(node))
-        if kind == "dict" and len(node) == 1:
-            items = node["dict"]
-            if not isinstance(items, list) or not all(
-                    isinstance(kv, list) and len(kv) == 2 and isinstance(kv[0], str) and kv[0] for kv in items):
-                raise _corrupt(where, "a dict node is not a list of [key, node] pairs")
-            if len({kv[0] for kv in items}) != len(items):
-                raise _corrupt(where, "a dict node repeats a key")
-            stack.extend((kv[1], depth + 1) for kv in items)
-        elif kind in ("list", "tuple") and len(node) == 1:
-            if not isinstance(node[kind], list):
-                raise _corrupt(where, f"a {kind} node is not a list")
-            stack.extend((v, depth + 1) for v in node[kind])
-        elif "leaf" in node and set(node) <= {"leaf", "python"}:
-            if not isinstance(node["leaf"], str) or node.get("python", "int") not in _PYTHON_TYPES:
+        leaf = node.get("leaf", _MISSING)
+        if leaf is not _MISSING:
+            if (type(leaf) is not str or node.get("python", "int") not in _PYTHON_TYPES
+                    or len(node) != 1 + ("python" in node)):
                 raise _corrupt(where, f"bad leaf node {node!r:.80}")
-            names.append(node["leaf"])
-        else:
+            names.append(leaf)
+            continue
+        if len(node) != 1:
             raise _corrupt(where, f"unknown node {node!r:.80}")
+        kind, children = next(iter(node.items()))
+        if kind not in ("dict", "list", "tuple") or type(children) is not list:
+            raise _corrupt(where, f"unknown node {node!r:.80}")
+        below = depth + 1
+        if kind == "dict":
+            keys = set()
+            for kv in children:
+                if type(kv) is not list or len(kv) != 2 or type(kv[0]) is not str or not kv[0]:
+                    raise _corrupt(where, "a dict node is not a list of [key, node] pairs")
+                keys.add(kv[0])
+                push((kv[1], below))
+            if len(keys) != len(children):
+                raise _corrupt(where, "a dict node repeats a key")
+        else:
+            for child in children:
+                push((child, below))
     if len(set(names)) != len(names):
         raise _corrupt(where, "two leaves name the same tensor")
     return names
