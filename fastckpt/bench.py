@@ -34,9 +34,12 @@ def parse_size(text: str) -> int:
     t = text.strip().upper().replace(" ", "")
     num = t.rstrip("KMGIB")
     unit = t[len(num):]
-    if unit not in _UNITS or not num:
-        raise ValueError(f"cannot parse size {text!r} (try 512MiB, 1GiB)")
-    return int(float(num) * _UNITS[unit])
+    try:
+        if unit not in _UNITS or not num:
+            raise ValueError
+        return int(float(num) * _UNITS[unit])
+    except ValueError:
+        raise ValueError(f"cannot parse size {text!r} (try 512MiB, 1GiB)") from None
 
 
 def uniform_state(total_bytes: int, n_tensors: int, dtype: str = "float32") -> Dict[str, np.ndarray]:

@@ -1,8 +1,15 @@
-"""The ``fastckpt`` command: ``bench``, ``verify``, ``ls``, ``gc``."""
+"""The ``fastckpt`` command: ``bench``, ``verify``, ``ls``, ``gc``.
+
+Exit status: 0 success (verify: intact), 1 damage found, 2 bad usage or
+nothing to work on (not found, not a checkpoint). Errors are one line on
+stderr, never a traceback; output piped into ``head`` ends quietly.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from typing import List, Optional
 
@@ -12,37 +19,58 @@ __all__ = ["main"]
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import parse_size, run_async_bench, run_bench  # only the bench's own process loads it
+    from .bench import run_async_bench, run_bench  # only the bench's own process loads it
 
     if args.async_save:
-        run_async_bench(size=parse_size(args.size), tensors=args.tensors, dtype=args.dtype, rounds=args.rounds,
+        run_async_bench(size=args.size, tensors=args.tensors, dtype=args.dtype, rounds=args.rounds,
                         directory=args.dir)
         return 0
-    run_bench(size=parse_size(args.size), tensors=args.tensors, dtype=args.dtype, durable=args.durable,
+    run_bench(size=args.size, tensors=args.tensors, dtype=args.dtype, durable=args.durable,
               cold=args.cold, rounds=args.rounds, directory=args.dir, threads=args.threads,
               skip_others=args.only_fastckpt, layout=args.layout)
     return 0
 
 
 def _ls(args: argparse.Namespace) -> int:
+    from .dtypes import dtype_name
     from .reader import load_checkpoint
 
     with load_checkpoint(args.path) as r:
-        dtypes = r.get_variable_to_dtype_map()
-        print(f"{r.prefix}: {len(r)} tensors in {r.num_shards} data file(s)")
-        for name, shape in sorted(r.get_variable_to_shape_map().items()):
-            print(f"  {name}  {dtypes[name]}  {shape}")
+        rows = [(name, dtype_name(r.index.entry(r.index.find(key)).dtype), list(entry.shape))
+                for key, entry in r.entries() if key[:1] != b"\x00"
+                for name in [key.decode("utf-8", "surrogateescape")]]
+        if args.json:
+            print(json.dumps({"prefix": r.prefix, "data_files": r.num_shards,
+                              "tensors": [{"name": n, "dtype": d, "shape": s} for n, d, s in rows]}))
+            return 0
+        print(f"{r.prefix}: {len(rows)} tensors in {r.num_shards} data file(s)")
+        width = max((len(n) for n, _, _ in rows), default=0)
+        dwidth = max((len(d) for _, d, _ in rows), default=0)
+        for name, dt, shape in rows:
+            print(f"  {name:<{width}}  {dt:<{dwidth}}  {shape}")
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from .errors import NotFoundError
+    from .naming import index_filename, resolve_prefix
     from .verify import verify_path
 
-    reports = verify_path(args.path, threads=args.threads)
+    path = args.path
+    if not os.path.isdir(path) and not os.path.exists(index_filename(resolve_prefix(path))):
+        raise NotFoundError(f"no checkpoint at {path}")
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "checkpoint")):
+        raise NotFoundError(f"{path} has no checkpoint state file")
+    reports = verify_path(path, threads=args.threads)
+    bad = sum(not r.ok for r in reports)
+    if args.json:
+        print(json.dumps({"ok": not bad, "checkpoints": [
+            {"prefix": r.prefix, "ok": r.ok, "entries": r.tensors, "bytes": r.bytes, "problems": r.problems,
+             "not_checked": r.unchecked} for r in reports]}))
+        return 1 if bad else 0
     for r in reports:
         if not (args.quiet and r.ok):
             print(r.summary())
-    bad = sum(not r.ok for r in reports)
     print(f"{len(reports) - bad} of {len(reports)} checkpoint(s) OK" + (f", {bad} DAMAGED" if bad else ""))
     return 1 if bad else 0
 
@@ -72,21 +100,66 @@ def _gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _size(text: str) -> int:
+    from .bench import parse_size  # a small function; the benchmark's process-wide settings stay in run_bench
+
+    try:
+        value = parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return value
+
+
+def _dtype(text: str) -> str:
+    import ml_dtypes
+    import numpy as np
+
+    try:
+        dt = np.dtype(getattr(ml_dtypes, text, None) or text)
+    except TypeError:
+        raise argparse.ArgumentTypeError(f"unknown dtype {text!r} (float32, bfloat16, float16, int8, ...)") from None
+    if dt.kind not in "fiub" and dt.name not in ("bfloat16",):
+        raise argparse.ArgumentTypeError(f"dtype {text!r} is not numeric")
+    return text
+
+
+def _existing_dir(text: str) -> str:
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is not a directory")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fastckpt`` command."""
+    from ._version import __version__
+
     p = argparse.ArgumentParser(prog="fastckpt", description="TensorFlow-format checkpoints, fast.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"fastckpt {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
     b = sub.add_parser("bench", help="save/restore throughput vs the raw disk, TensorFlow and safetensors")
-    b.add_argument("--size", default="1GiB", help="total bytes of the state (default 1GiB)")
-    b.add_argument("--tensors", type=int, default=250, help="number of tensors (default 250)")
-    b.add_argument("--dtype", default="float32", help="float32, bfloat16, float16, ... (default float32)")
+    b.add_argument("--size", type=_size, default=1 << 30, help="total bytes of the state, e.g. 512MiB (default 1GiB)")
+    b.add_argument("--tensors", type=_positive, default=250, help="number of tensors (default 250)")
+    b.add_argument("--dtype", type=_dtype, default="float32", help="float32, bfloat16, float16, ... (default float32)")
     b.add_argument("--layout", choices=["gpt", "uniform"], default="gpt",
                    help="gpt: GPT-shaped tensors; uniform: equal 1-D tensors (--size 100MB --tensors 100000)")
     b.add_argument("--durable", action="store_true", help="fsync (raw write and fastckpt save)")
     b.add_argument("--cold", action="store_true", help="restores read from disk: files are evicted from the page cache first")
-    b.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are quoted (default 5)")
-    b.add_argument("--dir", default=None, help="directory for the files (default: the system temp dir)")
-    b.add_argument("--threads", type=int, default=None, help="fastckpt threads (default: all cores)")
+    b.add_argument("--rounds", type=_positive, default=5, help="interleaved rounds; medians are quoted (default 5)")
+    b.add_argument("--dir", type=_existing_dir, default=None,
+                   help="an existing directory for the files (default: the system temp dir)")
+    b.add_argument("--threads", type=_positive, default=None, help="fastckpt threads (default: all cores)")
     b.add_argument("--async", dest="async_save", action="store_true",
                    help="measure CheckpointManager.save(blocking=False): time the caller is blocked vs a memory copy")
     b.add_argument("--only-fastckpt", action="store_true", help="skip TensorFlow and safetensors")
@@ -95,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "completely; exits 1 on any damage")
     v.add_argument("path", help="a checkpoint prefix or a directory with a state file")
     v.add_argument("--quiet", action="store_true", help="print only damaged checkpoints and the total")
-    v.add_argument("--threads", type=int, default=None)
+    v.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    v.add_argument("--threads", type=_positive, default=None, help="checksum threads (default: all cores)")
     v.set_defaults(func=_verify)
     g = sub.add_parser("gc", help="finish commits and remove files that killed saves left in a checkpoint "
                                   "directory (what the next save does first); report unlisted checkpoints")
@@ -103,16 +177,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dry-run", action="store_true", help="only report")
     g.set_defaults(func=_gc)
     ls = sub.add_parser("ls", help="list the tensors of a checkpoint (prefix or directory)")
-    ls.add_argument("path")
+    ls.add_argument("path", help="a checkpoint prefix, or a directory (its latest checkpoint)")
+    ls.add_argument("--json", action="store_true", help="one JSON object on stdout")
     ls.set_defaults(func=_ls)
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``fastckpt`` command."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # `fastckpt ls ... | head`: the reader left
+        _silence_stdout()
+        return 0
     except (NotFoundError, InvalidArgumentError) as e:
         print(f"fastckpt: {e}", file=sys.stderr)
         return 2
@@ -122,6 +204,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as e:
         print(f"fastckpt: {e}", file=sys.stderr)
         return 2
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the interpreter's
+    final flush does not complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

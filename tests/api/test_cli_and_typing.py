@@ -73,3 +73,72 @@ def test_the_library_and_its_commands_do_not_load_the_benchmark(tmp_path):
             "assert 'fastckpt.bench' not in sys.modules, 'benchmark imported'\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def _cli(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "fastckpt", *args], capture_output=True, text=True, input=stdin)
+
+
+def test_version_help_and_module_entry_point():
+    r = _cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"fastckpt {fastckpt.__version__}"
+    r = _cli()
+    assert r.returncode == 2 and "COMMAND" in r.stdout and "verify" in r.stdout and not r.stderr
+    for command in ("bench", "verify", "ls", "gc"):
+        r = _cli(command, "--help")
+        assert r.returncode == 0
+        options = [line for line in r.stdout.splitlines() if line.strip().startswith("--")]
+        assert all(len(line.split()) > 1 for line in options), r.stdout  # every option explains itself
+
+
+@pytest.mark.parametrize("args,message", [
+    (["bench", "--dtype", "nonsense"], "unknown dtype"),
+    (["bench", "--tensors", "0"], "at least 1"),
+    (["bench", "--size", "foo"], "cannot parse size"),
+    (["bench", "--rounds", "0"], "at least 1"),
+    (["bench", "--dir", "/missing"], "not a directory"),
+    (["verify", "/no/such/checkpoint"], "no checkpoint"),
+    (["ls", "/no/such/checkpoint"], "fastckpt:"),
+])
+def test_bad_usage_is_one_line_and_exit_2(args, message):
+    r = _cli(*args)
+    assert r.returncode == 2, r
+    assert "Traceback" not in r.stderr and message in r.stderr.strip().splitlines()[-1]
+
+
+def test_verify_exit_status_and_json(tmp_path):
+    import json
+    saver = fastckpt.Saver()
+    p = saver.save({"w": np.arange(1000, dtype=np.float32)}, str(tmp_path / "m"), global_step=1)
+    r = _cli("verify", str(tmp_path), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["ok"] is True
+    with open(p + ".data-00000-of-00001", "r+b") as f:
+        f.seek(100)
+        f.write(b"\xff")
+    r = _cli("verify", p)
+    assert r.returncode == 1 and "DAMAGED" in r.stdout
+    report = json.loads(_cli("verify", p, "--json").stdout)
+    assert report["ok"] is False and report["checkpoints"][0]["problems"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = _cli("verify", str(empty))
+    assert r.returncode == 2 and "no checkpoint state file" in r.stderr
+
+
+def test_ls_columns_tf_dtype_names_and_json(tmp_path):
+    import json
+    p = fastckpt.write_bundle(str(tmp_path / "c"), {"a/long/name": np.zeros(3, np.float32),
+                                                    "s": np.array([b"x"], dtype=object)})
+    r = _cli("ls", p)
+    lines = r.stdout.splitlines()[1:]
+    assert "string" in r.stdout and "object" not in r.stdout
+    assert len({line.index(line.split()[1]) for line in lines}) == 1  # the dtype column is aligned
+    data = json.loads(_cli("ls", p, "--json").stdout)
+    assert data["tensors"] == [{"name": "a/long/name", "dtype": "float32", "shape": [3]},
+                               {"name": "s", "dtype": "string", "shape": [1]}]
+
+
+def test_output_piped_into_head_ends_quietly(tmp_path):
+    p = fastckpt.write_bundle(str(tmp_path / "c"), {f"t{i}": np.zeros(1) for i in range(20000)})
+    r = subprocess.run(f"{sys.executable} -m fastckpt ls {p} | head -1", shell=True, capture_output=True, text=True)
+    assert r.stdout.count("\n") == 1 and r.stderr == ""
