@@ -52,15 +52,12 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .errors import NotFoundError
-    from .naming import index_filename, resolve_prefix
+    from .reader import find_checkpoint
     from .verify import verify_path
 
     path = args.path
-    if not os.path.isdir(path) and not os.path.exists(index_filename(resolve_prefix(path))):
-        raise NotFoundError(f"no checkpoint at {path}")
-    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "checkpoint")):
-        raise NotFoundError(f"{path} has no checkpoint state file")
+    if not (os.path.isdir(path) and os.path.lexists(os.path.join(path, "checkpoint"))):
+        find_checkpoint(path)  # not found, or several without a state file: exit 2 with the reason
     reports = verify_path(path, threads=args.threads)
     bad = sum(not r.ok for r in reports)
     if args.json:

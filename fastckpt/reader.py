@@ -20,7 +20,8 @@ from .readplan import ReadPlan, advise_willneed, find_entry, name_of
 from .records import Extent, IndexEntry
 from .structure import STRUCTURE_KEY, parse_structure_record
 
-__all__ = ["CheckpointReader", "read_bundle", "load_checkpoint", "list_variables", "read_index_header", "open_latest"]
+__all__ = ["CheckpointReader", "read_bundle", "load_checkpoint", "list_variables", "read_index_header", "open_latest",
+           "open_checkpoint", "find_checkpoint", "no_checkpoint"]
 
 # Data files opened with the index (a consistent generation); beyond this
 # many shards they are opened on first use.
@@ -36,7 +37,7 @@ def _file_id(st: os.stat_result) -> Tuple[int, int, int]:
 def _read_index(prefix: str) -> Tuple["_core.Index", Tuple[int, int, int]]:
     """The parsed index and the identity of the file it came from."""
     path = index_filename(prefix)
-    raw = read_file(path, f"no checkpoint at {prefix!r}")
+    raw = read_file(path, f"no checkpoint at {prefix}")
     try:
         ident = _file_id(os.stat(path))
     except OSError:
@@ -312,20 +313,66 @@ def read_bundle(
     file and the tensor. String tensors come back as object arrays of
     ``bytes``.
     """
-    with CheckpointReader(prefix, verify=verify, threads=threads) as reader:
-        return reader.read(names, into=into)
+    def read(p: str) -> Dict[str, Any]:
+        with CheckpointReader(p, verify=verify, threads=threads) as reader:
+            return reader.read(names, into=into)
+    return open_checkpoint(prefix, read)
 
 
 def load_checkpoint(dir_or_prefix: PathLike, *, verify: bool = True) -> CheckpointReader:
-    """A :class:`CheckpointReader` for a checkpoint prefix, or for the latest
-    checkpoint of a directory (from its ``checkpoint`` state file)."""
-    path = os.fspath(dir_or_prefix)
-    if os.path.isdir(path):
-        return open_latest(path, lambda p: CheckpointReader(p, verify=verify))
-    return CheckpointReader(path, verify=verify)
+    """A :class:`CheckpointReader` for a checkpoint path (see
+    :func:`open_checkpoint`)."""
+    return open_checkpoint(dir_or_prefix, lambda p: CheckpointReader(p, verify=verify))
 
 
 T = TypeVar("T")
+
+
+def no_checkpoint(path: str) -> NotFoundError:
+    """The one error for "there is no checkpoint here"."""
+    return NotFoundError(f"no checkpoint at {path}")
+
+
+def find_checkpoint(path: PathLike) -> str:
+    """The checkpoint prefix a path means: a prefix (or the path of its
+    ``.index`` or a data file); a directory's latest checkpoint (its state
+    file) or, without a state file, the only checkpoint in it. Several
+    checkpoints and no state file: :class:`InvalidArgumentError` listing
+    them; none: :class:`NotFoundError`."""
+    from .state import checkpoint_exists, get_checkpoint_state, state_path
+
+    p = os.fspath(path)
+    if not isinstance(p, str):
+        p = os.fsdecode(p)
+    if os.path.isdir(p):
+        if os.path.lexists(state_path(p, None)):
+            st = get_checkpoint_state(p)
+            if st is None or not checkpoint_exists(st.model_checkpoint_path):
+                raise no_checkpoint(p)
+            return st.model_checkpoint_path
+        found = sorted(n[:-len(".index")] for n in os.listdir(p)
+                       if n.endswith(".index") and not n.startswith(".fcsave-"))
+        if len(found) > 1:
+            raise InvalidArgumentError(f"{p} holds {len(found)} checkpoints and no state file naming the latest: "
+                                       f"{', '.join(found[:10])}{', ...' if len(found) > 10 else ''}; pass one prefix")
+        if not found:
+            raise no_checkpoint(p)
+        return os.path.join(p, found[0])
+    prefix = resolve_prefix(p)
+    if not checkpoint_exists(prefix):
+        raise no_checkpoint(p)
+    return prefix
+
+
+def open_checkpoint(path: PathLike, use: Callable[[str], T]) -> T:
+    """``use(prefix)`` for the checkpoint ``path`` means (:func:`find_checkpoint`):
+    the path convention of every reading function. A directory with a state
+    file goes through :func:`open_latest`, so saves replacing its latest
+    checkpoint meanwhile are no failure."""
+    p = os.fspath(path)
+    if os.path.isdir(p) and os.path.lexists(os.path.join(p, "checkpoint")):
+        return open_latest(p, use)
+    return use(find_checkpoint(p))
 
 
 def open_latest(directory: str, use: Callable[[str], T]) -> T:
@@ -341,7 +388,7 @@ def open_latest(directory: str, use: Callable[[str], T]) -> T:
         latest = st.model_checkpoint_path if st is not None else None
         try:
             if latest is None or not checkpoint_exists(latest):
-                raise NotFoundError(f"Couldn't find 'checkpoint' file or checkpoints in given directory {directory}")
+                raise no_checkpoint(directory)
             return use(latest)
         except NotFoundError:
             if get_checkpoint_state(directory) == st:

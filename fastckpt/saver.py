@@ -10,11 +10,10 @@ from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Sequence,
 import numpy as np
 
 from .commit import save_checkpoint
-from .errors import InvalidArgumentError, NotFoundError
-from .naming import PathLike, resolve_prefix, step_suffix
+from .errors import InvalidArgumentError
+from .naming import PathLike, step_suffix
 from .reader import read_bundle
 from .retention import Retention
-from .state import checkpoint_exists
 from .structure import flatten, with_structure_record
 
 __all__ = ["Saver", "save"]
@@ -125,14 +124,11 @@ class Saver:
         names: Optional[Sequence[str]] = None,
         verify: bool = True,
     ) -> Dict[str, Any]:
-        """Read checkpoint ``save_path``: a dict of arrays, or ``into`` filled
-        in place. Every tensor's checksum is verified unless ``verify=False``."""
+        """Read checkpoint ``save_path`` (a prefix, or a directory: its latest
+        checkpoint): a dict of arrays, or ``into`` filled in place. Every tensor's checksum is verified unless ``verify=False``."""
         if save_path is None:
             raise InvalidArgumentError("Can't load save_path when it is None.")
-        prefix = resolve_prefix(save_path)
-        if not checkpoint_exists(prefix):
-            raise NotFoundError(f"The passed save_path is not a valid checkpoint: {os.fspath(save_path)}")
-        return read_bundle(prefix, names, into=into, verify=verify, threads=self._threads)
+        return read_bundle(save_path, names, into=into, verify=verify, threads=self._threads)
 
 
 def save(state: Any, prefix: PathLike, *, metadata: Any = None, durable: bool = True, num_shards: int = 1,

@@ -305,11 +305,18 @@ def read_meta(prefix: PathLike) -> Dict[str, Any]:
 
 def restore_structure(prefix: PathLike, into: Optional[Any] = None, *, verify: bool = True,
                       threads: Optional[int] = None) -> Any:
-    """Read checkpoint ``prefix`` back in the structure it was saved in;
+    """Read checkpoint ``prefix`` (a prefix, or a directory: its latest
+    checkpoint) back in the structure it was saved in;
     checkpoints without a structure record (TensorFlow's) come back as a
     flat dict. With ``into`` (the same structure, or a flat dict), arrays --
     numpy, or PyTorch/JAX tensors through their numpy views -- are filled in
     place and ``into`` is returned."""
+    from .reader import open_checkpoint
+
+    return open_checkpoint(prefix, lambda p: _restore_from(p, into, verify, threads))
+
+
+def _restore_from(prefix: str, into: Optional[Any], verify: bool, threads: Optional[int]) -> Any:
     from .reader import CheckpointReader
 
     with CheckpointReader(prefix, verify=verify, threads=threads) as reader:

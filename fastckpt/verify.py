@@ -18,7 +18,7 @@ from .dtypes import DT_STRING, DT_VARIANT, dtype_name
 from .errors import CheckpointError
 from .files import crc32c_of_range, read_range
 from .naming import PathLike
-from .reader import CheckpointReader
+from .reader import CheckpointReader, find_checkpoint
 from .records import IndexEntry
 from .slices import decode_slice_key
 from .state import checkpoint_exists, get_checkpoint_state
@@ -120,16 +120,15 @@ def _verify_entry(reader: CheckpointReader, key: bytes, entry: IndexEntry, missi
 
 def verify_path(path: PathLike, threads: Optional[int] = None) -> List[VerifyReport]:
     """Verify a checkpoint prefix, or every checkpoint a directory's state
-    file lists (a listed checkpoint that is missing is a problem too)."""
+    file lists (a listed checkpoint that is missing is a problem too), or
+    the only checkpoint of a directory without a state file."""
     p = os.fspath(path)
-    if not os.path.isdir(p):
-        return [verify_checkpoint(p, threads)]
     try:
-        st = get_checkpoint_state(p)
+        st = get_checkpoint_state(p) if os.path.isdir(p) else None
+        if st is None:  # a prefix, or a directory holding one checkpoint and no state file
+            return [verify_checkpoint(find_checkpoint(p), threads)]
     except CheckpointError as e:
         return [VerifyReport(p, problems=[str(e)])]
-    if st is None:
-        return [VerifyReport(p, problems=[f"{p} has no checkpoint state file"])]
     reports = []
     for prefix in dict.fromkeys(st.all_model_checkpoint_paths + [st.model_checkpoint_path]):
         if not checkpoint_exists(prefix):

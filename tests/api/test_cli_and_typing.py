@@ -122,7 +122,7 @@ def test_verify_exit_status_and_json(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     r = _cli("verify", str(empty))
-    assert r.returncode == 2 and "no checkpoint state file" in r.stderr
+    assert r.returncode == 2 and "no checkpoint at" in r.stderr
 
 
 def test_ls_columns_tf_dtype_names_and_json(tmp_path):

@@ -50,7 +50,7 @@ def test_load_checkpoint_from_directory(prefix):
 
 
 def test_load_checkpoint_errors(tmp_path):
-    with pytest.raises(fastckpt.NotFoundError, match="Couldn't find"):
+    with pytest.raises(fastckpt.NotFoundError, match="no checkpoint at"):
         fastckpt.load_checkpoint(str(tmp_path))
     with pytest.raises(fastckpt.NotFoundError) as e:
         fastckpt.load_checkpoint(str(tmp_path / "nothing"))
@@ -124,3 +124,42 @@ def test_into_is_untouched_when_any_tensor_fails(tmp_path):
     with pytest.raises(fastckpt.InvalidArgumentError, match="shape"):
         fastckpt.read_bundle(p, into=into)
     assert into["a"].tolist() == [-1.0] * 3
+
+
+def test_one_path_convention_everywhere(tmp_path):
+    """A directory means its latest checkpoint, or without a state file the
+    only checkpoint in it; several -> an error listing them; none -> one
+    wording."""
+    import subprocess
+    import sys
+    import fastckpt
+    one = tmp_path / "one"
+    p = fastckpt.write_bundle(str(one / "model"), {"w": np.arange(3.0)})
+    readers = {
+        "restore": lambda d: fastckpt.restore(d)["w"],
+        "Saver.restore": lambda d: fastckpt.Saver().restore(d)["w"],
+        "read_bundle": lambda d: fastckpt.read_bundle(d)["w"],
+        "load_checkpoint": lambda d: fastckpt.load_checkpoint(d).get_tensor("w"),
+        "list_variables": lambda d: np.arange(3.0) if fastckpt.list_variables(d) == [("w", [3])] else None,
+        "verify": lambda d: np.arange(3.0) if [r.ok for r in fastckpt.verify_path(d)] == [True] else None,
+    }
+    for name, read in readers.items():
+        assert np.array_equal(read(str(one)), np.arange(3.0)), name
+    assert subprocess.run([sys.executable, "-m", "fastckpt", "ls", str(one)], capture_output=True).returncode == 0
+    fastckpt.write_bundle(str(one / "other"), {"w": np.arange(2.0)})
+    for name, read in readers.items():
+        if name == "verify":
+            assert "model, " in fastckpt.verify_path(str(one))[0].problems[0]
+            continue
+        with pytest.raises(fastckpt.InvalidArgumentError, match="2 checkpoints .*model, .*other"):
+            read(str(one))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for name, read in readers.items():
+        if name == "verify":
+            assert "no checkpoint at" in fastckpt.verify_path(str(empty))[0].problems[0]
+            continue
+        with pytest.raises(fastckpt.NotFoundError, match="no checkpoint at"):
+            read(str(empty))
+    with pytest.raises(fastckpt.NotFoundError, match="no checkpoint at"):
+        fastckpt.restore(p + "-missing")

@@ -116,7 +116,7 @@ def test_restore_errors(tmp_path):
     saver = fastckpt.Saver()
     with pytest.raises(fastckpt.InvalidArgumentError, match="None"):
         saver.restore(None)
-    with pytest.raises(fastckpt.NotFoundError, match="not a valid checkpoint"):
+    with pytest.raises(fastckpt.NotFoundError, match="no checkpoint at"):
         saver.restore(str(tmp_path / "nothing"))
 
 
