@@ -87,12 +87,16 @@ static int visit_entry(void *ctx, const uint8_t *key, size_t klen, const uint8_t
         if (idx->header.endianness != 0 && idx->header.endianness != 1)
             return fc_fail(st, FC_DATA_LOSS, "header endianness %d unknown",
                            (int)idx->header.endianness);
+        /* refused as TensorFlow's CheckVersions refuses them: InvalidArgument */
+        if (idx->header.producer < 0)
+            return fc_fail(st, FC_INVALID, "checkpoint producer version %d below min producer 0",
+                           (int)idx->header.producer);
         if (idx->header.min_consumer > 1)
-            return fc_fail(st, FC_UNSUPPORTED,
+            return fc_fail(st, FC_INVALID,
                            "checkpoint min consumer version %d above current version 1",
                            (int)idx->header.min_consumer);
         if (idx->header.bad_consumer_1)
-            return fc_fail(st, FC_UNSUPPORTED, "checkpoint disallows consumer version 1");
+            return fc_fail(st, FC_INVALID, "checkpoint disallows consumer version 1");
         return FC_OK;
     }
     if (klen > UINT32_MAX || idx->keys_len > UINT32_MAX - klen)

@@ -166,8 +166,9 @@ def read_fast(Index index, list names, list fds, list sizes, list descrs, bint v
             pool_data += (_PACK_ALIGN - <int64_t>(<size_t>pool_data % <size_t>_PACK_ALIGN)) % _PACK_ALIGN
         for q in range(nslots):  # pass 2, in the requested order: the arrays and the reads
             if slot[q] < 0:
-                if into is None:
-                    out[rest[-1 - slot[q]]] = None  # keeps its place for the general path
+                if into is None:  # keeps its place for the general path, which keys by text
+                    name = rest[-1 - slot[q]]
+                    out[name.decode("utf-8", "surrogateescape") if type(name) is bytes else name] = None
                 continue
             k = <Py_ssize_t>slot[q]
             e = &idx.entries[js[k]]

@@ -187,13 +187,18 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             out[n] = numpy_dtype(dt) if dt != DT_VARIANT else np.dtype(object)
         return out
 
-    def get_tensor(self, name: str, copy: bool = True) -> np.ndarray:
-        """The tensor ``name``: a new array, or with ``copy=False`` a zero-copy
-        read-only view where possible (strings come back as ``bytes``)."""
-        return self.read([name])[name] if copy else self._view(name)
+    def get_tensor(self, name: Union[str, bytes], copy: bool = True) -> np.ndarray:
+        """The tensor ``name`` (str, or bytes as TensorFlow accepts): a new
+        array, or with ``copy=False`` a zero-copy read-only view where
+        possible (strings come back as ``bytes``)."""
+        if not copy:
+            return self._view(name)
+        text = name_of(name) if isinstance(name, bytes) else name
+        return self.read([text])[text]
 
-    def _view(self, name: str) -> np.ndarray:
-        key, (dtype, shape, shard, offset, size, crc, slices) = self._entry(name)
+    def _view(self, tensor: Union[str, bytes]) -> np.ndarray:
+        key, (dtype, shape, shard, offset, size, crc, slices) = self._entry(tensor)
+        name = name_of(key)
         npdt = numpy_dtype(dtype) if dtype not in (DT_STRING, DT_VARIANT) else None
         if npdt is None or slices or self._index.big_endian or (size and offset % npdt.alignment):
             return self.read([name])[name]

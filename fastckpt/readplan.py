@@ -38,8 +38,19 @@ def find_entry(index: "_core.Index", prefix: str, name: Union[str, bytes]) -> Tu
     key = _key_of(name)
     i = index.find(key) if key and key[0] != 0 else -1
     if i < 0:
-        raise TensorNotFoundError(f"Key {name_of(key)} not found in checkpoint {prefix}")
+        raise TensorNotFoundError(f"Key {name_of(key)} not found in checkpoint {prefix}{_did_you_mean(index, key)}")
     return key, index.entry(i)
+
+
+def _did_you_mean(index: "_core.Index", key: bytes) -> str:
+    """``"; did you mean 'a/b', 'a/c'?"`` from the closest tensor names."""
+    import difflib
+
+    names = [name_of(k) for k in index.keys() if k[:1] != b"\x00"]
+    if len(names) > 100_000:
+        return ""
+    close = difflib.get_close_matches(name_of(key), names, n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
 
 class _Pending:

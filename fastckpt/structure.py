@@ -198,7 +198,8 @@ def _check_tree(tree: Any, where: str) -> List[str]:
             raise _corrupt(where, f"nested deeper than {MAX_DEPTH}")
         leaf = node.get("leaf", _MISSING)
         if leaf is not _MISSING:
-            if (type(leaf) is not str or node.get("python", "int") not in _PYTHON_TYPES
+            py = node.get("python", "int")
+            if (type(leaf) is not str or type(py) is not str or py not in _PYTHON_TYPES
                     or len(node) != 1 + ("python" in node)):
                 raise _corrupt(where, f"bad leaf node {node!r:.80}")
             names.append(leaf)

@@ -163,3 +163,13 @@ def test_one_path_convention_everywhere(tmp_path):
             read(str(empty))
     with pytest.raises(fastckpt.NotFoundError, match="no checkpoint at"):
         fastckpt.restore(p + "-missing")
+
+
+def test_missing_name_suggests_close_ones_and_bytes_names_work(prefix):
+    import fastckpt
+    r = fastckpt.load_checkpoint(prefix)
+    with pytest.raises(fastckpt.TensorNotFoundError, match=r"did you mean 'a/x'"):
+        r.get_tensor("a/y")
+    assert r.has_tensor(b"a/x") and b"a/x" in r
+    assert np.array_equal(r.get_tensor(b"a/x"), r.get_tensor("a/x"))
+    assert np.array_equal(r[b"a/x"], r["a/x"])

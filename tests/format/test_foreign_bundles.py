@@ -57,14 +57,21 @@ def test_variant_tensor_is_unsupported_not_a_crash(tmp_path):
 def test_newer_min_consumer_is_refused(tmp_path):
     header = _core.encode_header(1, 0, 2, 2)
     prefix = write_raw(str(tmp_path / "n"), [b"\x00" * 4], [(b"x", 1, (1,), 0)], header=header)
-    with pytest.raises(fastckpt.UnsupportedError, match="min consumer version 2"):
+    with pytest.raises(fastckpt.InvalidArgumentError, match="min consumer version 2"):
         fastckpt.read_bundle(prefix)
 
 
 def test_bad_consumer_is_refused(tmp_path):
     header = _core.encode_header(1, 0, 1, 0, bad_consumer_1=True)
     prefix = write_raw(str(tmp_path / "n"), [b"\x00" * 4], [(b"x", 1, (1,), 0)], header=header)
-    with pytest.raises(fastckpt.UnsupportedError, match="disallows"):
+    with pytest.raises(fastckpt.InvalidArgumentError, match="disallows"):
+        fastckpt.read_bundle(prefix)
+
+
+def test_negative_producer_is_refused(tmp_path):
+    header = _core.encode_header(1, 0, -1, 0)
+    prefix = write_raw(str(tmp_path / "n"), [b"\x00" * 4], [(b"x", 1, (1,), 0)], header=header)
+    with pytest.raises(fastckpt.InvalidArgumentError, match="producer version -1"):
         fastckpt.read_bundle(prefix)
 
 
