@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from .errors import CheckpointError, InvalidArgumentError, NotFoundError
 
@@ -21,13 +21,20 @@ __all__ = ["main"]
 def _bench(args: argparse.Namespace) -> int:
     from .bench import run_async_bench, run_bench  # only the bench's own process loads it
 
+    if args.quick:  # a first look in seconds
+        args.size, args.tensors, args.rounds = 64 << 20, 64, 1
+    out = (lambda line: None) if args.json else print
+    results: Any
     if args.async_save:
-        run_async_bench(size=args.size, tensors=args.tensors, dtype=args.dtype, rounds=args.rounds,
-                        directory=args.dir)
-        return 0
-    run_bench(size=args.size, tensors=args.tensors, dtype=args.dtype, durable=args.durable,
-              cold=args.cold, rounds=args.rounds, directory=args.dir, threads=args.threads,
-              skip_others=args.only_fastckpt, layout=args.layout)
+        results = run_async_bench(size=args.size, tensors=args.tensors, dtype=args.dtype, rounds=args.rounds,
+                                  directory=args.dir, out=out)
+    else:
+        results = run_bench(size=args.size, tensors=args.tensors, dtype=args.dtype, durable=args.durable,
+                            cold=args.cold, rounds=args.rounds, directory=args.dir, threads=args.threads,
+                            skip_others=args.only_fastckpt, layout=args.layout, out=out)
+    if args.json:
+        print(json.dumps({"size": args.size, "tensors": args.tensors, "dtype": args.dtype, "rounds": args.rounds,
+                          "durable": args.durable, "cold": args.cold, "results": results}))
     return 0
 
 
@@ -160,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--async", dest="async_save", action="store_true",
                    help="measure CheckpointManager.save(blocking=False): time the caller is blocked vs a memory copy")
     b.add_argument("--only-fastckpt", action="store_true", help="skip TensorFlow and safetensors")
+    b.add_argument("--quick", action="store_true", help="a first look in seconds: 64 MiB, 64 tensors, 1 round")
+    b.add_argument("--json", action="store_true", help="one JSON object on stdout instead of the table")
     b.set_defaults(func=_bench)
     v = sub.add_parser("verify", help="check a checkpoint (or every one a directory's state file lists) "
                                       "completely; exits 1 on any damage")

@@ -142,3 +142,12 @@ def test_output_piped_into_head_ends_quietly(tmp_path):
     p = fastckpt.write_bundle(str(tmp_path / "c"), {f"t{i}": np.zeros(1) for i in range(20000)})
     r = subprocess.run(f"{sys.executable} -m fastckpt ls {p} | head -1", shell=True, capture_output=True, text=True)
     assert r.stdout.count("\n") == 1 and r.stderr == ""
+
+
+def test_bench_quick_json(tmp_path):
+    import json
+    r = _cli("bench", "--quick", "--json", "--only-fastckpt", "--dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["size"] == 64 << 20 and data["rounds"] == 1
+    assert data["results"]["fastckpt save"]["median_s"] > 0
