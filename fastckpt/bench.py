@@ -231,11 +231,18 @@ def _cases(work: str, state: Dict[str, np.ndarray], durable: bool, threads: int,
 def run_bench(size: int = 1 << 30, tensors: int = 250, dtype: str = "float32", durable: bool = False,
               cold: bool = False, rounds: int = 5, directory: Optional[str] = None,
               threads: Optional[int] = None, skip_others: bool = False, layout: str = "gpt",
-              out: Callable[[str], None] = print) -> Dict[str, Dict[str, float]]:
+              out: Callable[[str], None] = print,
+              progress: Optional[Callable[[str], None]] = None) -> Dict[str, Dict[str, float]]:
     """Run the benchmark and print the table; returns ``{case: stats}``.
 
     ``layout``: ``"gpt"`` (a GPT-shaped state) or ``"uniform"`` (equal 1-D
-    tensors, e.g. 100,000 x 1 KiB)."""
+    tensors, e.g. 100,000 x 1 KiB). ``progress`` gets a line before the
+    work starts (what it needs) and one per case as it runs."""
+    say = progress or (lambda line: None)
+    copies = 2 if skip_others else 4
+    say(f"state of {size / 2**30:.2f} GiB in {tensors} tensors: needs about {3 * size / 2**30:.1f} GiB of memory "
+        f"and {copies * size / 2**30:.1f} GiB of disk in {directory or tempfile.gettempdir()}; "
+        f"{rounds} round(s) after a warm-up")
     nthreads = threads or default_threads()
     if layout not in ("gpt", "uniform"):
         raise ValueError(f"layout must be 'gpt' or 'uniform', got {layout!r}")
@@ -251,11 +258,13 @@ def run_bench(size: int = 1 << 30, tensors: int = 250, dtype: str = "float32", d
         if cold:
             notes.append("cold: each restore reads its files from disk (evicted from the page cache first)")
         for case in cases:  # warm-up: first touches, file creation, imports
+            say(f"warm-up: {case.name}")
             if case.before:
                 case.before()
             case.fn()
         for r in range(rounds):
             for case in _rotated(cases, r):
+                say(f"round {r + 1}/{rounds}: {case.name}")
                 if case.before:
                     case.before()
                 if evict and case.reads:

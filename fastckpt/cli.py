@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 from .errors import CheckpointError, InvalidArgumentError, NotFoundError
 
@@ -31,7 +31,8 @@ def _bench(args: argparse.Namespace) -> int:
     else:
         results = run_bench(size=args.size, tensors=args.tensors, dtype=args.dtype, durable=args.durable,
                             cold=args.cold, rounds=args.rounds, directory=args.dir, threads=args.threads,
-                            skip_others=args.only_fastckpt, layout=args.layout, out=out)
+                            skip_others=args.only_fastckpt, layout=args.layout, out=out, progress=_progress())
+    _progress_done()
     if args.json:
         print(json.dumps({"size": args.size, "tensors": args.tensors, "dtype": args.dtype, "rounds": args.rounds,
                           "durable": args.durable, "cold": args.cold, "results": results}))
@@ -65,7 +66,8 @@ def _verify(args: argparse.Namespace) -> int:
     path = args.path
     if not (os.path.isdir(path) and os.path.lexists(os.path.join(path, "checkpoint"))):
         find_checkpoint(path)  # not found, or several without a state file: exit 2 with the reason
-    reports = verify_path(path, threads=args.threads)
+    reports = verify_path(path, threads=args.threads, progress=_progress())
+    _progress_done()
     bad = sum(not r.ok for r in reports)
     if args.json:
         print(json.dumps({"ok": not bad, "checkpoints": [
@@ -102,6 +104,23 @@ def _gc(args: argparse.Namespace) -> int:
     for p in report.unlisted:
         print(f"not listed in the state file (kept): {p}")
     return 0
+
+
+def _progress() -> Optional[Callable[[str], None]]:
+    """Progress on one stderr line when stderr is a terminal, else None."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(line: str) -> None:
+        sys.stderr.write("\r\033[K" + line[:200])
+        sys.stderr.flush()
+    return show
+
+
+def _progress_done() -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
 
 
 def _positive(text: str) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional, Set
+from typing import Callable, List, Optional, Set
 
 import numpy as np
 
@@ -60,7 +60,8 @@ def _display(key: bytes) -> str:
     return key.decode("utf-8", "surrogateescape")
 
 
-def verify_checkpoint(prefix: PathLike, threads: Optional[int] = None) -> VerifyReport:
+def verify_checkpoint(prefix: PathLike, threads: Optional[int] = None,
+                      progress: Optional[Callable[[str], None]] = None) -> VerifyReport:
     """Check one checkpoint: its index (structure, block CRCs, every entry's
     consistency), its data files, every tensor's CRC32C, and the structure
     record fastckpt's ``save`` stores. Data is read with ``pread`` in
@@ -78,11 +79,13 @@ def verify_checkpoint(prefix: PathLike, threads: Optional[int] = None) -> Verify
         if count:
             report.problems.append(f"{count} of {reader.num_shards} data file(s) missing, the first "
                                    f"{reader.files.path(min(missing))}")
-        for key, entry in reader.entries():
+        for i, (key, entry) in enumerate(reader.entries()):
             try:
                 _verify_entry(reader, key, entry, missing, report)
             except CheckpointError as e:
                 report.problems.append(f"{_display(key)}: {e}")
+            if progress is not None and (i % 256 == 0 or entry.size > 1 << 24):
+                progress(f"{report.prefix}: {report.bytes / 2**20:,.0f} MiB checked")
         if not report.problems:
             try:
                 reader.structure_record()
@@ -118,7 +121,8 @@ def _verify_entry(reader: CheckpointReader, key: bytes, entry: IndexEntry, missi
     report.bytes += entry.size
 
 
-def verify_path(path: PathLike, threads: Optional[int] = None) -> List[VerifyReport]:
+def verify_path(path: PathLike, threads: Optional[int] = None,
+                progress: Optional[Callable[[str], None]] = None) -> List[VerifyReport]:
     """Verify a checkpoint prefix, or every checkpoint a directory's state
     file lists (a listed checkpoint that is missing is a problem too), or
     the only checkpoint of a directory without a state file."""
@@ -126,7 +130,7 @@ def verify_path(path: PathLike, threads: Optional[int] = None) -> List[VerifyRep
     try:
         st = get_checkpoint_state(p) if os.path.isdir(p) else None
         if st is None:  # a prefix, or a directory holding one checkpoint and no state file
-            return [verify_checkpoint(find_checkpoint(p), threads)]
+            return [verify_checkpoint(find_checkpoint(p), threads, progress)]
     except CheckpointError as e:
         return [VerifyReport(p, problems=[str(e)])]
     reports = []
@@ -134,5 +138,5 @@ def verify_path(path: PathLike, threads: Optional[int] = None) -> List[VerifyRep
         if not checkpoint_exists(prefix):
             reports.append(VerifyReport(prefix, problems=[f"listed in {p}/checkpoint but {prefix}.index is missing"]))
         else:
-            reports.append(verify_checkpoint(prefix, threads))
+            reports.append(verify_checkpoint(prefix, threads, progress))
     return reports

@@ -151,3 +151,36 @@ def test_bench_quick_json(tmp_path):
     data = json.loads(r.stdout)
     assert data["size"] == 64 << 20 and data["rounds"] == 1
     assert data["results"]["fastckpt save"]["median_s"] > 0
+
+
+def _run_with_tty_stderr(args):
+    """(stdout, what a terminal on stderr saw) of ``python -m fastckpt args``."""
+    import pty
+    master, slave = pty.openpty()
+    try:
+        r = subprocess.run([sys.executable, "-m", "fastckpt", *args], stdout=subprocess.PIPE, stderr=slave,
+                           text=True, timeout=300)
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+    return r, seen.decode(errors="replace")
+
+
+def test_progress_on_a_terminal_only(tmp_path):
+    r, seen = _run_with_tty_stderr(["bench", "--quick", "--only-fastckpt", "--dir", str(tmp_path)])
+    assert r.returncode == 0
+    assert "needs about" in seen and "round 1/1: fastckpt save" in seen
+    p = fastckpt.write_bundle(str(tmp_path / "c"), {"w": np.zeros(1000)})
+    r, seen = _run_with_tty_stderr(["verify", p])
+    assert r.returncode == 0 and "MiB checked" in seen
+    quiet = _cli("verify", p)  # stderr is a pipe here: no progress
+    assert quiet.returncode == 0 and quiet.stderr == ""
