@@ -4,6 +4,7 @@ and which it preserves on disk (TensorFlow's ``max_to_keep`` and
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import List, Optional, Tuple
 
@@ -12,6 +13,8 @@ from .errors import InvalidArgumentError
 __all__ = ["Retention", "Entry"]
 
 Entry = Tuple[str, float]  # (prefix, timestamp)
+
+log = logging.getLogger("fastckpt")
 
 
 class Retention:
@@ -38,8 +41,18 @@ class Retention:
 
     def __call__(self, entries: List[Entry], preserved: float) -> Tuple[List[Entry], List[str], float]:
         """(kept entries, dropped prefixes, last preserved time) for the
-        listed ``entries``, oldest first."""
-        preserved = min(preserved, time.time()) if preserved else min(self.created, time.time())
+        listed ``entries``, oldest first, the new checkpoint last.
+
+        When the clock went back behind the last preserved time, every older
+        checkpoint is kept on disk and no longer listed, as TensorFlow's
+        ``CheckpointManager`` does: its timestamps cannot be trusted to
+        decide what to delete."""
+        now = time.time()
+        if preserved and now < preserved:
+            log.warning("time.time() is %.0f s behind the last preserved checkpoint timestamp: "
+                        "keeping every earlier checkpoint", preserved - now)
+            return entries[-1:], [], now
+        preserved = min(preserved, now) if preserved else min(self.created, now)
         kept = list(entries)
         dropped: List[str] = []
         while self.max_to_keep is not None and len(kept) > self.max_to_keep:

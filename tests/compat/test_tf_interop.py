@@ -211,3 +211,43 @@ def test_tf_reads_nested_fastckpt_state_and_its_meta_graph_files_stay_tfs(tmp_pa
         with tf.compat.v1.Session() as s:
             tf.compat.v1.train.Saver([k]).restore(s, p)
             assert s.run(k).tolist() == [[1, 1], [1, 1]]
+
+
+@pytest.mark.parametrize("hours", [None, 1])
+def test_clock_reset_keeps_checkpoints_as_tensorflow_does(tmp_path, monkeypatch, hours):
+    """TensorFlow's testClockReset scenario, run on TensorFlow's
+    CheckpointManager and on fastckpt's side by side: the same files stay."""
+    from tensorflow.python.checkpoint import checkpoint_management as cm
+    clock = [10000.0]
+    monkeypatch.setattr(cm.time, "time", lambda: clock[0])  # the time module: fastckpt sees it too
+
+    def run(save_with, directory):
+        clock[0] = 10000.0
+        first = save_with(directory, 1)
+        for step in (2, 3):
+            clock[0] += 3600
+            save_with(directory, step)
+        clock[0] = 5000.0  # the clock is reset
+        save_with(directory, 4, new_manager=True)
+        return sorted(n for n in os.listdir(directory) if n.endswith(".index")), first
+
+    tf_managers = {}
+
+    def tf_save(directory, step, new_manager=False):
+        if new_manager or directory not in tf_managers:
+            tf_managers[directory] = tf.train.CheckpointManager(
+                tf.train.Checkpoint(v=tf.Variable(1.0)), directory, max_to_keep=1, keep_checkpoint_every_n_hours=hours)
+        return tf_managers[directory].save(checkpoint_number=step)
+
+    fc_managers = {}
+
+    def fc_save(directory, step, new_manager=False):
+        if new_manager or directory not in fc_managers:
+            fc_managers[directory] = fastckpt.CheckpointManager(directory, max_to_keep=1,
+                                                                keep_checkpoint_every_n_hours=hours)
+        return fc_managers[directory].save({"v": np.ones(1, np.float32)}, step, force=True)
+
+    tf_files, _ = run(tf_save, str(tmp_path / "tf"))
+    fc_files, _ = run(fc_save, str(tmp_path / "fc"))
+    assert fc_files == tf_files, (fc_files, tf_files)
+    assert "ckpt-3.index" in fc_files and "ckpt-4.index" in fc_files  # the one from "the future" is kept
