@@ -92,10 +92,6 @@ class DataFiles:
             except CheckpointError:
                 pass
 
-    def is_open(self, shard: int) -> bool:
-        """True once the shard's file is open."""
-        return shard in self._fds
-
     def check_range(self, name: str, shard: int, offset: int, size: int, fresh: bool = False) -> int:
         """The shard's descriptor, after checking that the tensor's bytes lie
         inside the file (as it is now, with ``fresh``: a file that shrank is

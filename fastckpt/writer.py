@@ -186,7 +186,7 @@ class StagedBundle:
 
 def stage_bundle(directory: str, tensors: Mapping[Any, Any], *, alignment: int = 1, num_shards: int = 1,
                  threads: Optional[int] = None, durable: bool = False,
-                 staging_bytes: int = 64 << 20) -> StagedBundle:
+                 staging_bytes: int = STAGING_BYTES) -> StagedBundle:
     """Write ``tensors`` as a complete bundle under a new private prefix in
     ``directory``: data files, fsync'd when ``durable``, then the index.
     On any failure nothing is left behind and the error is raised
@@ -368,7 +368,7 @@ def write_bundle(
     num_shards: int = 1,
     threads: Optional[int] = None,
     durable: bool = False,
-    staging_bytes: int = 64 << 20,
+    staging_bytes: int = STAGING_BYTES,
 ) -> str:
     """Write ``tensors`` (name → array) as the bundle ``prefix``.
 
