@@ -59,10 +59,10 @@ def main(argv=None):
 
     state = init_state(args.seed)
     mgr = fastckpt.CheckpointManager(args.dir, max_to_keep=3, checkpoint_interval=args.every)
-    restored = mgr.restore_or_initialize(state)
+    restored = mgr.restore_or_initialize(state)  # fills state's arrays in place
     start = int(state["step"])
     if restored is not None:
-        print(f"resumed from step {restored}", flush=True)
+        print(f"resumed from step {mgr.restored_step}", flush=True)
     log = open(args.log, "a") if args.log else None
     for step in range(start, args.steps):
         x, y = batch(args.seed, step)

@@ -17,7 +17,7 @@ import os
 import re
 import threading
 import weakref
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -48,8 +48,8 @@ class CheckpointManager:
       in the background surfaces on :meth:`wait` or on the next ``save``;
       interpreter exit waits for the commit.
     - ``restore_or_initialize(state)`` fills ``state``'s arrays in place from
-      the latest checkpoint and returns its step, or returns ``None`` in a new
-      directory.
+      the latest checkpoint and returns the restored structure (its step is
+      :attr:`restored_step`), or returns ``None`` in a new directory.
 
     The directory stays readable and manageable by TensorFlow's
     ``CheckpointManager`` (the state file carries timestamps).
@@ -79,6 +79,7 @@ class CheckpointManager:
         self._future: Optional[concurrent.futures.Future] = None
         self._owner = os.getpid()  # the process whose thread runs the save in flight
         self._buffers: Dict[str, np.ndarray] = {}
+        self._restored: Optional[str] = None
         _LIVE.add(self)
 
     # -- what is there ----------------------------------------------------------------
@@ -199,36 +200,48 @@ class CheckpointManager:
         return future.result()
 
     # -- restoring ---------------------------------------------------------------------------
-    def restore_or_initialize(self, state: Any) -> Optional[int]:
-        """Fill ``state``'s arrays in place from the latest checkpoint and
-        return its step; ``None`` (state untouched) when there is none.
+    def restore_or_initialize(self, state: Any) -> Any:
+        """Restore the latest checkpoint into ``state`` and return the
+        restored structure; ``None`` (state untouched) in a new directory.
 
-        ``state`` has the structure that was saved (nested dicts, lists,
-        tuples; numpy arrays or framework tensors, filled in place). Python
-        scalars in it cannot be filled in place; keep counters in arrays or
-        use the returned step.
+        ``state``'s arrays and tensors (numpy, PyTorch, JAX views) are filled
+        in place; the returned structure holds them, and the checkpoint's
+        other leaves (ints, strings, None, and tensors ``state`` lacks), so
+        ``opt.load_state_dict(restored["optim"])`` works. The step restored
+        is :attr:`restored_step`.
         """
         self.wait()
-        latest = _restore_latest(self._directory, state, self._threads)
-        if latest is None:
+        found = _restore_latest(self._directory, state, self._threads)
+        if found is None:
+            self._restored = None
             return None
-        step = self._step_of(latest)
-        self._last_step = step
-        return step
+        prefix, restored = found
+        self._restored = prefix
+        self._last_step = self._step_of(prefix)
+        return restored
+
+    @property
+    def restored_checkpoint(self) -> Optional[str]:
+        """The prefix the last :meth:`restore_or_initialize` restored, or None."""
+        return self._restored
+
+    @property
+    def restored_step(self) -> Optional[int]:
+        """The step the last :meth:`restore_or_initialize` restored, or None."""
+        return self._step_of(self._restored) if self._restored else None
 
     def __repr__(self) -> str:
         return f"<fastckpt.CheckpointManager {self._directory!r}: {len(self.checkpoints)} checkpoints>"
 
 
-def _restore_latest(directory: str, into: Any, threads: Optional[int]) -> Optional[str]:
-    """Restore the directory's latest checkpoint into ``into``; returns its
-    prefix (None without one), even while saves replace it."""
+def _restore_latest(directory: str, into: Any, threads: Optional[int]) -> Optional[Tuple[str, Any]]:
+    """Restore the directory's latest checkpoint into ``into``: its prefix and
+    the restored structure (None without one), even while saves replace it."""
     if not os.path.isdir(directory) or latest_checkpoint(directory) is None:
         return None
 
-    def use(prefix: str) -> str:
-        restore_structure(prefix, into=into, threads=threads)
-        return prefix
+    def use(prefix: str) -> Tuple[str, Any]:
+        return prefix, restore_structure(prefix, into=into, threads=threads)
     return open_latest(directory, use)
 
 

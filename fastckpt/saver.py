@@ -24,7 +24,8 @@ log = logging.getLogger("fastckpt")
 def split_structure(state: Any, metadata: Any) -> Tuple[Mapping[str, Any], Any]:
     """``(name -> leaf, tree or None)``: a plain dict of numpy arrays with no
     metadata needs no structure record (it restores as the same flat dict)."""
-    if metadata is None and type(state) is dict and all(type(v) is np.ndarray for v in state.values()):
+    if (metadata is None and type(state) is dict and all(type(v) is np.ndarray for v in state.values())
+            and all(type(k) is str for k in state)):
         return state, None
     if isinstance(state, Mapping) and not state:
         return {}, ({"dict": []} if metadata is not None else None)

@@ -15,11 +15,14 @@ their numpy views, and never imported unless the caller passes them.
 from __future__ import annotations
 
 import json
+import math
+from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Tuple
 
 import numpy as np
 
 from .errors import DataLossError, InvalidArgumentError, NotFoundError, UnsupportedError
+from .frameworks import framework_of, from_numpy, is_array, to_numpy
 from .naming import PathLike
 
 __all__ = ["flatten", "unflatten", "to_numpy", "with_structure_record", "parse_structure_record", "read_meta",
@@ -27,50 +30,57 @@ __all__ = ["flatten", "unflatten", "to_numpy", "with_structure_record", "parse_s
 
 STRUCTURE_KEY = "_FASTCKPT_STRUCTURE"
 RECORD_FORMAT = "fastckpt.structure"
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: non-array leaves in the record, typed keys, "as"
 MAX_DEPTH = 256
 _PYTHON_TYPES = {"bool": bool, "int": int, "float": float, "complex": complex}
 _MISSING = object()
 
 
-# ---- framework arrays ----------------------------------------------------------------
+# ---- flatten: state -> tensors + tree ----------------------------------------------------
+#
+# Tree nodes (JSON):
+#   {"dict": [[key, node], ...]}  (+ "type": "OrderedDict")  keys: str, int, bool, None, float
+#   {"list": [node, ...]}  {"tuple": [node, ...]}
+#   {"leaf": name}  a tensor of the bundle (+ "as": torch|jax|tensorflow|scalar|bytes for what
+#                   it was; version 1 wrote "python": bool|int|float|complex for Python scalars)
+#   {"value": v}    None, bool, int (any size) or str, kept in the record itself
+#   {"float": hex}  {"complex": [hex, hex]}  exact, NaN and infinities included
 
-def _framework(x: Any) -> str:
-    module = type(x).__module__ or ""
-    return module.split(".", 1)[0]
-
-
-def to_numpy(x: Any) -> Any:
-    """A numpy view of a framework tensor where the framework allows it
-    (PyTorch CPU tensors, bfloat16 included; JAX and TensorFlow arrays);
-    anything else is returned unchanged."""
-    fw = _framework(x)
-    if fw == "torch":
-        t = x.detach()
-        if t.device.type != "cpu":
-            raise InvalidArgumentError(f"torch tensor on {t.device}: move it to the CPU first")
-        if str(t.dtype) == "torch.bfloat16":
-            import ml_dtypes
-            return t.view(_torch_int16()).numpy().view(ml_dtypes.bfloat16)
-        return t.numpy()
-    if fw in ("jax", "jaxlib"):
-        return np.asarray(x)
-    if fw == "tensorflow" and hasattr(x, "numpy"):
-        return x.numpy()
-    return x
+_KEY_TYPES = (str, int, float, bool, type(None))
+_AS_KINDS = ("torch", "jax", "tensorflow", "scalar", "bytes")
 
 
-def _torch_int16() -> Any:
-    import torch  # only reached with a torch tensor in hand
-    return torch.int16
+def _where(path: List[str]) -> str:
+    return "/".join(path) or "<root>"
 
 
-# ---- flatten / unflatten -------------------------------------------------------------
+def _check_key(k: Any, path: List[str]) -> None:
+    if type(k) not in _KEY_TYPES:
+        raise InvalidArgumentError(f"dict keys must be str, int, float, bool or None, found "
+                                   f"{type(k).__name__} {k!r:.40} at {_where(path)}")
+    if k == "":
+        raise InvalidArgumentError(f"empty dict key at {_where(path)}")
+    if type(k) is float and not math.isfinite(k):
+        raise InvalidArgumentError(f"dict key {k!r} at {_where(path)} is not a finite number")
+
+
+def _value_node(x: Any) -> Optional[Dict[str, Any]]:
+    """The record node of a non-array leaf, or None if ``x`` is not one."""
+    if x is None or type(x) in (bool, int, str):
+        return {"value": x}
+    if type(x) is float:
+        return {"float": x.hex()}
+    if type(x) is complex:
+        return {"complex": [x.real.hex(), x.imag.hex()]}
+    return None
+
 
 def flatten(state: Any, sep: str = "/") -> Tuple[Dict[str, Any], Any]:
-    """``(name -> leaf, tree)`` of a nested state. Leaves are numpy arrays
-    (framework tensors as numpy views) or Python scalars; ``tree`` is a
-    JSON-able description of the nesting."""
+    """``(name -> array, tree)`` of a nested state. Arrays (numpy arrays and
+    scalars, framework tensors as numpy views, ``bytes`` as uint8) become
+    tensors named by their joined path; other leaves (None, bool, int,
+    float, complex, str) live in ``tree``, a JSON-able description of the
+    nesting that keeps every Python type."""
     leaves: Dict[str, Any] = {}
 
     def walk(x: Any, path: List[str]) -> Any:
@@ -79,77 +89,179 @@ def flatten(state: Any, sep: str = "/") -> Tuple[Dict[str, Any], Any]:
         if isinstance(x, Mapping):
             items = []
             for k, v in x.items():
-                if not isinstance(k, str):
-                    raise InvalidArgumentError(f"dict keys must be str, found {k!r} at {sep.join(path) or '<root>'}")
-                if not k:
-                    raise InvalidArgumentError(f"empty dict key at {sep.join(path) or '<root>'}")
-                items.append([k, walk(v, path + [k])])
-            return {"dict": items}
+                _check_key(k, path)
+                items.append([k, walk(v, path + [str(k)])])
+            node: Dict[str, Any] = {"dict": items}
+            if isinstance(x, OrderedDict):
+                node["type"] = "OrderedDict"
+            return node
         if isinstance(x, (list, tuple)):
             kind = "list" if isinstance(x, list) else "tuple"
             return {kind: [walk(v, path + [str(i)]) for i, v in enumerate(x)]}
-        name = sep.join(path)
-        if not name:
+        if not path:
             raise InvalidArgumentError("the state must be a dict, list or tuple, not a single array")
-        if name in leaves:
-            raise InvalidArgumentError(f"two leaves have the same name {name!r}")
-        if isinstance(x, (bool, int, float, complex)) and not isinstance(x, np.generic):
-            leaves[name] = np.asarray(x)
-            return {"leaf": name, "python": type(x).__name__}
-        leaves[name] = to_numpy(x)
-        return {"leaf": name}
+        value = _value_node(x)
+        if value is not None:
+            return value
+        return {"leaf": add_leaf(x, path)}
 
+    def add_leaf(x: Any, path: List[str]) -> str:
+        name = sep.join(path)
+        if name in leaves:
+            raise InvalidArgumentError(f"two leaves have the same name {name!r} (keys that print alike, "
+                                       "such as 1 and '1', or 'a/b' beside 'a' -> 'b')")
+        fw = framework_of(x)
+        if fw is not None:
+            leaves[name] = to_numpy(x)
+            as_kinds[name] = fw
+        elif isinstance(x, np.ndarray):
+            leaves[name] = x
+        elif isinstance(x, np.generic):
+            leaves[name] = np.asarray(x)
+            as_kinds[name] = "scalar"
+        elif isinstance(x, (bytes, bytearray, memoryview)):
+            leaves[name] = np.frombuffer(bytes(x), np.uint8)
+            as_kinds[name] = "bytes"
+        else:
+            raise InvalidArgumentError(
+                f"cannot save {type(x).__module__}.{type(x).__qualname__} at {name}: a state holds dicts, "
+                "lists, tuples, arrays and tensors, None, bool, int, float, complex, str and bytes")
+        return name
+
+    as_kinds: Dict[str, str] = {}
     tree = walk(state, [])
+    if as_kinds:
+        _tag_leaves(tree, as_kinds)
     return leaves, tree
 
 
-def unflatten(tree: Any, leaves: Mapping[str, Any]) -> Any:
-    """Rebuild the nested state from ``tree`` and ``name -> array``."""
-    if not isinstance(tree, dict) or len(tree) not in (1, 2):
-        raise DataLossError(f"corrupt structure record: {tree!r}")
-    if "dict" in tree:
-        return {k: unflatten(v, leaves) for k, v in tree["dict"]}
-    if "list" in tree:
-        return [unflatten(v, leaves) for v in tree["list"]]
-    if "tuple" in tree:
-        return tuple(unflatten(v, leaves) for v in tree["tuple"])
-    if "leaf" in tree:
-        name = tree["leaf"]
+def _tag_leaves(tree: Any, as_kinds: Mapping[str, str]) -> None:
+    """Add ``"as"`` to the leaf nodes of the tensors that were not numpy arrays."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        leaf = node.get("leaf")
+        if leaf is not None:
+            if leaf in as_kinds:
+                node["as"] = as_kinds[leaf]
+        elif "dict" in node:
+            stack.extend(v for _, v in node["dict"])
+        else:
+            stack.extend(node.get("list", node.get("tuple", ())))
+
+
+# ---- unflatten: tensors + tree -> state ----------------------------------------------------
+
+def _leaf_value(node: Mapping[str, Any], value: Any, dtype_text: Optional[str]) -> Any:
+    """A tensor as the type it was saved as."""
+    py = node.get("python")
+    if py is not None:  # version 1: Python scalars were tensors
+        return _PYTHON_TYPES[py](value.item())
+    kind = node.get("as")
+    if kind is None:
+        if value.dtype.kind == "O" and dtype_text and dtype_text[1:2] in ("U", "S"):
+            return _text_array(value, dtype_text)
+        return value
+    if kind == "scalar":
+        return value[()]
+    if kind == "bytes":
+        return value.tobytes()
+    return from_numpy(value, kind)
+
+
+def _text_array(value: np.ndarray, dtype_text: str) -> np.ndarray:
+    """A numpy ``U``/``S`` array back from the bytes TensorFlow stores."""
+    if dtype_text[1] == "U":
+        return np.array([b.decode("utf-8", "surrogateescape") for b in value.reshape(-1)],
+                        dtype=dtype_text).reshape(value.shape)
+    return value.astype(dtype_text)
+
+
+def _node_value(node: Mapping[str, Any]) -> Any:
+    if "value" in node:
+        return node["value"]
+    if "float" in node:
+        return float.fromhex(node["float"])
+    re_, im = node["complex"]
+    return complex(float.fromhex(re_), float.fromhex(im))
+
+
+def unflatten(tree: Any, leaves: Mapping[str, Any], dtypes: Optional[Mapping[str, Any]] = None,
+              given: Optional[Mapping[str, Any]] = None) -> Any:
+    """Rebuild the nested state from ``tree`` (checked by
+    :func:`parse_structure_record`) and ``name -> array``. ``given`` maps
+    leaf names to the objects to put in their place (the caller's tensors,
+    restored in place)."""
+    given = given or {}
+    dtypes = dtypes or {}
+
+    def build(node: Any) -> Any:
+        if "dict" in node:
+            items = [(k, build(v)) for k, v in node["dict"]]
+            return OrderedDict(items) if node.get("type") == "OrderedDict" else dict(items)
+        if "list" in node:
+            return [build(v) for v in node["list"]]
+        if "tuple" in node:
+            return tuple(build(v) for v in node["tuple"])
+        name = node.get("leaf")
+        if name is None:
+            return _node_value(node)
+        if name in given:
+            return given[name]
         if name not in leaves:
             raise DataLossError(f"the structure names tensor {name!r}, which the checkpoint lacks")
-        value = leaves[name]
-        py = tree.get("python")
-        if py is not None:
-            return _PYTHON_TYPES[py](value.item())
-        return value
-    raise DataLossError(f"corrupt structure record: {tree!r}")
+        info = dtypes.get(name)
+        return _leaf_value(node, leaves[name], info.get("dtype") if isinstance(info, dict) else None)
+    return build(tree)
 
 
-def leaf_targets(tree: Any, into: Any) -> Dict[str, Any]:
-    """name -> array to fill in place, pairing ``into``'s leaves with the tree.
-    Framework tensors become numpy views sharing their memory."""
-    out: Dict[str, Any] = {}
+def leaf_targets(tree: Any, into: Any) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+    """Pair ``into``'s arrays with the tree's tensors: ``(name -> numpy
+    array to fill in place, name -> the caller's object)``. Framework
+    tensors become numpy views sharing their memory. Arrays of ``into``
+    that the checkpoint does not hold, or holds as something other than a
+    tensor, are an error (they would silently stay as they are)."""
+    targets: Dict[str, np.ndarray] = {}
+    owners: Dict[str, Any] = {}
+    extra: List[str] = []
 
-    def walk(t: Any, x: Any, path: str) -> None:
+    def walk(t: Any, x: Any, path: List[str]) -> None:
         if "dict" in t:
             if not isinstance(x, Mapping):
-                raise InvalidArgumentError(f"into: expected a dict at {path or '<root>'}")
+                raise InvalidArgumentError(f"into: expected a dict at {_where(path)}, found {type(x).__name__}")
+            known = {}
             for k, v in t["dict"]:
+                known[k] = v
                 if k in x:
-                    walk(v, x[k], f"{path}/{k}" if path else k)
+                    walk(v, x[k], path + [str(k)])
+            extra.extend(_array_paths({k: v for k, v in x.items() if k not in known}, path))
         elif "list" in t or "tuple" in t:
             items = t.get("list", t.get("tuple"))
             if not isinstance(x, (list, tuple)) or len(x) != len(items):
-                raise InvalidArgumentError(f"into: expected a sequence of {len(items)} at {path or '<root>'}")
+                raise InvalidArgumentError(f"into: expected a sequence of {len(items)} at {_where(path)}")
             for i, (v, y) in enumerate(zip(items, x)):
-                walk(v, y, f"{path}/{i}" if path else str(i))
-        elif "leaf" in t and "python" not in t:
-            arr = to_numpy(x)
-            if not isinstance(arr, np.ndarray):
-                raise InvalidArgumentError(f"into: {t['leaf']!r} is {type(x).__name__}, not an array")
-            out[t["leaf"]] = arr
-    walk(tree, into, "")
-    return out
+                walk(v, y, path + [str(i)])
+        elif "leaf" in t and "python" not in t and t.get("as") not in ("scalar", "bytes"):
+            if is_array(x):
+                arr = to_numpy(x)
+                targets[t["leaf"]] = arr
+                owners[t["leaf"]] = x
+        elif is_array(x) and not isinstance(x, np.generic):
+            extra.append(_where(path) + " (the checkpoint holds a value there, not a tensor)")
+    walk(tree, into, [])
+    if extra:
+        raise InvalidArgumentError("into: the checkpoint has nothing to restore into " + ", ".join(extra[:10])
+                                   + (f" and {len(extra) - 10} more" if len(extra) > 10 else ""))
+    return targets, owners
+
+
+def _array_paths(x: Any, path: List[str]) -> List[str]:
+    """Paths of the arrays inside ``x``."""
+    if isinstance(x, Mapping):
+        return [p for k, v in x.items() for p in _array_paths(v, path + [str(k)])]
+    if isinstance(x, (list, tuple)):
+        return [p for i, v in enumerate(x) for p in _array_paths(v, path + [str(i)])]
+    return [_where(path)] if is_array(x) and not isinstance(x, np.generic) else []
 
 
 # ---- the structure record ---------------------------------------------------------------
@@ -170,7 +282,7 @@ def with_structure_record(leaves: Mapping[str, Any], tree: Any, metadata: Any) -
         "metadata": metadata,
     }
     try:
-        text = json.dumps(record, ensure_ascii=False, allow_nan=False)
+        text = json.dumps(record, ensure_ascii=True, allow_nan=False)  # ASCII: any str, surrogates too
     except (TypeError, ValueError) as e:
         raise InvalidArgumentError(f"metadata must be JSON-serialisable: {e}") from None
     except RecursionError:
@@ -184,9 +296,47 @@ def _corrupt(where: str, why: str) -> DataLossError:
     return DataLossError(f"{where}: structure record is corrupt: {why}")
 
 
+def _check_value(node: Dict[str, Any]) -> bool:
+    """True if ``node`` is a well-formed value node."""
+    if len(node) != 1:
+        return False
+    if "value" in node:
+        return node["value"] is None or type(node["value"]) in (bool, int, str)
+    texts = [node["float"]] if "float" in node else node.get("complex")
+    if type(texts) is not list or len(texts) != (1 if "float" in node else 2):
+        return False
+    try:
+        [float.fromhex(t) for t in texts]
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _check_leaf_node(node: Dict[str, Any]) -> bool:
+    leaf, py, kind = node["leaf"], node.get("python"), node.get("as")
+    if type(leaf) is not str or len(node) != 1 + ("python" in node) + ("as" in node):
+        return False
+    if py is not None and (type(py) is not str or py not in _PYTHON_TYPES or kind is not None):
+        return False
+    return kind is None or (type(kind) is str and kind in _AS_KINDS)
+
+
+def _check_dict(node: Dict[str, Any], children: Any, where: str) -> None:
+    if len(node) != 1 + ("type" in node) or node.get("type", "OrderedDict") != "OrderedDict":
+        raise _corrupt(where, f"unknown node {node!r:.80}")
+    keys = set()
+    for kv in children:
+        if (type(kv) is not list or len(kv) != 2 or type(kv[0]) not in _KEY_TYPES or kv[0] == ""
+                or (type(kv[0]) is float and not math.isfinite(kv[0]))):
+            raise _corrupt(where, "a dict node is not a list of [key, node] pairs")
+        keys.add(kv[0])
+    if len(keys) != len(children):
+        raise _corrupt(where, "a dict node repeats a key")
+
+
 def _check_tree(tree: Any, where: str) -> List[str]:
-    """The leaf names of a structure tree, after checking every node's shape
-    (iteratively: no depth limit of the interpreter's stack applies)."""
+    """The tensor names of a structure tree, after checking every node's
+    shape (iteratively: no depth limit of the interpreter's stack applies)."""
     names: List[str] = []
     stack = [(tree, 0)]
     pop, push = stack.pop, stack.append
@@ -196,32 +346,27 @@ def _check_tree(tree: Any, where: str) -> List[str]:
             raise _corrupt(where, f"a node is {type(node).__name__}, not an object")
         if depth > MAX_DEPTH:
             raise _corrupt(where, f"nested deeper than {MAX_DEPTH}")
-        leaf = node.get("leaf", _MISSING)
-        if leaf is not _MISSING:
-            py = node.get("python", "int")
-            if (type(leaf) is not str or type(py) is not str or py not in _PYTHON_TYPES
-                    or len(node) != 1 + ("python" in node)):
+        if "leaf" in node:
+            if not _check_leaf_node(node):
                 raise _corrupt(where, f"bad leaf node {node!r:.80}")
-            names.append(leaf)
+            names.append(node["leaf"])
             continue
-        if len(node) != 1:
+        children = node.get("dict", node.get("list", node.get("tuple", _MISSING)))
+        if children is _MISSING:
+            if not _check_value(node):
+                raise _corrupt(where, f"unknown node {node!r:.80}")
+            continue
+        if type(children) is not list:
             raise _corrupt(where, f"unknown node {node!r:.80}")
-        kind, children = next(iter(node.items()))
-        if kind not in ("dict", "list", "tuple") or type(children) is not list:
-            raise _corrupt(where, f"unknown node {node!r:.80}")
-        below = depth + 1
-        if kind == "dict":
-            keys = set()
+        if "dict" in node:
+            _check_dict(node, children, where)
             for kv in children:
-                if type(kv) is not list or len(kv) != 2 or type(kv[0]) is not str or not kv[0]:
-                    raise _corrupt(where, "a dict node is not a list of [key, node] pairs")
-                keys.add(kv[0])
-                push((kv[1], below))
-            if len(keys) != len(children):
-                raise _corrupt(where, "a dict node repeats a key")
+                push((kv[1], depth + 1))
         else:
+            if len(node) != 1:
+                raise _corrupt(where, f"unknown node {node!r:.80}")
             for child in children:
-                push((child, below))
+                push((child, depth + 1))
     if len(set(names)) != len(names):
         raise _corrupt(where, "two leaves name the same tensor")
     return names
@@ -307,11 +452,19 @@ def read_meta(prefix: PathLike) -> Dict[str, Any]:
 def restore_structure(prefix: PathLike, into: Optional[Any] = None, *, verify: bool = True,
                       threads: Optional[int] = None) -> Any:
     """Read checkpoint ``prefix`` (a prefix, or a directory: its latest
-    checkpoint) back in the structure it was saved in;
-    checkpoints without a structure record (TensorFlow's) come back as a
-    flat dict. With ``into`` (the same structure, or a flat dict), arrays --
-    numpy, or PyTorch/JAX tensors through their numpy views -- are filled in
-    place and ``into`` is returned."""
+    checkpoint) back in the structure it was saved in, every leaf of the
+    type it had (PyTorch, JAX and TensorFlow tensors as tensors of their
+    framework when it is installed); checkpoints without a structure record
+    (TensorFlow's) come back as a flat dict.
+
+    With ``into`` (the saved structure or part of it, or a flat dict), its
+    arrays and tensors are filled in place, and the whole restored structure
+    is returned with ``into``'s own objects in their places: the non-array
+    leaves (ints, strings, None) and the tensors ``into`` lacks (an
+    optimizer's state before its first step) come from the checkpoint.
+    Shapes and dtypes are checked before anything is read; an array of
+    ``into`` that the checkpoint does not hold is an error.
+    """
     from .reader import open_checkpoint
 
     return open_checkpoint(prefix, lambda p: _restore_from(p, into, verify, threads))
@@ -323,13 +476,22 @@ def _restore_from(prefix: str, into: Optional[Any], verify: bool, threads: Optio
     with CheckpointReader(prefix, verify=verify, threads=threads) as reader:
         record = reader.structure_record()
         if record is None:  # a TensorFlow checkpoint: a flat dict
-            if into is None:
-                return reader.read()
-            targets: MutableMapping[str, Any] = {k: to_numpy(v) for k, v in into.items()}
-            reader.read(into=targets)
-            return into
-        tree = record["structure"]
+            return _restore_flat(reader, into)
+        tree, leaves = record["structure"], record["leaves"]
         if into is None:
-            return unflatten(tree, reader.read([n for n in record["leaves"]]))
-        reader.read(into=leaf_targets(tree, into))
-        return into
+            return unflatten(tree, reader.read(list(leaves)), leaves)
+        targets, owners = leaf_targets(tree, into)
+        fresh = reader.read([n for n in leaves if n not in targets])
+        reader.read(into=targets)
+        return unflatten(tree, fresh, leaves, owners)
+
+
+def _restore_flat(reader: Any, into: Optional[Any]) -> Dict[str, Any]:
+    if into is None:
+        return reader.read()
+    if not isinstance(into, Mapping):
+        raise InvalidArgumentError(f"into: this checkpoint holds a flat dict of tensors, not a {type(into).__name__}")
+    targets: MutableMapping[str, Any] = {k: to_numpy(v) for k, v in into.items() if is_array(v)}
+    fresh = reader.read([n for n in reader.tensor_names() if n not in targets])
+    reader.read(into=targets)
+    return {n: into[n] if n in targets else fresh[n] for n in reader.tensor_names()}

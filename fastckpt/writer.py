@@ -18,6 +18,7 @@ import numpy as np
 from . import _core
 from .dtypes import DT_STRING, dtype_enum, native_enums
 from .errors import CheckpointError, InvalidArgumentError
+from .frameworks import to_numpy
 from .fsutil import (check_name_fits, default_threads, ensure_directory, fsync_all, fsync_dir, gc_paused,
                      io_error)
 from .locking import create_locked_temp, release_lock
@@ -64,6 +65,7 @@ def _string_payload(name: str, arr: np.ndarray) -> Tuple[bytes, int]:
 def _as_array(name: str, value: Any) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value
+    value = to_numpy(value)  # PyTorch (bfloat16, float8 too), JAX, TensorFlow tensors
     try:
         return np.asarray(value)
     except Exception as e:

@@ -17,9 +17,10 @@ def test_torch_state_dict_roundtrip_in_place(tmp_path):
     prefix = fastckpt.save(sd, str(tmp_path / "c"))
     target = {k: torch.zeros_like(v) for k, v in sd.items()}
     ptrs = {k: v.data_ptr() for k, v in target.items()}
-    assert fastckpt.restore(prefix, into=target) is target
+    back = fastckpt.restore(prefix, into=target)
+    assert type(back) is type(sd) and list(back) == list(sd)  # an OrderedDict, as saved
     for k, v in sd.items():
-        assert target[k].data_ptr() == ptrs[k], "filled in place"
+        assert back[k] is target[k] and target[k].data_ptr() == ptrs[k], "filled in place"
         assert torch.equal(target[k], v), k
     model2 = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     model2.load_state_dict({k: v for k, v in target.items() if not k.startswith("extra")})
@@ -41,14 +42,16 @@ def test_tensorflow_tensors_saved_as_they_are(tmp_path):
     tf = pytest.importorskip("tensorflow")
     state = {"v": tf.Variable(np.arange(4, dtype=np.float32)), "c": tf.constant([[1, 2]], dtype=tf.int64)}
     got = fastckpt.restore(fastckpt.save(state, str(tmp_path / "c")))
-    assert got["v"].tolist() == [0, 1, 2, 3] and got["c"].tolist() == [[1, 2]]
+    assert isinstance(got["v"], tf.Tensor) and isinstance(got["c"], tf.Tensor)  # TF tensors come back as TF tensors
+    assert got["v"].numpy().tolist() == [0, 1, 2, 3] and got["c"].numpy().tolist() == [[1, 2]]
+    assert got["c"].dtype == tf.int64
 
 
 def test_jax_arrays_saved_as_they_are(tmp_path):
     jnp = pytest.importorskip("jax.numpy")
     state = {"w": jnp.arange(6.0).reshape(2, 3)}
     got = fastckpt.restore(fastckpt.save(state, str(tmp_path / "c")))
-    assert got["w"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert type(got["w"]) is type(state["w"]) and got["w"].tolist() == [[0, 1, 2], [3, 4, 5]]
 
 
 def test_gpu_tensors_are_refused_clearly(tmp_path):

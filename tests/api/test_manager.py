@@ -42,8 +42,11 @@ def test_restore_or_initialize(tmp_path):
     mgr.save(state(3.0), 120)
     target = state(0.0)
     w = target["params"]["w"]
-    assert fastckpt.CheckpointManager(tmp_path).restore_or_initialize(target) == 120
-    assert target["params"]["w"] is w and (w == 3.0).all()
+    again = fastckpt.CheckpointManager(tmp_path)
+    restored = again.restore_or_initialize(target)
+    assert again.restored_step == 120 and again.restored_checkpoint == str(tmp_path / "ckpt-120")
+    assert target["params"]["w"] is w and (w == 3.0).all() and restored["params"]["w"] is w
+    assert mgr.restored_step is None
 
 
 def test_async_saves_snapshot_and_wait(tmp_path):
@@ -141,7 +144,8 @@ def test_tensorflow_manager_lists_and_trims_ours_and_the_other_way_round(tmp_pat
     mine = fastckpt.CheckpointManager(tmp_path / "b", max_to_keep=2)
     assert [os.path.basename(p) for p in mine.checkpoints] == ["ckpt-1", "ckpt-2", "ckpt-3"]
     into = {"v/.ATTRIBUTES/VARIABLE_VALUE": np.zeros(3, np.float32)}
-    assert mine.restore_or_initialize(into) == 3
+    assert list(mine.restore_or_initialize(into)) == ["_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/.ATTRIBUTES/VARIABLE_VALUE", "v/.ATTRIBUTES/VARIABLE_VALUE"]
+    assert mine.restored_step == 3
     assert into["v/.ATTRIBUTES/VARIABLE_VALUE"].tolist() == [0.0, 1.0, 2.0]
     mine.save({"v/.ATTRIBUTES/VARIABLE_VALUE": np.ones(3, np.float32)}, 4)
     assert [os.path.basename(p) for p in mine.checkpoints] == ["ckpt-3", "ckpt-4"]

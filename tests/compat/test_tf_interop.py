@@ -193,7 +193,8 @@ def test_tf1_saver_directory_with_meta_graphs_restores(tmp_path):
     assert os.path.exists(path + ".meta")
     assert_bit_equal(fastckpt.restore(path)["v"], np.arange(4, dtype=np.float32))
     into = {"v": np.zeros(4, np.float32)}
-    assert fastckpt.CheckpointManager(tmp_path, checkpoint_name="model").restore_or_initialize(into) == 2
+    mgr = fastckpt.CheckpointManager(tmp_path, checkpoint_name="model")
+    assert mgr.restore_or_initialize(into)["v"] is into["v"] and mgr.restored_step == 2
     assert_bit_equal(into["v"], np.arange(4, dtype=np.float32))
     assert fastckpt.verify_path(str(tmp_path))[0].ok
 
@@ -251,3 +252,18 @@ def test_clock_reset_keeps_checkpoints_as_tensorflow_does(tmp_path, monkeypatch,
     fc_files, _ = run(fc_save, str(tmp_path / "fc"))
     assert fc_files == tf_files, (fc_files, tf_files)
     assert "ckpt-3.index" in fc_files and "ckpt-4.index" in fc_files  # the one from "the future" is kept
+
+
+def test_tensorflow_reads_the_tensors_of_a_pytorch_training_state(tmp_path):
+    """The arrays of a type-exact training state stay ordinary tensors."""
+    torch = pytest.importorskip("torch")
+    tf = pytest.importorskip("tensorflow")
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    prefix = fastckpt.save({"model": model.state_dict(), "optim": opt.state_dict(), "epoch": 1}, str(tmp_path / "c"))
+    r = tf.train.load_checkpoint(prefix)
+    assert_bit_equal(r.get_tensor("optim/state/0/exp_avg"), opt.state_dict()["state"][0]["exp_avg"].numpy())
+    assert_bit_equal(r.get_tensor("model/weight"), model.weight.detach().numpy())
+    assert "epoch" not in r.get_variable_to_shape_map()
