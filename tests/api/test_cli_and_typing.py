@@ -63,6 +63,39 @@ def test_mypy_clean():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+USER_CODE = """\
+import numpy as np
+import fastckpt
+
+prefix: str = fastckpt.save({"w": np.zeros(2)}, "c")
+reveal_type(fastckpt.latest_checkpoint("run"))
+mgr = fastckpt.CheckpointManager("run")
+reveal_type(mgr.restored_step)
+fastckpt.latest_checkpoint(3)
+"""
+
+
+@pytest.mark.no_sanitizer
+def test_a_user_project_gets_fastckpts_types_from_an_editable_install(tmp_path):
+    """mypy, run from another directory, finds the installed fastckpt and
+    its types (an editable install puts a plain path in its .pth)."""
+    pytest.importorskip("mypy")
+    import importlib.metadata
+    import json
+    urls = [d.read_text("direct_url.json") for d in importlib.metadata.distributions()
+             if d.metadata["Name"] == "fastckpt"]
+    if not any(u and json.loads(u).get("dir_info", {}).get("editable") for u in urls):
+        pytest.skip("fastckpt is not installed with `pip install -e` here")
+    (tmp_path / "user.py").write_text(USER_CODE)
+    r = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", "user.py"], capture_output=True,
+                       text=True, cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    out = r.stdout + r.stderr
+    assert "import-not-found" not in out and "Cannot find implementation" not in out, out
+    assert 'Revealed type is "str | None"' in out or 'Revealed type is "Union[str, None]"' in out, out
+    assert 'Revealed type is "int | None"' in out or 'Revealed type is "Union[int, None]"' in out, out
+    assert 'Argument 1 to "latest_checkpoint" has incompatible type "int"' in out, out
+
+
 def test_the_library_and_its_commands_do_not_load_the_benchmark(tmp_path):
     """`import fastckpt`, `fastckpt ls/verify/gc` leave the benchmark (and its
     process-wide malloc settings) out of the user's process."""

@@ -26,19 +26,37 @@ def test_readme_examples_run(tmp_path, monkeypatch):
         "loss": 0.5,
     }
 
-    def train_step(state):
-        for v in state.values():
-            v += 1
-    ns["train_step"] = train_step
     ran = 0
     for code in blocks:
         if "import tensorflow" in code:
             pytest.importorskip("tensorflow")
         if "mgr = fastckpt.CheckpointManager" in code:
-            ns["state"] = {"w": np.zeros(4)}
+            torch = pytest.importorskip("torch")
+            ns.update(torch_loop(torch))
         exec(compile(code, "README.md", "exec"), ns)
         ran += 1
     assert ran == len(blocks)
     assert os.path.exists(tmp_path / "my_model" / "my-model-1000.index")
-    assert ns["mgr"].latest_checkpoint.endswith("ckpt-201")
-    assert [os.path.basename(p) for p in ns["mgr"].checkpoints] == ["ckpt-1", "ckpt-101", "ckpt-201"]
+    assert ns["mgr"].latest_checkpoint.endswith("ckpt-250")  # the final forced save
+    assert [os.path.basename(p) for p in ns["mgr"].checkpoints] == ["ckpt-101", "ckpt-201", "ckpt-250"]
+    # run the loop's code again, as a restarted job would: it resumes from step 250
+    loop = next(c for c in blocks if "mgr = fastckpt.CheckpointManager" in c)
+    again = {k: v for k, v in ns.items() if k not in ("state", "step", "restored", "mgr")}
+    again.update(torch_loop(torch))
+    exec(compile(loop, "README.md", "exec"), again)
+    assert again["restored"]["step"] == 250 and again["mgr"].restored_step == 250
+    assert all(torch.equal(a, b) for a, b in zip(ns["model"].parameters(), again["model"].parameters()))
+
+
+def torch_loop(torch):
+    """The model, optimizer and train_step the training-loop snippet uses."""
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+
+    def train_step(model, opt):
+        loss = model(torch.ones(2, 3)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return {"model": model, "opt": opt, "train_step": train_step}

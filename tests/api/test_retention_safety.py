@@ -93,3 +93,22 @@ def test_only_the_checkpoints_own_files_are_deleted(tmp_path):
     saver.save(STATE, str(d / "ckpt"), global_step=2)
     assert all((d / n).exists() for n in keep)
     assert not (d / "ckpt-1.index").exists() and not (d / "ckpt-1.data-00000-of-00001").exists()
+
+
+def test_a_reader_racing_retention_keeps_reading_what_it_opened(tmp_path):
+    """What the README promises: a reader that opened a checkpoint before
+    retention deleted it reads it whole (its data files were opened with the
+    index); opening it after the delete is a NotFoundError naming it; a
+    directory's reader follows the latest checkpoint."""
+    mgr = fastckpt.CheckpointManager(tmp_path, max_to_keep=1)
+    mgr.save({"w": np.full(1000, 1.0), "b": np.arange(3)}, 1)
+    reader = fastckpt.load_checkpoint(tmp_path)
+    view = reader["w"]
+    mgr.save({"w": np.full(1000, 2.0), "b": np.arange(3)}, 2)  # retention deletes ckpt-1
+    assert not os.path.exists(str(tmp_path / "ckpt-1.index"))
+    assert reader.get_tensor("w").tolist() == [1.0] * 1000 and view.tolist() == [1.0] * 1000
+    assert reader.read()["b"].tolist() == [0, 1, 2]
+    reader.close()
+    with pytest.raises(fastckpt.NotFoundError, match="ckpt-1"):
+        fastckpt.load_checkpoint(str(tmp_path / "ckpt-1"))
+    assert fastckpt.restore(tmp_path)["w"][0] == 2.0
