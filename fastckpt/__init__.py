@@ -27,6 +27,7 @@ from .manager import CheckpointManager
 from .saver import Saver, save
 from .state import (CheckpointState, get_checkpoint_state, latest_checkpoint,
                     update_checkpoint_state)
+from .slices import Shard
 from .structure import read_meta
 from .structure import restore_structure as restore
 from .verify import VerifyReport, verify_checkpoint, verify_path
@@ -44,6 +45,7 @@ __all__ = [
     "InvalidArgumentError",
     "NotFoundError",
     "Saver",
+    "Shard",
     "TensorNotFoundError",
     "UnsupportedError",
     "collect_garbage",

@@ -40,7 +40,7 @@ from .retention import Entry
 from .state import state_path, checkpoint_exists, get_checkpoint_state, update_checkpoint_state
 from .writer import STAGE_PREFIX, StagedBundle, check_prefix, install_bundle, install_plain, stage_bundle
 
-__all__ = ["save_checkpoint", "commit_checkpoint", "recover_directory", "remove_checkpoint", "collect_garbage",
+__all__ = ["save_checkpoint", "commit_checkpoint", "committer", "recover_directory", "remove_checkpoint", "collect_garbage",
            "GarbageReport", "inside"]
 
 log = logging.getLogger("fastckpt")
@@ -145,15 +145,26 @@ def save_checkpoint(prefix: str, tensors: Mapping[Any, Any], *, retain: RetainFn
         recover_directory(directory, state_name, durable=durable, tidy_state=False)  # frees space first
     staged = stage_bundle(directory, tensors, durable=durable, num_shards=num_shards, alignment=alignment,
                           threads=threads)
-    if not write_state:
-        install_plain(staged, prefix)
-        return []
     try:
-        return commit_checkpoint(staged, prefix, directory, state_name, retain)
-    except OSError as e:
-        raise io_error(e, f"saving checkpoint {prefix!r}") from e
+        return committer(prefix, retain, state_name, write_state)(staged)
     finally:
         staged.close()
+
+
+def committer(prefix: str, retain: RetainFn, state_name: str, write_state: bool) -> Callable[[StagedBundle], List[str]]:
+    """What makes a staged bundle the checkpoint ``prefix``: the commit
+    through the state file, or (without ``write_state``) a rename."""
+    directory = os.path.dirname(os.path.abspath(prefix))
+
+    def commit(staged: StagedBundle) -> List[str]:
+        if not write_state:
+            install_plain(staged, prefix)
+            return []
+        try:
+            return commit_checkpoint(staged, prefix, directory, state_name, retain)
+        except OSError as e:
+            raise io_error(e, f"saving checkpoint {prefix!r}") from e
+    return commit
 
 
 def commit_checkpoint(staged: StagedBundle, prefix: str, directory: str, state_name: str,

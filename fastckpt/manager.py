@@ -25,7 +25,10 @@ from .errors import InvalidArgumentError
 from .commit import save_checkpoint
 from .naming import PathLike, step_suffix
 from .retention import Retention
-from .saver import split_structure
+from .comm import as_communicator
+from .frameworks import to_numpy
+from .saver import save_any, split_structure
+from .slices import Shard
 from .structure import with_structure_record
 from .state import get_checkpoint_state, latest_checkpoint
 from .reader import open_latest
@@ -58,7 +61,7 @@ class CheckpointManager:
     def __init__(self, directory: PathLike, max_to_keep: Optional[int] = 5,
                  keep_checkpoint_every_n_hours: Optional[float] = None, checkpoint_name: str = "ckpt",
                  checkpoint_interval: Optional[int] = None, *, durable: bool = True,
-                 threads: Optional[int] = None) -> None:
+                 threads: Optional[int] = None, comm: Any = None, timeout: Optional[float] = None) -> None:
         d = os.fspath(directory)
         if not isinstance(d, str) or not d:
             raise InvalidArgumentError(f"directory must be a path, got {directory!r}")
@@ -73,6 +76,7 @@ class CheckpointManager:
         self._retention = Retention(max_to_keep, keep_checkpoint_every_n_hours, minimum=1)
         self._durable = bool(durable)
         self._threads = threads
+        self._comm = as_communicator(comm, timeout)
         latest = self.latest_checkpoint
         self._last_step: Optional[int] = self._step_of(latest) if latest else None
         self._thread: Optional[threading.Thread] = None
@@ -154,27 +158,35 @@ class CheckpointManager:
         return step == self._last_step or step < self._last_step + self._interval
 
     def _commit(self, prefix: str, leaves: Mapping[str, Any], tree: Any, metadata: Any) -> None:
-        save_checkpoint(prefix, with_structure_record(leaves, tree, metadata), retain=self._retention,
-                        durable=self._durable, threads=self._threads)
+        if self._comm is None and not any(isinstance(v, Shard) for v in leaves.values()):
+            save_checkpoint(prefix, with_structure_record(leaves, tree, metadata), retain=self._retention,
+                            durable=self._durable, threads=self._threads)
+            return
+        save_any(None, prefix, metadata=metadata, retain=self._retention, durable=self._durable,
+                 threads=self._threads, comm=self._comm, flat=(leaves, tree))
 
     def _snapshot(self, leaves: Mapping[str, Any]) -> Dict[str, Any]:
         """Copy every leaf into a host buffer reused from the last save when
         its shape and dtype are unchanged."""
         out: Dict[str, Any] = {}
         for name, value in leaves.items():
-            arr = np.asarray(value)
-            buf = self._buffers.get(name)
-            if arr.dtype.kind == "O" or arr.dtype.kind in "SU":
-                out[name] = arr.copy()
-                continue
-            if buf is None or buf.shape != arr.shape or buf.dtype != arr.dtype.newbyteorder("="):
-                buf = np.empty(arr.shape, arr.dtype.newbyteorder("="))
-                self._buffers[name] = buf
-            np.copyto(buf, arr, casting="unsafe")
-            out[name] = buf
+            if isinstance(value, Shard):  # this process's part of a global tensor: its local array, copied
+                out[name] = Shard(self._copy(name, to_numpy(value.local)), value.global_shape, value.offset)
+            else:
+                out[name] = self._copy(name, np.asarray(value))
         for stale in set(self._buffers) - set(out):
             del self._buffers[stale]
         return out
+
+    def _copy(self, name: str, arr: np.ndarray) -> np.ndarray:
+        """``arr`` copied into the host buffer kept for ``name``."""
+        if arr.dtype.kind in "OSU":
+            return arr.copy()
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != arr.shape or buf.dtype != arr.dtype.newbyteorder("="):
+            buf = self._buffers[name] = np.empty(arr.shape, arr.dtype.newbyteorder("="))
+        np.copyto(buf, arr, casting="unsafe")
+        return buf
 
     def _background(self, future: "concurrent.futures.Future[str]", prefix: str, snapshot: Dict[str, Any],
                     tree: Any, metadata: Any) -> None:

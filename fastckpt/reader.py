@@ -5,7 +5,7 @@ plain tensors, ``readplan.py`` for the rest) → parallel reads → checksums.""
 from __future__ import annotations
 
 import os
-from typing import (Any, Callable, Dict, Iterator, List, Mapping, MutableMapping, Optional, Sequence,
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, MutableMapping, Optional, Sequence,
                     Tuple, TypeVar, Union)
 
 import numpy as np
@@ -28,6 +28,9 @@ __all__ = ["CheckpointReader", "read_bundle", "load_checkpoint", "list_variables
 EAGER_SHARDS = 1024
 
 _FIXED_DTYPES = fixed_width_dtypes()
+
+if TYPE_CHECKING:
+    from .regions import TensorSlice
 
 
 def _file_id(st: os.stat_result) -> Tuple[int, int, int]:
@@ -220,6 +223,32 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             raise DataLossError(f"{self._files.path(shard)}: tensor {name!r} lies beyond the end of the file "
                                 "as it was first mapped (the file grew or was replaced)")
         return np.frombuffer(mapped, npdt, size // npdt.itemsize, offset).reshape(shape)
+
+    @property
+    def verifies(self) -> bool:
+        """Whether reads check checksums."""
+        return self._verify
+
+    @property
+    def threads(self) -> int:
+        """Threads a read uses."""
+        return int(self._threads)
+
+    def read_region(self, name: Union[str, bytes], offset: Sequence[int], shape: Sequence[int],
+                    out: Optional[np.ndarray] = None, *, verify: Optional[bool] = None) -> np.ndarray:
+        """The box ``offset`` + ``shape`` of tensor ``name`` (whole or
+        partitioned), read from the stored entries that intersect it only.
+        With checksums on, an entry the box covers in part is read whole to
+        be checked; ``verify=False`` reads only the bytes the box needs."""
+        from .regions import read_region
+        text = name_of(name) if isinstance(name, bytes) else name
+        return read_region(self, text, offset, shape, out, verify=verify)
+
+    def get_slice(self, name: Union[str, bytes]) -> "TensorSlice":
+        """A handle on tensor ``name`` that reads what numpy-style indexing
+        asks for (``reader.get_slice("emb")[100:200]``), as safetensors'."""
+        from .regions import TensorSlice
+        return TensorSlice(self, name_of(name) if isinstance(name, bytes) else name)
 
     # -- Mapping -------------------------------------------------------------------
     def __getitem__(self, name: str) -> np.ndarray:

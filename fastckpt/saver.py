@@ -9,7 +9,10 @@ from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Sequence,
 
 import numpy as np
 
-from .commit import save_checkpoint
+from .collective import LocalCommunicator, save_collective
+from .comm import as_communicator
+from .commit import committer, recover_directory, save_checkpoint
+from .slices import Shard
 from .errors import InvalidArgumentError
 from .naming import PathLike, step_suffix
 from .reader import read_bundle
@@ -61,7 +64,11 @@ class Saver:
         num_shards: int = 1,
         alignment: int = 1,
         threads: Optional[int] = None,
+        comm: Any = None,
+        timeout: Optional[float] = None,
     ) -> None:
+        self._comm = as_communicator(comm, timeout)
+        self._timeout = timeout
         self._retention = Retention(max_to_keep, keep_checkpoint_every_n_hours)
         self._durable = bool(durable)
         self._write_options = dict(num_shards=num_shards, alignment=alignment, threads=threads)
@@ -109,10 +116,9 @@ class Saver:
         if global_step is None and os.path.basename(base) == (latest_filename or "checkpoint"):
             raise InvalidArgumentError(
                 f"save_path {base!r} collides with the checkpoint state file name")
-        leaves, tree = split_structure(state, metadata)
-        listed = save_checkpoint(prefix, with_structure_record(leaves, tree, metadata), retain=self._retention,
-                                 durable=self._durable, state_name=latest_filename or "checkpoint",
-                                 write_state=write_state, **self._write_options)  # type: ignore[arg-type]
+        listed = save_any(state, prefix, metadata=metadata, retain=self._retention, durable=self._durable,
+                          state_name=latest_filename or "checkpoint", write_state=write_state, comm=self._comm,
+                          timeout=self._timeout, **self._write_options)  # type: ignore[arg-type]
         if write_state:
             self._last = listed
         return prefix
@@ -133,11 +139,43 @@ class Saver:
 
 
 def save(state: Any, prefix: PathLike, *, metadata: Any = None, durable: bool = True, num_shards: int = 1,
-         alignment: int = 1, threads: Optional[int] = None) -> str:
+         alignment: int = 1, threads: Optional[int] = None, comm: Any = None, timeout: Optional[float] = None) -> str:
     """Write ``state`` (flat or nested; see :meth:`Saver.save`) as checkpoint
-    ``prefix``, with its structure record, without touching a state file."""
+    ``prefix``, with its structure record, without touching a state file.
+
+    With ``comm`` (an mpi4py communicator, ``torch.distributed``, or a
+    process group), every process calls ``save`` with its own part of the
+    state and one checkpoint is written: a data file per process and one
+    merged index (see :mod:`fastckpt.collective`); ``timeout`` bounds the
+    wait for the slowest process."""
     p = os.fspath(prefix)
-    leaves, tree = split_structure(state, metadata)
-    save_checkpoint(p, with_structure_record(leaves, tree, metadata), retain=Retention(), durable=durable,
-                    num_shards=num_shards, alignment=alignment, threads=threads, write_state=False)
+    save_any(state, p, metadata=metadata, retain=Retention(), durable=durable, num_shards=num_shards,
+             alignment=alignment, threads=threads, write_state=False, comm=comm, timeout=timeout)
     return p
+
+
+def save_any(state: Any, prefix: str, *, metadata: Any, retain: Any, durable: bool, num_shards: int = 1,
+             alignment: int = 1, threads: Optional[int] = None, write_state: bool = True,
+             state_name: str = "checkpoint", comm: Any = None, timeout: Optional[float] = None,
+             flat: Optional[Tuple[Mapping[str, Any], Any]] = None) -> List[str]:
+    """The one save path of ``save``, ``Saver`` and ``CheckpointManager``:
+    one process (``save_checkpoint``), or every process of ``comm`` -- also
+    one process whose state holds :class:`~fastckpt.Shard` parts.
+    ``flat`` is the state already flattened (``(leaves, tree)``)."""
+    communicator = as_communicator(comm, timeout)
+    if communicator is None:
+        leaves, tree = flat if flat is not None else split_structure(state, metadata)
+        if not any(isinstance(v, Shard) for v in leaves.values()):
+            return save_checkpoint(prefix, with_structure_record(leaves, tree, metadata), retain=retain,
+                                   durable=durable, num_shards=num_shards, alignment=alignment, threads=threads,
+                                   state_name=state_name, write_state=write_state)
+        communicator = LocalCommunicator()
+    if num_shards != 1:
+        raise InvalidArgumentError("a checkpoint saved by several processes has one data file per process: "
+                                   "num_shards must be 1")
+    return save_collective(state, prefix, communicator, metadata=metadata, durable=durable, alignment=alignment,
+                           flat=flat,
+                           threads=threads, commit=committer(prefix, retain, state_name, write_state),
+                           prepare_directory=(lambda d: recover_directory(d, state_name, durable=durable,
+                                                                          tidy_state=False))
+                           if write_state else None)

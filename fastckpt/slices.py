@@ -4,11 +4,14 @@ slice is stored under ``EncodeTensorNameSlice(name, slice)``."""
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
+import numpy as np
+
+from .errors import InvalidArgumentError
 from .records import Extent
 
-__all__ = ["encode_slice_key", "decode_slice_key", "slice_region", "Extent"]
+__all__ = ["encode_slice_key", "decode_slice_key", "slice_region", "Extent", "Shard", "SliceKey"]
 
 _SIGNED_HEADERS = {2: 0xC000, 3: 0xE000, 4: 0xF000, 5: 0xF800, 6: 0xFC00,
                    7: 0xFE00, 8: 0xFF00, 9: 0xFF80, 10: 0xFFC0}
@@ -122,3 +125,53 @@ def slice_region(extents: Sequence[Extent], shape: Sequence[int]) -> Tuple[slice
 def slice_shape(extents: Sequence[Extent], shape: Sequence[int]) -> Tuple[int, ...]:
     """Shape of the stored slice."""
     return tuple(dim if length < 0 else length for (_, length), dim in zip(extents, shape))
+
+
+class SliceKey(bytes):
+    """The index key of a stored slice (it starts with a NUL byte, which the
+    writer refuses in tensor names): what a process's part of a partitioned
+    tensor is written under."""
+
+
+class Shard:
+    """One process's part of a global tensor: ``local`` (a numpy array or a
+    framework tensor) holds the region starting at ``offset`` of a tensor of
+    shape ``global_shape``. Saved from several processes, the parts become
+    one partitioned tensor of the checkpoint, stored as TensorFlow stores
+    partitioned variables; restored into, ``local`` is filled in place with
+    that region, whatever slicing the checkpoint was saved with."""
+
+    __slots__ = ("local", "global_shape", "offset")
+
+    def __init__(self, local: Any, global_shape: Sequence[int], offset: Sequence[int]) -> None:
+        shape = tuple(int(d) for d in getattr(local, "shape", ()))
+        gshape = tuple(_index(d, "global_shape") for d in global_shape)
+        off = tuple(_index(o, "offset") for o in offset)
+        if not len(shape) == len(gshape) == len(off):
+            raise InvalidArgumentError(f"Shard: local shape {list(shape)}, global_shape {list(gshape)} and "
+                                       f"offset {list(off)} must have the same rank")
+        for d, (o, n, g) in enumerate(zip(off, shape, gshape)):
+            if o + n > g:
+                raise InvalidArgumentError(f"Shard: dimension {d}: offset {o} + local size {n} exceeds the "
+                                           f"global size {g}")
+        self.local, self.global_shape, self.offset = local, gshape, off
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        """The local part's shape."""
+        return tuple(int(d) for d in self.local.shape)
+
+    def extents(self) -> List[Extent]:
+        """TensorFlow's extents of this part: ``(start, length)`` per
+        dimension, ``(0, -1)`` where it spans the whole dimension."""
+        return [(0, -1) if (o == 0 and n == g) else (o, n)
+                for o, n, g in zip(self.offset, self.shape, self.global_shape)]
+
+    def __repr__(self) -> str:
+        return f"Shard(shape={list(self.shape)}, global_shape={list(self.global_shape)}, offset={list(self.offset)})"
+
+
+def _index(v: Any, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < 0:
+        raise InvalidArgumentError(f"Shard: {what} must hold non-negative ints, found {v!r}")
+    return int(v)

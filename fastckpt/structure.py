@@ -24,6 +24,7 @@ import numpy as np
 from .errors import DataLossError, InvalidArgumentError, NotFoundError, UnsupportedError
 from .frameworks import framework_of, from_numpy, is_array, to_numpy
 from .naming import PathLike
+from .slices import Shard
 
 __all__ = ["flatten", "unflatten", "to_numpy", "with_structure_record", "parse_structure_record", "read_meta",
            "restore_structure", "STRUCTURE_KEY"]
@@ -111,7 +112,11 @@ def flatten(state: Any, sep: str = "/") -> Tuple[Dict[str, Any], Any]:
             raise InvalidArgumentError(f"two leaves have the same name {name!r} (keys that print alike, "
                                        "such as 1 and '1', or 'a/b' beside 'a' -> 'b')")
         fw = framework_of(x)
-        if fw is not None:
+        if isinstance(x, Shard):  # one process's part of a global tensor (fastckpt.collective)
+            leaves[name] = x
+            if framework_of(x.local) is not None:
+                as_kinds[name] = framework_of(x.local)  # type: ignore[assignment]
+        elif fw is not None:
             leaves[name] = to_numpy(x)
             as_kinds[name] = fw
         elif isinstance(x, np.ndarray):
@@ -242,7 +247,10 @@ def leaf_targets(tree: Any, into: Any) -> Tuple[Dict[str, np.ndarray], Dict[str,
             for i, (v, y) in enumerate(zip(items, x)):
                 walk(v, y, path + [str(i)])
         elif "leaf" in t and "python" not in t and t.get("as") not in ("scalar", "bytes"):
-            if is_array(x):
+            if isinstance(x, Shard):  # a region of the global tensor, read in place of x.local
+                targets[t["leaf"]] = x  # type: ignore[assignment]
+                owners[t["leaf"]] = x
+            elif is_array(x):
                 arr = to_numpy(x)
                 targets[t["leaf"]] = arr
                 owners[t["leaf"]] = x
@@ -273,12 +281,21 @@ def with_structure_record(leaves: Mapping[str, Any], tree: Any, metadata: Any) -
         raise InvalidArgumentError(f"the tensor name {STRUCTURE_KEY!r} is reserved for fastckpt's structure record")
     if tree is None:
         return leaves
+    table = {n: {"dtype": str(np.asarray(v).dtype.newbyteorder("=")), "shape": list(np.shape(v))}
+             for n, v in leaves.items()}
+    out = dict(leaves)
+    out[STRUCTURE_KEY] = record_tensor(tree, table, metadata)
+    return out
+
+
+def record_tensor(tree: Any, table: Mapping[str, Any], metadata: Any) -> np.ndarray:
+    """The structure record as the uint8 tensor stored in the bundle:
+    ``tree``, the leaf table (name -> dtype text and shape) and ``metadata``."""
     record = {
         "format": RECORD_FORMAT,
         "version": RECORD_VERSION,
         "structure": tree,
-        "leaves": {n: {"dtype": str(np.asarray(v).dtype.newbyteorder("=")), "shape": list(np.shape(v))}
-                   for n, v in leaves.items()},
+        "leaves": dict(table),
         "metadata": metadata,
     }
     try:
@@ -287,9 +304,7 @@ def with_structure_record(leaves: Mapping[str, Any], tree: Any, metadata: Any) -
         raise InvalidArgumentError(f"metadata must be JSON-serialisable: {e}") from None
     except RecursionError:
         raise InvalidArgumentError("the state or its metadata is nested too deeply") from None
-    out = dict(leaves)
-    out[STRUCTURE_KEY] = np.frombuffer(text.encode("utf-8", "surrogateescape"), np.uint8)
-    return out
+    return np.frombuffer(text.encode("utf-8", "surrogateescape"), np.uint8)
 
 
 def _corrupt(where: str, why: str) -> DataLossError:
@@ -450,7 +465,7 @@ def read_meta(prefix: PathLike) -> Dict[str, Any]:
 
 
 def restore_structure(prefix: PathLike, into: Optional[Any] = None, *, verify: bool = True,
-                      threads: Optional[int] = None) -> Any:
+                      threads: Optional[int] = None, comm: Any = None, timeout: Optional[float] = None) -> Any:
     """Read checkpoint ``prefix`` (a prefix, or a directory: its latest
     checkpoint) back in the structure it was saved in, every leaf of the
     type it had (PyTorch, JAX and TensorFlow tensors as tensors of their
@@ -464,10 +479,22 @@ def restore_structure(prefix: PathLike, into: Optional[Any] = None, *, verify: b
     optimizer's state before its first step) come from the checkpoint.
     Shapes and dtypes are checked before anything is read; an array of
     ``into`` that the checkpoint does not hold is an error.
+
+    :class:`~fastckpt.Shard` leaves of ``into`` are filled with their region
+    of the global tensor, whatever slicing the checkpoint was saved with.
+    With ``comm``, every process restores its own part and they agree that
+    all succeeded (a failure anywhere raises everywhere).
     """
     from .reader import open_checkpoint
 
-    return open_checkpoint(prefix, lambda p: _restore_from(p, into, verify, threads))
+    if comm is None:
+        return open_checkpoint(prefix, lambda p: _restore_from(p, into, verify, threads))
+    from .collective import agreed
+    from .comm import as_communicator
+    communicator = as_communicator(comm, timeout)
+    assert communicator is not None
+    return agreed(communicator, "restoring",
+                  lambda: open_checkpoint(prefix, lambda p: _restore_from(p, into, verify, threads)))
 
 
 def _restore_from(prefix: str, into: Optional[Any], verify: bool, threads: Optional[int]) -> Any:
@@ -482,8 +509,28 @@ def _restore_from(prefix: str, into: Optional[Any], verify: bool, threads: Optio
             return unflatten(tree, reader.read(list(leaves)), leaves)
         targets, owners = leaf_targets(tree, into)
         fresh = reader.read([n for n in leaves if n not in targets])
-        reader.read(into=targets)
+        _fill(reader, targets)
         return unflatten(tree, fresh, leaves, owners)
+
+
+def _fill(reader: Any, targets: Mapping[str, Any]) -> None:
+    """Fill arrays in place (checked before anything is read), and Shards'
+    local parts with their region of the global tensor."""
+    from .readplan import find_entry
+
+    parts = {n: t for n, t in targets.items() if isinstance(t, Shard)}
+    for name, part in parts.items():  # checked before any read, like the whole ones
+        stored = tuple(find_entry(reader.index, reader.prefix, name)[1].shape)
+        if tuple(part.global_shape) != stored:
+            raise InvalidArgumentError(f"into: {name!r} is a Shard of global shape {list(part.global_shape)}, "
+                                       f"the checkpoint's tensor has shape {list(stored)}")
+    reader.read(into={n: t for n, t in targets.items() if n not in parts})
+    for name, part in parts.items():
+        local = to_numpy(part.local)
+        if local.flags.c_contiguous and local.flags.writeable:
+            reader.read_region(name, part.offset, part.shape, out=local)
+        else:
+            np.copyto(local, reader.read_region(name, part.offset, part.shape))
 
 
 def _restore_flat(reader: Any, into: Optional[Any]) -> Dict[str, Any]:
@@ -491,7 +538,8 @@ def _restore_flat(reader: Any, into: Optional[Any]) -> Dict[str, Any]:
         return reader.read()
     if not isinstance(into, Mapping):
         raise InvalidArgumentError(f"into: this checkpoint holds a flat dict of tensors, not a {type(into).__name__}")
-    targets: MutableMapping[str, Any] = {k: to_numpy(v) for k, v in into.items() if is_array(v)}
+    targets: MutableMapping[str, Any] = {k: v if isinstance(v, Shard) else to_numpy(v) for k, v in into.items()
+                                         if is_array(v) or isinstance(v, Shard)}
     fresh = reader.read([n for n in reader.tensor_names() if n not in targets])
-    reader.read(into=targets)
+    _fill(reader, targets)
     return {n: into[n] if n in targets else fresh[n] for n in reader.tensor_names()}

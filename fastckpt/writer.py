@@ -23,14 +23,17 @@ from .fsutil import (check_name_fits, default_threads, ensure_directory, fsync_a
                      io_error)
 from .locking import create_locked_temp, release_lock
 from .naming import PathLike, checkpoint_files, data_filename, index_filename
+from .slices import SliceKey
 
 __all__ = ["write_bundle", "plan_bundle", "StagedBundle", "stage_bundle", "install_bundle",
-           "install_plain", "STAGE_PREFIX"]
+           "install_plain", "write_part", "STAGE_PREFIX"]
 
 Name = Union[str, bytes]
 
 
 def _key_of(name: Name) -> Tuple[str, bytes]:
+    if isinstance(name, SliceKey):  # a process's part of a partitioned tensor
+        return repr(bytes(name)), bytes(name)
     if isinstance(name, bytes):
         key, text = name, name.decode("utf-8", "surrogateescape")
     elif isinstance(name, str):
@@ -163,13 +166,18 @@ class StagedBundle:
     num_shards: int
     durable: bool
     fds: List[int] = field(default_factory=list)
+    only: Optional[int] = None  # one process's part of a bundle many write: its one data file
 
     def data_files(self) -> List[str]:
-        """The data files' paths."""
+        """The data files' paths (this process's one, for a part)."""
+        if self.only is not None:
+            return [data_filename(self.prefix, self.only, self.num_shards)]
         return [data_filename(self.prefix, s, self.num_shards) for s in range(self.num_shards)]
 
     def files(self) -> List[str]:
-        """Every file of the bundle, the index first."""
+        """Every file of the bundle, the index first (a part: its data file)."""
+        if self.only is not None:
+            return self.data_files()
         return [index_filename(self.prefix)] + self.data_files()
 
     def remove(self) -> None:
@@ -209,6 +217,23 @@ def stage_bundle(directory: str, tensors: Mapping[Any, Any], *, alignment: int =
             raise io_error(e, f"writing a checkpoint in {directory!r}") from e
         raise
     return staged
+
+
+def write_part(part: StagedBundle, tensors: Mapping[Any, Any], *, alignment: int = 1,
+               threads: Optional[int] = None) -> bytes:
+    """Write this process's data file of a bundle many processes write
+    (``part.only`` is its number); returns the index of what it holds (its
+    entries, numbered as shard 0) for the merge. On failure the file is
+    removed and the error raised."""
+    nthreads = _check_options(1, alignment, threads)
+    try:
+        return _write_data(tensors, part, alignment, nthreads, STAGING_BYTES)
+    except BaseException as e:
+        part.remove()
+        part.close()
+        if isinstance(e, OSError) and not isinstance(e, CheckpointError):
+            raise io_error(e, f"writing {part.data_files()[0]!r}") from e
+        raise
 
 
 def _create_locked(path: str, staged: StagedBundle) -> int:
@@ -265,7 +290,7 @@ def _write_data(tensors: Mapping[Any, Any], staged: StagedBundle, alignment: int
     """Plan every tensor, create the staged data files, write the payloads
     (ready ones from their own memory, the rest through the staging pool),
     fsync if durable; returns the index bytes."""
-    num_shards, durable = staged.num_shards, staged.durable
+    num_shards, durable = staged.num_shards if staged.only is None else 1, staged.durable
     plan = plan_bundle(tensors, num_shards, alignment)
     finals = staged.data_files()
     fds = [_create_locked(final, staged) for final in finals]

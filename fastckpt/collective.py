@@ -1,0 +1,347 @@
+"""Many processes, one checkpoint.
+
+Every process calls ``save(state, prefix, comm=...)``. Each describes its
+leaves (whole arrays, and :class:`~fastckpt.slices.Shard` parts of global
+tensors); the descriptions are all-gathered, so every process computes the
+same layout: which process writes each replicated array (the replicas'
+bytes spread over the processes that hold them), each partitioned tensor's
+dtype and global shape, and the merged structure record. Each process then
+writes its one data file, ``<staged>.data-{rank}-of-{N}``, under the
+private name rank 0 chose, fsync'd when durable, and keeps it locked. The
+processes agree that every write succeeded; only then rank 0 merges the
+per-process index records (offsets, sizes and CRCs are kept, only the shard
+number changes: TensorFlow's MergeBundles) into the one ``.index``, with
+each partitioned tensor stored as TensorFlow stores partitioned variables,
+and commits the staged bundle exactly as a single-process save does
+(``commit.commit_checkpoint``: state file, retention, recovery). If any
+process fails or does not arrive in time, nobody commits, every process
+raises, and the files written are removed (or, when the commit itself was
+cut short, left for recovery to finish or clean).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
+
+import numpy as np
+
+from . import _core
+from .comm import Communicator, PeerError
+from .errors import InvalidArgumentError
+from .frameworks import to_numpy
+from .fsutil import ensure_directory, fsync_dir
+from .naming import data_filename, index_filename
+from .slices import Shard, SliceKey, decode_slice_key, encode_slice_key
+from .structure import STRUCTURE_KEY, flatten, record_tensor
+from .writer import STAGE_PREFIX, StagedBundle, check_prefix, install_plain, write_part
+
+__all__ = ["save_collective", "merge_indexes", "Layout", "plan_layout", "LocalCommunicator"]
+
+T = TypeVar("T")
+
+
+class LocalCommunicator(Communicator):
+    """One process: what ``comm=None`` means when a state holds Shards."""
+
+    rank, size, timeout = 0, 1, 0.0
+
+    def allgather(self, obj: Any) -> List[Any]:
+        return [obj]
+
+    def gather(self, obj: Any) -> Optional[List[Any]]:
+        return [obj]
+
+    def broadcast(self, obj: Any) -> Any:
+        return obj
+
+    def barrier(self) -> None:
+        return None
+
+
+# ---- agreeing -------------------------------------------------------------------------
+
+def agreed(comm: Communicator, step: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` here and agree with every process that it succeeded: a
+    failure anywhere raises everywhere (the failing process its own error,
+    the others a :class:`PeerError` naming it)."""
+    error: Optional[BaseException] = None
+    result: Any = None
+    try:
+        result = fn()
+    except BaseException as e:  # every process must hear of it before anyone goes on
+        error = e
+    verdicts = comm.allgather(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failed = [(r, v) for r, v in enumerate(verdicts) if v is not None]
+    if failed:
+        raise PeerError(f"{step} failed on rank {failed[0][0]}: {failed[0][1]}"
+                        + (f" (and on {len(failed) - 1} more)" if len(failed) > 1 else "") + "; nothing was saved")
+    return result
+
+
+# ---- the layout: who writes what --------------------------------------------------------
+
+Desc = Tuple[Any, ...]  # ("whole", dtype, shape, nbytes) or ("part", dtype, global_shape, offset, shape)
+
+
+def describe(leaves: Mapping[str, Any]) -> Dict[str, Desc]:
+    """This process's leaves, as the other processes need to see them."""
+    out: Dict[str, Desc] = {}
+    for name, v in leaves.items():
+        if isinstance(v, Shard):
+            arr = to_numpy(v.local)
+            out[name] = ("part", _dtype_text(arr.dtype), v.global_shape, v.offset, tuple(arr.shape))
+        else:
+            arr = np.asarray(v)
+            out[name] = ("whole", _dtype_text(arr.dtype), tuple(arr.shape), int(arr.nbytes))
+    return out
+
+
+def _dtype_text(dt: np.dtype) -> str:
+    """A dtype as text every process parses back alike (``bfloat16``, not ``|V2``)."""
+    return "object" if dt.kind in "OSU" else str(dt.newbyteorder("="))
+
+
+@dataclass
+class Layout:
+    """What every process computes alike from everyone's descriptions."""
+
+    owners: Dict[str, int] = field(default_factory=dict)       # replicated name -> the rank that writes it
+    parts: Dict[str, Tuple[str, Tuple[int, ...]]] = field(default_factory=dict)  # name -> (dtype, global shape)
+    table: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # the record's leaf table
+
+
+def plan_layout(descs: List[Dict[str, Desc]]) -> Layout:
+    """Check that the processes agree on every tensor (a replica has one
+    dtype and shape everywhere; a partitioned tensor one dtype and global
+    shape, its parts tiling it exactly) and choose each replica's writer:
+    the holder with the fewest bytes so far, names in sorted order."""
+    lay = Layout()
+    load = [0] * len(descs)
+    holders: Dict[str, List[int]] = {}
+    for rank, d in enumerate(descs):
+        for name in d:
+            holders.setdefault(name, []).append(rank)
+    for name in sorted(holders):
+        ranks = holders[name]
+        kinds = {descs[r][name][0] for r in ranks}
+        if len(kinds) > 1:
+            raise InvalidArgumentError(f"tensor {name!r} is a whole array on some processes and a Shard on others")
+        first = descs[ranks[0]][name]
+        if "whole" in kinds:
+            for r in ranks:
+                if descs[r][name][1:3] != first[1:3]:
+                    raise InvalidArgumentError(
+                        f"replica {name!r} differs between processes: rank {ranks[0]} has {np.dtype(first[1])} "
+                        f"{list(first[2])}, rank {r} has {np.dtype(descs[r][name][1])} {list(descs[r][name][2])}")
+            owner = min(ranks, key=lambda r: (load[r], r))
+            load[owner] += first[3]
+            lay.owners[name] = owner
+            lay.table[name] = {"dtype": str(np.dtype(first[1]).newbyteorder("=")), "shape": list(first[2])}
+        else:
+            _check_parts(name, [descs[r][name] for r in ranks], ranks)
+            for r in ranks:
+                load[r] += int(np.prod(descs[r][name][4], dtype=np.int64)) * np.dtype(first[1]).itemsize
+            lay.parts[name] = (first[1], tuple(first[2]))
+            lay.table[name] = {"dtype": str(np.dtype(first[1]).newbyteorder("=")), "shape": list(first[2])}
+    return lay
+
+
+def _check_parts(name: str, parts: List[Desc], ranks: List[int]) -> None:
+    dtype, gshape = parts[0][1], tuple(parts[0][2])
+    for p, r in zip(parts, ranks):
+        if p[1] != dtype or tuple(p[2]) != gshape:
+            raise InvalidArgumentError(f"partitioned tensor {name!r}: rank {r} has {np.dtype(p[1])} of global shape "
+                                       f"{list(p[2])}, rank {ranks[0]} {np.dtype(dtype)} {list(gshape)}")
+    starts = np.array([p[3] for p in parts], np.int64).reshape(len(parts), len(gshape))
+    ends = starts + np.array([p[4] for p in parts], np.int64).reshape(len(parts), len(gshape))
+    total = int(np.prod(gshape, dtype=np.int64))
+    volume = int(np.prod(ends - starts, axis=1, dtype=np.int64).sum())
+    if len(parts) > 1 and len(gshape):
+        overlap = np.all((starts[:, None, :] < ends[None, :, :]) & (starts[None, :, :] < ends[:, None, :]), axis=2)
+        np.fill_diagonal(overlap, False)
+        nonempty = np.prod(ends - starts, axis=1) > 0
+        overlap &= nonempty[:, None] & nonempty[None, :]
+        if overlap.any():
+            i, j = (int(x) for x in np.argwhere(overlap)[0])
+            raise InvalidArgumentError(f"partitioned tensor {name!r}: the parts of ranks {ranks[i]} and {ranks[j]} "
+                                       "overlap")
+    if volume != total:
+        raise InvalidArgumentError(f"partitioned tensor {name!r}: the parts cover {volume} of its {total} elements "
+                                   f"(global shape {list(gshape)}); they must tile it exactly")
+
+
+def merge_trees(trees: List[Any]) -> Any:
+    """One structure for the processes' trees: equal trees stay as they are;
+    dicts are united (keys in order of first appearance), sequences merged
+    element by element; for other nodes the lowest rank's wins."""
+    first = trees[0]
+    if all(t == first for t in trees[1:]):
+        return first
+    return _merge(trees)
+
+
+def _merge(nodes: List[Any]) -> Any:
+    if all("dict" in n for n in nodes):
+        order: List[Any] = []
+        kids: Dict[Any, List[Any]] = {}
+        for n in nodes:
+            for k, v in n["dict"]:
+                if (type(k), k) not in kids:
+                    order.append(k)
+                    kids[(type(k), k)] = []
+                kids[(type(k), k)].append(v)
+        out: Dict[str, Any] = {"dict": [[k, _merge(kids[(type(k), k)])] for k in order]}
+        if any("type" in n for n in nodes):
+            out["type"] = "OrderedDict"
+        return out
+    for kind in ("list", "tuple"):
+        if all(kind in n for n in nodes) and len({len(n[kind]) for n in nodes}) == 1:
+            return {kind: [_merge(list(col)) for col in zip(*(n[kind] for n in nodes))]}
+    return nodes[0]
+
+
+# ---- saving -----------------------------------------------------------------------------
+
+def my_tensors(leaves: Mapping[str, Any], lay: Layout, rank: int) -> Dict[Any, Any]:
+    """What this process writes: the replicas it owns and its parts (under
+    their slice keys)."""
+    out: Dict[Any, Any] = {}
+    for name, v in leaves.items():
+        if isinstance(v, Shard):
+            out[SliceKey(encode_slice_key(name.encode("utf-8", "surrogateescape"), v.extents()))] = to_numpy(v.local)
+        elif lay.owners.get(name) == rank:
+            out[name] = v
+    return out
+
+
+def save_collective(state: Any, prefix: str, comm: Communicator, *, metadata: Any = None,
+                    commit: Callable[[StagedBundle], List[str]], durable: bool = True, alignment: int = 1,
+                    threads: Optional[int] = None, prepare_directory: Optional[Callable[[str], None]] = None,
+                    flat: Optional[Tuple[Mapping[str, Any], Any]] = None) -> List[str]:
+    """Save ``state`` from every process of ``comm`` as one checkpoint
+    ``prefix``; ``commit(staged)`` (run on rank 0 only) makes the staged
+    bundle the checkpoint and returns the listed prefixes. Returns them on
+    every process."""
+    rank, size = comm.rank, comm.size
+
+    def local() -> Tuple[Dict[str, Any], Dict[str, Desc], Any]:
+        check_prefix(prefix, size)
+        leaves, tree = flat if flat is not None else flatten(state)
+        if tree is None:  # a flat dict of arrays, already flattened
+            tree = {"dict": [[k, {"leaf": k}] for k in leaves]}
+        if STRUCTURE_KEY in leaves:
+            raise InvalidArgumentError(f"the tensor name {STRUCTURE_KEY!r} is reserved for fastckpt's structure record")
+        return leaves, describe(leaves), tree
+    leaves, desc, tree = agreed(comm, "describing the state", local)
+    everyone = comm.allgather((desc, tree))
+    lay = agreed(comm, "planning the layout", lambda: plan_layout([d for d, _ in everyone]))
+    directory = os.path.dirname(os.path.abspath(prefix))
+
+    def stage_name() -> str:
+        ensure_directory(directory)
+        if prepare_directory is not None:
+            prepare_directory(directory)
+        return os.path.join(directory, STAGE_PREFIX + secrets.token_hex(8))
+    staged_prefix = comm.broadcast(agreed(comm, "preparing the directory", stage_name) if rank == 0 else
+                                   agreed(comm, "preparing the directory", lambda: None))
+    part = StagedBundle(staged_prefix, size, durable, only=rank)
+    mine = my_tensors(leaves, lay, rank)
+    if rank == 0:
+        mine[STRUCTURE_KEY] = record_tensor(merge_trees([t for _, t in everyone]), lay.table, metadata)
+    try:
+        raw = agreed(comm, "writing the data files", lambda: write_part(part, mine, alignment=alignment,
+                                                                        threads=threads))
+    except BaseException:
+        part.remove()
+        part.close()
+        raise
+    raws = comm.gather(raw)
+    mine_outcome: Any = None
+    try:
+        if rank == 0:
+            mine_outcome = _commit_on_root(raws, staged_prefix, size, durable, commit)
+        outcome = comm.broadcast(f"{type(mine_outcome).__name__}: {mine_outcome}"
+                                 if isinstance(mine_outcome, BaseException) else mine_outcome)
+    finally:
+        part.close()  # rank 0's commit has renamed or removed every part by now
+    if isinstance(mine_outcome, BaseException):
+        raise mine_outcome
+    if isinstance(outcome, str):
+        raise PeerError(f"committing {prefix!r} on rank 0 failed: {outcome}; the previous checkpoint stays the latest")
+    return list(outcome)
+
+
+def _commit_on_root(raws: Optional[List[bytes]], staged_prefix: str, size: int, durable: bool,
+                    commit: Callable[[StagedBundle], List[str]]) -> Any:
+    """Merge, write the index, commit: the listed prefixes, or the error."""
+    assert raws is not None
+    staged = StagedBundle(staged_prefix, size, durable)
+    try:
+        index = merge_indexes(raws)
+        from .writer import _create_locked, _write_all  # the one way a staged index is written
+        _write_all(_create_locked(index_filename(staged_prefix), staged), index, durable)
+        if durable:
+            fsync_dir(os.path.dirname(staged_prefix))
+        return commit(staged)
+    except BaseException as e:  # the commit cleaned up what it could; every process hears of it
+        if not os.path.lexists(index_filename(staged_prefix)) or isinstance(e, InvalidArgumentError):
+            staged.remove()
+        return e
+    finally:
+        staged.close()
+
+
+def merge_indexes(raws: List[bytes]) -> bytes:
+    """The one ``.index`` of a bundle whose data file ``k`` process ``k``
+    wrote, from each process's own index records: entries keep their
+    offsets, sizes and CRCs and get shard ``k``; each partitioned tensor gets
+    its full entry listing its slices (in rank order), as TensorFlow's
+    MergeBundles leaves it."""
+    entries: List[Tuple[bytes, bytes]] = []
+    full: Dict[bytes, List[Any]] = {}
+    for rank, raw in enumerate(raws):
+        idx = _core.Index(raw, f"rank {rank}'s index records")
+        for i in range(len(idx)):
+            key, e = idx.key(i), idx.entry(i)
+            if key[:1] == b"\x00":
+                name, ext = decode_slice_key(key)
+                f = full.get(name)
+                if f is None:
+                    f = full[name] = [e.dtype, None, [], rank]
+                f[2].append(tuple(ext))
+            entries.append((key, _core.encode_entry(e.dtype, e.shape, rank, e.offset, e.size, e.crc)))
+    return _finish_index(entries, full, len(raws))
+
+
+def _finish_index(entries: List[Tuple[bytes, bytes]], full: Dict[bytes, List[Any]], num_shards: int,
+                  shapes: Optional[Mapping[bytes, Tuple[int, ...]]] = None) -> bytes:
+    for name, (dtype, _, slices, first) in full.items():
+        shape = _global_shape(name, slices, entries) if shapes is None else shapes[name]
+        entries.append((name, _core.encode_entry(dtype, shape, first, 0, 0, None, slices)))
+    entries.sort(key=lambda kv: kv[0])
+    for (a, _), (b, _) in zip(entries, entries[1:]):
+        if a == b:
+            raise InvalidArgumentError(f"two processes wrote tensor {a.decode('utf-8', 'replace')!r}")
+    return _core.build_table([(b"", _core.encode_header(num_shards=num_shards))] + entries)
+
+
+def _global_shape(name: bytes, slices: List[Tuple[Tuple[int, int], ...]],
+                  entries: List[Tuple[bytes, bytes]]) -> Tuple[int, ...]:
+    """A partitioned tensor's shape from its slices: the furthest end in each
+    dimension (a full extent: the stored slice's own size)."""
+    sizes = {}
+    for key, value in entries:
+        if key[:1] == b"\x00":
+            sizes[key] = _core.decode_entry(value)[1]
+    rank = len(slices[0])
+    out = [0] * rank
+    for ext in slices:
+        stored = sizes[encode_slice_key(name, ext)]
+        for d, (start, length) in enumerate(ext):
+            out[d] = max(out[d], stored[d] if length < 0 else start + length)
+    return tuple(out)

@@ -1,0 +1,157 @@
+"""Reading a region of a tensor: any box of any tensor, whole or partitioned,
+from the stored entries that intersect it -- what a resharded restore and
+``CheckpointReader.get_slice`` do.
+
+A stored entry's CRC32C covers the entry whole. With ``verify=True`` (the
+default) an entry the region covers only in part is read whole and checked,
+then the intersection is copied out; with ``verify=False`` only the byte
+runs the region needs are read (one run per row of the intersection, or
+fewer where it spans whole trailing dimensions), without a check.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _core
+from .dtypes import DT_STRING, DT_VARIANT, numpy_dtype
+from .errors import DataLossError, InvalidArgumentError, UnsupportedError
+from .readplan import find_entry, name_of
+
+__all__ = ["read_region", "TensorSlice"]
+
+Box = Tuple[Tuple[int, ...], Tuple[int, ...]]  # (start, length) per dimension
+
+
+def _check_box(name: str, shape: Tuple[int, ...], start: Sequence[int], length: Sequence[int]) -> Box:
+    st, ln = tuple(int(x) for x in start), tuple(int(x) for x in length)
+    if len(st) != len(shape) or len(ln) != len(shape):
+        raise InvalidArgumentError(f"tensor {name!r} has rank {len(shape)}: offset {list(st)} and shape {list(ln)} "
+                                   "must have as many dimensions")
+    for d, (s, n, g) in enumerate(zip(st, ln, shape)):
+        if s < 0 or n < 0 or s + n > g:
+            raise InvalidArgumentError(f"tensor {name!r} of shape {list(shape)}: dimension {d}: "
+                                       f"[{s}, {s + n}) is outside [0, {g})")
+    return st, ln
+
+
+def read_region(reader: Any, name: str, start: Sequence[int], length: Sequence[int],
+                out: Optional[np.ndarray] = None, *, verify: Optional[bool] = None) -> np.ndarray:
+    """The box ``start`` + ``length`` of tensor ``name`` (into ``out`` when
+    given: shape and dtype must match), from the entries that intersect it."""
+    key, entry = find_entry(reader.index, reader.prefix, name)
+    text = name_of(key)
+    if entry.dtype == DT_VARIANT:
+        raise UnsupportedError(f"tensor {text!r} is a DT_VARIANT tensor, which fastckpt does not read")
+    st, ln = _check_box(text, entry.shape, start, length)
+    npdt = numpy_dtype(entry.dtype)
+    if out is None:
+        out = np.empty(ln, npdt)
+    elif out.shape != ln or out.dtype.newbyteorder("=") != npdt.newbyteorder("="):
+        raise InvalidArgumentError(f"tensor {text!r}: region is {npdt} {list(ln)}, out is {out.dtype} {list(out.shape)}")
+    check = reader.verifies if verify is None else bool(verify)
+    if entry.dtype == DT_STRING:  # variable-length: read whole, then cut
+        full = reader.get_tensor(text)
+        out[...] = full[tuple(slice(s, s + n) for s, n in zip(st, ln))]
+        return out
+    if entry.slices:
+        parts = [(tuple((r.start, r.stop - r.start) for r in region), e)
+                 for region, e in reader.slice_parts(text, key, entry.dtype, entry.shape, entry.slices)]
+    else:
+        parts = [(tuple((0, g) for g in entry.shape), entry)]
+    for box, e in parts:
+        _copy_part(reader, text, (st, ln), box, e, npdt, out, check)
+    return out
+
+
+def _copy_part(reader: Any, name: str, want: Box, box: Tuple[Tuple[int, int], ...], e: Any,
+               npdt: np.dtype, out: np.ndarray, verify: bool) -> None:
+    """Copy the intersection of the wanted box with one stored entry."""
+    lo = [max(w, b) for w, (b, _) in zip(want[0], box)]
+    hi = [min(w + n, b + m) for w, n, (b, m) in zip(want[0], want[1], box)]
+    if any(h <= l for l, h in zip(lo, hi)) and len(box):
+        return
+    stored = tuple(m for _, m in box)
+    local = tuple(l - b for l, (b, _) in zip(lo, box))
+    inter = tuple(h - l for l, h in zip(lo, hi))
+    dest = tuple(slice(l - w, h - w) for l, h, w in zip(lo, hi, want[0]))
+    fd = reader.files.check_range(name, e.shard, e.offset, e.size)
+    what = f"{reader.files.path(e.shard)}: tensor {name!r}"
+    if verify or inter == stored:
+        whole = np.empty(stored, npdt)
+        crc = None
+        if verify:
+            if e.crc is None:
+                raise DataLossError(f"{what}: the index entry has no checksum")
+            crc = [_core.unmask_crc(e.crc)]
+        _core.io_run([fd], [e.offset], [whole], crc, write=False, threads=1, describe=lambda i: what)
+        out[dest] = whole[tuple(slice(l, l + n) for l, n in zip(local, inter))]
+        return
+    out[dest] = _read_runs(fd, e.offset, stored, local, inter, npdt, reader.threads, what)
+
+
+def _read_runs(fd: int, base: int, stored: Tuple[int, ...], local: Tuple[int, ...], inter: Tuple[int, ...],
+               npdt: np.dtype, threads: int, what: str) -> np.ndarray:
+    """Only the byte runs of the box ``local`` + ``inter`` of a stored
+    C-order array of shape ``stored`` at file offset ``base``."""
+    rank = len(stored)
+    k = rank - 1
+    while k > 0 and local[k] == 0 and inter[k] == stored[k]:
+        k -= 1  # trailing dimensions spanned whole merge into one run
+    strides = [int(np.prod(stored[d + 1:], dtype=np.int64)) for d in range(rank)]
+    run = inter[k] * strides[k]
+    tmp = np.empty(inter, npdt)
+    flat = tmp.reshape(-1)
+    if k == 0:
+        starts = np.array([local[0] * strides[0]], np.int64)
+    else:
+        grid = np.indices(inter[:k]).reshape(k, -1).T + np.array(local[:k], np.int64)
+        starts = grid @ np.array(strides[:k], np.int64) + local[k] * strides[k]
+    item = npdt.itemsize
+    offsets = (base + starts * item).tolist()
+    buffers: List[Any] = [flat[i * run:(i + 1) * run] for i in range(len(offsets))]
+    _core.io_run([fd] * len(offsets), offsets, buffers, None, write=False, threads=threads,
+                 describe=lambda i: what)
+    return tmp
+
+
+class TensorSlice:
+    """A tensor of a checkpoint, read by numpy-style indexing without
+    reading the rest (as safetensors' ``get_slice``): ``reader.get_slice(
+    "emb")[1000:2000, :]``. Indices are ints and slices with step 1."""
+
+    def __init__(self, reader: Any, name: str) -> None:
+        key, entry = find_entry(reader.index, reader.prefix, name)
+        self._reader, self._name = reader, name_of(key)
+        self.shape: Tuple[int, ...] = tuple(entry.shape)
+        self.dtype: np.dtype = numpy_dtype(entry.dtype)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        idx = index if isinstance(index, tuple) else (index,)
+        if len(idx) > len(self.shape):
+            raise InvalidArgumentError(f"too many indices for tensor {self._name!r} of rank {len(self.shape)}")
+        starts, lengths, drop = [], [], []
+        for d, g in enumerate(self.shape):
+            i = idx[d] if d < len(idx) else slice(None)
+            if isinstance(i, (int, np.integer)) and not isinstance(i, bool):
+                j = int(i) + g if i < 0 else int(i)
+                if not 0 <= j < g:
+                    raise InvalidArgumentError(f"index {i} is out of bounds for dimension {d} of size {g}")
+                starts.append(j)
+                lengths.append(1)
+                drop.append(d)
+            elif isinstance(i, slice):
+                a, b, step = i.indices(g)
+                if step != 1:
+                    raise InvalidArgumentError("slices with a step are not supported; slice the result")
+                starts.append(a)
+                lengths.append(max(0, b - a))
+            else:
+                raise InvalidArgumentError(f"index {i!r}: only ints and slices are supported")
+        arr = read_region(self._reader, self._name, starts, lengths)
+        return arr.reshape([n for d, n in enumerate(lengths) if d not in drop]) if drop else arr
+
+    def __repr__(self) -> str:
+        return f"<TensorSlice {self._name!r} {self.dtype} {list(self.shape)}>"

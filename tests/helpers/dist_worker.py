@@ -1,0 +1,139 @@
+"""One process of a multi-process test: ``python -m tests.helpers.dist_worker
+ENGINE SCENARIO DIR [ARGS...]`` under ``mpiexec`` (ENGINE mpi) or started
+by the test with RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT set (ENGINE gloo).
+Prints one JSON line per process; exits non-zero on a failure."""
+
+import json
+import os
+import signal
+import sys
+
+import ml_dtypes
+import numpy as np
+
+import fastckpt
+from fastckpt import Shard
+
+V, D = 12, 10  # the global shapes below are small multiples of 1..4 processes
+
+
+def global_state(step=0):
+    """The global tensors every scenario shards (deterministic)."""
+    rng = np.random.default_rng(step)
+    return {
+        "emb": rng.standard_normal((V, D)).astype(np.float32),
+        "proj": rng.standard_normal((D, V)).astype(ml_dtypes.bfloat16),
+        "grid": np.arange(V * D, dtype=np.int64).reshape(V, D) + step,
+        "bias": rng.standard_normal(D),
+        "vocab": np.array([f"w{i}".encode() for i in range(5)], dtype=object),
+    }
+
+
+def split(n, parts, i):
+    """Start and length of part ``i`` of ``n`` cut into ``parts``."""
+    base, extra = divmod(n, parts)
+    start = i * base + min(i, extra)
+    return start, base + (1 if i < extra else 0)
+
+
+def local_state(g, rank, size, mode="rows"):
+    """This process's part: emb by rows, proj by columns, grid in 2-D (or all
+    by rows with mode='rows-only'), bias and vocab replicated."""
+    r0, rn = split(V, size, rank)
+    c0, cn = split(V, size, rank)
+    out = {"emb": Shard(g["emb"][r0:r0 + rn].copy(), (V, D), (r0, 0)),
+           "bias": g["bias"].copy(), "vocab": g["vocab"].copy(), "step": 7, "tag": "run"}
+    if mode == "rows-only":
+        out["proj"] = Shard(g["proj"][split(D, size, rank)[0]:sum(split(D, size, rank))].copy(), (D, V),
+                            (split(D, size, rank)[0], 0))
+        out["grid"] = Shard(g["grid"][r0:r0 + rn].copy(), (V, D), (r0, 0))
+    else:
+        out["proj"] = Shard(g["proj"][:, c0:c0 + cn].copy(), (D, V), (0, c0))
+        a = 2 if size % 2 == 0 else 1
+        b = size // a
+        i, j = divmod(rank, b)
+        gr0, grn = split(V, a, i)
+        gc0, gcn = split(D, b, j)
+        out["grid"] = Shard(g["grid"][gr0:gr0 + grn, gc0:gc0 + gcn].copy(), (V, D), (gr0, gc0))
+    return {"model": out}
+
+
+def communicator(engine):
+    if engine == "mpi":
+        from mpi4py import MPI
+        return MPI.COMM_WORLD, MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+    import datetime
+    import torch.distributed as dist
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=float(os.environ.get("FC_TIMEOUT", "60"))))
+    return dist, dist.get_rank(), dist.get_world_size()
+
+
+def check_restored(prefix, g, rank, size, mode, verify=True):
+    """Restore onto this process's slicing (which may differ from the one
+    saved) and compare with the global tensors."""
+    want = local_state(g, rank, size, mode)
+    into = {"model": {k: (Shard(np.zeros_like(v.local), v.global_shape, v.offset) if isinstance(v, Shard)
+                          else np.zeros_like(v) if isinstance(v, np.ndarray) else v)
+                      for k, v in want["model"].items()}}
+    back = fastckpt.restore(prefix, into=into)
+    for k, v in want["model"].items():
+        got = back["model"][k]
+        if isinstance(v, Shard):
+            assert got is into["model"][k], k
+            assert got.local.tobytes() == v.local.tobytes(), (k, rank)
+        elif isinstance(v, np.ndarray):
+            assert got.tolist() == v.tolist(), k
+        else:
+            assert got == v, k
+    with fastckpt.load_checkpoint(prefix, verify=verify) as r:
+        for k in ("emb", "proj", "grid"):
+            s = r.get_slice(f"model/{k}")
+            assert s[1:3].tobytes() == g[k][1:3].tobytes(), k
+            assert r.read_region(f"model/{k}", (0, 1), (3, 2), verify=False).tobytes() == g[k][0:3, 1:3].tobytes()
+
+
+def main():
+    engine, scenario, directory = sys.argv[1:4]
+    comm, rank, size = communicator(engine)
+    prefix = os.path.join(directory, "ckpt")
+    g = global_state()
+    result = {"rank": rank, "size": size}
+    if scenario == "save":  # save with the default slicing
+        mode = sys.argv[4] if len(sys.argv) > 4 else "mixed"
+        fastckpt.save(local_state(g, rank, size, mode), prefix, comm=comm)
+        check_restored(prefix, g, rank, size, mode)
+    elif scenario == "restore":  # restore onto this world size and another slicing
+        mode = sys.argv[4]
+        check_restored(prefix, g, rank, size, mode)
+        fastckpt.restore(prefix, into=local_state(g, rank, size, mode), comm=comm)
+    elif scenario in ("raise", "kill"):  # step 1 commits; step 2 fails on rank 1
+        mgr = fastckpt.CheckpointManager(directory, comm=comm, timeout=float(os.environ.get("FC_TIMEOUT", "60")))
+        mgr.save(local_state(g, rank, size), 1)
+        g2 = global_state(2)
+        state = local_state(g2, rank, size)
+        if rank == 1:
+            if scenario == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            state["model"]["bad"] = object()  # this process's state cannot be saved
+        try:
+            mgr.save(state, 2)
+        except fastckpt.CheckpointError as e:
+            result["error"] = f"{type(e).__name__}: {e}"
+        else:
+            result["error"] = None
+    elif scenario == "async":
+        mgr = fastckpt.CheckpointManager(directory, comm=comm, max_to_keep=2)
+        for step in range(1, 4):
+            state = local_state(global_state(step), rank, size)
+            mgr.save(state, step, blocking=False)
+            for part in state["model"].values():  # the caller may change its arrays at once
+                if isinstance(part, Shard):
+                    part.local[...] = 0
+        mgr.wait()
+        result["checkpoints"] = [os.path.basename(p) for p in mgr.checkpoints]
+        check_restored(mgr.latest_checkpoint, global_state(3), rank, size, "mixed")
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
