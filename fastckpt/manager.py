@@ -25,6 +25,7 @@ from .errors import InvalidArgumentError
 from .commit import save_checkpoint
 from .naming import PathLike, step_suffix
 from .retention import Retention
+from .collective import agreed
 from .comm import as_communicator
 from .frameworks import to_numpy
 from .saver import save_any, split_structure
@@ -137,7 +138,10 @@ class CheckpointManager:
             return None
         self.wait()  # one save in flight at most; surfaces its error
         prefix = os.path.join(self._directory, f"{self._name}-{n}")
-        leaves, tree = split_structure(state, metadata)
+        if self._comm is None:
+            leaves, tree = split_structure(state, metadata)
+        else:  # a state one process cannot save fails the save on every process
+            leaves, tree = agreed(self._comm, "describing the state", lambda: split_structure(state, metadata))
         if blocking:
             self._commit(prefix, leaves, tree, metadata)
             self._last_step = n

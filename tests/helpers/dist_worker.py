@@ -92,6 +92,28 @@ def check_restored(prefix, g, rank, size, mode, verify=True):
             assert r.read_region(f"model/{k}", (0, 1), (3, 2), verify=False).tobytes() == g[k][0:3, 1:3].tobytes()
 
 
+def arm_kill(point, rank):
+    """SIGKILL one process at ``point`` of the next save: rank 1 before it
+    starts or after writing its data file, or rank 0 as it begins the commit
+    (the merged index written, the state file not yet touched)."""
+    import fastckpt.collective as collective
+    import fastckpt.commit as commit
+
+    def die(*_a, **_k):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if point == "before" and rank == 1:
+        die()
+    if point == "write" and rank == 1:
+        real = collective.write_part
+
+        def write_then_die(*a, **k):
+            real(*a, **k)
+            die()
+        collective.write_part = write_then_die
+    if point == "commit" and rank == 0:
+        commit.commit_checkpoint = die
+
+
 def main():
     engine, scenario, directory = sys.argv[1:4]
     comm, rank, size = communicator(engine)
@@ -111,9 +133,9 @@ def main():
         mgr.save(local_state(g, rank, size), 1)
         g2 = global_state(2)
         state = local_state(g2, rank, size)
-        if rank == 1:
-            if scenario == "kill":
-                os.kill(os.getpid(), signal.SIGKILL)
+        if scenario == "kill":
+            arm_kill(os.environ.get("FC_KILL", "before"), rank)
+        elif rank == 1:
             state["model"]["bad"] = object()  # this process's state cannot be saved
         try:
             mgr.save(state, 2)
@@ -133,6 +155,8 @@ def main():
         result["checkpoints"] = [os.path.basename(p) for p in mgr.checkpoints]
         check_restored(mgr.latest_checkpoint, global_state(3), rank, size, "mixed")
     print(json.dumps(result), flush=True)
+    if scenario == "kill":
+        os._exit(0)  # a peer is gone: skip the backends' shutdown, which would wait for it
 
 
 if __name__ == "__main__":
