@@ -113,6 +113,7 @@ class Layout:
     owners: Dict[str, int] = field(default_factory=dict)       # replicated name -> the rank that writes it
     parts: Dict[str, Tuple[str, Tuple[int, ...]]] = field(default_factory=dict)  # name -> (dtype, global shape)
     table: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # the record's leaf table
+    empty: Dict[str, Tuple[str, Tuple[int, ...]]] = field(default_factory=dict)  # partitioned, no elements
 
 
 def plan_layout(descs: List[Dict[str, Desc]]) -> Layout:
@@ -142,6 +143,10 @@ def plan_layout(descs: List[Dict[str, Desc]]) -> Layout:
             load[owner] += first[3]
             lay.owners[name] = owner
             lay.table[name] = {"dtype": str(np.dtype(first[1]).newbyteorder("=")), "shape": list(first[2])}
+        elif not int(np.prod(first[2], dtype=np.int64)):  # no elements: written whole, by one process
+            lay.owners[name] = ranks[0]
+            lay.empty[name] = (first[1], tuple(first[2]))
+            lay.table[name] = {"dtype": str(np.dtype(first[1]).newbyteorder("=")), "shape": list(first[2])}
         else:
             _check_parts(name, [descs[r][name] for r in ranks], ranks)
             for r in ranks:
@@ -157,6 +162,8 @@ def _check_parts(name: str, parts: List[Desc], ranks: List[int]) -> None:
         if p[1] != dtype or tuple(p[2]) != gshape:
             raise InvalidArgumentError(f"partitioned tensor {name!r}: rank {r} has {np.dtype(p[1])} of global shape "
                                        f"{list(p[2])}, rank {ranks[0]} {np.dtype(dtype)} {list(gshape)}")
+    kept = [(p, r) for p, r in zip(parts, ranks) if int(np.prod(p[4], dtype=np.int64))]  # empty parts hold nothing
+    parts, ranks = [p for p, _ in kept], [r for _, r in kept]
     starts = np.array([p[3] for p in parts], np.int64).reshape(len(parts), len(gshape))
     ends = starts + np.array([p[4] for p in parts], np.int64).reshape(len(parts), len(gshape))
     total = int(np.prod(gshape, dtype=np.int64))
@@ -212,8 +219,13 @@ def my_tensors(leaves: Mapping[str, Any], lay: Layout, rank: int) -> Dict[Any, A
     their slice keys)."""
     out: Dict[Any, Any] = {}
     for name, v in leaves.items():
-        if isinstance(v, Shard):
-            out[SliceKey(encode_slice_key(name.encode("utf-8", "surrogateescape"), v.extents()))] = to_numpy(v.local)
+        if name in lay.empty:
+            if lay.owners[name] == rank:
+                out[name] = np.empty(lay.empty[name][1], np.dtype(lay.empty[name][0]))
+        elif isinstance(v, Shard):
+            local = to_numpy(v.local)
+            if local.size:  # an empty part holds nothing (and would share its key with other empty ones)
+                out[SliceKey(encode_slice_key(name.encode("utf-8", "surrogateescape"), v.extents()))] = local
         elif lay.owners.get(name) == rank:
             out[name] = v
     return out

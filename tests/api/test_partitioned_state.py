@@ -97,7 +97,7 @@ def test_pipeline_stages_hold_different_tensors(tmp_path):
     assert back["step"] == 5
 
 
-@settings(max_examples=25, deadline=None)
+@settings(deadline=None)
 @given(rows=st.integers(1, 9), cols=st.integers(1, 7), n=st.integers(1, 4), m=st.integers(1, 4),
        saved=st.sampled_from([0, 1, 2]), wanted=st.sampled_from([0, 1, 2]),
        dtype=st.sampled_from(["float32", "bfloat16", "int64", "bool"]))
