@@ -267,3 +267,31 @@ def test_tensorflow_reads_the_tensors_of_a_pytorch_training_state(tmp_path):
     assert_bit_equal(r.get_tensor("optim/state/0/exp_avg"), opt.state_dict()["state"][0]["exp_avg"].numpy())
     assert_bit_equal(r.get_tensor("model/weight"), model.weight.detach().numpy())
     assert "epoch" not in r.get_variable_to_shape_map()
+
+
+def test_tf1_saver_restores_partitioned_variables_from_a_multi_process_checkpoint(tmp_path):
+    """Four ranks save row slices of 3; TensorFlow 1's Saver restores the
+    tensor into a variable partitioned in 3 (rows of 4) and one unpartitioned."""
+    tf = pytest.importorskip("tensorflow")
+    from tests.helpers.thread_comm import run_ranks
+    g = np.arange(60, dtype=np.float32).reshape(12, 5)
+    prefix = str(tmp_path / "c")
+    cols = [0, 1, 2, 3, 5]  # "other" by uneven columns
+
+    def save(comm):
+        r, c0, c1 = comm.rank, cols[comm.rank], cols[comm.rank + 1]
+        return fastckpt.save({"emb": fastckpt.Shard(g[3 * r:3 * r + 3], (12, 5), (3 * r, 0)),
+                              "other": fastckpt.Shard(g[:, c0:c1], (12, 5), (0, c0))}, prefix, comm=comm)
+    assert run_ranks(4, save) == [prefix] * 4
+    with tf.Graph().as_default():
+        emb = tf.compat.v1.get_variable("emb", shape=(12, 5), dtype=tf.float32,
+                                        partitioner=tf.compat.v1.fixed_size_partitioner(3, axis=0),
+                                        initializer=tf.compat.v1.zeros_initializer())
+        other = tf.compat.v1.get_variable("other", shape=(12, 5), dtype=tf.float32,
+                                          initializer=tf.compat.v1.zeros_initializer())
+        saver = tf.compat.v1.train.Saver()
+        with tf.compat.v1.Session() as s:
+            saver.restore(s, prefix)
+            got_emb, got_other = s.run([tf.concat(list(emb), 0), other])
+    assert_bit_equal(got_emb, g)
+    assert_bit_equal(got_other, g)
