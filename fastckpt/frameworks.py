@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import InvalidArgumentError, UnsupportedError
 
-__all__ = ["framework_of", "to_numpy", "from_numpy", "is_array"]
+__all__ = ["framework_of", "to_numpy", "from_numpy", "is_array", "dtensor_part"]
 
 # torch dtype name -> (integer storage, ml_dtypes name)
 _TORCH_VIA: Dict[str, Tuple[str, str]] = {
@@ -105,3 +105,26 @@ def from_numpy(arr: np.ndarray, framework: str) -> Any:
     except ImportError:
         return arr
     raise InvalidArgumentError(f"unknown framework {framework!r}")
+
+
+def is_dtensor(x: Any) -> bool:
+    """True for a PyTorch ``DTensor`` (checked without importing torch)."""
+    return type(x).__name__ == "DTensor" and (type(x).__module__ or "").startswith("torch.distributed")
+
+
+def dtensor_part(x: Any) -> Any:
+    """What a PyTorch ``DTensor`` holds on this process: its local tensor when
+    it is replicated here (``Replicate()`` placements), else a
+    :class:`~fastckpt.Shard` of the global tensor (``Shard(dim)``
+    placements, FSDP2-style, uneven splits included)."""
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    from .slices import Shard
+    if any(type(p).__name__ == "Partial" for p in x.placements):
+        raise UnsupportedError("a DTensor with a Partial placement holds unreduced values: "
+                               "redistribute it to Shard or Replicate first")
+    local = x.to_local()
+    shape, offset = compute_local_shape_and_global_offset(x.shape, x.device_mesh, x.placements)
+    if tuple(shape) == tuple(x.shape):
+        return local
+    return Shard(local, tuple(int(d) for d in x.shape), tuple(int(o) for o in offset))

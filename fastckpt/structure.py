@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Tuple
 import numpy as np
 
 from .errors import DataLossError, InvalidArgumentError, NotFoundError, UnsupportedError
-from .frameworks import framework_of, from_numpy, is_array, to_numpy
+from .frameworks import dtensor_part, framework_of, from_numpy, is_array, is_dtensor, to_numpy
 from .naming import PathLike
 from .slices import Shard
 
@@ -108,6 +108,8 @@ def flatten(state: Any, sep: str = "/") -> Tuple[Dict[str, Any], Any]:
 
     def add_leaf(x: Any, path: List[str]) -> str:
         name = sep.join(path)
+        if is_dtensor(x):  # PyTorch DTensor: this process's part, as a Shard (or the replica)
+            x = dtensor_part(x)
         if name in leaves:
             raise InvalidArgumentError(f"two leaves have the same name {name!r} (keys that print alike, "
                                        "such as 1 and '1', or 'a/b' beside 'a' -> 'b')")
@@ -247,13 +249,15 @@ def leaf_targets(tree: Any, into: Any) -> Tuple[Dict[str, np.ndarray], Dict[str,
             for i, (v, y) in enumerate(zip(items, x)):
                 walk(v, y, path + [str(i)])
         elif "leaf" in t and "python" not in t and t.get("as") not in ("scalar", "bytes"):
+            given = x
+            if is_dtensor(x):  # its local part is filled in place
+                x = dtensor_part(x)
             if isinstance(x, Shard):  # a region of the global tensor, read in place of x.local
                 targets[t["leaf"]] = x  # type: ignore[assignment]
-                owners[t["leaf"]] = x
+                owners[t["leaf"]] = given
             elif is_array(x):
-                arr = to_numpy(x)
-                targets[t["leaf"]] = arr
-                owners[t["leaf"]] = x
+                targets[t["leaf"]] = to_numpy(x)
+                owners[t["leaf"]] = given
         elif is_array(x) and not isinstance(x, np.generic):
             extra.append(_where(path) + " (the checkpoint holds a value there, not a tensor)")
     walk(tree, into, [])

@@ -136,3 +136,18 @@ def test_background_saves_on_four_processes(tmp_path, engine):
     assert len(results) == 4 and all(c == 0 for c in codes), err[-3000:]
     assert all(r["checkpoints"] == ["ckpt-2", "ckpt-3"] for r in results)
     assert_global(str(tmp_path / "ckpt-3"), step=3)
+
+
+@pytest.mark.skipif(not _torch_dist(), reason="torch.distributed not installed")
+def test_pytorch_dtensor_state_dicts_fsdp2_style(tmp_path):
+    """DTensors with Shard(dim) and Replicate() placements on a 4-process gloo
+    mesh are saved as they are and restored into DTensors sharded otherwise."""
+    results, codes, err = run("gloo", 4, "dtensor", tmp_path)
+    assert len(results) == 4 and all(c == 0 for c in codes), err[-3000:]
+    g = global_state()
+    back = fastckpt.restore(str(tmp_path / "ckpt"))
+    for k in ("emb", "grid", "bias"):
+        assert np.asarray(back["model"][k]).tobytes() == g[k].astype(np.float32).tobytes(), k
+    tf = pytest.importorskip("tensorflow")
+    assert np.asarray(tf.train.load_checkpoint(str(tmp_path / "ckpt")).get_tensor("model/emb")).tobytes() == \
+        g["emb"].tobytes()
