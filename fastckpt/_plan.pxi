@@ -123,6 +123,31 @@ cdef class WritePlan:
             if run != self.items:
                 free(run)
 
+    def records(self, int shard_id):
+        """``(key, serialized entry)`` of every tensor, its data file numbered
+        ``shard_id`` (after every payload is written): one process's part of
+        an index that several processes' records make up."""
+        cdef fc_buf out
+        cdef fc_status st
+        cdef Py_ssize_t i
+        cdef list res = []
+        memset(&out, 0, sizeof(out))
+        fc_status_clear(&st)
+        try:
+            for i in range(self.n):
+                self.entries[i].dims = self.dims + self.dims_off[i]
+                self.entries[i].crc32c = fc_crc_mask(self.preset_crc[i] if self.preset[i] else self.items[i].crc)
+                self.entries[i].has_crc = 1
+                self.entries[i].shard_id = shard_id
+                out.len = 0
+                if fc_encode_entry(&out, &self.entries[i], &st):
+                    _raise(&st, f"the entry of tensor {self.names[i]!r}")
+                res.append((PyBytes_FromStringAndSize(<const char *>self.keys.p + self.key_off[i], self.key_len[i]),
+                            PyBytes_FromStringAndSize(<const char *>out.p, out.len)))
+        finally:
+            fc_buf_free(&out)
+        return res
+
     def index(self, int num_shards):
         """The .index bytes (after every payload is written)."""
         cdef fc_header h

@@ -34,11 +34,11 @@ from .errors import InvalidArgumentError
 from .frameworks import to_numpy
 from .fsutil import ensure_directory, fsync_dir
 from .naming import data_filename, index_filename
-from .slices import Shard, SliceKey, decode_slice_key, encode_slice_key
+from .slices import Shard, SliceKey, encode_slice_key
 from .structure import STRUCTURE_KEY, flatten, record_tensor
 from .writer import STAGE_PREFIX, StagedBundle, check_prefix, install_plain, write_part
 
-__all__ = ["save_collective", "merge_indexes", "Layout", "plan_layout", "LocalCommunicator"]
+__all__ = ["save_collective", "merge_records", "full_entries", "Layout", "plan_layout", "LocalCommunicator"]
 
 T = TypeVar("T")
 
@@ -272,11 +272,12 @@ def save_collective(state: Any, prefix: str, comm: Communicator, *, metadata: An
         part.remove()
         part.close()
         raise
-    raws = comm.gather(raw)
+    raws = comm.gather(raw)  # index records only, never data
     mine_outcome: Any = None
     try:
         if rank == 0:
-            mine_outcome = _commit_on_root(raws, staged_prefix, size, durable, commit)
+            parts = full_entries(lay, [d for d, _ in everyone])
+            mine_outcome = _commit_on_root(raws, parts, staged_prefix, size, durable, commit)
         outcome = comm.broadcast(f"{type(mine_outcome).__name__}: {mine_outcome}"
                                  if isinstance(mine_outcome, BaseException) else mine_outcome)
     finally:
@@ -288,13 +289,13 @@ def save_collective(state: Any, prefix: str, comm: Communicator, *, metadata: An
     return list(outcome)
 
 
-def _commit_on_root(raws: Optional[List[bytes]], staged_prefix: str, size: int, durable: bool,
+def _commit_on_root(raws: Optional[List[Any]], parts: Any, staged_prefix: str, size: int, durable: bool,
                     commit: Callable[[StagedBundle], List[str]]) -> Any:
     """Merge, write the index, commit: the listed prefixes, or the error."""
     assert raws is not None
     staged = StagedBundle(staged_prefix, size, durable)
     try:
-        index = merge_indexes(raws)
+        index = merge_records(raws, parts)
         from .writer import _create_locked, _write_all  # the one way a staged index is written
         _write_all(_create_locked(index_filename(staged_prefix), staged), index, durable)
         if durable:
@@ -308,52 +309,52 @@ def _commit_on_root(raws: Optional[List[bytes]], staged_prefix: str, size: int, 
         staged.close()
 
 
-def merge_indexes(raws: List[bytes]) -> bytes:
+def merge_records(records: List[List[Tuple[bytes, bytes]]], parts: Mapping[str, Tuple[int, Tuple[int, ...],
+                                                                                    List[Tuple[Any, ...]], int]]) -> bytes:
     """The one ``.index`` of a bundle whose data file ``k`` process ``k``
-    wrote, from each process's own index records: entries keep their
-    offsets, sizes and CRCs and get shard ``k``; each partitioned tensor gets
-    its full entry listing its slices (in rank order), as TensorFlow's
-    MergeBundles leaves it."""
-    entries: List[Tuple[bytes, bytes]] = []
-    full: Dict[bytes, List[Any]] = {}
-    for rank, raw in enumerate(raws):
-        idx = _core.Index(raw, f"rank {rank}'s index records")
-        for i in range(len(idx)):
-            key, e = idx.key(i), idx.entry(i)
-            if key[:1] == b"\x00":
-                name, ext = decode_slice_key(key)
-                f = full.get(name)
-                if f is None:
-                    f = full[name] = [e.dtype, None, [], rank]
-                f[2].append(tuple(ext))
-            entries.append((key, _core.encode_entry(e.dtype, e.shape, rank, e.offset, e.size, e.crc)))
-    return _finish_index(entries, full, len(raws))
+    wrote: every process's index records (entries already naming their data
+    file; offsets, sizes and CRCs as written), plus for each partitioned
+    tensor (``parts``: name -> dtype enum, global shape, slices in rank
+    order, first rank) its full entry listing its slices, as TensorFlow's
+    MergeBundles leaves it. No key is decoded: the layout every process
+    computed names the slices."""
+    entries = [kv for recs in records for kv in recs]
+    for name, (dtype, shape, slices, first) in parts.items():
+        entries.append((name.encode("utf-8", "surrogateescape"),
+                        _core.encode_entry(dtype, shape, first, 0, 0, None, slices)))
+    entries.sort(key=_first)
+    keys = [k for k, _ in entries]
+    dup = next((a for a, b in zip(keys, keys[1:]) if a == b), None)
+    if dup is not None:
+        raise InvalidArgumentError(f"two processes wrote tensor {dup.decode('utf-8', 'replace')!r}")
+    return _core.build_table([(b"", _core.encode_header(num_shards=len(records)))] + entries)
 
 
-def _finish_index(entries: List[Tuple[bytes, bytes]], full: Dict[bytes, List[Any]], num_shards: int,
-                  shapes: Optional[Mapping[bytes, Tuple[int, ...]]] = None) -> bytes:
-    for name, (dtype, _, slices, first) in full.items():
-        shape = _global_shape(name, slices, entries) if shapes is None else shapes[name]
-        entries.append((name, _core.encode_entry(dtype, shape, first, 0, 0, None, slices)))
-    entries.sort(key=lambda kv: kv[0])
-    for (a, _), (b, _) in zip(entries, entries[1:]):
-        if a == b:
-            raise InvalidArgumentError(f"two processes wrote tensor {a.decode('utf-8', 'replace')!r}")
-    return _core.build_table([(b"", _core.encode_header(num_shards=num_shards))] + entries)
+def _first(kv: Tuple[bytes, bytes]) -> bytes:
+    return kv[0]
 
 
-def _global_shape(name: bytes, slices: List[Tuple[Tuple[int, int], ...]],
-                  entries: List[Tuple[bytes, bytes]]) -> Tuple[int, ...]:
-    """A partitioned tensor's shape from its slices: the furthest end in each
-    dimension (a full extent: the stored slice's own size)."""
-    sizes = {}
-    for key, value in entries:
-        if key[:1] == b"\x00":
-            sizes[key] = _core.decode_entry(value)[1]
-    rank = len(slices[0])
-    out = [0] * rank
-    for ext in slices:
-        stored = sizes[encode_slice_key(name, ext)]
-        for d, (start, length) in enumerate(ext):
-            out[d] = max(out[d], stored[d] if length < 0 else start + length)
-    return tuple(out)
+def full_entries(lay: Layout, descs: List[Dict[str, Desc]]) -> Dict[str, Tuple[int, Tuple[int, ...],
+                                                                               List[Tuple[Any, ...]], int]]:
+    """Each partitioned tensor's full entry, from the layout: its dtype enum,
+    global shape, the slices of the processes that hold part of it (rank
+    order, empty parts left out) and the first of them."""
+    from .dtypes import dtype_enum
+    out: Dict[str, Tuple[int, Tuple[int, ...], List[Tuple[Any, ...]], int]] = {}
+    for name, (dtype, gshape) in lay.parts.items():
+        slices, first = [], -1
+        for rank, d in enumerate(descs):
+            desc = d.get(name)
+            if desc is None or not int(np.prod(desc[4], dtype=np.int64)):
+                continue
+            first = rank if first < 0 else first
+            slices.append(tuple(Shard(_Shape(desc[4]), gshape, desc[3]).extents()))
+        out[name] = (dtype_enum(np.dtype(dtype)), gshape, slices, first)
+    return out
+
+
+class _Shape:
+    """Stands in for an array of ``shape`` (a Shard needs only its shape)."""
+
+    def __init__(self, shape: Tuple[int, ...]) -> None:
+        self.shape = shape

@@ -220,14 +220,14 @@ def stage_bundle(directory: str, tensors: Mapping[Any, Any], *, alignment: int =
 
 
 def write_part(part: StagedBundle, tensors: Mapping[Any, Any], *, alignment: int = 1,
-               threads: Optional[int] = None) -> bytes:
+               threads: Optional[int] = None) -> List[Tuple[bytes, bytes]]:
     """Write this process's data file of a bundle many processes write
-    (``part.only`` is its number); returns the index of what it holds (its
-    entries, numbered as shard 0) for the merge. On failure the file is
-    removed and the error raised."""
+    (``part.only`` is its number); returns the index records of what it
+    holds, ``(key, serialized entry)`` naming that data file, for the merge.
+    On failure the file is removed and the error raised."""
     nthreads = _check_options(1, alignment, threads)
     try:
-        return _write_data(tensors, part, alignment, nthreads, STAGING_BYTES)
+        return _write_data(tensors, part, alignment, nthreads, STAGING_BYTES)  # type: ignore[return-value]
     except BaseException as e:
         part.remove()
         part.close()
@@ -286,10 +286,10 @@ def _write_converted(plan: "_core.WritePlan", fds: List[int], finals: List[str],
 
 
 def _write_data(tensors: Mapping[Any, Any], staged: StagedBundle, alignment: int, nthreads: int,
-                staging_bytes: int) -> bytes:
+                staging_bytes: int) -> Any:
     """Plan every tensor, create the staged data files, write the payloads
     (ready ones from their own memory, the rest through the staging pool),
-    fsync if durable; returns the index bytes."""
+    fsync if durable; returns the index bytes (a part: its index records)."""
     num_shards, durable = staged.num_shards if staged.only is None else 1, staged.durable
     plan = plan_bundle(tensors, num_shards, alignment)
     finals = staged.data_files()
@@ -302,6 +302,8 @@ def _write_data(tensors: Mapping[Any, Any], staged: StagedBundle, alignment: int
         _write_converted(plan, fds, finals, nthreads, durable, staging_bytes)
     if durable:
         fsync_all(fds)
+    if staged.only is not None:
+        return plan.records(staged.only)
     return plan.index(num_shards)
 
 
