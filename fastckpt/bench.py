@@ -55,6 +55,17 @@ def uniform_state(total_bytes: int, n_tensors: int, dtype: str = "float32") -> D
 def gpt_like_state(total_bytes: int, n_tensors: int, dtype: str = "float32", seed: int = 0) -> Dict[str, np.ndarray]:
     """A GPT-shaped state of about ``total_bytes`` in ``n_tensors`` tensors:
     an embedding, then per layer attention/MLP kernels, biases and norms."""
+    dt, shapes = gpt_like_shapes(total_bytes, n_tensors, dtype)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in shapes:
+        out[name] = rng.standard_normal(shape, dtype=np.float32).astype(dt, copy=False)
+    return out
+
+
+def gpt_like_shapes(total_bytes: int, n_tensors: int, dtype: str = "float32"
+                    ) -> Tuple[np.dtype, List[Tuple[str, Tuple[int, ...]]]]:
+    """The dtype and the (name, shape) list of :func:`gpt_like_state`."""
     import ml_dtypes  # noqa: F401  (registers bfloat16 names)
 
     dt = np.dtype(getattr(ml_dtypes, dtype, None) or dtype)
@@ -73,11 +84,7 @@ def gpt_like_state(total_bytes: int, n_tensors: int, dtype: str = "float32", see
     shapes.append(("model/final_ln/scale", (d,)))
     while len(shapes) < n_tensors:
         shapes.append((f"model/extra_{len(shapes)}", (d,)))
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, shape in shapes[:n_tensors]:
-        out[name] = rng.standard_normal(shape, dtype=np.float32).astype(dt, copy=False)
-    return out
+    return dt, shapes[:n_tensors]
 
 
 def _nbytes(state: Dict[str, np.ndarray]) -> int:

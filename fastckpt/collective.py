@@ -21,10 +21,11 @@ cut short, left for recovery to finish or clean).
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, TypeVar
 
 import numpy as np
 
@@ -143,43 +144,59 @@ def plan_layout(descs: List[Dict[str, Desc]]) -> Layout:
             load[owner] += first[3]
             lay.owners[name] = owner
             lay.table[name] = {"dtype": str(np.dtype(first[1]).newbyteorder("=")), "shape": list(first[2])}
-        elif not int(np.prod(first[2], dtype=np.int64)):  # no elements: written whole, by one process
+        elif not math.prod(first[2]):  # no elements: written whole, by one process
             lay.owners[name] = ranks[0]
             lay.empty[name] = (first[1], tuple(first[2]))
             lay.table[name] = {"dtype": str(np.dtype(first[1]).newbyteorder("=")), "shape": list(first[2])}
         else:
             _check_parts(name, [descs[r][name] for r in ranks], ranks)
+            itemsize = np.dtype(first[1]).itemsize
             for r in ranks:
-                load[r] += int(np.prod(descs[r][name][4], dtype=np.int64)) * np.dtype(first[1]).itemsize
+                load[r] += math.prod(descs[r][name][4]) * itemsize
             lay.parts[name] = (first[1], tuple(first[2]))
             lay.table[name] = {"dtype": str(np.dtype(first[1]).newbyteorder("=")), "shape": list(first[2])}
     return lay
 
 
 def _check_parts(name: str, parts: List[Desc], ranks: List[int]) -> None:
+    """The parts of one partitioned tensor agree on dtype and global shape
+    and tile it exactly: inside it, disjoint, covering every element."""
     dtype, gshape = parts[0][1], tuple(parts[0][2])
     for p, r in zip(parts, ranks):
         if p[1] != dtype or tuple(p[2]) != gshape:
             raise InvalidArgumentError(f"partitioned tensor {name!r}: rank {r} has {np.dtype(p[1])} of global shape "
                                        f"{list(p[2])}, rank {ranks[0]} {np.dtype(dtype)} {list(gshape)}")
-    kept = [(p, r) for p, r in zip(parts, ranks) if int(np.prod(p[4], dtype=np.int64))]  # empty parts hold nothing
-    parts, ranks = [p for p, _ in kept], [r for _, r in kept]
-    starts = np.array([p[3] for p in parts], np.int64).reshape(len(parts), len(gshape))
-    ends = starts + np.array([p[4] for p in parts], np.int64).reshape(len(parts), len(gshape))
-    total = int(np.prod(gshape, dtype=np.int64))
-    volume = int(np.prod(ends - starts, axis=1, dtype=np.int64).sum())
-    if len(parts) > 1 and len(gshape):
-        overlap = np.all((starts[:, None, :] < ends[None, :, :]) & (starts[None, :, :] < ends[:, None, :]), axis=2)
-        np.fill_diagonal(overlap, False)
-        nonempty = np.prod(ends - starts, axis=1) > 0
-        overlap &= nonempty[:, None] & nonempty[None, :]
-        if overlap.any():
-            i, j = (int(x) for x in np.argwhere(overlap)[0])
-            raise InvalidArgumentError(f"partitioned tensor {name!r}: the parts of ranks {ranks[i]} and {ranks[j]} "
-                                       "overlap")
+    kept = [(p, r) for p, r in zip(parts, ranks) if math.prod(p[4])]  # empty parts hold nothing
+    boxes = [(tuple(p[3]), tuple(o + n for o, n in zip(p[3], p[4]))) for p, _ in kept]
+    volume = sum(math.prod(n for n in p[4]) for p, _ in kept)
+    total = math.prod(gshape)
+    pair = _overlapping(boxes)
+    if pair is not None:
+        raise InvalidArgumentError(f"partitioned tensor {name!r}: the parts of ranks {kept[pair[0]][1]} and "
+                                   f"{kept[pair[1]][1]} overlap")
     if volume != total:
         raise InvalidArgumentError(f"partitioned tensor {name!r}: the parts cover {volume} of its {total} elements "
                                    f"(global shape {list(gshape)}); they must tile it exactly")
+
+
+def _overlapping(boxes: List[Tuple[Tuple[int, ...], Tuple[int, ...]]]) -> Optional[Tuple[int, int]]:
+    """Two boxes (start, end) that intersect, or None. A sweep along the
+    dimension the boxes are cut in most: sorted by their start there, a box
+    can only meet those that start before it ends."""
+    if len(boxes) < 2:
+        return None
+    rank = len(boxes[0][0])
+    sweep = max(range(rank), key=lambda d: len({lo[d] for lo, _ in boxes})) if rank else 0
+    order = sorted(range(len(boxes)), key=lambda i: boxes[i][0][sweep] if rank else 0)
+    for a, i in enumerate(order):
+        lo_i, hi_i = boxes[i]
+        for j in order[a + 1:]:
+            lo_j, hi_j = boxes[j]
+            if rank and lo_j[sweep] >= hi_i[sweep]:
+                break
+            if all(lo_i[d] < hi_j[d] and lo_j[d] < hi_i[d] for d in range(len(lo_i))):
+                return (i, j) if i < j else (j, i)
+    return None
 
 
 def merge_trees(trees: List[Any]) -> Any:
@@ -231,6 +248,28 @@ def my_tensors(leaves: Mapping[str, Any], lay: Layout, rank: int) -> Dict[Any, A
     return out
 
 
+class Failed(NamedTuple):
+    """What a process sends in place of its result when its step failed."""
+
+    rank: int
+    text: str
+
+
+def _failed(rank: int, e: BaseException) -> Failed:
+    return Failed(rank, f"{type(e).__name__}: {e}")
+
+
+def _raise_first(step: str, results: List[Any], mine: Optional[BaseException]) -> None:
+    """Raise if any process failed ``step``: this process its own error,
+    the others a :class:`PeerError` naming the first that failed."""
+    if mine is not None:
+        raise mine
+    failed = [r for r in results if isinstance(r, Failed)]
+    if failed:
+        raise PeerError(f"{step} failed on rank {failed[0].rank}: {failed[0].text}"
+                        + (f" (and on {len(failed) - 1} more)" if len(failed) > 1 else "") + "; nothing was saved")
+
+
 def save_collective(state: Any, prefix: str, comm: Communicator, *, metadata: Any = None,
                     commit: Callable[[StagedBundle], List[str]], durable: bool = True, alignment: int = 1,
                     threads: Optional[int] = None, prepare_directory: Optional[Callable[[str], None]] = None,
@@ -238,7 +277,9 @@ def save_collective(state: Any, prefix: str, comm: Communicator, *, metadata: An
     """Save ``state`` from every process of ``comm`` as one checkpoint
     ``prefix``; ``commit(staged)`` (run on rank 0 only) makes the staged
     bundle the checkpoint and returns the listed prefixes. Returns them on
-    every process."""
+    every process. Four collectives: the descriptions (all-gather), the
+    staged name (broadcast), the index records (gather), the outcome
+    (broadcast)."""
     rank, size = comm.rank, comm.size
 
     def local() -> Tuple[Dict[str, Any], Dict[str, Desc], Any]:
@@ -249,51 +290,71 @@ def save_collective(state: Any, prefix: str, comm: Communicator, *, metadata: An
         if STRUCTURE_KEY in leaves:
             raise InvalidArgumentError(f"the tensor name {STRUCTURE_KEY!r} is reserved for fastckpt's structure record")
         return leaves, describe(leaves), tree
-    leaves, desc, tree = agreed(comm, "describing the state", local)
-    everyone = comm.allgather((desc, tree))
-    lay = agreed(comm, "planning the layout", lambda: plan_layout([d for d, _ in everyone]))
+    error: Optional[BaseException] = None
+    try:
+        leaves, desc, tree = local()
+    except BaseException as e:  # every process must hear of it before anyone goes on
+        error, leaves, desc, tree = e, {}, {}, None
+    everyone = comm.allgather(_failed(rank, error) if error is not None else (desc, tree))
+    _raise_first("describing the state", everyone, error)
+    descs = [d for d, _ in everyone]
+    lay = plan_layout(descs)  # the same on every process: so is any error it raises
     directory = os.path.dirname(os.path.abspath(prefix))
+    named = comm.broadcast(_stage_name(directory, prepare_directory) if rank == 0 else None)
+    if isinstance(named, Failed):
+        raise PeerError(f"preparing {directory!r} on rank 0 failed: {named.text}; nothing was saved")
+    part = StagedBundle(named, size, durable, only=rank)
+    mine = my_tensors(leaves, lay, rank)
+    if rank == 0:
+        mine[STRUCTURE_KEY] = record_tensor(merge_trees([t for _, t in everyone]), lay.table, metadata)
+    error = None
+    try:
+        records: Any = write_part(part, mine, alignment=alignment, threads=threads)
+    except BaseException as e:  # write_part removed what it wrote
+        error, records = e, _failed(rank, e)
+    got = comm.gather(records)  # index records only, never data
+    result: Any = None
+    try:
+        if rank == 0:
+            assert got is not None
+            result = _commit_on_root(got, full_entries(lay, descs), named, size, durable, commit)
+        outcome = comm.broadcast(_failed(0, result) if isinstance(result, BaseException) else result)
+    finally:
+        part.close()  # rank 0's commit has renamed or removed every part by now
+    if error is not None:
+        raise error
+    if isinstance(result, BaseException):
+        raise result
+    if isinstance(outcome, Failed):
+        if outcome.text.startswith("write:"):
+            part.remove()
+        raise PeerError(f"saving {prefix!r} failed on rank {outcome.rank}: {outcome.text}; "
+                        "the previous checkpoint stays the latest")
+    return list(outcome)
 
-    def stage_name() -> str:
+
+def _stage_name(directory: str, prepare_directory: Optional[Callable[[str], None]]) -> Any:
+    """On rank 0: the directory made ready, the staged bundle's name (or the failure)."""
+    try:
         ensure_directory(directory)
         if prepare_directory is not None:
             prepare_directory(directory)
         return os.path.join(directory, STAGE_PREFIX + secrets.token_hex(8))
-    staged_prefix = comm.broadcast(agreed(comm, "preparing the directory", stage_name) if rank == 0 else
-                                   agreed(comm, "preparing the directory", lambda: None))
-    part = StagedBundle(staged_prefix, size, durable, only=rank)
-    mine = my_tensors(leaves, lay, rank)
-    if rank == 0:
-        mine[STRUCTURE_KEY] = record_tensor(merge_trees([t for _, t in everyone]), lay.table, metadata)
-    try:
-        raw = agreed(comm, "writing the data files", lambda: write_part(part, mine, alignment=alignment,
-                                                                        threads=threads))
-    except BaseException:
-        part.remove()
-        part.close()
-        raise
-    raws = comm.gather(raw)  # index records only, never data
-    mine_outcome: Any = None
-    try:
-        if rank == 0:
-            parts = full_entries(lay, [d for d, _ in everyone])
-            mine_outcome = _commit_on_root(raws, parts, staged_prefix, size, durable, commit)
-        outcome = comm.broadcast(f"{type(mine_outcome).__name__}: {mine_outcome}"
-                                 if isinstance(mine_outcome, BaseException) else mine_outcome)
-    finally:
-        part.close()  # rank 0's commit has renamed or removed every part by now
-    if isinstance(mine_outcome, BaseException):
-        raise mine_outcome
-    if isinstance(outcome, str):
-        raise PeerError(f"committing {prefix!r} on rank 0 failed: {outcome}; the previous checkpoint stays the latest")
-    return list(outcome)
+    except BaseException as e:
+        return _failed(0, e)
 
 
 def _commit_on_root(raws: Optional[List[Any]], parts: Any, staged_prefix: str, size: int, durable: bool,
                     commit: Callable[[StagedBundle], List[str]]) -> Any:
-    """Merge, write the index, commit: the listed prefixes, or the error."""
+    """Merge, write the index, commit: the listed prefixes, or the error
+    (a process's failed write, the others' parts removed, is reported as one)."""
     assert raws is not None
     staged = StagedBundle(staged_prefix, size, durable)
+    failed = [r for r in raws if isinstance(r, Failed)]
+    if failed:
+        staged.remove()
+        return Failed(failed[0].rank, f"write: {failed[0].text}"
+                      + (f" (and on {len(failed) - 1} more)" if len(failed) > 1 else ""))
     try:
         index = merge_records(raws, parts)
         from .writer import _create_locked, _write_all  # the one way a staged index is written
@@ -345,7 +406,7 @@ def full_entries(lay: Layout, descs: List[Dict[str, Desc]]) -> Dict[str, Tuple[i
         slices, first = [], -1
         for rank, d in enumerate(descs):
             desc = d.get(name)
-            if desc is None or not int(np.prod(desc[4], dtype=np.int64)):
+            if desc is None or not math.prod(desc[4]):
                 continue
             first = rank if first < 0 else first
             slices.append(tuple(Shard(_Shape(desc[4]), gshape, desc[3]).extents()))

@@ -71,8 +71,11 @@ def _torch_to_numpy(t: Any) -> np.ndarray:
         raise UnsupportedError(f"torch tensors with layout {t.layout} are not supported: convert with .to_dense()")
     if t.is_quantized:
         raise UnsupportedError(f"quantized torch tensors ({t.dtype}) are not supported: dequantize first")
-    t = t.resolve_conj().resolve_neg()
-    name = str(t.dtype).split(".", 1)[1]
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    name = str(t.dtype)[6:]  # "torch.bfloat16" -> "bfloat16"
     via = _TORCH_VIA.get(name)
     if via is not None:
         import ml_dtypes
@@ -124,7 +127,28 @@ def dtensor_part(x: Any) -> Any:
         raise UnsupportedError("a DTensor with a Partial placement holds unreduced values: "
                                "redistribute it to Shard or Replicate first")
     local = x.to_local()
-    shape, offset = compute_local_shape_and_global_offset(x.shape, x.device_mesh, x.placements)
+    offset = _one_dim_shard_offset(x, local)
+    if offset is None:
+        shape, offset = compute_local_shape_and_global_offset(x.shape, x.device_mesh, x.placements)
+    else:
+        shape = tuple(local.shape)
     if tuple(shape) == tuple(x.shape):
         return local
     return Shard(local, tuple(int(d) for d in x.shape), tuple(int(o) for o in offset))
+
+
+def _one_dim_shard_offset(x: Any, local: Any) -> Optional[Tuple[int, ...]]:
+    """The global offset of a DTensor sharded on a 1-D mesh by one
+    ``Shard(dim)`` -- FSDP2's case -- computed as PyTorch splits
+    (``torch.chunk``: parts of ceil(size / n), the last ones short or
+    empty); None for any other placement (PyTorch's helper is used)."""
+    placements = x.placements
+    if len(placements) != 1 or type(placements[0]).__name__ != "Shard" or x.device_mesh.ndim != 1:
+        return None
+    dim, n = placements[0].dim % max(1, len(x.shape)), x.device_mesh.size()
+    coord = x.device_mesh.get_local_rank()
+    size = int(x.shape[dim])
+    chunk = -(-size // n) if n else 0
+    offset = [0] * len(x.shape)
+    offset[dim] = min(size, coord * chunk)
+    return tuple(offset)

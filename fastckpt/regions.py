@@ -80,14 +80,16 @@ def _copy_part(reader: Any, name: str, want: Box, box: Tuple[Tuple[int, int], ..
     fd = reader.files.check_range(name, e.shard, e.offset, e.size)
     what = f"{reader.files.path(e.shard)}: tensor {name!r}"
     if verify or inter == stored:
-        whole = np.empty(stored, npdt)
+        direct = inter == stored == out.shape and out.flags.c_contiguous and out.flags.writeable
+        whole = out if direct else np.empty(stored, npdt)  # the region is this entry: read straight into out
         crc = None
         if verify:
             if e.crc is None:
                 raise DataLossError(f"{what}: the index entry has no checksum")
             crc = [_core.unmask_crc(e.crc)]
         _core.io_run([fd], [e.offset], [whole], crc, write=False, threads=1, describe=lambda i: what)
-        out[dest] = whole[tuple(slice(l, l + n) for l, n in zip(local, inter))]
+        if not direct:
+            out[dest] = whole[tuple(slice(l, l + n) for l, n in zip(local, inter))]
         return
     out[dest] = _read_runs(fd, e.offset, stored, local, inter, npdt, reader.threads, what)
 

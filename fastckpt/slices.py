@@ -23,6 +23,8 @@ def _num_increasing(u: int) -> bytes:
 
 
 def _string(s: bytes) -> bytes:
+    if b"\x00" not in s and b"\xff" not in s:  # the common case: nothing to escape
+        return s + b"\x00\x01"
     out = bytearray()
     for b in s:
         out += b"\x00\xff" if b == 0 else b"\xff\x00" if b == 0xFF else bytes([b])

@@ -203,3 +203,18 @@ def test_restore_fills_a_torch_shard_in_place(tmp_path):
     ptr = local.data_ptr()
     fastckpt.restore(p, into={"w": Shard(local, (4, 6), (0, 3))})
     assert local.data_ptr() == ptr and torch.equal(local, g[:, 3:])
+
+
+def test_a_failed_write_on_one_rank_raises_on_all_and_leaves_no_file(tmp_path):
+    prefix = str(tmp_path / "c")
+    fastckpt.save({"w": np.zeros(2)}, str(tmp_path / "before"))
+
+    def save(comm):
+        state = {"w": part_of(np.ones((4, 4)), comm.rank, 3, 0)}
+        if comm.rank == 2:  # passes the description, fails in the write: strings that are not strings
+            state["s"] = np.array([1, 2], dtype=object)
+        return fastckpt.save(state, prefix, comm=comm)
+    out = run_ranks(3, save)
+    assert isinstance(out[2], fastckpt.InvalidArgumentError), out
+    assert all(isinstance(e, fastckpt.CheckpointError) and "rank 2" in str(e) for e in out[:2]), out
+    assert sorted(os.listdir(tmp_path)) == ["before.data-00000-of-00001", "before.index"]

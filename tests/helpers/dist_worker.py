@@ -157,6 +157,14 @@ def main():
         for k, v in full.items():
             assert back["model"][k] is into[k]
             assert torch.equal(into[k].full_tensor(), v), k
+        # fastckpt's offset of a 1-D Shard(dim) placement is PyTorch's, uneven and empty parts included
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+        from fastckpt.frameworks import _one_dim_shard_offset
+        for rows in range(0, 11):
+            for dim in (0, 1, -1):
+                t = distribute_tensor(torch.zeros(rows, 3), mesh, [DShard(dim)])
+                want = tuple(compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)[1])
+                assert _one_dim_shard_offset(t, t.to_local()) == want, (rows, dim)
     elif scenario == "async":
         mgr = fastckpt.CheckpointManager(directory, comm=comm, max_to_keep=2)
         for step in range(1, 4):
