@@ -25,7 +25,16 @@ def _bench(args: argparse.Namespace) -> int:
         args.size, args.tensors, args.rounds = 64 << 20, 64, 1
     out = (lambda line: None) if args.json else print
     results: Any
-    if args.async_save:
+    if args.procs is not None:
+        try:
+            import torch.distributed  # noqa: F401
+        except ImportError:
+            raise InvalidArgumentError("bench --procs runs a torch.distributed (gloo) group: "
+                                       "install torch (pip install torch==2.13.0)") from None
+        from .bench_procs import run_procs_bench
+        results = run_procs_bench(args.procs, size=args.size, tensors=args.tensors, dtype=args.dtype,
+                                  rounds=args.rounds, directory=args.dir, out=out)
+    elif args.async_save:
         results = run_async_bench(size=args.size, tensors=args.tensors, dtype=args.dtype, rounds=args.rounds,
                                   directory=args.dir, out=out)
     else:
@@ -186,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--async", dest="async_save", action="store_true",
                    help="measure CheckpointManager.save(blocking=False): time the caller is blocked vs a memory copy")
     b.add_argument("--only-fastckpt", action="store_true", help="skip TensorFlow and safetensors")
+    b.add_argument("--procs", type=_positive, default=None, metavar="N",
+                   help="N processes (a torch.distributed gloo group) save and restore one FSDP-style checkpoint, "
+                        "beside torch.distributed.checkpoint and the raw limits")
     b.add_argument("--quick", action="store_true", help="a first look in seconds: 64 MiB, 64 tensors, 1 round")
     b.add_argument("--json", action="store_true", help="one JSON object on stdout instead of the table")
     b.set_defaults(func=_bench)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, TypeVar
 
@@ -33,7 +34,7 @@ from . import _core
 from .comm import Communicator, PeerError
 from .errors import InvalidArgumentError
 from .frameworks import to_numpy
-from .fsutil import ensure_directory, fsync_dir
+from .fsutil import default_threads, ensure_directory, fsync_dir
 from .naming import data_filename, index_filename
 from .slices import Shard, SliceKey, encode_slice_key
 from .structure import STRUCTURE_KEY, flatten, record_tensor
@@ -295,9 +296,12 @@ def save_collective(state: Any, prefix: str, comm: Communicator, *, metadata: An
         leaves, desc, tree = local()
     except BaseException as e:  # every process must hear of it before anyone goes on
         error, leaves, desc, tree = e, {}, {}, None
-    everyone = comm.allgather(_failed(rank, error) if error is not None else (desc, tree))
+    host = socket.gethostname()
+    everyone = comm.allgather(_failed(rank, error) if error is not None else (desc, tree, host))
     _raise_first("describing the state", everyone, error)
-    descs = [d for d, _ in everyone]
+    descs = [d for d, _, _ in everyone]
+    if threads is None:  # the processes of one machine share its cores
+        threads = max(1, default_threads() // sum(1 for _, _, h in everyone if h == host))
     lay = plan_layout(descs)  # the same on every process: so is any error it raises
     directory = os.path.dirname(os.path.abspath(prefix))
     named = comm.broadcast(_stage_name(directory, prepare_directory) if rank == 0 else None)
@@ -306,7 +310,7 @@ def save_collective(state: Any, prefix: str, comm: Communicator, *, metadata: An
     part = StagedBundle(named, size, durable, only=rank)
     mine = my_tensors(leaves, lay, rank)
     if rank == 0:
-        mine[STRUCTURE_KEY] = record_tensor(merge_trees([t for _, t in everyone]), lay.table, metadata)
+        mine[STRUCTURE_KEY] = record_tensor(merge_trees([t for _, t, _ in everyone]), lay.table, metadata)
     error = None
     try:
         records: Any = write_part(part, mine, alignment=alignment, threads=threads)
