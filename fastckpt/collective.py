@@ -36,7 +36,7 @@ from .errors import InvalidArgumentError
 from .frameworks import to_numpy
 from .fsutil import default_threads, ensure_directory, fsync_dir
 from .naming import data_filename, index_filename
-from .slices import Shard, SliceKey, encode_slice_key
+from .slices import Shard, SliceKey, encode_slice_key, first_overlap
 from .structure import STRUCTURE_KEY, flatten, record_tensor
 from .writer import STAGE_PREFIX, StagedBundle, check_prefix, install_plain, write_part
 
@@ -171,33 +171,13 @@ def _check_parts(name: str, parts: List[Desc], ranks: List[int]) -> None:
     boxes = [(tuple(p[3]), tuple(o + n for o, n in zip(p[3], p[4]))) for p, _ in kept]
     volume = sum(math.prod(n for n in p[4]) for p, _ in kept)
     total = math.prod(gshape)
-    pair = _overlapping(boxes)
+    pair = first_overlap(boxes)
     if pair is not None:
         raise InvalidArgumentError(f"partitioned tensor {name!r}: the parts of ranks {kept[pair[0]][1]} and "
                                    f"{kept[pair[1]][1]} overlap")
     if volume != total:
         raise InvalidArgumentError(f"partitioned tensor {name!r}: the parts cover {volume} of its {total} elements "
                                    f"(global shape {list(gshape)}); they must tile it exactly")
-
-
-def _overlapping(boxes: List[Tuple[Tuple[int, ...], Tuple[int, ...]]]) -> Optional[Tuple[int, int]]:
-    """Two boxes (start, end) that intersect, or None. A sweep along the
-    dimension the boxes are cut in most: sorted by their start there, a box
-    can only meet those that start before it ends."""
-    if len(boxes) < 2:
-        return None
-    rank = len(boxes[0][0])
-    sweep = max(range(rank), key=lambda d: len({lo[d] for lo, _ in boxes})) if rank else 0
-    order = sorted(range(len(boxes)), key=lambda i: boxes[i][0][sweep] if rank else 0)
-    for a, i in enumerate(order):
-        lo_i, hi_i = boxes[i]
-        for j in order[a + 1:]:
-            lo_j, hi_j = boxes[j]
-            if rank and lo_j[sweep] >= hi_i[sweep]:
-                break
-            if all(lo_i[d] < hi_j[d] and lo_j[d] < hi_i[d] for d in range(len(lo_i))):
-                return (i, j) if i < j else (j, i)
-    return None
 
 
 def merge_trees(trees: List[Any]) -> Any:
@@ -273,7 +253,7 @@ def _raise_first(step: str, results: List[Any], mine: Optional[BaseException]) -
 
 def save_collective(state: Any, prefix: str, comm: Communicator, *, metadata: Any = None,
                     commit: Callable[[StagedBundle], List[str]], durable: bool = True, alignment: int = 1,
-                    threads: Optional[int] = None, prepare_directory: Optional[Callable[[str], None]] = None,
+                    threads: Optional[int] = None, prepare_directory: Optional[Callable[[str], Any]] = None,
                     flat: Optional[Tuple[Mapping[str, Any], Any]] = None) -> List[str]:
     """Save ``state`` from every process of ``comm`` as one checkpoint
     ``prefix``; ``commit(staged)`` (run on rank 0 only) makes the staged
@@ -283,7 +263,7 @@ def save_collective(state: Any, prefix: str, comm: Communicator, *, metadata: An
     (broadcast)."""
     rank, size = comm.rank, comm.size
 
-    def local() -> Tuple[Dict[str, Any], Dict[str, Desc], Any]:
+    def local() -> Tuple[Mapping[str, Any], Dict[str, Desc], Any]:
         check_prefix(prefix, size)
         leaves, tree = flat if flat is not None else flatten(state)
         if tree is None:  # a flat dict of arrays, already flattened
@@ -292,6 +272,7 @@ def save_collective(state: Any, prefix: str, comm: Communicator, *, metadata: An
             raise InvalidArgumentError(f"the tensor name {STRUCTURE_KEY!r} is reserved for fastckpt's structure record")
         return leaves, describe(leaves), tree
     error: Optional[BaseException] = None
+    leaves: Mapping[str, Any]
     try:
         leaves, desc, tree = local()
     except BaseException as e:  # every process must hear of it before anyone goes on
@@ -337,7 +318,7 @@ def save_collective(state: Any, prefix: str, comm: Communicator, *, metadata: An
     return list(outcome)
 
 
-def _stage_name(directory: str, prepare_directory: Optional[Callable[[str], None]]) -> Any:
+def _stage_name(directory: str, prepare_directory: Optional[Callable[[str], Any]]) -> Any:
     """On rank 0: the directory made ready, the staged bundle's name (or the failure)."""
     try:
         ensure_directory(directory)

@@ -5,6 +5,7 @@ one parallel ``io_run`` and finished (decoded, assembled, converted)."""
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Callable, Dict, List, MutableMapping, Optional, Tuple, Union
 
@@ -15,7 +16,7 @@ from .dtypes import DT_STRING, DT_VARIANT, dtype_name, numpy_dtype
 from .errors import DataLossError, InvalidArgumentError, TensorNotFoundError, UnsupportedError
 from .files import DataFiles
 from .records import Extent, IndexEntry
-from .slices import encode_slice_key, slice_region, slice_shape
+from .slices import encode_slice_key, first_overlap, slice_region, slice_shape
 
 __all__ = ["ReadPlan", "find_entry", "name_of", "advise_willneed"]
 
@@ -232,12 +233,12 @@ def advise_willneed(fd: int, offset: int, length: int) -> None:
 def _check_coverage(name: str, shape: Tuple[int, ...], slices: List[Tuple[Extent, ...]]) -> None:
     """The slices must tile the tensor exactly: no gap (uninitialised
     memory) and no overlap."""
-    total = int(np.prod(shape, dtype=object)) if shape else 1
-    boxes = [[(0, d) if ln < 0 else (st, st + ln) for (st, ln), d in zip(ext, shape)] for ext in slices]
-    volume = sum(int(np.prod([hi - lo for lo, hi in b], dtype=object)) if b else 1 for b in boxes)
-    for i in range(len(boxes)):
-        for j in range(i + 1, len(boxes)):
-            if all(max(a[0], b[0]) < min(a[1], b[1]) for a, b in zip(boxes[i], boxes[j])):
-                raise DataLossError(f"partitioned tensor {name!r} has overlapping slices")
+    total = math.prod(shape)
+    boxes = [(tuple(0 if ln < 0 else st for st, ln in ext),
+              tuple(d if ln < 0 else st + ln for (st, ln), d in zip(ext, shape))) for ext in slices]
+    volume = sum(math.prod(hi - lo for lo, hi in zip(*b)) for b in boxes)
+    nonempty = [b for b in boxes if all(hi > lo for lo, hi in zip(*b))]
+    if first_overlap(nonempty) is not None:
+        raise DataLossError(f"partitioned tensor {name!r} has overlapping slices")
     if volume != total:
         raise DataLossError(f"the slices of partitioned tensor {name!r} do not cover its shape {list(shape)}")

@@ -82,7 +82,7 @@ def _copy_part(reader: Any, name: str, want: Box, box: Tuple[Tuple[int, int], ..
     if verify or inter == stored:
         direct = inter == stored == out.shape and out.flags.c_contiguous and out.flags.writeable
         whole = out if direct else np.empty(stored, npdt)  # the region is this entry: read straight into out
-        crc = None
+        crc: Optional[List[Optional[int]]] = None
         if verify:
             if e.crc is None:
                 raise DataLossError(f"{what}: the index entry has no checksum")

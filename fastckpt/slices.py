@@ -4,14 +4,14 @@ slice is stored under ``EncodeTensorNameSlice(name, slice)``."""
 
 from __future__ import annotations
 
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .errors import InvalidArgumentError
 from .records import Extent
 
-__all__ = ["encode_slice_key", "decode_slice_key", "slice_region", "Extent", "Shard", "SliceKey"]
+__all__ = ["encode_slice_key", "decode_slice_key", "slice_region", "Extent", "Shard", "SliceKey", "first_overlap"]
 
 _SIGNED_HEADERS = {2: 0xC000, 3: 0xE000, 4: 0xF000, 5: 0xF800, 6: 0xFC00,
                    7: 0xFE00, 8: 0xFF00, 9: 0xFF80, 10: 0xFFC0}
@@ -127,6 +127,26 @@ def slice_region(extents: Sequence[Extent], shape: Sequence[int]) -> Tuple[slice
 def slice_shape(extents: Sequence[Extent], shape: Sequence[int]) -> Tuple[int, ...]:
     """Shape of the stored slice."""
     return tuple(dim if length < 0 else length for (_, length), dim in zip(extents, shape))
+
+
+def first_overlap(boxes: List[Tuple[Tuple[int, ...], Tuple[int, ...]]]) -> Optional[Tuple[int, int]]:
+    """Two boxes (start, end) that intersect, or None. A sweep along the
+    dimension the boxes are cut in most: sorted by their start there, a box
+    can only meet those that start before it ends."""
+    if len(boxes) < 2:
+        return None
+    rank = len(boxes[0][0])
+    sweep = max(range(rank), key=lambda d: len({lo[d] for lo, _ in boxes})) if rank else 0
+    order = sorted(range(len(boxes)), key=lambda i: boxes[i][0][sweep] if rank else 0)
+    for a, i in enumerate(order):
+        lo_i, hi_i = boxes[i]
+        for j in order[a + 1:]:
+            lo_j, hi_j = boxes[j]
+            if rank and lo_j[sweep] >= hi_i[sweep]:
+                break
+            if all(lo_i[d] < hi_j[d] and lo_j[d] < hi_i[d] for d in range(len(lo_i))):
+                return (i, j) if i < j else (j, i)
+    return None
 
 
 class SliceKey(bytes):
