@@ -34,11 +34,11 @@ from . import _core
 from .comm import Communicator, PeerError
 from .errors import InvalidArgumentError
 from .frameworks import to_numpy
-from .fsutil import default_threads, ensure_directory, fsync_dir
-from .naming import data_filename, index_filename
+from .fsutil import default_threads, ensure_directory
+from .naming import index_filename
 from .slices import Shard, SliceKey, encode_slice_key, first_overlap
 from .structure import STRUCTURE_KEY, flatten, record_tensor
-from .writer import STAGE_PREFIX, StagedBundle, check_prefix, install_plain, write_part
+from .writer import STAGE_PREFIX, StagedBundle, check_prefix, write_part, write_staged_index
 
 __all__ = ["save_collective", "merge_records", "full_entries", "Layout", "plan_layout", "LocalCommunicator"]
 
@@ -341,15 +341,11 @@ def _commit_on_root(raws: Optional[List[Any]], parts: Any, staged_prefix: str, s
         return Failed(failed[0].rank, f"write: {failed[0].text}"
                       + (f" (and on {len(failed) - 1} more)" if len(failed) > 1 else ""))
     try:
-        index = merge_records(raws, parts)
-        from .writer import _create_locked, _write_all  # the one way a staged index is written
-        _write_all(_create_locked(index_filename(staged_prefix), staged), index, durable)
-        if durable:
-            fsync_dir(os.path.dirname(staged_prefix))
+        write_staged_index(staged, merge_records(raws, parts))
         return commit(staged)
-    except BaseException as e:  # the commit cleaned up what it could; every process hears of it
-        if not os.path.lexists(index_filename(staged_prefix)) or isinstance(e, InvalidArgumentError):
-            staged.remove()
+    except BaseException as e:  # every process hears of it
+        if not os.path.lexists(index_filename(staged_prefix)):
+            staged.remove()  # the merge failed; a failed commit cleaned up (or kept for recovery) itself
         return e
     finally:
         staged.close()

@@ -26,7 +26,7 @@ from .naming import PathLike, checkpoint_files, data_filename, index_filename
 from .slices import SliceKey
 
 __all__ = ["write_bundle", "plan_bundle", "StagedBundle", "stage_bundle", "install_bundle",
-           "install_plain", "write_part", "STAGE_PREFIX"]
+           "install_plain", "write_part", "write_staged_index", "STAGE_PREFIX"]
 
 Name = Union[str, bytes]
 
@@ -205,18 +205,17 @@ def stage_bundle(directory: str, tensors: Mapping[Any, Any], *, alignment: int =
     if not isinstance(staging_bytes, int) or isinstance(staging_bytes, bool) or staging_bytes < 1:
         raise InvalidArgumentError(f"staging_bytes must be a positive int, got {staging_bytes!r}")
     staged = StagedBundle(os.path.join(directory, STAGE_PREFIX + secrets.token_hex(8)), num_shards, durable)
-    try:
-        index = _write_data(tensors, staged, alignment, nthreads, staging_bytes)
-        _write_all(_create_locked(index_filename(staged.prefix), staged), index, durable)
-        if durable:
-            fsync_dir(directory)
-    except BaseException as e:
-        staged.remove()
-        staged.close()
-        if isinstance(e, OSError) and not isinstance(e, CheckpointError):
-            raise io_error(e, f"writing a checkpoint in {directory!r}") from e
-        raise
+    with _removed_on_failure(staged, f"writing a checkpoint in {directory!r}"):
+        write_staged_index(staged, _write_data(tensors, staged, alignment, nthreads, staging_bytes))
     return staged
+
+
+def write_staged_index(staged: StagedBundle, index: bytes) -> None:
+    """Write the staged bundle's ``.index`` (locked, fsync'd with its
+    directory when durable): the last file of a staged bundle."""
+    _write_all(_create_locked(index_filename(staged.prefix), staged), index, staged.durable)
+    if staged.durable:
+        fsync_dir(os.path.dirname(staged.prefix) or ".")
 
 
 def write_part(part: StagedBundle, tensors: Mapping[Any, Any], *, alignment: int = 1,
@@ -226,13 +225,22 @@ def write_part(part: StagedBundle, tensors: Mapping[Any, Any], *, alignment: int
     holds, ``(key, serialized entry)`` naming that data file, for the merge.
     On failure the file is removed and the error raised."""
     nthreads = _check_options(1, alignment, threads)
+    with _removed_on_failure(part, f"writing {part.data_files()[0]!r}"):
+        records: List[Tuple[bytes, bytes]] = _write_data(tensors, part, alignment, nthreads, STAGING_BYTES)
+    return records
+
+
+@contextlib.contextmanager
+def _removed_on_failure(staged: StagedBundle, what: str) -> Iterator[None]:
+    """On any failure inside, the staged files go and the error is raised
+    (:class:`CheckpointIOError` for the system's)."""
     try:
-        return _write_data(tensors, part, alignment, nthreads, STAGING_BYTES)  # type: ignore[return-value]
+        yield
     except BaseException as e:
-        part.remove()
-        part.close()
+        staged.remove()
+        staged.close()
         if isinstance(e, OSError) and not isinstance(e, CheckpointError):
-            raise io_error(e, f"writing {part.data_files()[0]!r}") from e
+            raise io_error(e, what) from e
         raise
 
 

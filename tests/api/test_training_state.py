@@ -68,7 +68,7 @@ VALUES = {
     "u_arr": np.array(["ab", "ü", ""]), "s_arr": np.array([b"x", b"yz"]), "obj": np.array([b"a", b"bc"], dtype=object),
     "list": [1, "two", None, [3.0]], "tuple": (1, (2, None)), "empty": {}, "empty_list": [], "empty_tuple": (),
     "ordered": collections.OrderedDict([("b", 1), ("a", np.zeros(2))]),
-    "int_keys": {0: "a", 1: np.ones(1), -5: None}, "mixed_keys": {1: "i", "1x": "s", True: "b", None: "n", 2.5: "f"},
+    "int_keys": {0: "a", 1: np.ones(1), -5: None}, "mixed_keys": {2: "i", "1x": "s", True: "b", None: "n", 2.5: "f"},
 }
 
 
