@@ -227,7 +227,12 @@ class CheckpointManager:
         is :attr:`restored_step`.
         """
         self.wait()
-        found = _restore_latest(self._directory, state, self._threads)
+        if self._comm is None:
+            found = _restore_latest(self._directory, state, self._threads)
+        else:  # rank 0 names the checkpoint, so that every process restores the same one
+            latest = self._comm.broadcast(self.latest_checkpoint if self._comm.rank == 0 else None)
+            found = None if latest is None else (latest, restore_structure(latest, into=state, threads=self._threads,
+                                                                           comm=self._comm))
         if found is None:
             self._restored = None
             return None
