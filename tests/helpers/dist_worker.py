@@ -179,6 +179,9 @@ def main():
     print(json.dumps(result), flush=True)
     if scenario == "kill":
         os._exit(0)  # a peer is gone: skip the backends' shutdown, which would wait for it
+    if engine == "gloo":  # a group left alive at exit can abort the interpreter (gloo's threads)
+        comm.barrier()
+        comm.destroy_process_group()
 
 
 if __name__ == "__main__":
