@@ -60,7 +60,14 @@ static int check_entry(const fc_index *idx, fc_entry *e, fc_status *st) {
     if (e->offset < 0 || e->size < 0 || e->offset > INT64_MAX - e->size)
         return fc_fail(st, FC_DATA_LOSS, "offset %lld / size %lld out of range",
                        (long long)e->offset, (long long)e->size);
-    if (w > 0) {
+    if (w > 0 && idx->header.min_consumer == FC_ZSTD_MIN_CONSUMER) {
+        /* a compressed bundle: a frame (checked when read) for every non-empty tensor */
+        if (nelem > INT64_MAX / w)
+            return fc_fail(st, FC_DATA_LOSS, "element count overflows");
+        if (nelem * w == 0 ? e->size != 0 : e->size < FC_ZFRAME_HEADER)
+            return fc_fail(st, FC_DATA_LOSS, "invalid size in bundle entry: stored size %lld for a compressed "
+                           "payload of %lld bytes", (long long)e->size, (long long)(nelem * w));
+    } else if (w > 0) {
         if (nelem > INT64_MAX / w || e->size != nelem * w)
             return fc_fail(st, FC_DATA_LOSS,
                            "invalid size in bundle entry: stored size %lld; expected size %lld",
@@ -91,7 +98,7 @@ static int visit_entry(void *ctx, const uint8_t *key, size_t klen, const uint8_t
         if (idx->header.producer < 0)
             return fc_fail(st, FC_INVALID, "checkpoint producer version %d below min producer 0",
                            (int)idx->header.producer);
-        if (idx->header.min_consumer > 1)
+        if (idx->header.min_consumer > 1 && idx->header.min_consumer != FC_ZSTD_MIN_CONSUMER)
             return fc_fail(st, FC_INVALID,
                            "checkpoint min consumer version %d above current version 1",
                            (int)idx->header.min_consumer);

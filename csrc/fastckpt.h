@@ -255,6 +255,64 @@ int fc_io_run(fc_io_item *items, size_t n, int mode, int nthreads,
 /* CRC32C of a large buffer on several threads. */
 uint32_t fc_crc32c_parallel(const void *data, uint64_t n, int nthreads);
 
+/* ---- compressed payloads (zframe.c): fastckpt's zstd extension ---------- */
+/* A bundle holding compressed payloads says so with this header
+ * min_consumer: TensorFlow (consumer version 1) refuses it by name. */
+#define FC_ZSTD_MIN_CONSUMER 1001
+#define FC_ZFRAME_MAGIC 0x315a4346u /* "FCZ1" */
+#define FC_ZFRAME_HEADER 24
+#define FC_ZCHUNK_MAX (1u << 30)
+
+typedef struct {
+    const uint8_t *src;     /* in: raw little-endian bytes */
+    uint64_t len;
+    int32_t itemsize;       /* in: bytes per element (byte planes); 1: none */
+    uint8_t *out;           /* out: the framed payload (malloc; the caller frees) */
+    uint64_t out_len;
+    uint32_t crc;           /* out: CRC32C of the raw bytes */
+} fc_zitem;
+
+typedef struct {
+    uint32_t chunk_raw, n_chunks;
+    uint64_t table_end;     /* offset of the first chunk */
+    const uint8_t *table;   /* the chunk table, or NULL when not in the bytes given */
+} fc_zframe;
+
+/* Compresses every item's chunks on nthreads threads (no Python). */
+int fc_zcompress_run(fc_zitem *items, size_t n, int level, uint64_t chunk, int nthreads, fc_status *st);
+/* Checks a frame (its first `avail` bytes; the table too when they hold it)
+ * against the entry: raw length, element size, chunk geometry, lengths. */
+int fc_zframe_parse(const uint8_t *p, uint64_t avail, uint64_t frame_len, uint64_t raw_len, int32_t itemsize,
+                    fc_zframe *f, fc_status *st);
+uint64_t fc_zchunk_raw_len(const fc_zframe *f, uint64_t raw_len, uint32_t c);
+/* Restores one chunk (stored length word `stored`) into dst (dst_len bytes);
+ * scratch holds chunk_raw bytes when itemsize > 1. */
+int fc_zchunk_decode(const uint8_t *src, uint32_t stored, uint8_t *dst, uint64_t dst_len, int32_t itemsize,
+                     void *dctx, uint8_t *scratch, fc_status *st);
+/* Restores a whole frame into dst on nthreads threads; *crc = CRC32C of dst. */
+int fc_zdecompress(const uint8_t *frame, uint64_t frame_len, uint8_t *dst, uint64_t raw_len, int32_t itemsize,
+                   int nthreads, uint32_t *crc, fc_status *st);
+/* One payload for fc_zwrite_run: a tensor's raw bytes, compressed into a
+ * frame, or (stored_as_is: a string payload) written as they are. */
+typedef struct {
+    const uint8_t *src;
+    uint64_t len;
+    int32_t itemsize;
+    int32_t shard;          /* index into the cursors: which data file */
+    int fd;
+    int stored_as_is;
+    uint64_t offset;        /* out: where it starts in its data file */
+    uint64_t size;          /* out: its stored bytes */
+    uint32_t crc;           /* out: CRC32C of the raw bytes (frames only) */
+} fc_zwrite_item;
+/* Compresses and writes every payload into its data file, appending in
+ * item order from offset 0 of each of the nshards files. */
+int fc_zwrite_run(fc_zwrite_item *items, size_t n, int nshards, int level, uint64_t chunk, int nthreads,
+                  fc_status *st);
+void *fc_zdctx_new(fc_status *st);
+void fc_zdctx_free(void *dctx);
+unsigned fc_zstd_version(void); /* 0 without libzstd */
+
 #ifdef __cplusplus
 }
 #endif

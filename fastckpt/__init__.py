@@ -23,6 +23,7 @@ from .errors import (CheckpointError, CheckpointIOError, DataLossError, InvalidA
                      NotFoundError, TensorNotFoundError, UnsupportedError)
 from .reader import CheckpointReader, list_variables, load_checkpoint, read_bundle
 from .commit import GarbageReport, collect_garbage
+from .convert import convert
 from .manager import CheckpointManager
 from .saver import Saver, save
 from .state import (CheckpointState, get_checkpoint_state, latest_checkpoint,
@@ -49,6 +50,7 @@ __all__ = [
     "TensorNotFoundError",
     "UnsupportedError",
     "collect_garbage",
+    "convert",
     "get_checkpoint_state",
     "latest_checkpoint",
     "list_variables",

@@ -69,6 +69,44 @@ cdef extern from "fastckpt.h" nogil:
     int fc_grow(void **arr, size_t *cap, size_t need, size_t elem)
     int fc_plan_layout(const uint64_t *sizes, size_t n, int32_t num_shards, uint64_t alignment,
                        int32_t *shards, uint64_t *offsets, uint64_t *shard_ends, fc_status *st)
+    enum:
+        FC_ZSTD_MIN_CONSUMER, FC_ZFRAME_HEADER, FC_ZCHUNK_MAX
+    ctypedef struct fc_zitem:
+        const uint8_t *src
+        uint64_t len
+        int32_t itemsize
+        uint8_t *out
+        uint64_t out_len
+        uint32_t crc
+    ctypedef struct fc_zframe:
+        uint32_t chunk_raw
+        uint32_t n_chunks
+        uint64_t table_end
+        const uint8_t *table
+    int fc_zcompress_run(fc_zitem *items, size_t n, int level, uint64_t chunk, int nthreads, fc_status *st)
+    int fc_zframe_parse(const uint8_t *p, uint64_t avail, uint64_t frame_len, uint64_t raw_len, int32_t itemsize,
+                        fc_zframe *f, fc_status *st)
+    uint64_t fc_zchunk_raw_len(const fc_zframe *f, uint64_t raw_len, uint32_t c)
+    int fc_zchunk_decode(const uint8_t *src, uint32_t stored, uint8_t *dst, uint64_t dst_len, int32_t itemsize,
+                         void *dctx, uint8_t *scratch, fc_status *st)
+    int fc_zdecompress(const uint8_t *frame, uint64_t frame_len, uint8_t *dst, uint64_t raw_len, int32_t itemsize,
+                       int nthreads, uint32_t *crc, fc_status *st)
+    ctypedef struct fc_zwrite_item:
+        const uint8_t *src
+        uint64_t len
+        int32_t itemsize
+        int32_t shard
+        int fd
+        int stored_as_is
+        uint64_t offset
+        uint64_t size
+        uint32_t crc
+    int fc_zwrite_run(fc_zwrite_item *items, size_t n, int nshards, int level, uint64_t chunk, int nthreads,
+                      fc_status *st)
+    int fc_dtype_size(int32_t dtype)
+    void *fc_zdctx_new(fc_status *st)
+    void fc_zdctx_free(void *dctx)
+    unsigned fc_zstd_version()
     int fc_index_build(const fc_header *h, const uint8_t *keys, const uint32_t *key_off,
                        const uint32_t *key_len, const fc_entry_view *entries, size_t n,
                        fc_table_builder *tb, const uint8_t **out, size_t *out_len, int64_t *duplicate,

@@ -246,6 +246,12 @@ cdef class Index:
         """True when the bundle was written on a big-endian host."""
         return self.idx.header.endianness == 1
 
+    @property
+    def compressed(self):
+        """True when the payloads are compressed frames (fastckpt's zstd
+        extension, marked by the header's min_consumer)."""
+        return self.idx.header.min_consumer == FC_ZSTD_MIN_CONSUMER
+
     def find(self, bytes key):
         """Entry number of ``key``, or -1."""
         return fc_index_find(&self.idx, <const uint8_t *>PyBytes_AS_STRING(key), len(key))

@@ -123,6 +123,56 @@ cdef class WritePlan:
             if run != self.items:
                 free(run)
 
+    def set_ready(self, Py_ssize_t i, payload):
+        """Give staged tensor ``i`` its payload (a C-contiguous little-endian
+        copy of its source), for a write that needs every payload ready."""
+        cdef _Buffer hold = _Buffer(payload)
+        if <uint64_t>hold.view.len != self.items[i].len:
+            raise InvalidArgumentError(f"tensor {self.names[i]!r}: payload of {hold.view.len} bytes, "
+                                       f"planned {self.items[i].len}")
+        self.held.append(hold)
+        self.items[i].buf = hold.view.buf
+        self.ready[i] = 1
+
+    def write_compressed(self, list fds, int level, uint64_t chunk, int threads, list paths):
+        """Compress every payload (byte planes + zstd, in ``chunk``-byte
+        chunks, on ``threads`` threads with the GIL released) straight into
+        ``fds[shard]``, appending from offset 0; strings are written as they
+        are. Sets each entry's offset, size and CRC (of the raw bytes)."""
+        cdef fc_zwrite_item *w = <fc_zwrite_item *>calloc(self.n if self.n else 1, sizeof(fc_zwrite_item))
+        cdef Py_ssize_t i
+        cdef fc_status st
+        cdef int rc, nshards = len(fds)
+        if w == NULL:
+            raise MemoryError()
+        try:
+            for i in range(self.n):
+                if not self.ready[i]:
+                    raise InvalidArgumentError(f"tensor {self.names[i]!r} has no payload yet")
+                w[i].src = <const uint8_t *>self.items[i].buf
+                w[i].len = self.items[i].len
+                w[i].shard = self.entries[i].shard_id
+                w[i].fd = fds[self.entries[i].shard_id]
+                w[i].stored_as_is = self.entries[i].dtype == 7  # DT_STRING: TensorFlow's own layout
+                w[i].itemsize = 1 if w[i].stored_as_is else fc_dtype_size(self.entries[i].dtype)
+            fc_status_clear(&st)
+            with nogil:
+                rc = fc_zwrite_run(w, <size_t>self.n, nshards, level, chunk, threads, &st)
+            if rc:
+                _raise(&st, "", lambda k: f"tensor {self.names[k]!r} in {paths[self.entries[k].shard_id]}")
+            for i in range(self.n):
+                self.entries[i].offset = <int64_t>w[i].offset
+                self.entries[i].size = <int64_t>w[i].size
+                if not w[i].stored_as_is:
+                    self.items[i].crc = w[i].crc
+            self.shard_sizes = [0] * nshards
+            for i in range(self.n):
+                end = w[i].offset + w[i].size
+                if end > self.shard_sizes[w[i].shard]:
+                    self.shard_sizes[w[i].shard] = end
+        finally:
+            free(w)
+
     def records(self, int shard_id):
         """``(key, serialized entry)`` of every tensor, its data file numbered
         ``shard_id`` (after every payload is written): one process's part of
@@ -148,8 +198,9 @@ cdef class WritePlan:
             fc_buf_free(&out)
         return res
 
-    def index(self, int num_shards):
-        """The .index bytes (after every payload is written)."""
+    def index(self, int num_shards, int min_consumer=0):
+        """The .index bytes (after every payload is written); a bundle of
+        compressed payloads has ``min_consumer=ZSTD_MIN_CONSUMER``."""
         cdef fc_header h
         cdef Py_ssize_t i
         for i in range(self.n):
@@ -157,7 +208,7 @@ cdef class WritePlan:
             self.entries[i].crc32c = fc_crc_mask(self.preset_crc[i] if self.preset[i] else self.items[i].crc)
             self.entries[i].has_crc = 1
         h.num_shards, h.endianness, h.producer = num_shards, 0, 1
-        h.min_consumer, h.bad_consumer_1, h.has_version = 0, 0, 1
+        h.min_consumer, h.bad_consumer_1, h.has_version = min_consumer, 0, 1
         return _index_bytes(&h, &self.keys, self.key_off, self.key_len, self.entries, <size_t>self.n,
                             self.names)
 

@@ -173,6 +173,15 @@ def _existing_dir(text: str) -> str:
     return text
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from .convert import convert
+
+    out = convert(args.src, args.dst, compression=None if args.compression == "none" else args.compression,
+                  compression_level=args.level, num_shards=args.num_shards)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fastckpt`` command."""
     from ._version import __version__
@@ -208,6 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="one JSON object on stdout")
     v.add_argument("--threads", type=_positive, default=None, help="checksum threads (default: all cores)")
     v.set_defaults(func=_verify)
+    c = sub.add_parser("convert", help="rewrite a checkpoint compressed or plain (--compression none: one "
+                                       "stock TensorFlow reads), resharded")
+    c.add_argument("src", help="a checkpoint prefix or a directory (its latest checkpoint)")
+    c.add_argument("dst", help="the new checkpoint's prefix")
+    c.add_argument("--compression", choices=["none", "zstd"], default="none",
+                   help="none (default: a plain TensorFlow checkpoint) or zstd (byte planes + zstd)")
+    c.add_argument("--level", type=int, default=1, help="zstd level, -7..22 (default 1)")
+    c.add_argument("--num-shards", type=_positive, default=1, help="data files to write (default 1)")
+    c.set_defaults(func=_convert)
     g = sub.add_parser("gc", help="finish commits and remove files that killed saves left in a checkpoint "
                                   "directory (what the next save does first); report unlisted checkpoints")
     g.add_argument("directory", help="a checkpoint directory")

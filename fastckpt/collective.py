@@ -254,7 +254,8 @@ def _raise_first(step: str, results: List[Any], mine: Optional[BaseException]) -
 def save_collective(state: Any, prefix: str, comm: Communicator, *, metadata: Any = None,
                     commit: Callable[[StagedBundle], List[str]], durable: bool = True, alignment: int = 1,
                     threads: Optional[int] = None, prepare_directory: Optional[Callable[[str], Any]] = None,
-                    flat: Optional[Tuple[Mapping[str, Any], Any]] = None) -> List[str]:
+                    flat: Optional[Tuple[Mapping[str, Any], Any]] = None,
+                    zstd_level: Optional[int] = None) -> List[str]:
     """Save ``state`` from every process of ``comm`` as one checkpoint
     ``prefix``; ``commit(staged)`` (run on rank 0 only) makes the staged
     bundle the checkpoint and returns the listed prefixes. Returns them on
@@ -288,7 +289,7 @@ def save_collective(state: Any, prefix: str, comm: Communicator, *, metadata: An
     named = comm.broadcast(_stage_name(directory, prepare_directory) if rank == 0 else None)
     if isinstance(named, Failed):
         raise PeerError(f"preparing {directory!r} on rank 0 failed: {named.text}; nothing was saved")
-    part = StagedBundle(named, size, durable, only=rank)
+    part = StagedBundle(named, size, durable, only=rank, zstd_level=zstd_level)
     mine = my_tensors(leaves, lay, rank)
     if rank == 0:
         mine[STRUCTURE_KEY] = record_tensor(merge_trees([t for _, t, _ in everyone]), lay.table, metadata)
@@ -302,7 +303,8 @@ def save_collective(state: Any, prefix: str, comm: Communicator, *, metadata: An
     try:
         if rank == 0:
             assert got is not None
-            result = _commit_on_root(got, full_entries(lay, descs), named, size, durable, commit)
+            result = _commit_on_root(got, full_entries(lay, descs), named, size, durable, commit,
+                                     0 if zstd_level is None else _core.ZSTD_MIN_CONSUMER)
         outcome = comm.broadcast(_failed(0, result) if isinstance(result, BaseException) else result)
     finally:
         part.close()  # rank 0's commit has renamed or removed every part by now
@@ -330,7 +332,7 @@ def _stage_name(directory: str, prepare_directory: Optional[Callable[[str], Any]
 
 
 def _commit_on_root(raws: Optional[List[Any]], parts: Any, staged_prefix: str, size: int, durable: bool,
-                    commit: Callable[[StagedBundle], List[str]]) -> Any:
+                    commit: Callable[[StagedBundle], List[str]], min_consumer: int = 0) -> Any:
     """Merge, write the index, commit: the listed prefixes, or the error
     (a process's failed write, the others' parts removed, is reported as one)."""
     assert raws is not None
@@ -341,7 +343,7 @@ def _commit_on_root(raws: Optional[List[Any]], parts: Any, staged_prefix: str, s
         return Failed(failed[0].rank, f"write: {failed[0].text}"
                       + (f" (and on {len(failed) - 1} more)" if len(failed) > 1 else ""))
     try:
-        write_staged_index(staged, merge_records(raws, parts))
+        write_staged_index(staged, merge_records(raws, parts, min_consumer))
         return commit(staged)
     except BaseException as e:  # every process hears of it
         if not os.path.lexists(index_filename(staged_prefix)):
@@ -351,8 +353,9 @@ def _commit_on_root(raws: Optional[List[Any]], parts: Any, staged_prefix: str, s
         staged.close()
 
 
-def merge_records(records: List[List[Tuple[bytes, bytes]]], parts: Mapping[str, Tuple[int, Tuple[int, ...],
-                                                                                    List[Tuple[Any, ...]], int]]) -> bytes:
+def merge_records(records: List[List[Tuple[bytes, bytes]]],
+                  parts: Mapping[str, Tuple[int, Tuple[int, ...], List[Tuple[Any, ...]], int]],
+                  min_consumer: int = 0) -> bytes:
     """The one ``.index`` of a bundle whose data file ``k`` process ``k``
     wrote: every process's index records (entries already naming their data
     file; offsets, sizes and CRCs as written), plus for each partitioned
@@ -369,7 +372,8 @@ def merge_records(records: List[List[Tuple[bytes, bytes]]], parts: Mapping[str, 
     dup = next((a for a, b in zip(keys, keys[1:]) if a == b), None)
     if dup is not None:
         raise InvalidArgumentError(f"two processes wrote tensor {dup.decode('utf-8', 'replace')!r}")
-    return _core.build_table([(b"", _core.encode_header(num_shards=len(records)))] + entries)
+    header = _core.encode_header(num_shards=len(records), min_consumer=min_consumer)
+    return _core.build_table([(b"", header)] + entries)
 
 
 def _first(kv: Tuple[bytes, bytes]) -> bytes:

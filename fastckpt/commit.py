@@ -132,7 +132,8 @@ def _try(action: Callable[[], None], what: str) -> bool:
 
 def save_checkpoint(prefix: str, tensors: Mapping[Any, Any], *, retain: RetainFn, durable: bool = True,
                     num_shards: int = 1, alignment: int = 1, threads: Optional[int] = None,
-                    state_name: str = "checkpoint", write_state: bool = True) -> List[str]:
+                    state_name: str = "checkpoint", write_state: bool = True,
+                    zstd_level: Optional[int] = None) -> List[str]:
     """Write ``tensors`` as checkpoint ``prefix`` and commit it in its
     directory's state file ``state_name`` with retention ``retain`` (or,
     without ``write_state``, rename it into place); returns the listed
@@ -144,7 +145,7 @@ def save_checkpoint(prefix: str, tensors: Mapping[Any, Any], *, retain: RetainFn
     if write_state:
         recover_directory(directory, state_name, durable=durable, tidy_state=False)  # frees space first
     staged = stage_bundle(directory, tensors, durable=durable, num_shards=num_shards, alignment=alignment,
-                          threads=threads)
+                          threads=threads, zstd_level=zstd_level)
     try:
         return committer(prefix, retain, state_name, write_state)(staged)
     finally:

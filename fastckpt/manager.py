@@ -30,6 +30,7 @@ from .comm import as_communicator
 from .frameworks import to_numpy
 from .saver import save_any, split_structure
 from .slices import Shard
+from .writer import compression_setting
 from .structure import with_structure_record
 from .state import get_checkpoint_state, latest_checkpoint
 from .reader import open_latest
@@ -62,7 +63,8 @@ class CheckpointManager:
     def __init__(self, directory: PathLike, max_to_keep: Optional[int] = 5,
                  keep_checkpoint_every_n_hours: Optional[float] = None, checkpoint_name: str = "ckpt",
                  checkpoint_interval: Optional[int] = None, *, durable: bool = True,
-                 threads: Optional[int] = None, comm: Any = None, timeout: Optional[float] = None) -> None:
+                 threads: Optional[int] = None, comm: Any = None, timeout: Optional[float] = None,
+                 compression: Optional[str] = None, compression_level: int = 1) -> None:
         d = os.fspath(directory)
         if not isinstance(d, str) or not d:
             raise InvalidArgumentError(f"directory must be a path, got {directory!r}")
@@ -78,6 +80,7 @@ class CheckpointManager:
         self._durable = bool(durable)
         self._threads = threads
         self._comm = as_communicator(comm, timeout)
+        self._zstd = compression_setting(compression, compression_level)
         latest = self.latest_checkpoint
         self._last_step: Optional[int] = self._step_of(latest) if latest else None
         self._thread: Optional[threading.Thread] = None
@@ -164,10 +167,10 @@ class CheckpointManager:
     def _commit(self, prefix: str, leaves: Mapping[str, Any], tree: Any, metadata: Any) -> None:
         if self._comm is None and not any(isinstance(v, Shard) for v in leaves.values()):
             save_checkpoint(prefix, with_structure_record(leaves, tree, metadata), retain=self._retention,
-                            durable=self._durable, threads=self._threads)
+                            durable=self._durable, threads=self._threads, zstd_level=self._zstd)
             return
         save_any(None, prefix, metadata=metadata, retain=self._retention, durable=self._durable,
-                 threads=self._threads, comm=self._comm, flat=(leaves, tree))
+                 threads=self._threads, comm=self._comm, flat=(leaves, tree), zstd_level=self._zstd)
 
     def _snapshot(self, leaves: Mapping[str, Any]) -> Dict[str, Any]:
         """Copy every leaf into a host buffer reused from the last save when

@@ -203,7 +203,8 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         key, (dtype, shape, shard, offset, size, crc, slices) = self._entry(tensor)
         name = name_of(key)
         npdt = numpy_dtype(dtype) if dtype not in (DT_STRING, DT_VARIANT) else None
-        if npdt is None or slices or self._index.big_endian or (size and offset % npdt.alignment):
+        if (npdt is None or slices or self._index.big_endian or self._index.compressed
+                or (size and offset % npdt.alignment)):
             return self.read([name])[name]
         fd = self._files.check_range(name, shard, offset, size, fresh=True)
         if self._verify and key not in self._verified:
@@ -304,8 +305,8 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         """Plain tensors planned and read in C; the names left for the general
         path come back (and are queued by ``before_io`` before any read).
         None when the C planner cannot be used at all."""
-        if self.num_shards > EAGER_SHARDS:
-            return None  # the general path opens only the shards it needs
+        if self.num_shards > EAGER_SHARDS or self._index.compressed:
+            return None  # the general path opens only the shards it needs, and restores compressed frames
         opened = self._files.descriptors()
         if opened is None:
             return None
@@ -327,7 +328,7 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         return self._plan().slice_parts(name, key, dtype, shape, slices)
 
     def _plan(self) -> ReadPlan:
-        return ReadPlan(self._index, self._files, self._prefix, self._verify)
+        return ReadPlan(self._index, self._files, self._prefix, self._verify, int(self._threads))
 
 
 def read_bundle(

@@ -70,8 +70,9 @@ class _Pending:
 class ReadPlan:
     """Reads queued for one parallel ``io_run`` over a bundle's data files."""
 
-    def __init__(self, index: "_core.Index", files: DataFiles, prefix: str, verify: bool) -> None:
+    def __init__(self, index: "_core.Index", files: DataFiles, prefix: str, verify: bool, threads: int = 1) -> None:
         self._index, self._files, self._prefix, self._verify = index, files, prefix, verify
+        self.threads = threads
         self.pending = _Pending()
 
     def run(self, threads: int) -> None:
@@ -162,6 +163,9 @@ class ReadPlan:
             return
         assert target is not None
         expected = _core.unmask_crc(crc) if (self._verify and crc is not None) else None
+        if self._index.compressed:
+            self._queue_frame(name, shard, fd, offset, size, expected, target, pending)
+            return
         if not big and target.flags.c_contiguous and target.dtype.byteorder in "=|<":
             self._add(pending, name, shard, fd, offset, target, expected)
             return
@@ -175,6 +179,26 @@ class ReadPlan:
 
         self._add(pending, name, shard, fd, offset, dest, expected)
         pending.after.append(finish_fixed)
+
+    def _queue_frame(self, name: str, shard: int, fd: int, offset: int, size: int, expected: Optional[int],
+                     target: np.ndarray, pending: _Pending) -> None:
+        """A compressed payload: its frame is read with the rest, then
+        restored into the target on the C threads, its raw CRC checked."""
+        if not target.nbytes:
+            return
+        frame = bytearray(size)
+        dest = target if target.flags.c_contiguous and target.dtype.byteorder in "=|<" else \
+            np.empty(target.shape, target.dtype.newbyteorder("="))
+        what = f"{self._files.path(shard)}: tensor {name!r}"
+
+        def finish() -> None:
+            _core.zdecompress_into(frame, dest.reshape(-1).view(np.uint8), dest.dtype.itemsize, self.threads,
+                                   expected, what)
+            if dest is not target:
+                np.copyto(target, dest, casting="unsafe")
+
+        self._add(pending, name, shard, fd, offset, frame, None)
+        pending.after.append(finish)
 
     @staticmethod
     def _add(p: _Pending, name: str, shard: int, fd: int, offset: int, buf: Any, crc: Optional[int]) -> None:

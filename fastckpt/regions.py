@@ -11,6 +11,7 @@ fewer where it spans whole trailing dimensions), without a check.
 
 from __future__ import annotations
 
+import math
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -18,6 +19,7 @@ import numpy as np
 from . import _core
 from .dtypes import DT_STRING, DT_VARIANT, numpy_dtype
 from .errors import DataLossError, InvalidArgumentError, UnsupportedError
+from .files import read_range
 from .readplan import find_entry, name_of
 
 __all__ = ["read_region", "TensorSlice"]
@@ -82,41 +84,78 @@ def _copy_part(reader: Any, name: str, want: Box, box: Tuple[Tuple[int, int], ..
     if verify or inter == stored:
         direct = inter == stored == out.shape and out.flags.c_contiguous and out.flags.writeable
         whole = out if direct else np.empty(stored, npdt)  # the region is this entry: read straight into out
-        crc: Optional[List[Optional[int]]] = None
+        crc: Optional[int] = None
         if verify:
             if e.crc is None:
                 raise DataLossError(f"{what}: the index entry has no checksum")
-            crc = [_core.unmask_crc(e.crc)]
-        _core.io_run([fd], [e.offset], [whole], crc, write=False, threads=1, describe=lambda i: what)
+            crc = _core.unmask_crc(e.crc)
+        if reader.index.compressed:
+            if whole.size:
+                _core.zdecompress_into(read_range(fd, e.offset, e.size, what), whole.reshape(-1).view(np.uint8),
+                                       npdt.itemsize, reader.threads, crc, what)
+        else:
+            _core.io_run([fd], [e.offset], [whole], [crc], write=False, threads=1, describe=lambda i: what)
         if not direct:
             out[dest] = whole[tuple(slice(l, l + n) for l, n in zip(local, inter))]
         return
-    out[dest] = _read_runs(fd, e.offset, stored, local, inter, npdt, reader.threads, what)
+    starts, run = _runs(stored, local, inter)
+    if reader.index.compressed:
+        out[dest] = _restore_runs(fd, e, stored, starts, run, inter, npdt, what)
+        return
+    tmp = np.empty(inter, npdt)
+    flat = tmp.reshape(-1)
+    offsets = (e.offset + starts * npdt.itemsize).tolist()
+    buffers: List[Any] = [flat[i * run:(i + 1) * run] for i in range(len(offsets))]
+    _core.io_run([fd] * len(offsets), offsets, buffers, None, write=False, threads=reader.threads,
+                 describe=lambda i: what)
+    out[dest] = tmp
 
 
-def _read_runs(fd: int, base: int, stored: Tuple[int, ...], local: Tuple[int, ...], inter: Tuple[int, ...],
-               npdt: np.dtype, threads: int, what: str) -> np.ndarray:
-    """Only the byte runs of the box ``local`` + ``inter`` of a stored
-    C-order array of shape ``stored`` at file offset ``base``."""
+def _restore_runs(fd: int, e: Any, stored: Tuple[int, ...], starts: np.ndarray, run: int,
+                  inter: Tuple[int, ...], npdt: np.dtype, what: str) -> np.ndarray:
+    """The runs of a compressed entry, from only the chunks that hold them:
+    the frame's header and chunk table, then those chunks' stored bytes."""
+    item = npdt.itemsize
+    raw_len = math.prod(stored) * item
+    head = read_range(fd, e.offset, min(e.size, _core.ZFRAME_HEADER), what)
+    n_chunks = int.from_bytes(bytes(head[20:24]), "little") if len(head) >= 24 else 0
+    head = read_range(fd, e.offset, min(e.size, _core.ZFRAME_HEADER + 4 * n_chunks), what)
+    chunk_raw, words, first = _core.zframe_table(bytes(head), e.size, raw_len, item, what)
+    lo, hi = int(starts.min()) * item, (int(starts.max()) + run) * item
+    c0, c1 = lo // chunk_raw, (hi - 1) // chunk_raw
+    spans = [w & 0x7FFFFFFF for w in words]
+    at = first + sum(spans[:c0])
+    stored_bytes = read_range(fd, e.offset + at, sum(spans[c0:c1 + 1]), what)
+    raw = np.empty((c1 - c0 + 1) * chunk_raw, np.uint8)
+    pos = 0
+    for c in range(c0, c1 + 1):
+        length = min(chunk_raw, raw_len - c * chunk_raw)
+        _core.zchunk_decode(memoryview(stored_bytes)[pos:pos + spans[c]], words[c],
+                            raw[(c - c0) * chunk_raw:(c - c0) * chunk_raw + length], item, what)
+        pos += spans[c]
+    elements = raw.view(npdt) if raw.size % item == 0 else raw[: raw.size - raw.size % item].view(npdt)
+    base = c0 * chunk_raw // item
+    picks = (starts - base)[:, None] + np.arange(run)[None, :]
+    return elements[picks.reshape(-1)].reshape(inter)
+
+
+def _runs(stored: Tuple[int, ...], local: Tuple[int, ...], inter: Tuple[int, ...]) -> Tuple[np.ndarray, int]:
+    """The box ``local`` + ``inter`` of a C-order array of shape ``stored``
+    as runs of contiguous elements: each run's first element, and the run
+    length (one run per row of the box, fewer where it spans whole trailing
+    dimensions)."""
     rank = len(stored)
     k = rank - 1
     while k > 0 and local[k] == 0 and inter[k] == stored[k]:
         k -= 1  # trailing dimensions spanned whole merge into one run
     strides = [int(np.prod(stored[d + 1:], dtype=np.int64)) for d in range(rank)]
     run = inter[k] * strides[k]
-    tmp = np.empty(inter, npdt)
-    flat = tmp.reshape(-1)
     if k == 0:
         starts = np.array([local[0] * strides[0]], np.int64)
     else:
         grid = np.indices(inter[:k]).reshape(k, -1).T + np.array(local[:k], np.int64)
         starts = grid @ np.array(strides[:k], np.int64) + local[k] * strides[k]
-    item = npdt.itemsize
-    offsets = (base + starts * item).tolist()
-    buffers: List[Any] = [flat[i * run:(i + 1) * run] for i in range(len(offsets))]
-    _core.io_run([fd] * len(offsets), offsets, buffers, None, write=False, threads=threads,
-                 describe=lambda i: what)
-    return tmp
+    return starts, run
 
 
 class TensorSlice:

@@ -13,6 +13,7 @@ from .collective import LocalCommunicator, save_collective
 from .comm import as_communicator
 from .commit import committer, recover_directory, save_checkpoint
 from .slices import Shard
+from .writer import compression_setting
 from .errors import InvalidArgumentError
 from .naming import PathLike, step_suffix
 from .reader import read_bundle
@@ -66,8 +67,11 @@ class Saver:
         threads: Optional[int] = None,
         comm: Any = None,
         timeout: Optional[float] = None,
+        compression: Optional[str] = None,
+        compression_level: int = 1,
     ) -> None:
         self._comm = as_communicator(comm, timeout)
+        self._zstd = compression_setting(compression, compression_level)
         self._timeout = timeout
         self._retention = Retention(max_to_keep, keep_checkpoint_every_n_hours)
         self._durable = bool(durable)
@@ -118,7 +122,7 @@ class Saver:
                 f"save_path {base!r} collides with the checkpoint state file name")
         listed = save_any(state, prefix, metadata=metadata, retain=self._retention, durable=self._durable,
                           state_name=latest_filename or "checkpoint", write_state=write_state, comm=self._comm,
-                          timeout=self._timeout, **self._write_options)  # type: ignore[arg-type]
+                          timeout=self._timeout, zstd_level=self._zstd, **self._write_options)  # type: ignore[arg-type]
         if write_state:
             self._last = listed
         return prefix
@@ -139,7 +143,8 @@ class Saver:
 
 
 def save(state: Any, prefix: PathLike, *, metadata: Any = None, durable: bool = True, num_shards: int = 1,
-         alignment: int = 1, threads: Optional[int] = None, comm: Any = None, timeout: Optional[float] = None) -> str:
+         alignment: int = 1, threads: Optional[int] = None, comm: Any = None, timeout: Optional[float] = None,
+         compression: Optional[str] = None, compression_level: int = 1) -> str:
     """Write ``state`` (flat or nested; see :meth:`Saver.save`) as checkpoint
     ``prefix``, with its structure record, without touching a state file.
 
@@ -147,17 +152,19 @@ def save(state: Any, prefix: PathLike, *, metadata: Any = None, durable: bool = 
     process group), every process calls ``save`` with its own part of the
     state and one checkpoint is written: a data file per process and one
     merged index (see :mod:`fastckpt.collective`); ``timeout`` bounds the
-    wait for the slowest process."""
+    wait for the slowest process. ``compression="zstd"``: see
+    :func:`fastckpt.write_bundle`."""
     p = os.fspath(prefix)
     save_any(state, p, metadata=metadata, retain=Retention(), durable=durable, num_shards=num_shards,
-             alignment=alignment, threads=threads, write_state=False, comm=comm, timeout=timeout)
+             alignment=alignment, threads=threads, write_state=False, comm=comm, timeout=timeout,
+             zstd_level=compression_setting(compression, compression_level))
     return p
 
 
 def save_any(state: Any, prefix: str, *, metadata: Any, retain: Any, durable: bool, num_shards: int = 1,
              alignment: int = 1, threads: Optional[int] = None, write_state: bool = True,
              state_name: str = "checkpoint", comm: Any = None, timeout: Optional[float] = None,
-             flat: Optional[Tuple[Mapping[str, Any], Any]] = None) -> List[str]:
+             flat: Optional[Tuple[Mapping[str, Any], Any]] = None, zstd_level: Optional[int] = None) -> List[str]:
     """The one save path of ``save``, ``Saver`` and ``CheckpointManager``:
     one process (``save_checkpoint``), or every process of ``comm`` -- also
     one process whose state holds :class:`~fastckpt.Shard` parts.
@@ -168,13 +175,13 @@ def save_any(state: Any, prefix: str, *, metadata: Any, retain: Any, durable: bo
         if not any(isinstance(v, Shard) for v in leaves.values()):
             return save_checkpoint(prefix, with_structure_record(leaves, tree, metadata), retain=retain,
                                    durable=durable, num_shards=num_shards, alignment=alignment, threads=threads,
-                                   state_name=state_name, write_state=write_state)
+                                   state_name=state_name, write_state=write_state, zstd_level=zstd_level)
         communicator = LocalCommunicator()
     if num_shards != 1:
         raise InvalidArgumentError("a checkpoint saved by several processes has one data file per process: "
                                    "num_shards must be 1")
     return save_collective(state, prefix, communicator, metadata=metadata, durable=durable, alignment=alignment,
-                           flat=flat,
+                           flat=flat, zstd_level=zstd_level,
                            threads=threads, commit=committer(prefix, retain, state_name, write_state),
                            prepare_directory=(lambda d: recover_directory(d, state_name, durable=durable,
                                                                           tidy_state=False))

@@ -7,6 +7,7 @@ structure record is checked against the index.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Set
@@ -14,7 +15,7 @@ from typing import Callable, List, Optional, Set
 import numpy as np
 
 from . import _core
-from .dtypes import DT_STRING, DT_VARIANT, dtype_name
+from .dtypes import DT_STRING, DT_VARIANT, dtype_name, numpy_dtype
 from .errors import CheckpointError
 from .files import crc32c_of_range, read_range
 from .naming import PathLike
@@ -115,6 +116,12 @@ def _verify_entry(reader: CheckpointReader, key: bytes, entry: IndexEntry, missi
         payload = read_range(fd, entry.offset, entry.size, where)
         count = int(np.prod(entry.shape, dtype=object)) if entry.shape else 1
         _core.decode_strings(payload, count, entry.crc, True, reader.index.big_endian, where)
+    elif reader.index.compressed:  # the CRC is of the raw bytes: restore them (one tensor at a time)
+        raw = np.empty(math.prod(entry.shape) * numpy_dtype(entry.dtype).itemsize, np.uint8)
+        if raw.size:
+            _core.zdecompress_into(read_range(fd, entry.offset, entry.size, where), raw,
+                                   numpy_dtype(entry.dtype).itemsize, reader.threads, _core.unmask_crc(entry.crc),
+                                   where)
     elif crc32c_of_range(fd, entry.offset, entry.size, where) != _core.unmask_crc(entry.crc):
         report.problems.append(f"{where}: checksum does not match")
     report.tensors += 1

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _core
 from .dtypes import DT_STRING, dtype_enum, native_enums
-from .errors import CheckpointError, InvalidArgumentError
+from .errors import CheckpointError, InvalidArgumentError, UnsupportedError
 from .frameworks import to_numpy
 from .fsutil import (check_name_fits, default_threads, ensure_directory, fsync_all, fsync_dir, gc_paused,
                      io_error)
@@ -26,7 +26,7 @@ from .naming import PathLike, checkpoint_files, data_filename, index_filename
 from .slices import SliceKey
 
 __all__ = ["write_bundle", "plan_bundle", "StagedBundle", "stage_bundle", "install_bundle",
-           "install_plain", "write_part", "write_staged_index", "STAGE_PREFIX"]
+           "install_plain", "write_part", "write_staged_index", "compression_setting", "STAGE_PREFIX"]
 
 Name = Union[str, bytes]
 
@@ -139,6 +139,23 @@ def plan_bundle(tensors: Mapping[Any, Any], num_shards: int = 1, alignment: int 
         return _core.plan_write(tensors, _FAST_ENUMS, num_shards, alignment, _prepare)
 
 
+ZSTD_CHUNK = 4 << 20  # raw bytes per compressed chunk: one huge tensor keeps every thread busy
+
+
+def compression_setting(compression: Optional[str], level: Any = 1) -> Optional[int]:
+    """The zstd level of ``compression="zstd"`` (None: payloads stored as
+    they are), checked."""
+    if compression is None or compression == "none":
+        return None
+    if compression != "zstd":
+        raise InvalidArgumentError(f"compression must be None or 'zstd', got {compression!r}")
+    if not isinstance(level, int) or isinstance(level, bool) or not -7 <= level <= 22:
+        raise InvalidArgumentError(f"compression_level must be an int in -7..22, got {level!r}")
+    if not _core.zstd_version():
+        raise UnsupportedError("compression='zstd' needs the system's libzstd (libzstd.so.1, 1.4 or newer)")
+    return level
+
+
 def _check_options(num_shards: int, alignment: int, threads: Optional[int]) -> int:
     if not isinstance(num_shards, int) or isinstance(num_shards, bool) or not 1 <= num_shards <= 99999:
         raise InvalidArgumentError(f"num_shards must be an int in 1..99999, got {num_shards!r}")
@@ -167,6 +184,7 @@ class StagedBundle:
     durable: bool
     fds: List[int] = field(default_factory=list)
     only: Optional[int] = None  # one process's part of a bundle many write: its one data file
+    zstd_level: Optional[int] = None  # payloads compressed (byte planes + zstd) at this level
 
     def data_files(self) -> List[str]:
         """The data files' paths (this process's one, for a part)."""
@@ -196,7 +214,7 @@ class StagedBundle:
 
 def stage_bundle(directory: str, tensors: Mapping[Any, Any], *, alignment: int = 1, num_shards: int = 1,
                  threads: Optional[int] = None, durable: bool = False,
-                 staging_bytes: int = STAGING_BYTES) -> StagedBundle:
+                 staging_bytes: int = STAGING_BYTES, zstd_level: Optional[int] = None) -> StagedBundle:
     """Write ``tensors`` as a complete bundle under a new private prefix in
     ``directory``: data files, fsync'd when ``durable``, then the index.
     On any failure nothing is left behind and the error is raised
@@ -204,7 +222,8 @@ def stage_bundle(directory: str, tensors: Mapping[Any, Any], *, alignment: int =
     nthreads = _check_options(num_shards, alignment, threads)
     if not isinstance(staging_bytes, int) or isinstance(staging_bytes, bool) or staging_bytes < 1:
         raise InvalidArgumentError(f"staging_bytes must be a positive int, got {staging_bytes!r}")
-    staged = StagedBundle(os.path.join(directory, STAGE_PREFIX + secrets.token_hex(8)), num_shards, durable)
+    staged = StagedBundle(os.path.join(directory, STAGE_PREFIX + secrets.token_hex(8)), num_shards, durable,
+                          zstd_level=zstd_level)
     with _removed_on_failure(staged, f"writing a checkpoint in {directory!r}"):
         write_staged_index(staged, _write_data(tensors, staged, alignment, nthreads, staging_bytes))
     return staged
@@ -299,20 +318,26 @@ def _write_data(tensors: Mapping[Any, Any], staged: StagedBundle, alignment: int
     (ready ones from their own memory, the rest through the staging pool),
     fsync if durable; returns the index bytes (a part: its index records)."""
     num_shards, durable = staged.num_shards if staged.only is None else 1, staged.durable
-    plan = plan_bundle(tensors, num_shards, alignment)
+    level = staged.zstd_level
+    plan = plan_bundle(tensors, num_shards, alignment if level is None else 1)
     finals = staged.data_files()
     fds = [_create_locked(final, staged) for final in finals]
-    for fd, size in zip(fds, plan.shard_sizes):
-        if size:
-            os.ftruncate(fd, size)
-    plan.write(fds, nthreads, durable, finals)
-    if plan.staged:
-        _write_converted(plan, fds, finals, nthreads, durable, staging_bytes)
+    if level is not None:  # sizes are known only once compressed: the C core appends
+        for i, source in plan.staged:
+            plan.set_ready(i, np.ascontiguousarray(source, dtype=source.dtype.newbyteorder("<")))
+        plan.write_compressed(fds, level, ZSTD_CHUNK, nthreads, finals)
+    else:
+        for fd, size in zip(fds, plan.shard_sizes):
+            if size:
+                os.ftruncate(fd, size)
+        plan.write(fds, nthreads, durable, finals)
+        if plan.staged:
+            _write_converted(plan, fds, finals, nthreads, durable, staging_bytes)
     if durable:
         fsync_all(fds)
     if staged.only is not None:
         return plan.records(staged.only)
-    return plan.index(num_shards)
+    return plan.index(num_shards, 0 if level is None else _core.ZSTD_MIN_CONSUMER)
 
 
 # ---- installing a staged bundle under its final name --------------------------------
@@ -406,6 +431,8 @@ def write_bundle(
     threads: Optional[int] = None,
     durable: bool = False,
     staging_bytes: int = STAGING_BYTES,
+    compression: Optional[str] = None,
+    compression_level: int = 1,
 ) -> str:
     """Write ``tensors`` (name → array) as the bundle ``prefix``.
 
@@ -425,14 +452,21 @@ def write_bundle(
     big-endian) pass through a staging pool of at most ``staging_bytes``
     (64 MiB); string tensors are encoded whole.
 
+    ``compression="zstd"`` stores every numeric tensor compressed: split
+    into byte planes, in chunks of 4 MiB compressed with zstd at
+    ``compression_level`` on the C threads (chunks that do not shrink are
+    stored as they are). Every fastckpt reader reads it transparently;
+    TensorFlow refuses it by its header (a fastckpt extension).
+
     Returns the prefix. Raises :class:`InvalidArgumentError` for bad names,
     dtypes or options and :class:`CheckpointIOError` (an ``OSError``) when
     the disk fails; in both cases no partial file is left behind.
     """
     p = check_prefix(prefix, num_shards)
+    level = compression_setting(compression, compression_level)
     directory = os.path.dirname(p)
     ensure_directory(directory)
     staged = stage_bundle(directory or ".", tensors, alignment=alignment, num_shards=num_shards,
-                          threads=threads, durable=durable, staging_bytes=staging_bytes)
+                          threads=threads, durable=durable, staging_bytes=staging_bytes, zstd_level=level)
     install_plain(staged, p)
     return p
