@@ -289,6 +289,11 @@ uint64_t fc_zchunk_raw_len(const fc_zframe *f, uint64_t raw_len, uint32_t c);
  * scratch holds chunk_raw bytes when itemsize > 1. */
 int fc_zchunk_decode(const uint8_t *src, uint32_t stored, uint8_t *dst, uint64_t dst_len, int32_t itemsize,
                      void *dctx, uint8_t *scratch, fc_status *st);
+/* Restores n consecutive chunks (their stored bytes src, their length
+ * words) of raw_len bytes into dst on nthreads threads; *crc = CRC32C of dst. */
+int fc_zdecompress_chunks(const uint8_t *src, uint64_t src_len, const uint8_t *words, uint32_t n, uint64_t chunk_raw,
+                          uint64_t raw_len, int32_t itemsize, uint8_t *dst, int nthreads, uint32_t *crc,
+                          fc_status *st);
 /* Restores a whole frame into dst on nthreads threads; *crc = CRC32C of dst. */
 int fc_zdecompress(const uint8_t *frame, uint64_t frame_len, uint8_t *dst, uint64_t raw_len, int32_t itemsize,
                    int nthreads, uint32_t *crc, fc_status *st);

@@ -366,12 +366,13 @@ int fc_zchunk_decode(const uint8_t *src, uint32_t stored, uint8_t *dst, uint64_t
 
 /* ---- decompression ----------------------------------------------------- */
 typedef struct {
-    const uint8_t *frame;
-    const fc_zframe *f;
-    uint64_t raw_len;
+    const uint8_t *src;      /* the stored bytes of chunks [0, n) */
+    const uint8_t *words;    /* their length words, little-endian */
+    uint32_t n;
+    uint64_t chunk_raw, raw_len;  /* raw_len: of these n chunks */
     int32_t itemsize;
     uint8_t *dst;
-    const uint64_t *starts;  /* stored offset of each chunk */
+    const uint64_t *starts;  /* stored offset of each chunk in src */
     uint32_t *crcs;
     size_t next;             /* atomic */
     int stop;                /* atomic */
@@ -379,10 +380,15 @@ typedef struct {
     fc_status err;
 } drun_t;
 
+static uint64_t run_chunk_len(const drun_t *r, uint32_t c) {
+    uint64_t off = (uint64_t)c * r->chunk_raw;
+    return r->raw_len - off < r->chunk_raw ? r->raw_len - off : r->chunk_raw;
+}
+
 static void *decompress_worker(void *arg) {
     drun_t *r = (drun_t *)arg;
     zdctx *dctx = Z.create_d();
-    uint8_t *scratch = r->itemsize > 1 ? malloc(r->f->chunk_raw) : NULL;
+    uint8_t *scratch = r->itemsize > 1 ? malloc(r->chunk_raw) : NULL;
     fc_status st;
     fc_status_clear(&st);
     if (!dctx || (r->itemsize > 1 && !scratch)) {
@@ -392,11 +398,11 @@ static void *decompress_worker(void *arg) {
     for (;;) {
         if (__atomic_load_n(&r->stop, __ATOMIC_RELAXED)) break;
         size_t c = __atomic_fetch_add(&r->next, 1, __ATOMIC_RELAXED);
-        if (c >= r->f->n_chunks) break;
-        uint64_t len = fc_zchunk_raw_len(r->f, r->raw_len, (uint32_t)c);
-        uint8_t *dst = r->dst + c * (uint64_t)r->f->chunk_raw;
-        uint32_t stored = fc_load_le32(r->f->table + 4 * c);
-        if (fc_zchunk_decode(r->frame + r->starts[c], stored, dst, len, r->itemsize, dctx, scratch, &st)) goto fail;
+        if (c >= r->n) break;
+        uint64_t len = run_chunk_len(r, (uint32_t)c);
+        uint8_t *dst = r->dst + c * r->chunk_raw;
+        uint32_t stored = fc_load_le32(r->words + 4 * c);
+        if (fc_zchunk_decode(r->src + r->starts[c], stored, dst, len, r->itemsize, dctx, scratch, &st)) goto fail;
         r->crcs[c] = fc_crc32c_extend(0, dst, len);
     }
     goto done;
@@ -411,56 +417,80 @@ done:
     return NULL;
 }
 
-int fc_zdecompress(const uint8_t *frame, uint64_t frame_len, uint8_t *dst, uint64_t raw_len, int32_t itemsize,
-                   int nthreads, uint32_t *crc, fc_status *st) {
-    fc_zframe f;
-    if (z_ready(st) || fc_zframe_parse(frame, frame_len, frame_len, raw_len, itemsize, &f, st)) return st->code;
+int fc_zdecompress_chunks(const uint8_t *src, uint64_t src_len, const uint8_t *words, uint32_t n, uint64_t chunk_raw,
+                          uint64_t raw_len, int32_t itemsize, uint8_t *dst, int nthreads, uint32_t *crc,
+                          fc_status *st) {
+    if (z_ready(st)) return st->code;
+    if (!chunk_raw || chunk_raw % (uint64_t)itemsize || (uint64_t)n != (raw_len + chunk_raw - 1) / chunk_raw)
+        return fc_fail(st, FC_INVALID, "chunk geometry does not match the raw length");
     drun_t r;
     memset(&r, 0, sizeof r);
-    r.frame = frame;
-    r.f = &f;
+    r.src = src;
+    r.words = words;
+    r.n = n;
+    r.chunk_raw = chunk_raw;
     r.raw_len = raw_len;
     r.itemsize = itemsize;
     r.dst = dst;
     fc_status_clear(&r.err);
-    uint64_t *starts = malloc((f.n_chunks ? f.n_chunks : 1) * sizeof(uint64_t));
-    uint32_t *crcs = malloc((f.n_chunks ? f.n_chunks : 1) * sizeof(uint32_t));
+    uint64_t *starts = malloc((n ? n : 1) * sizeof(uint64_t));
+    uint32_t *crcs = malloc((n ? n : 1) * sizeof(uint32_t));
     if (!starts || !crcs) {
         free(starts);
         free(crcs);
         return fc_fail(st, FC_NOMEM, "out of memory");
     }
-    uint64_t at = f.table_end;
-    for (uint32_t c = 0; c < f.n_chunks; c++) {
+    uint64_t at = 0;
+    int rc = FC_OK;
+    for (uint32_t c = 0; c < n; c++) {
+        uint32_t v = fc_load_le32(words + 4 * (uint64_t)c), len = v & 0x7fffffffu;
+        uint64_t want = run_chunk_len(&r, c);
+        if ((v & 0x80000000u) ? len != want : (len == 0 || len >= want)) {
+            rc = fc_fail(st, FC_DATA_LOSS, "compressed payload: chunk %u has a bad stored length %u", c, len);
+            break;
+        }
         starts[c] = at;
-        at += fc_load_le32(f.table + 4 * (uint64_t)c) & 0x7fffffffu;
+        at += len;
     }
-    r.starts = starts;
-    r.crcs = crcs;
-    pthread_mutex_init(&r.lock, NULL);
-    if (nthreads < 1) nthreads = 1;
-    if ((uint32_t)nthreads > f.n_chunks) nthreads = f.n_chunks ? (int)f.n_chunks : 1;
-    pthread_t *tids = calloc((size_t)nthreads, sizeof(pthread_t));
-    int started = 0;
-    if (tids)
-        for (int t = 1; t < nthreads; t++, started++)
-            if (pthread_create(&tids[t], NULL, decompress_worker, &r) != 0) break;
-    decompress_worker(&r);
-    for (int t = 1; t <= started; t++) pthread_join(tids[t], NULL);
-    free(tids);
-    pthread_mutex_destroy(&r.lock);
-    int rc = r.err.code;
+    if (rc == FC_OK && at != src_len)
+        rc = fc_fail(st, FC_DATA_LOSS, "compressed payload: its chunks add up to %llu bytes, %llu were read",
+                     (unsigned long long)at, (unsigned long long)src_len);
     if (rc == FC_OK) {
-        uint32_t all = 0;
-        for (uint32_t c = 0; c < f.n_chunks; c++)
-            all = c == 0 ? crcs[0] : fc_crc32c_combine(all, crcs[c], fc_zchunk_raw_len(&f, raw_len, c));
-        *crc = all;
-    } else {
-        *st = r.err;
+        r.starts = starts;
+        r.crcs = crcs;
+        pthread_mutex_init(&r.lock, NULL);
+        if (nthreads < 1) nthreads = 1;
+        if ((uint32_t)nthreads > n) nthreads = n ? (int)n : 1;
+        pthread_t *tids = calloc((size_t)nthreads, sizeof(pthread_t));
+        int started = 0;
+        if (tids)
+            for (int t = 1; t < nthreads; t++, started++)
+                if (pthread_create(&tids[t], NULL, decompress_worker, &r) != 0) break;
+        decompress_worker(&r);
+        for (int t = 1; t <= started; t++) pthread_join(tids[t], NULL);
+        free(tids);
+        pthread_mutex_destroy(&r.lock);
+        rc = r.err.code;
+        if (rc == FC_OK) {
+            uint32_t all = 0;
+            for (uint32_t c = 0; c < n; c++) all = c == 0 ? crcs[0] : fc_crc32c_combine(all, crcs[c], run_chunk_len(&r, c));
+            *crc = all;
+        } else {
+            *st = r.err;
+        }
     }
     free(starts);
     free(crcs);
     return rc;
+}
+
+int fc_zdecompress(const uint8_t *frame, uint64_t frame_len, uint8_t *dst, uint64_t raw_len, int32_t itemsize,
+                   int nthreads, uint32_t *crc, fc_status *st) {
+    fc_zframe f = {0, 0, 0, NULL};
+    if (z_ready(st) || fc_zframe_parse(frame, frame_len, frame_len, raw_len, itemsize, &f, st)) return st->code;
+    *crc = 0;
+    return fc_zdecompress_chunks(frame + f.table_end, frame_len - f.table_end, f.table, f.n_chunks, f.chunk_raw,
+                                 raw_len, itemsize, dst, nthreads, crc, st);
 }
 
 void *fc_zdctx_new(fc_status *st) {

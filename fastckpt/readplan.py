@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, List, MutableMapping, Optional, Tuple, U
 import numpy as np
 
 from . import _core
+from .compressed import restore_frame
 from .dtypes import DT_STRING, DT_VARIANT, dtype_name, numpy_dtype
 from .errors import DataLossError, InvalidArgumentError, TensorNotFoundError, UnsupportedError
 from .files import DataFiles
@@ -182,22 +183,21 @@ class ReadPlan:
 
     def _queue_frame(self, name: str, shard: int, fd: int, offset: int, size: int, expected: Optional[int],
                      target: np.ndarray, pending: _Pending) -> None:
-        """A compressed payload: its frame is read with the rest, then
-        restored into the target on the C threads, its raw CRC checked."""
+        """A compressed payload: after the other reads, restored into the
+        target window by window (``compressed.restore_frame``), its raw CRC
+        checked."""
         if not target.nbytes:
             return
-        frame = bytearray(size)
-        dest = target if target.flags.c_contiguous and target.dtype.byteorder in "=|<" else \
-            np.empty(target.shape, target.dtype.newbyteorder("="))
         what = f"{self._files.path(shard)}: tensor {name!r}"
 
         def finish() -> None:
-            _core.zdecompress_into(frame, dest.reshape(-1).view(np.uint8), dest.dtype.itemsize, self.threads,
-                                   expected, what)
+            dest = target if target.flags.c_contiguous and target.dtype.byteorder in "=|<" else \
+                np.empty(target.shape, target.dtype.newbyteorder("="))
+            restore_frame(fd, offset, size, dest.reshape(-1).view(np.uint8), dest.dtype.itemsize, self.threads,
+                          expected, what)
             if dest is not target:
                 np.copyto(target, dest, casting="unsafe")
 
-        self._add(pending, name, shard, fd, offset, frame, None)
         pending.after.append(finish)
 
     @staticmethod

@@ -17,6 +17,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _core
+from .compressed import restore_frame
 from .dtypes import DT_STRING, DT_VARIANT, numpy_dtype
 from .errors import DataLossError, InvalidArgumentError, UnsupportedError
 from .files import read_range
@@ -91,8 +92,8 @@ def _copy_part(reader: Any, name: str, want: Box, box: Tuple[Tuple[int, int], ..
             crc = _core.unmask_crc(e.crc)
         if reader.index.compressed:
             if whole.size:
-                _core.zdecompress_into(read_range(fd, e.offset, e.size, what), whole.reshape(-1).view(np.uint8),
-                                       npdt.itemsize, reader.threads, crc, what)
+                restore_frame(fd, e.offset, e.size, whole.reshape(-1).view(np.uint8), npdt.itemsize, reader.threads,
+                              crc, what)
         else:
             _core.io_run([fd], [e.offset], [whole], [crc], write=False, threads=1, describe=lambda i: what)
         if not direct:
