@@ -47,10 +47,22 @@ static struct {
 } Z;
 static pthread_once_t z_once = PTHREAD_ONCE_INIT;
 
+/* RTLD_DEEPBIND: libzstd's calls to its own functions stay inside it.
+ * Without it a zstd that another library exports globally (TensorFlow's
+ * libtensorflow_framework has one) takes over half of them, and two zstd
+ * versions meet in one context: a crash. AddressSanitizer cannot run
+ * DEEPBIND libraries, so sanitized builds go without (and their tests do not
+ * load TensorFlow). */
+#if defined(RTLD_DEEPBIND) && !defined(__SANITIZE_ADDRESS__)
+#define Z_DLOPEN (RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND)
+#else
+#define Z_DLOPEN (RTLD_NOW | RTLD_LOCAL)
+#endif
+
 static void z_load(void) {
     const char *names[] = {"libzstd.so.1", "libzstd.so", "libzstd.1.dylib", "libzstd.dylib"};
     void *h = NULL;
-    for (size_t i = 0; i < sizeof names / sizeof names[0] && !h; i++) h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    for (size_t i = 0; i < sizeof names / sizeof names[0] && !h; i++) h = dlopen(names[i], Z_DLOPEN);
     if (!h) return;
 #define LOAD(field, sym) do { *(void **)&Z.field = dlsym(h, sym); if (!Z.field) return; } while (0)
     LOAD(bound, "ZSTD_compressBound");

@@ -139,7 +139,7 @@ def plan_bundle(tensors: Mapping[Any, Any], num_shards: int = 1, alignment: int 
         return _core.plan_write(tensors, _FAST_ENUMS, num_shards, alignment, _prepare)
 
 
-ZSTD_CHUNK = 4 << 20  # raw bytes per compressed chunk: one huge tensor keeps every thread busy
+ZSTD_CHUNK = 1 << 20  # raw bytes per compressed chunk: a tensor of a few MiB keeps every thread busy
 
 
 def compression_setting(compression: Optional[str], level: Any = 1) -> Optional[int]:

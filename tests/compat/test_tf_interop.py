@@ -295,3 +295,21 @@ def test_tf1_saver_restores_partitioned_variables_from_a_multi_process_checkpoin
             got_emb, got_other = s.run([tf.concat(list(emb), 0), other])
     assert_bit_equal(got_emb, g)
     assert_bit_equal(got_other, g)
+
+
+def test_compression_works_with_tensorflow_loaded_first(tmp_path):
+    """TensorFlow's libtensorflow_framework exports its own zstd; libzstd is
+    loaded with RTLD_DEEPBIND so the two never mix (they crashed together)."""
+    import subprocess
+    import sys
+    if not fastckpt._core.zstd_version():
+        pytest.skip("libzstd is not installed")
+    code = ("import tensorflow, numpy as np, fastckpt\n"
+            "t = {'w': np.arange(300000, dtype=np.float32), 'b': np.ones(7, np.int16)}\n"
+            "for i in range(10):\n"
+            f"    p = fastckpt.write_bundle({str(tmp_path / 'c')!r}, t, compression='zstd')\n"
+            "    back = fastckpt.read_bundle(p)\n"
+            "    assert all(back[k].tobytes() == v.tobytes() for k, v in t.items())\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
