@@ -579,6 +579,24 @@ static uint32_t nchunks_of(const fc_zwrite_item *it, uint64_t chunk) {
     return it->stored_as_is || !it->len ? 0 : (uint32_t)((it->len + chunk - 1) / chunk);
 }
 
+/* A probe before the work: the byte planes of the chunk's first PROBE bytes,
+ * compressed. If they do not shrink by 1/64, the chunk is stored as it is
+ * without splitting or compressing the rest (random bytes, or mantissas
+ * that no coder can shorten cost a pass at memory speed, not zstd's). */
+#define PROBE (64u << 10)
+static int looks_incompressible(zcctx *cctx, const uint8_t *src, uint64_t len, int32_t w, uint8_t *planes,
+                                uint8_t *out, size_t cap) {
+    if (len < 4 * (uint64_t)PROBE) return 0;
+    uint64_t n = PROBE / (uint64_t)w * (uint64_t)w;
+    const uint8_t *in = src;
+    if (w > 1) {
+        split_planes(src, planes, n / (uint64_t)w, w);
+        in = planes;
+    }
+    size_t got = Z.compress2(cctx, out, cap, in, n);
+    return Z.is_error(got) || got > n - n / 64;
+}
+
 static void *zwrite_worker(void *arg) {
     wrun_t *r = (wrun_t *)arg;
     zcctx *cctx = new_cctx(r->level);
@@ -599,6 +617,8 @@ static void *zwrite_worker(void *arg) {
         int as_is = it->stored_as_is;
         if (!as_is) {
             j->crc = fc_crc32c_extend(0, src, j->len);
+        }
+        if (!as_is && !looks_incompressible(cctx, src, j->len, it->itemsize, planes, out, cap)) {
             const uint8_t *in = src;
             if (it->itemsize > 1) {
                 split_planes(src, planes, j->len / (uint64_t)it->itemsize, it->itemsize);
