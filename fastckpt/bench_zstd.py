@@ -24,6 +24,7 @@ import numpy as np
 
 from .bench import _fresh_memory_for_every_case, _machine
 from .errors import NotFoundError
+from .writer import ZSTD_CHUNK
 
 __all__ = ["run_zstd_bench", "crepe_weights", "datasets"]
 
@@ -181,7 +182,7 @@ def run_zstd_bench(rounds: int = 3, threads: int = 2, directory: str | None = No
             results[label] = _one(label, tensors, work, rounds, threads)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    out(f"fastckpt bench --compression zstd: byte planes + zstd level 1, 4 MiB chunks, {threads} threads; "
+    out(f"fastckpt bench --compression zstd: byte planes + zstd level 1, {ZSTD_CHUNK >> 20} MiB chunks, {threads} threads; "
         f"plain zstd: level 1, one thread, no planes; {rounds} rounds, medians (GB/s of raw bytes)")
     out(f"machine: {_machine()}")
     out("")
