@@ -90,6 +90,23 @@ unsigned fc_zstd_version(void) {
     return Z.ok ? Z.version() : 0;
 }
 
+/* ---- threads ------------------------------------------------------------ */
+/* Runs fn(arg) on up to nthreads threads (no more than there are jobs): the
+ * caller's thread is one of them. Threads are made per call, so fork() in
+ * between is harmless. */
+static void run_on_threads(void *(*fn)(void *), void *arg, int nthreads, size_t jobs) {
+    if (nthreads < 1) nthreads = 1;
+    if ((size_t)nthreads > jobs) nthreads = jobs ? (int)(jobs < 1024 ? jobs : 1024) : 1;
+    pthread_t *tids = calloc((size_t)nthreads, sizeof(pthread_t));
+    int started = 0;
+    if (tids)
+        for (int t = 1; t < nthreads; t++, started++)
+            if (pthread_create(&tids[t], NULL, fn, arg) != 0) break;
+    fn(arg);
+    for (int t = 1; t <= started; t++) pthread_join(tids[t], NULL);
+    free(tids);
+}
+
 /* ---- byte planes ------------------------------------------------------- */
 static void split_planes(const uint8_t *src, uint8_t *dst, uint64_t n, int w) {
     if (w == 2) {
@@ -285,16 +302,7 @@ int fc_zcompress_run(fc_zitem *items, size_t n, int level, uint64_t chunk, int n
             r.jobs[k].len = items[i].len - off < chunk ? items[i].len - off : chunk;
         }
     pthread_mutex_init(&r.lock, NULL);
-    if (nthreads < 1) nthreads = 1;
-    if ((size_t)nthreads > njobs) nthreads = njobs ? (int)njobs : 1;
-    pthread_t *tids = calloc((size_t)nthreads, sizeof(pthread_t));
-    int started = 0;
-    if (tids)
-        for (int t = 1; t < nthreads; t++, started++)
-            if (pthread_create(&tids[t], NULL, compress_worker, &r) != 0) break;
-    compress_worker(&r);
-    for (int t = 1; t <= started; t++) pthread_join(tids[t], NULL);
-    free(tids);
+    run_on_threads(compress_worker, &r, nthreads, njobs);
     int rc = r.err.code;
     if (rc == FC_OK) {
         size_t first = 0;
@@ -471,16 +479,7 @@ int fc_zdecompress_chunks(const uint8_t *src, uint64_t src_len, const uint8_t *w
         r.starts = starts;
         r.crcs = crcs;
         pthread_mutex_init(&r.lock, NULL);
-        if (nthreads < 1) nthreads = 1;
-        if ((uint32_t)nthreads > n) nthreads = n ? (int)n : 1;
-        pthread_t *tids = calloc((size_t)nthreads, sizeof(pthread_t));
-        int started = 0;
-        if (tids)
-            for (int t = 1; t < nthreads; t++, started++)
-                if (pthread_create(&tids[t], NULL, decompress_worker, &r) != 0) break;
-        decompress_worker(&r);
-        for (int t = 1; t <= started; t++) pthread_join(tids[t], NULL);
-        free(tids);
+        run_on_threads(decompress_worker, &r, nthreads, n);
         pthread_mutex_destroy(&r.lock);
         rc = r.err.code;
         if (rc == FC_OK) {
@@ -672,8 +671,8 @@ static int write_frame_heads(wrun_t *r) {
     for (size_t i = 0; i < r->n; i++) {
         fc_zwrite_item *it = &r->items[i];
         uint32_t nch = nchunks_of(it, r->chunk);
-        if (it->stored_as_is || !it->len) {
-            k += nch ? nch : (it->stored_as_is && it->len ? (size_t)((it->len + r->chunk - 1) / r->chunk) : 0);
+        if (it->stored_as_is || !it->len) { /* no frame; its jobs (if any) are skipped */
+            k += (size_t)((it->len + r->chunk - 1) / r->chunk);
             continue;
         }
         uint64_t head_len = FC_ZFRAME_HEADER + 4 * (uint64_t)nch;
@@ -752,16 +751,7 @@ int fc_zwrite_run(fc_zwrite_item *items, size_t n, int nshards, int level, uint6
     }
     pthread_mutex_init(&r.lock, NULL);
     pthread_cond_init(&r.turn, NULL);
-    if (nthreads < 1) nthreads = 1;
-    if ((size_t)nthreads > r.njobs) nthreads = r.njobs ? (int)r.njobs : 1;
-    pthread_t *tids = calloc((size_t)nthreads, sizeof(pthread_t));
-    int started = 0;
-    if (tids)
-        for (int th = 1; th < nthreads; th++, started++)
-            if (pthread_create(&tids[th], NULL, zwrite_worker, &r) != 0) break;
-    zwrite_worker(&r);
-    for (int th = 1; th <= started; th++) pthread_join(tids[th], NULL);
-    free(tids);
+    run_on_threads(zwrite_worker, &r, nthreads, r.njobs);
     pthread_cond_destroy(&r.turn);
     pthread_mutex_destroy(&r.lock);
     rc = r.err.code ? r.err.code : write_frame_heads(&r);

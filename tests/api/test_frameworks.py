@@ -48,10 +48,18 @@ def test_tensorflow_tensors_saved_as_they_are(tmp_path):
 
 
 def test_jax_arrays_saved_as_they_are(tmp_path):
-    jnp = pytest.importorskip("jax.numpy")
-    state = {"w": jnp.arange(6.0).reshape(2, 3)}
-    got = fastckpt.restore(fastckpt.save(state, str(tmp_path / "c")))
-    assert type(got["w"]) is type(state["w"]) and got["w"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    """In a child process: JAX starts threads, and later tests fork."""
+    pytest.importorskip("jax")
+    import subprocess
+    import sys
+    code = ("import jax.numpy as jnp, fastckpt\n"
+            "state = {'w': jnp.arange(6.0).reshape(2, 3)}\n"
+            f"got = fastckpt.restore(fastckpt.save(state, {str(tmp_path / 'c')!r}))\n"
+            "assert type(got['w']) is type(state['w']), type(got['w'])\n"
+            "assert got['w'].tolist() == [[0, 1, 2], [3, 4, 5]]\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
 def test_gpu_tensors_are_refused_clearly(tmp_path):
