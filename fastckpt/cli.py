@@ -26,6 +26,11 @@ def _bench(args: argparse.Namespace) -> int:
     out = (lambda line: None) if args.json else print
     results: Any
     if args.compression is not None:
+        for module, hint in (("torch", "pip install torch==2.13.0"), ("zstandard", "pip install zstandard")):
+            try:
+                __import__(module)
+            except ImportError:
+                raise InvalidArgumentError(f"bench --compression reads real weights with {module}: {hint}") from None
         from .bench_zstd import run_zstd_bench
         results = run_zstd_bench(rounds=args.rounds, threads=args.threads or 2, directory=args.dir, out=out)
     elif args.procs is not None:
