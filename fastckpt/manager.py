@@ -30,7 +30,7 @@ from .comm import as_communicator
 from .frameworks import to_numpy
 from .saver import save_any, split_structure
 from .slices import Shard
-from .writer import compression_setting
+from .writer import STAGE_PREFIX, compression_setting
 from .structure import with_structure_record
 from .state import get_checkpoint_state, latest_checkpoint
 from .reader import open_latest
@@ -119,7 +119,8 @@ class CheckpointManager:
     def _step_of(self, prefix: str) -> Optional[int]:
         """The step in a checkpoint's name; for a staged bundle a killed save
         left listed, the step of the name it was being committed as."""
-        m = re.search(r"-(-?\d+)\Z", prefix)
+        staged = os.path.basename(prefix).startswith(STAGE_PREFIX)  # its hex may be all digits: never a step
+        m = None if staged else re.search(r"-(-?\d+)\Z", prefix)
         if m is None:
             st = get_checkpoint_state(self._directory)
             final = dict(st.pending).get(prefix) if st else None

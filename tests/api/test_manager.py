@@ -150,3 +150,22 @@ def test_tensorflow_manager_lists_and_trims_ours_and_the_other_way_round(tmp_pat
     mine.save({"v/.ATTRIBUTES/VARIABLE_VALUE": np.ones(3, np.float32)}, 4)
     assert [os.path.basename(p) for p in mine.checkpoints] == ["ckpt-3", "ckpt-4"]
     assert not os.path.exists(str(tmp_path / "b" / "ckpt-1.index"))
+
+
+def test_a_pending_staged_bundle_with_an_all_digit_name_has_its_final_step(tmp_path):
+    """A staged name is 16 hex digits; when they happen to be all decimal
+    (1 save in 1,800) the name must still not be read as a step: the
+    pending record says which step the staged bundle is (a random-kill test
+    once restored one and expected step 1234567890123456)."""
+    staged = str(tmp_path / ".fcsave-1234567890123456")
+    fastckpt.write_bundle(staged, {"w": np.full(3, 7.0)})
+    (tmp_path / "checkpoint").write_text(
+        'model_checkpoint_path: ".fcsave-1234567890123456"\n'
+        'all_model_checkpoint_paths: ".fcsave-1234567890123456"\n'
+        '# fastckpt-pending: ".fcsave-1234567890123456" "ckpt-7"\n')
+    mgr = fastckpt.CheckpointManager(tmp_path)
+    w = np.zeros(3)
+    assert mgr.restore_or_initialize({"w": w})["w"] is w and w.tolist() == [7.0] * 3
+    assert mgr.restored_step == 7
+    assert mgr.save({"w": w}, 8) is not None  # recovery finishes the pending commit first
+    assert [os.path.basename(p) for p in mgr.checkpoints] == ["ckpt-7", "ckpt-8"]
