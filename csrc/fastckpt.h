@@ -264,22 +264,11 @@ uint32_t fc_crc32c_parallel(const void *data, uint64_t n, int nthreads);
 #define FC_ZCHUNK_MAX (1u << 30)
 
 typedef struct {
-    const uint8_t *src;     /* in: raw little-endian bytes */
-    uint64_t len;
-    int32_t itemsize;       /* in: bytes per element (byte planes); 1: none */
-    uint8_t *out;           /* out: the framed payload (malloc; the caller frees) */
-    uint64_t out_len;
-    uint32_t crc;           /* out: CRC32C of the raw bytes */
-} fc_zitem;
-
-typedef struct {
     uint32_t chunk_raw, n_chunks;
     uint64_t table_end;     /* offset of the first chunk */
     const uint8_t *table;   /* the chunk table, or NULL when not in the bytes given */
 } fc_zframe;
 
-/* Compresses every item's chunks on nthreads threads (no Python). */
-int fc_zcompress_run(fc_zitem *items, size_t n, int level, uint64_t chunk, int nthreads, fc_status *st);
 /* Checks a frame (its first `avail` bytes; the table too when they hold it)
  * against the entry: raw length, element size, chunk geometry, lengths. */
 int fc_zframe_parse(const uint8_t *p, uint64_t avail, uint64_t frame_len, uint64_t raw_len, int32_t itemsize,

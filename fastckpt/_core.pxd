@@ -71,19 +71,11 @@ cdef extern from "fastckpt.h" nogil:
                        int32_t *shards, uint64_t *offsets, uint64_t *shard_ends, fc_status *st)
     enum:
         FC_ZSTD_MIN_CONSUMER, FC_ZFRAME_HEADER, FC_ZCHUNK_MAX
-    ctypedef struct fc_zitem:
-        const uint8_t *src
-        uint64_t len
-        int32_t itemsize
-        uint8_t *out
-        uint64_t out_len
-        uint32_t crc
     ctypedef struct fc_zframe:
         uint32_t chunk_raw
         uint32_t n_chunks
         uint64_t table_end
         const uint8_t *table
-    int fc_zcompress_run(fc_zitem *items, size_t n, int level, uint64_t chunk, int nthreads, fc_status *st)
     int fc_zframe_parse(const uint8_t *p, uint64_t avail, uint64_t frame_len, uint64_t raw_len, int32_t itemsize,
                         fc_zframe *f, fc_status *st)
     uint64_t fc_zchunk_raw_len(const fc_zframe *f, uint64_t raw_len, uint32_t c)

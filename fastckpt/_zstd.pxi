@@ -9,38 +9,6 @@ def zstd_version():
     return fc_zstd_version()
 
 
-def zcompress(list arrays, list itemsizes, int level, uint64_t chunk, int threads):
-    """Each C-contiguous array's framed payload and the CRC32C of its raw
-    bytes: ``[(bytes, crc)]``, compressed on ``threads`` threads with the
-    GIL released."""
-    cdef size_t n = len(arrays), i
-    cdef fc_zitem *items = <fc_zitem *>calloc(n if n else 1, sizeof(fc_zitem))
-    cdef fc_status st
-    cdef int rc
-    cdef list held = []
-    cdef _Buffer b
-    if items == NULL:
-        raise MemoryError()
-    fc_status_clear(&st)
-    try:
-        for i in range(n):
-            b = _Buffer(arrays[i])
-            held.append(b)
-            items[i].src = <const uint8_t *>b.view.buf
-            items[i].len = <uint64_t>b.view.len
-            items[i].itemsize = itemsizes[i]
-        with nogil:
-            rc = fc_zcompress_run(items, n, level, chunk, threads, &st)
-        if rc:
-            _raise(&st, "compressing")
-        return [(PyBytes_FromStringAndSize(<const char *>items[i].out, <Py_ssize_t>items[i].out_len), items[i].crc)
-                for i in range(n)]
-    finally:
-        for i in range(n):
-            free(items[i].out)
-        free(items)
-
-
 def zdecompress_into(frame, out, int itemsize, int threads, expected_crc, str what):
     """Restore a frame into the C-contiguous buffer ``out`` (its raw size
     is the entry's), checking its CRC32C against ``expected_crc``

@@ -143,8 +143,8 @@ def test_fuzzed_frames_are_data_loss_never_a_crash(tmp_path_factory, data):
     no checksum) may return what the damaged chunks decode to -- but raises
     nothing else and never crashes (run under ASan in CI)."""
     d = tmp_path_factory.mktemp("f")
-    g = np.arange(5000, dtype=np.float32)
-    [(frame, crc)] = _core.zcompress([g], [4], 1, 8192, 1)
+    g = np.arange(600_000, dtype=np.float32)  # 2.4 MB: three 1 MiB chunks
+    frame, crc = _written_frame(d, g)
     frame = bytearray(frame)
     kind = data.draw(st.sampled_from(["mutate", "truncate", "extend", "header"]))
     if kind == "mutate":
@@ -161,7 +161,8 @@ def test_fuzzed_frames_are_data_loss_never_a_crash(tmp_path_factory, data):
     _write_frame(d, bytes(frame), crc, g.shape)
     checked = [(lambda: fastckpt.read_bundle(str(d / "c"))["g"], g),
                (lambda: fastckpt.load_checkpoint(str(d / "c")).get_slice("g")[10:20], g[10:20]),
-               (lambda: fastckpt.load_checkpoint(str(d / "c")).read_region("g", (1000,), (3000,)), g[1000:4000])]
+               (lambda: fastckpt.load_checkpoint(str(d / "c")).read_region("g", (1000,), (300_000,)),
+                g[1000:301_000])]
     for read, want in checked:
         try:
             got = read()
@@ -170,11 +171,21 @@ def test_fuzzed_frames_are_data_loss_never_a_crash(tmp_path_factory, data):
         else:
             assert got.tobytes() == want.tobytes()
     try:
-        got = fastckpt.load_checkpoint(str(d / "c"), verify=False).read_region("g", (1000,), (3000,))
+        got = fastckpt.load_checkpoint(str(d / "c"), verify=False).read_region("g", (1000,), (300_000,))
     except fastckpt.DataLossError as e:
         assert "'g'" in str(e)
     else:
-        assert got.shape == (3000,) and got.dtype == np.float32
+        assert got.shape == (300_000,) and got.dtype == np.float32
+
+
+def _written_frame(d, g):
+    """The frame and raw CRC fastckpt's writer made for tensor ``g``."""
+    p = fastckpt.write_bundle(str(d / "src"), {"g": g}, compression="zstd")
+    with fastckpt.load_checkpoint(p) as r:
+        entry = r.index.entry(r.index.find(b"g"))
+    with open(p + ".data-00000-of-00001", "rb") as f:
+        f.seek(entry.offset)
+        return f.read(entry.size), _core.unmask_crc(entry.crc)
 
 
 def _write_frame(d, frame, crc, shape):
