@@ -95,16 +95,16 @@ def read_regular(path: str) -> bytes:
         os.close(fd)
 
 
-def read_file(path: str, missing: str) -> bytes:
-    """The whole file; :class:`NotFoundError` (``missing`` + why) when it is
-    absent or a directory, :class:`DataLossError` for another non-regular
-    file, :class:`CheckpointIOError` for other failures."""
+def open_file(path: str, missing: str) -> int:
+    """A read-only descriptor of the regular file ``path``, with
+    :func:`read_file`'s errors."""
     import errno
 
     from .errors import CheckpointIOError, DataLossError, NotFoundError
+    from .locking import open_regular
 
     try:
-        return read_regular(path)
+        return open_regular(path)
     except FileNotFoundError:
         raise NotFoundError(f"{missing}: {path} does not exist") from None
     except IsADirectoryError:
@@ -113,3 +113,26 @@ def read_file(path: str, missing: str) -> bytes:
         if e.errno in (errno.EINVAL, errno.ELOOP, errno.ENXIO):
             raise DataLossError(f"{path} is not a regular file") from None
         raise CheckpointIOError(e.errno or 0, f"cannot read {path}: {e.strerror}", path) from e
+
+
+def read_fd(fd: int, path: str) -> bytes:
+    """Everything from ``fd``'s current offset; :class:`CheckpointIOError`
+    on failure."""
+    from .errors import CheckpointIOError
+
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    except OSError as e:
+        raise CheckpointIOError(e.errno or 0, f"cannot read {path}: {e.strerror}", path) from e
+
+
+def read_file(path: str, missing: str) -> bytes:
+    """The whole file; :class:`NotFoundError` (``missing`` + why) when it is
+    absent or a directory, :class:`DataLossError` for another non-regular
+    file, :class:`CheckpointIOError` for other failures."""
+    fd = open_file(path, missing)
+    try:
+        return read_fd(fd, path)
+    finally:
+        os.close(fd)

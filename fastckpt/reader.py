@@ -15,7 +15,7 @@ from .dtypes import DT_STRING, DT_VARIANT, fixed_width_dtypes, numpy_dtype
 from .errors import DataLossError, InvalidArgumentError, NotFoundError, TensorNotFoundError
 from .files import DataFiles, crc32c_of_range
 from .fsutil import default_threads, gc_paused
-from .naming import PathLike, index_filename, read_file, resolve_prefix
+from .naming import PathLike, index_filename, open_file, read_fd, read_file, resolve_prefix
 from .readplan import ReadPlan, advise_willneed, find_entry, name_of
 from .records import Extent, IndexEntry
 from .structure import STRUCTURE_KEY, parse_structure_record
@@ -37,21 +37,15 @@ def _file_id(st: os.stat_result) -> Tuple[int, int, int]:
     return (st.st_dev, st.st_ino, st.st_mtime_ns)
 
 
-def _read_index(prefix: str) -> Tuple["_core.Index", Tuple[int, int, int]]:
-    """The parsed index and the identity of the file it came from."""
-    path = index_filename(prefix)
-    raw = read_file(path, f"no checkpoint at {prefix}")
-    try:
-        ident = _file_id(os.stat(path))
-    except OSError:
-        ident = (0, 0, 0)
-    return _core.Index(raw, path), ident
+def _read_index(prefix: str) -> "_core.Index":
+    """The parsed index of ``prefix``."""
+    return _core.Index(read_file(index_filename(prefix), f"no checkpoint at {prefix}"), index_filename(prefix))
 
 
 def read_index_header(prefix: str) -> int:
     """The number of data files the index of ``prefix`` names (its index is
     parsed and checked whole)."""
-    return int(_read_index(prefix)[0].num_shards)
+    return int(_read_index(prefix).num_shards)
 
 
 class CheckpointReader(Mapping[str, np.ndarray]):
@@ -81,16 +75,25 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         generation: if the index was replaced meanwhile (a save replacing
         this checkpoint hides the index before it touches any data file),
         start again, so index and data always belong together."""
+        path = index_filename(self._prefix)
         for _ in range(20):
-            self._index, ident = _read_index(self._prefix)
-            self._files = DataFiles(self._prefix, self.num_shards)
-            if self.num_shards > EAGER_SHARDS:
-                return
-            self._files.open_all()
+            # The index stays open until the data files are: while it is
+            # open its inode cannot be reused, so an unchanged (device,
+            # inode) under the name proves no save replaced it meanwhile.
+            fd = open_file(path, f"no checkpoint at {self._prefix}")
             try:
-                now = _file_id(os.stat(index_filename(self._prefix)))
-            except OSError:
-                now = None
+                ident = _file_id(os.fstat(fd))
+                self._index = _core.Index(read_fd(fd, path), path)
+                self._files = DataFiles(self._prefix, self.num_shards)
+                if self.num_shards > EAGER_SHARDS:
+                    return
+                self._files.open_all()
+                try:
+                    now = _file_id(os.stat(path))
+                except OSError:
+                    now = None
+            finally:
+                os.close(fd)
             if now == ident:
                 return
             self.close()

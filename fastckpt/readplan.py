@@ -78,13 +78,19 @@ class ReadPlan:
 
     def run(self, threads: int) -> None:
         """Read everything queued, then finish each tensor."""
-        pending = self.pending
-        if pending.buffers:
-            _prefetch(pending)
-            _core.io_run(pending.fds, pending.offsets, pending.buffers, pending.crcs, write=False, threads=threads,
-                         describe=lambda i: f"{self._files.path(pending.shards[i])}: tensor {pending.names[i]!r}")
-        for finish in pending.after:
-            finish()
+        pending, self.pending = self.pending, _Pending()
+        try:
+            if pending.buffers:
+                _prefetch(pending)
+                _core.io_run(pending.fds, pending.offsets, pending.buffers, pending.crcs, write=False, threads=threads,
+                             describe=lambda i: f"{self._files.path(pending.shards[i])}: tensor {pending.names[i]!r}")
+            for finish in pending.after:
+                finish()
+        finally:
+            # The finishing closures refer to the queue: without this, a
+            # failed read's buffers live on in that cycle until the next
+            # garbage collection (gigabytes for a large tensor).
+            pending.__dict__.clear()
 
     def queue(self, name: str, out: Dict[str, Any], into: Optional[MutableMapping[str, Any]]) -> None:
         """Check tensor ``name`` and queue its read (into ``into[name]`` when

@@ -41,7 +41,9 @@ def test_string_count_claim_costs_no_memory(tmp_path):
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     grew_mib = int(r.stdout.split()[-1])
-    assert grew_mib < 700, f"peak memory grew by {grew_mib} MiB reading a 256 MiB file"
+    # One file-sized buffer at a time: a failed read frees its buffer at once
+    # (no reference cycle keeps it until a garbage collection).
+    assert grew_mib < 450, f"peak memory grew by {grew_mib} MiB reading a 256 MiB file three times"
 
 
 def _state_text(n):
