@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import DataLossError, InvalidArgumentError, NotFoundError, UnsupportedError
 from .frameworks import dtensor_part, framework_of, from_numpy, is_array, is_dtensor, to_numpy
+from .lazy import LazyTensor
 from .naming import PathLike
 from .slices import Shard
 
@@ -285,11 +286,16 @@ def with_structure_record(leaves: Mapping[str, Any], tree: Any, metadata: Any) -
         raise InvalidArgumentError(f"the tensor name {STRUCTURE_KEY!r} is reserved for fastckpt's structure record")
     if tree is None:
         return leaves
-    table = {n: {"dtype": str(np.asarray(v).dtype.newbyteorder("=")), "shape": list(np.shape(v))}
+    table = {n: {"dtype": str(_dtype_of(v).newbyteorder("=")), "shape": list(np.shape(v) if not
+                                                                           isinstance(v, LazyTensor) else v.shape)}
              for n, v in leaves.items()}
     out = dict(leaves)
     out[STRUCTURE_KEY] = record_tensor(tree, table, metadata)
     return out
+
+
+def _dtype_of(v: Any) -> np.dtype:
+    return v.dtype if isinstance(v, LazyTensor) else np.asarray(v).dtype
 
 
 def record_tensor(tree: Any, table: Mapping[str, Any], metadata: Any) -> np.ndarray:

@@ -19,6 +19,7 @@ from . import _core
 from .dtypes import DT_STRING, dtype_enum, native_enums
 from .errors import CheckpointError, InvalidArgumentError, UnsupportedError
 from .frameworks import to_numpy
+from .lazy import LazyTensor
 from .fsutil import (check_name_fits, default_threads, ensure_directory, fsync_all, fsync_dir, gc_paused,
                      io_error)
 from .locking import create_locked_temp, release_lock
@@ -88,6 +89,14 @@ def _prepare(name: Any, value: Any) -> Prepared:
     that must be converted (non-contiguous, big-endian) have no payload but
     a ``source``, converted piecewise in the staging pool."""
     text, key = _key_of(name)
+    if isinstance(value, LazyTensor):
+        if value.dtype.kind not in "SUO":  # read when written, one at a time (through the staging pool)
+            try:
+                enum = dtype_enum(value.dtype)
+            except InvalidArgumentError as e:
+                raise InvalidArgumentError(f"tensor {text!r}: {e}") from None
+            return key, text, enum, tuple(value.shape), None, value.nbytes, None, value
+        value = value.array()
     arr = _as_array(text, value)
     shape = tuple(int(d) for d in arr.shape)
     if arr.dtype.kind in "SUO":
@@ -298,6 +307,10 @@ def _write_converted(plan: "_core.WritePlan", fds: List[int], finals: List[str],
         held = 0
 
     for i, source in plan.staged:
+        if isinstance(source, LazyTensor):  # at most one read tensor beside the pool
+            if batch and held + source.nbytes > staging_bytes:
+                flush()
+            source = source.array()
         at = 0
         crcs[i] = 0
         for chunk in c_order_chunks(source, staging_bytes) if source.nbytes else ():
@@ -323,7 +336,9 @@ def _write_data(tensors: Mapping[Any, Any], staged: StagedBundle, alignment: int
     finals = staged.data_files()
     fds = [_create_locked(final, staged) for final in finals]
     if level is not None:  # sizes are known only once compressed: the C core appends
-        for i, source in plan.staged:
+        for i, source in plan.staged:  # every payload at once (mapped files cost no memory)
+            if isinstance(source, LazyTensor):
+                source = source.array()
             plan.set_ready(i, np.ascontiguousarray(source, dtype=source.dtype.newbyteorder("<")))
         plan.write_compressed(fds, level, ZSTD_CHUNK, nthreads, finals)
     else:

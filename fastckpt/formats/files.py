@@ -1,0 +1,85 @@
+"""Writing the single-file formats safely: each file is written under a
+private locked name in its directory (``.fclink-<hex>``, which ``fastckpt
+gc`` removes once its writer is gone) and renamed into place when
+complete, so no reader ever sees half a file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from typing import Any, Callable, Iterator, List, Sequence, Tuple
+
+import numpy as np
+
+from ..fsutil import ensure_directory, fsync_dir, io_error
+from ..locking import create_locked_temp, release_lock
+from ..writer import STAGING_BYTES, c_order_chunks
+
+__all__ = ["atomic_file", "replace_all", "chunks_of"]
+
+
+def chunks_of(arr: np.ndarray, max_bytes: int = STAGING_BYTES) -> Iterator[memoryview]:
+    """The bytes of ``arr`` in C order, little-endian, in pieces of at most
+    ``max_bytes`` (views where the array already is so)."""
+    if arr.size == 0:
+        return
+    for piece in c_order_chunks(arr, max_bytes):
+        yield memoryview(piece.reshape(-1).view(np.uint8))
+
+
+def _temp(path: str) -> Tuple[str, int]:
+    directory = os.path.dirname(path) or "."
+    ensure_directory(os.path.dirname(path))
+    return create_locked_temp(lambda: os.path.join(directory, ".fclink-" + secrets.token_hex(8)))
+
+
+def replace_all(files: Sequence[Tuple[str, Callable[[Any], Any]]], durable: bool) -> List[str]:
+    """Write every ``(path, write(fileobj))`` under a private name, then
+    rename them into place in order (put an index last). On failure no
+    private file is left."""
+    done: List[Tuple[str, str, int]] = []
+    try:
+        for path, write in files:
+            tmp, fd = _temp(path)
+            done.append((tmp, path, fd))
+            with os.fdopen(os.dup(fd), "wb") as fh:
+                write(fh)
+                fh.flush()
+                if durable:
+                    os.fsync(fh.fileno())
+        for tmp, path, _ in done:
+            os.replace(tmp, path)
+        if durable:
+            for d in {os.path.dirname(p) or "." for _, p, _ in done}:
+                fsync_dir(d)
+    except OSError as e:
+        raise io_error(e, f"writing {files[0][0] if files else ''}") from e
+    finally:
+        for tmp, _, fd in done:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            release_lock(fd)
+    return [p for p, _ in files]
+
+
+@contextlib.contextmanager
+def atomic_file(path: str, durable: bool) -> Iterator[Any]:
+    """A binary file object whose contents become ``path`` only when the
+    block ends without an exception."""
+    tmp, fd = _temp(path)
+    try:
+        with os.fdopen(os.dup(fd), "wb") as fh:
+            yield fh
+            fh.flush()
+            if durable:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        if durable:
+            fsync_dir(os.path.dirname(path) or ".")
+    except OSError as e:
+        raise io_error(e, f"writing {path}") from e
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        release_lock(fd)

@@ -1,0 +1,137 @@
+"""numpy ``.npz`` archives: a zip of ``NAME.npy`` files. Stored (not
+deflated) members are read as views of the mapped archive; deflated ones
+(``np.savez_compressed``) are decoded one at a time. Object arrays are
+refused (they need pickle). Written stored, member by member."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import zipfile
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ..errors import DataLossError, InvalidArgumentError
+from ..lazy import LazyTensor
+from . import Source, tensors_only
+from .files import atomic_file, chunks_of
+
+__all__ = ["open_npz", "write_npz"]
+
+_LOCAL = struct.Struct("<4sHHHHHIIIHH")
+
+
+def open_npz(path: str) -> Source:
+    """The arrays of the archive ``path`` as a :class:`Source`."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataLossError(f"{path} is not an npz archive: {e}") from None
+    fh = open(path, "rb")
+    size = os.fstat(fh.fileno()).st_size
+    m = mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ) if size else None
+    fh.close()
+    try:
+        tensors = {}
+        for member in zf.infolist():
+            if not member.filename.endswith(".npy"):
+                continue
+            tensors[member.filename[:-4]] = _lazy(path, zf, m, member)
+    except BaseException:
+        zf.close()
+        raise
+
+    def close() -> None:
+        zf.close()
+        if m is not None:
+            try:
+                m.close()
+            except BufferError:
+                pass
+    info = {"data_files": 1, "file_bytes": size, "format_version": "npz",
+            "compression": "deflate" if any(i.compress_type != zipfile.ZIP_STORED for i in zf.infolist()) else None,
+            "dtypes": {n: str(t.dtype) for n, t in tensors.items()}}
+    return Source("npz", path, tensors, info=info, close=close)
+
+
+def _header(fp: Any, what: str) -> Tuple[Tuple[int, ...], bool, np.dtype]:
+    try:
+        version = np.lib.format.read_magic(fp)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(fp)
+    except (ValueError, OSError, SyntaxError) as e:
+        raise DataLossError(f"{what}: not an .npy member: {e}") from None
+    if dtype.hasobject:
+        raise InvalidArgumentError(f"{what}: an object array (it needs pickle, which fastckpt never runs)")
+    return tuple(shape), bool(fortran), dtype
+
+
+def _lazy(path: str, zf: zipfile.ZipFile, m: Optional[mmap.mmap], member: zipfile.ZipInfo) -> LazyTensor:
+    what = f"{path}: {member.filename}"
+    with zf.open(member) as fp:
+        shape, fortran, dtype = _header(fp, what)
+        header_len = fp.tell() if member.compress_type == zipfile.ZIP_STORED else 0
+    count = int(np.prod(shape, dtype=object))
+    if member.compress_type == zipfile.ZIP_STORED and m is not None:
+        start = _data_start(m, member, what) + header_len
+        if member.file_size - header_len != count * dtype.itemsize or start + count * dtype.itemsize > len(m):
+            raise DataLossError(f"{what}: {member.file_size - header_len} bytes for a {dtype}{list(shape)} array")
+
+        def load() -> np.ndarray:
+            return np.ndarray(shape, dtype, buffer=m, offset=start, order="F" if fortran else "C")
+        return LazyTensor(dtype, shape, load, mapped=not fortran, what=what)
+
+    def decode() -> np.ndarray:
+        with zf.open(member) as f:
+            arr = np.lib.format.read_array(f, allow_pickle=False)
+        return arr
+    return LazyTensor(dtype, shape, decode, what=what)
+
+
+def _data_start(m: mmap.mmap, member: zipfile.ZipInfo, what: str) -> int:
+    at = member.header_offset
+    if at + _LOCAL.size > len(m):
+        raise DataLossError(f"{what}: its local header lies beyond the end of the archive")
+    fields = _LOCAL.unpack_from(m, at)
+    if fields[0] != b"PK\x03\x04":
+        raise DataLossError(f"{what}: bad local header")
+    return at + _LOCAL.size + fields[9] + fields[10]
+
+
+def write_npz(dst: str, source: Source, *, durable: bool = False) -> List[str]:
+    """``source``'s tensors as the archive ``dst`` (stored members, as
+    ``np.savez`` writes them; ``np.load`` reads it)."""
+    if not dst.endswith(".npz"):
+        raise InvalidArgumentError(f"an npz destination ends with .npz, got {dst!r}")
+    tensors = tensors_only(source, "npz")
+    for name, t in tensors.items():
+        check_npz_dtype(name, t.dtype)
+    with atomic_file(dst, durable) as fh:
+        with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, t in tensors.items():
+                _write_member(zf, name, t)
+    return [dst]
+
+
+def _write_member(zf: zipfile.ZipFile, name: str, t: LazyTensor) -> None:
+    arr = t.array()
+    with zf.open(name + ".npy", "w", force_zip64=True) as out:
+        header = {"descr": np.lib.format.dtype_to_descr(arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">"
+                                                         else arr.dtype),
+                  "fortran_order": False, "shape": tuple(arr.shape)}
+        try:
+            np.lib.format.write_array_header_1_0(out, header)
+        except ValueError:  # a header over 64 KiB (very many dimensions)
+            np.lib.format.write_array_header_2_0(out, header)
+        for chunk in chunks_of(arr):
+            out.write(chunk)
+
+
+def check_npz_dtype(name: str, dtype: np.dtype) -> None:
+    """npy records only numpy's own dtypes: bfloat16, float8 and int4 would
+    come back as raw bytes (void), so they are refused."""
+    if dtype.kind == "V" or type(dtype).__module__.startswith("ml_dtypes") or dtype.type.__module__ == "ml_dtypes":
+        raise InvalidArgumentError(f"tensor {name!r}: npz cannot record dtype {dtype} (numpy would read it back as "
+                                   "raw bytes): convert to safetensors or a TensorFlow bundle")

@@ -1,0 +1,225 @@
+"""safetensors files, read and written here (no dependency): an 8-byte
+little-endian header length, a JSON header (``{name: {dtype, shape,
+data_offsets}}`` and an optional ``__metadata__`` of strings), then the
+raw little-endian C-order bytes. Sharded checkpoints follow Hugging Face's
+convention: ``model-00001-of-00002.safetensors`` ... beside
+``model.safetensors.index.json`` (``{"metadata": {"total_size": N},
+"weight_map": {name: file}}``)."""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+from typing import Any, Dict, List, Optional, Tuple
+
+import ml_dtypes
+import numpy as np
+
+from ..errors import DataLossError, InvalidArgumentError
+from ..lazy import LazyTensor
+from . import Source, tensors_only
+from .files import atomic_file, chunks_of, replace_all
+
+__all__ = ["open_safetensors", "write_safetensors", "SAFETENSORS_DTYPES"]
+
+SAFETENSORS_DTYPES: Dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_), "U8": np.dtype(np.uint8), "I8": np.dtype(np.int8),
+    "I16": np.dtype(np.int16), "U16": np.dtype(np.uint16), "I32": np.dtype(np.int32),
+    "U32": np.dtype(np.uint32), "I64": np.dtype(np.int64), "U64": np.dtype(np.uint64),
+    "F16": np.dtype(np.float16), "BF16": np.dtype(ml_dtypes.bfloat16), "F32": np.dtype(np.float32),
+    "F64": np.dtype(np.float64), "C64": np.dtype(np.complex64),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2), "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E8M0": np.dtype(ml_dtypes.float8_e8m0fnu),
+}
+_NAME_OF = {dt: name for name, dt in SAFETENSORS_DTYPES.items()}
+MAX_HEADER = 100 << 20  # what the safetensors library itself accepts
+
+
+def open_safetensors(path: str) -> Source:
+    """A safetensors file, a sharded set (its ``.index.json``, a directory
+    holding one, or the ``.safetensors`` name the shards were cut from), or
+    a directory of one file, as a :class:`Source` of mapped views."""
+    files, weight_map = _files_of(path)
+    tensors: Dict[str, LazyTensor] = {}
+    maps: List[mmap.mmap] = []
+    metadata: Dict[str, Any] = {}
+    try:
+        for f in files:
+            m, header, base = _map(f)
+            maps.append(m)
+            metadata.update(header.pop("__metadata__", None) or {})
+            for name, desc in header.items():
+                if name in tensors:
+                    raise DataLossError(f"{f}: tensor {name!r} is also in another shard")
+                if weight_map is not None and weight_map.get(name) != os.path.basename(f):
+                    raise DataLossError(f"{f}: tensor {name!r} is not where the index's weight_map puts it")
+                tensors[name] = _lazy(f, m, base, name, desc)
+            _check_layout(f, header, len(m) - base if m is not None else 0)
+        if weight_map is not None and set(weight_map) - set(tensors):
+            missing = sorted(set(weight_map) - set(tensors))
+            raise DataLossError(f"{path}: the index names {len(missing)} tensor(s) no shard holds: {missing[:5]}")
+    except BaseException:
+        _close(maps)
+        raise
+    info = {"data_files": len(files), "file_bytes": sum(os.path.getsize(f) for f in files), "compression": None,
+            "format_version": "safetensors", "dtypes": {n: _NAME_OF.get(t.dtype, str(t.dtype))
+                                                         for n, t in tensors.items()}}
+    return Source("safetensors", path, tensors, metadata=metadata or None, info=info, close=lambda: _close(maps))
+
+
+def _close(maps: List[Any]) -> None:
+    for m in maps:
+        if m is not None:
+            try:
+                m.close()
+            except BufferError:  # views handed out keep it; it closes with the last one
+                pass
+
+
+def _files_of(path: str) -> Tuple[List[str], Optional[Dict[str, str]]]:
+    index = None
+    if os.path.isdir(path):
+        found = sorted(n for n in os.listdir(path) if n.endswith(".safetensors.index.json"))
+        singles = sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
+        if len(found) == 1:
+            index = os.path.join(path, found[0])
+        elif len(singles) == 1 and not found:
+            return [os.path.join(path, singles[0])], None
+        else:
+            raise InvalidArgumentError(f"{path} holds {len(found)} safetensors indexes and {len(singles)} files: "
+                                       "name the one to read")
+    elif path.endswith(".index.json"):
+        index = path
+    elif not os.path.exists(path) and os.path.exists(path[:-len(".safetensors")] + ".safetensors.index.json"):
+        index = path[:-len(".safetensors")] + ".safetensors.index.json"
+    if index is None:
+        return [path], None
+    try:
+        with open(index, "rb") as fh:
+            doc = json.loads(fh.read(MAX_HEADER + 1))
+        weight_map = doc["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) and isinstance(k, str)
+                                                       for k, v in weight_map.items()):
+            raise TypeError("weight_map is not a map of names to files")
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataLossError(f"{index} is not a safetensors index: {e}") from None
+    directory = os.path.dirname(index)
+    names = sorted(set(weight_map.values()))
+    for n in names:
+        if os.path.basename(n) != n or n in (".", ".."):
+            raise DataLossError(f"{index}: shard {n!r} is not a file beside the index")
+    return [os.path.join(directory, n) for n in names], weight_map
+
+
+def _map(path: str) -> Tuple[Optional[mmap.mmap], Dict[str, Any], int]:
+    """The file mapped read-only, its parsed header, and where data starts."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        head = fh.read(8)
+        if len(head) < 8:
+            raise DataLossError(f"{path} is not a safetensors file: {size} bytes")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER or 8 + n > size:
+            raise DataLossError(f"{path} is not a safetensors file: a header of {n} bytes in a file of {size}")
+        try:
+            header = json.loads(fh.read(n))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DataLossError(f"{path}: the safetensors header is not JSON: {e}") from None
+        if not isinstance(header, dict):
+            raise DataLossError(f"{path}: the safetensors header is not a JSON object")
+        m = mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ) if size > 8 + n else None
+    meta = header.get("__metadata__")
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise DataLossError(f"{path}: __metadata__ must map strings to strings")
+    return m, header, 8 + n
+
+
+def _lazy(path: str, m: Optional[mmap.mmap], base: int, name: str, desc: Any) -> LazyTensor:
+    what = f"{path}: tensor {name!r}"
+    try:
+        dtype = SAFETENSORS_DTYPES[desc["dtype"]]
+        shape = tuple(desc["shape"])
+        begin, end = desc["data_offsets"]
+        if not all(type(d) is int and d >= 0 for d in shape + (begin, end)) or end < begin:
+            raise ValueError("negative or non-integer sizes")
+    except KeyError as e:
+        raise DataLossError(f"{what}: unknown or missing {e} in its header entry") from None
+    except (TypeError, ValueError) as e:
+        raise DataLossError(f"{what}: bad header entry {desc!r:.200}: {e}") from None
+    size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if end - begin != size:
+        raise DataLossError(f"{what}: {end - begin} bytes for a {desc['dtype']}{list(shape)} tensor of {size}")
+    avail = len(m) - base if m is not None else 0
+    if end > avail:
+        raise DataLossError(f"{what} lies beyond the end of the file")
+
+    def load() -> np.ndarray:
+        if size == 0:
+            return np.zeros(shape, dtype)
+        return np.frombuffer(m, dtype, size // dtype.itemsize, base + begin).reshape(shape)
+    return LazyTensor(dtype, shape, load, mapped=(base + begin) % dtype.itemsize == 0, what=what)
+
+
+def _check_layout(path: str, header: Dict[str, Any], data_bytes: int) -> None:
+    """Tensors must tile the data area exactly, as the format requires."""
+    spans = sorted(tuple(d["data_offsets"]) for d in header.values())
+    at = 0
+    for begin, end in spans:
+        if begin != at:
+            raise DataLossError(f"{path}: tensors overlap or leave a gap at byte {at} of the data")
+        at = end
+    if at != data_bytes:
+        raise DataLossError(f"{path}: {data_bytes - at} bytes after the last tensor")
+
+
+def write_safetensors(dst: str, source: Source, *, num_shards: int = 1, durable: bool = False) -> List[str]:
+    """``source``'s tensors as a safetensors file ``dst`` (``num_shards`` >
+    1: shards plus the index, named after ``dst``), tensor by tensor."""
+    tensors = tensors_only(source, "safetensors")
+    for name, t in tensors.items():
+        if t.dtype not in _NAME_OF:
+            raise InvalidArgumentError(f"tensor {name!r}: safetensors has no {t.dtype} "
+                                       f"(it has {', '.join(SAFETENSORS_DTYPES)})")
+    meta = {k: v for k, v in (source.metadata or {}).items() if isinstance(v, str)} \
+        if isinstance(source.metadata, dict) else {}
+    if not dst.endswith(".safetensors"):
+        raise InvalidArgumentError(f"a safetensors destination ends with .safetensors, got {dst!r}")
+    if num_shards == 1:
+        with atomic_file(dst, durable) as fh:
+            _write_file(fh, tensors, meta)
+        return [dst]
+    groups = _split(tensors, num_shards)
+    stem = dst[:-len(".safetensors")]
+    names = [f"{stem}-{i + 1:05d}-of-{num_shards:05d}.safetensors" for i in range(num_shards)]
+    index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values()), **meta},
+             "weight_map": {n: os.path.basename(names[g]) for g, group in enumerate(groups) for n in group}}
+    payload = json.dumps(index, indent=2, sort_keys=True).encode()
+    return replace_all([(f, (lambda fh, g=g: _write_file(fh, g, meta))) for f, g in zip(names, groups)]
+                       + [(stem + ".safetensors.index.json", lambda fh: fh.write(payload))], durable)
+
+
+def _split(tensors: Dict[str, LazyTensor], n: int) -> List[Dict[str, LazyTensor]]:
+    """Contiguous runs of about equal bytes, in order."""
+    total = sum(t.nbytes for t in tensors.values()) or 1
+    groups: List[Dict[str, LazyTensor]] = [{} for _ in range(n)]
+    at = 0
+    for name, t in tensors.items():
+        groups[min(n - 1, at * n // total)][name] = t
+        at += t.nbytes
+    return groups
+
+
+def _write_file(fh: Any, tensors: Dict[str, LazyTensor], meta: Dict[str, str]) -> None:
+    header: Dict[str, Any] = {"__metadata__": meta} if meta else {}
+    at = 0
+    for name, t in tensors.items():
+        header[name] = {"dtype": _NAME_OF[t.dtype], "shape": list(t.shape), "data_offsets": [at, at + t.nbytes]}
+        at += t.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # data 8-aligned, as the library writes it
+    fh.write(struct.pack("<Q", len(text)) + text)
+    for t in tensors.values():
+        for chunk in chunks_of(t.array()):
+            fh.write(chunk)

@@ -1,0 +1,117 @@
+"""PyTorch ``.pt``/``.pth``/``.bin`` files (needs torch). Read with
+``torch.load(weights_only=True)`` -- torch's restricted unpickler, which
+builds only tensors and plain containers, never arbitrary objects -- and
+memory-mapped (shared, read-only use) when the file is a zip archive, so
+tensors are views of the page cache. Written with ``torch.save`` from
+tensors that share the source's memory (mapped views are not copied)."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import warnings
+from typing import Any, Dict, List
+
+import numpy as np
+
+from ..errors import DataLossError, InvalidArgumentError
+from ..frameworks import _ML_TO_TORCH, to_numpy
+from ..lazy import LazyTensor
+from ..structure import flatten, unflatten
+from . import OBJECT_GRAPH_KEY, Source
+from .files import atomic_file
+
+__all__ = ["open_torch", "write_torch"]
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise InvalidArgumentError("PyTorch files need torch: pip install torch") from None
+    return torch
+
+
+def _load(path: str) -> Any:
+    torch = _torch()
+    try:
+        if not _is_zip(path):  # torch's legacy format cannot be mapped
+            return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            with torch.serialization.set_default_mmap_options(mmap.MAP_SHARED):
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # a read-only file cannot be mapped shared: privately then
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        if isinstance(e, (OSError, InvalidArgumentError)) and not isinstance(e, (EOFError,)):
+            raise
+        raise DataLossError(f"{path} is not a PyTorch weights file torch loads with weights_only=True: "
+                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def _is_zip(path: str) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"
+
+
+def open_torch(path: str) -> Source:
+    """The tensors of a PyTorch file as a :class:`Source`: a flat state
+    dict as it is, any other nesting (``{"model": ..., "optimizer": ...}``)
+    flattened to ``/``-joined names with its structure kept."""
+    torch = _torch()
+    obj = _load(path)
+    if isinstance(obj, torch.Tensor):
+        obj = {"tensor": obj}
+    flat = isinstance(obj, dict) and all(type(k) is str and isinstance(v, torch.Tensor) for k, v in obj.items())
+    if flat:
+        leaves: Dict[str, Any] = {k: to_numpy(v) for k, v in obj.items()}
+        tree = None
+    else:
+        leaves, tree = flatten(obj)
+    tensors = {n: _lazy(path, n, a) for n, a in leaves.items()}
+    info = {"data_files": 1, "file_bytes": os.path.getsize(path), "compression": None,
+            "format_version": "PyTorch zip" if _is_zip(path) else "PyTorch legacy",
+            "dtypes": {n: str(t.dtype) for n, t in tensors.items()}}
+    return Source("torch", path, tensors, tree=tree, info=info)
+
+
+def _lazy(path: str, name: str, arr: np.ndarray) -> LazyTensor:
+    return LazyTensor(arr.dtype, tuple(arr.shape), lambda: arr, mapped=arr.flags.c_contiguous,
+                      what=f"{path}: tensor {name!r}")
+
+
+def _as_torch(arr: np.ndarray) -> Any:
+    """A torch tensor sharing ``arr``'s memory (read-only maps too: torch
+    only warns, and nothing writes to it)."""
+    torch = _torch()
+    arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("=") if arr.dtype.byteorder == ">" else None)
+    via = _ML_TO_TORCH.get(arr.dtype.name)
+    if arr.dtype.kind == "V" and via is None:
+        raise InvalidArgumentError(f"PyTorch has no dtype {arr.dtype}")
+    target = getattr(torch, via) if via else None
+    if target is None:
+        try:
+            target = torch.from_numpy(np.zeros(0, arr.dtype)).dtype
+        except TypeError:
+            raise InvalidArgumentError(f"PyTorch has no dtype {arr.dtype}") from None
+    if arr.size == 0:
+        return torch.zeros(arr.shape, dtype=target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "The given buffer is not writable"
+        raw = torch.frombuffer(arr.reshape(-1).view(np.uint8), dtype=torch.uint8)
+    return raw.view(target).reshape(arr.shape)
+
+
+def write_torch(dst: str, source: Source, *, durable: bool = False) -> List[str]:
+    """``source`` as a PyTorch file: a flat state dict, or the nesting it
+    came in (tensor leaves as torch tensors, other values as they were)."""
+    _torch()
+    strings = [n for n, t in source.tensors.items() if t.dtype.kind in "OSU" and n != OBJECT_GRAPH_KEY]
+    if strings:
+        raise InvalidArgumentError(f"PyTorch has no string tensors: {', '.join(strings[:5])}")
+    given = {n: _as_torch(t.array()) for n, t in source.tensors.items() if n != OBJECT_GRAPH_KEY}
+    obj = dict(given) if source.tree is None else unflatten(source.tree, {}, None, given)
+    with atomic_file(dst, durable) as fh:
+        _torch().save(obj, fh)
+    return [dst]
+
