@@ -18,19 +18,21 @@ class LazyTensor:
     """A tensor of ``dtype`` and ``shape`` whose array ``load()`` returns on
     demand. ``mapped`` says the array is a view of a memory-mapped file (it
     costs page cache, which the kernel reclaims, not memory of the
-    process); otherwise it is decoded into fresh memory."""
+    process); otherwise it is decoded into fresh memory. ``stored`` is a
+    string tensor's size where it is stored (its ``nbytes``)."""
 
     dtype: np.dtype
     shape: Tuple[int, ...]
     load: Callable[[], np.ndarray]
     mapped: bool = False
     what: str = ""
+    stored: int = 0
 
     @property
     def nbytes(self) -> int:
-        """The size of the array in bytes (0 for strings: unknown until read)."""
+        """The size of the array in bytes (for strings, their stored size)."""
         if self.dtype.kind in "OSU":
-            return 0
+            return self.stored
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
     def array(self) -> np.ndarray:

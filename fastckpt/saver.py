@@ -144,9 +144,21 @@ class Saver:
 
 def save(state: Any, prefix: PathLike, *, metadata: Any = None, durable: bool = True, num_shards: int = 1,
          alignment: int = 1, threads: Optional[int] = None, comm: Any = None, timeout: Optional[float] = None,
-         compression: Optional[str] = None, compression_level: int = 1) -> str:
+         compression: Optional[str] = None, compression_level: int = 1, object_graph: bool = False,
+         template: Optional[PathLike] = None) -> str:
     """Write ``state`` (flat or nested; see :meth:`Saver.save`) as checkpoint
     ``prefix``, with its structure record, without touching a state file.
+
+    ``object_graph=True`` also writes a TensorFlow 2 object graph, so that
+    ``tf.train.Checkpoint(**objects).restore(prefix)`` restores a tree of
+    ``tf.Module``s and ``tf.Variable``s whose attribute names are the
+    state's keys (tensors are stored under ``PATH/.ATTRIBUTES/VARIABLE_VALUE``;
+    a ``save_counter`` is added unless the state has one). ``template``
+    (an existing TensorFlow 2 checkpoint, e.g. one Keras wrote for the same
+    model) writes the state's values under that checkpoint's keys and object
+    graph instead: the state is laid out as ``fastckpt.restore(template)``
+    returns it, and every missing, extra, mis-shaped or mis-typed variable is
+    an error that lists them all.
 
     With ``comm`` (an mpi4py communicator, ``torch.distributed``, or a
     process group), every process calls ``save`` with its own part of the
@@ -155,25 +167,52 @@ def save(state: Any, prefix: PathLike, *, metadata: Any = None, durable: bool = 
     wait for the slowest process. ``compression="zstd"``: see
     :func:`fastckpt.write_bundle`."""
     p = os.fspath(prefix)
+    flat, extra = None, None
+    if object_graph or template is not None:
+        leaves, tree, extra = _object_graph_state(state, metadata, template, comm)
+        flat = (leaves, tree)
     save_any(state, p, metadata=metadata, retain=Retention(), durable=durable, num_shards=num_shards,
              alignment=alignment, threads=threads, write_state=False, comm=comm, timeout=timeout,
-             zstd_level=compression_setting(compression, compression_level))
+             zstd_level=compression_setting(compression, compression_level), flat=flat, extra=extra)
     return p
+
+
+def _object_graph_state(state: Any, metadata: Any, template: Optional[PathLike],
+                        comm: Any) -> Tuple[Dict[str, Any], Any, Dict[str, Any]]:
+    """``(tensors, tree, extra tensors)`` to save for ``object_graph=True`` or ``template``."""
+    from .objectgraph import object_graph_tensors, template_tensors
+
+    if comm is not None:
+        raise InvalidArgumentError("object_graph and template are for one process's save (comm=None)")
+    leaves, tree = split_structure(state, None)
+    if template is not None:
+        if metadata is not None:
+            raise InvalidArgumentError("a save with template= stores the template's keys only: no metadata")
+        from .formats import _record_values
+        values = _record_values(tree)
+        if values:
+            raise InvalidArgumentError(f"template=: the state holds non-tensor values ({', '.join(values[:5])}); "
+                                       "a TensorFlow 2 checkpoint holds only variables")
+        return template_tensors(leaves, os.fspath(template)), None, {}
+    return object_graph_tensors(leaves, tree)
 
 
 def save_any(state: Any, prefix: str, *, metadata: Any, retain: Any, durable: bool, num_shards: int = 1,
              alignment: int = 1, threads: Optional[int] = None, write_state: bool = True,
              state_name: str = "checkpoint", comm: Any = None, timeout: Optional[float] = None,
-             flat: Optional[Tuple[Mapping[str, Any], Any]] = None, zstd_level: Optional[int] = None) -> List[str]:
+             flat: Optional[Tuple[Mapping[str, Any], Any]] = None, zstd_level: Optional[int] = None,
+             extra: Optional[Mapping[str, Any]] = None) -> List[str]:
     """The one save path of ``save``, ``Saver`` and ``CheckpointManager``:
     one process (``save_checkpoint``), or every process of ``comm`` -- also
     one process whose state holds :class:`~fastckpt.Shard` parts.
-    ``flat`` is the state already flattened (``(leaves, tree)``)."""
+    ``flat`` is the state already flattened (``(leaves, tree)``); ``extra``
+    tensors are stored beside the structure record, not in it."""
     communicator = as_communicator(comm, timeout)
     if communicator is None:
         leaves, tree = flat if flat is not None else split_structure(state, metadata)
         if not any(isinstance(v, Shard) for v in leaves.values()):
-            return save_checkpoint(prefix, with_structure_record(leaves, tree, metadata), retain=retain,
+            tensors = with_structure_record(leaves, tree, metadata)
+            return save_checkpoint(prefix, {**tensors, **extra} if extra else tensors, retain=retain,
                                    durable=durable, num_shards=num_shards, alignment=alignment, threads=threads,
                                    state_name=state_name, write_state=write_state, zstd_level=zstd_level)
         communicator = LocalCommunicator()

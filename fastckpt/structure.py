@@ -512,7 +512,10 @@ def _restore_from(prefix: str, into: Optional[Any], verify: bool, threads: Optio
 
     with CheckpointReader(prefix, verify=verify, threads=threads) as reader:
         record = reader.structure_record()
-        if record is None:  # a TensorFlow checkpoint: a flat dict
+        if record is None:  # a TensorFlow checkpoint: its object tree (TensorFlow 2), or a flat dict
+            from .objectgraph import OBJECT_GRAPH_KEY, restore_object_tree
+            if reader.has_tensor(OBJECT_GRAPH_KEY):
+                return restore_object_tree(reader, into)
             return _restore_flat(reader, into)
         tree, leaves = record["structure"], record["leaves"]
         if into is None:

@@ -51,7 +51,8 @@ def _lazy(reader: CheckpointReader, name: str) -> LazyTensor:
     mapped = (entry.dtype != DT_STRING and not entry.slices and not index.compressed and not index.big_endian
               and entry.size > 0 and entry.offset % dtype.itemsize == 0)
     load = (lambda: reader.get_tensor(name, copy=False)) if mapped else (lambda: reader.get_tensor(name))
-    return LazyTensor(dtype, tuple(entry.shape), load, mapped=mapped, what=f"{reader.prefix}: tensor {name!r}")
+    return LazyTensor(dtype, tuple(entry.shape), load, mapped=mapped, what=f"{reader.prefix}: tensor {name!r}",
+                      stored=entry.size if entry.dtype == DT_STRING else 0)
 
 
 def _info(reader: CheckpointReader, record: Any) -> Dict[str, Any]:
