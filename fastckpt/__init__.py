@@ -24,6 +24,7 @@ from .errors import (CheckpointError, CheckpointIOError, DataLossError, InvalidA
 from .reader import CheckpointReader, list_variables, load_checkpoint, read_bundle
 from .commit import GarbageReport, collect_garbage
 from .convert import convert
+from .diff import Diff, diff
 from .manager import CheckpointManager
 from .saver import Saver, save
 from .state import (CheckpointState, get_checkpoint_state, latest_checkpoint,
@@ -31,6 +32,7 @@ from .state import (CheckpointState, get_checkpoint_state, latest_checkpoint,
 from .slices import Shard
 from .structure import read_meta
 from .structure import restore_structure as restore
+from .summary import inspect_checkpoint
 from .verify import VerifyReport, verify_checkpoint, verify_path
 from .writer import write_bundle
 
@@ -43,6 +45,7 @@ __all__ = [
     "CheckpointState",
     "GarbageReport",
     "DataLossError",
+    "Diff",
     "InvalidArgumentError",
     "NotFoundError",
     "Saver",
@@ -51,7 +54,9 @@ __all__ = [
     "UnsupportedError",
     "collect_garbage",
     "convert",
+    "diff",
     "get_checkpoint_state",
+    "inspect_checkpoint",
     "latest_checkpoint",
     "list_variables",
     "load_checkpoint",

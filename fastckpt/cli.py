@@ -1,6 +1,8 @@
-"""The ``fastckpt`` command: ``bench``, ``verify``, ``ls``, ``gc``.
+"""The ``fastckpt`` command: ``bench``, ``verify``, ``ls``, ``gc``,
+``convert``, ``diff``, ``inspect``.
 
-Exit status: 0 success (verify: intact), 1 damage found, 2 bad usage or
+Exit status: 0 success (verify: intact; diff: equal), 1 damage found
+(diff: different), 2 bad usage or
 nothing to work on (not found, not a checkpoint). Errors are one line on
 stderr, never a traceback; output piped into ``head`` ends quietly.
 """
@@ -184,10 +186,45 @@ def _existing_dir(text: str) -> str:
 def _convert(args: argparse.Namespace) -> int:
     from .convert import convert
 
-    out = convert(args.src, args.dst, compression=None if args.compression == "none" else args.compression,
-                  compression_level=args.level, num_shards=args.num_shards)
+    out = convert(args.src, args.dst, src_format=args.src_format, dst_format=args.dst_format,
+                  compression=None if args.compression == "none" else args.compression,
+                  compression_level=args.level, num_shards=args.num_shards, dtype=args.dtype, durable=args.durable)
     print(f"wrote {out}")
     return 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from .diff import diff
+
+    report = diff(args.a, args.b, atol=args.atol, rtol=args.rtol, a_format=args.a_format, b_format=args.b_format)
+    if args.json:
+        print(json.dumps(report.to_json()))
+    else:
+        for line in report.lines(all_tensors=args.all):
+            print(line)
+    return 0 if report.equal else 1
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .summary import inspect_checkpoint, summary_lines
+
+    s = inspect_checkpoint(args.path, args.format, largest=args.largest, depth=args.depth)
+    if args.json:
+        print(json.dumps(s, default=str))
+    else:
+        for line in summary_lines(s):
+            print(line)
+    return 0
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,15 +265,41 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="one JSON object on stdout")
     v.add_argument("--threads", type=_positive, default=None, help="checksum threads (default: all cores)")
     v.set_defaults(func=_verify)
-    c = sub.add_parser("convert", help="rewrite a checkpoint compressed or plain (--compression none: one "
-                                       "stock TensorFlow reads), resharded")
-    c.add_argument("src", help="a checkpoint prefix or a directory (its latest checkpoint)")
-    c.add_argument("dst", help="the new checkpoint's prefix")
+    formats = ["tf", "safetensors", "torch", "npz"]
+    c = sub.add_parser("convert", help="convert between TensorFlow bundles, safetensors, PyTorch files and npz "
+                                       "(tensor by tensor), reshard, compress or decompress")
+    c.add_argument("src", help="a checkpoint: TensorFlow prefix or directory, .safetensors (or its "
+                               ".index.json, or a directory of them), .pt/.pth/.bin, .npz")
+    c.add_argument("dst", help="where to write it; the format follows the suffix (none: a TensorFlow prefix)")
+    c.add_argument("--from", dest="src_format", choices=formats, default=None, help="the source's format")
+    c.add_argument("--to", dest="dst_format", choices=formats, default=None, help="the destination's format")
     c.add_argument("--compression", choices=["none", "zstd"], default="none",
-                   help="none (default: a plain TensorFlow checkpoint) or zstd (byte planes + zstd)")
+                   help="TensorFlow bundles: none (default: one stock TensorFlow reads) or zstd")
     c.add_argument("--level", type=int, default=1, help="zstd level, -7..22 (default 1)")
-    c.add_argument("--num-shards", type=_positive, default=1, help="data files to write (default 1)")
+    c.add_argument("--num-shards", type=_positive, default=1, help="data files (bundles) or shards (safetensors)")
+    c.add_argument("--dtype", default=None, help="cast floating-point tensors (float16, bfloat16, ...); "
+                                                 "without it, conversion is lossless")
+    c.add_argument("--durable", action="store_true", help="fsync the files before they are renamed into place")
     c.set_defaults(func=_convert)
+    d = sub.add_parser("diff", help="compare two checkpoints of any formats; exits 0 when equal within "
+                                    "tolerance, 1 when not")
+    d.add_argument("a")
+    d.add_argument("b")
+    d.add_argument("--atol", type=_tolerance, default=0.0, help="absolute tolerance (default 0)")
+    d.add_argument("--rtol", type=_tolerance, default=0.0, help="relative tolerance, of |b| (default 0)")
+    d.add_argument("--a-format", choices=formats, default=None)
+    d.add_argument("--b-format", choices=formats, default=None)
+    d.add_argument("--all", action="store_true", help="also list identical tensors")
+    d.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    d.set_defaults(func=_diff)
+    i = sub.add_parser("inspect", help="summarise a checkpoint of any format: tensors, bytes by dtype, files, "
+                                       "compression, structure, metadata, largest tensors")
+    i.add_argument("path")
+    i.add_argument("--format", choices=formats, default=None)
+    i.add_argument("--largest", type=_positive, default=10, help="how many of the largest tensors (default 10)")
+    i.add_argument("--depth", type=_positive, default=2, help="levels of the structure tree (default 2)")
+    i.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    i.set_defaults(func=_inspect)
     g = sub.add_parser("gc", help="finish commits and remove files that killed saves left in a checkpoint "
                                   "directory (what the next save does first); report unlisted checkpoints")
     g.add_argument("directory", help="a checkpoint directory")

@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import DataLossError, InvalidArgumentError
 
-__all__ = ["OBJECT_GRAPH_KEY", "parse_object_graph", "encode_object_graph", "object_tree", "TrackableObject",
+__all__ = ["OBJECT_GRAPH_KEY", "parse_object_graph", "object_paths", "restore_object_tree", "object_graph_tensors", "encode_object_graph", "object_tree", "TrackableObject",
            "graph_for_state", "escape_local_name", "template_tensors"]
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -219,21 +219,25 @@ def escape_local_name(name: str) -> str:
     return name.replace(".", "..").replace("/", ".S")
 
 
-def variable_paths(nodes: List[TrackableObject]) -> Dict[int, List[Tuple[str, ...]]]:
-    """Every path (tuple of local names) from the root to each node with
-    values, shortest first; cycles are not followed."""
-    paths: Dict[int, List[Tuple[str, ...]]] = {}
+MAX_PATHS = 16  # paths kept per object (a hostile graph of diamonds has exponentially many)
 
-    def walk(i: int, path: Tuple[str, ...], ancestors: frozenset) -> None:
-        if i in ancestors or len(path) > 256:
-            return
-        paths.setdefault(i, []).append(path)
-        for child, name in nodes[i].children:
-            walk(child, path + (name,), ancestors | {i})
-    walk(0, (), frozenset())
-    for p in paths.values():
-        p.sort(key=lambda x: (len(x), x))
-    return paths
+
+def variable_paths(nodes: List[TrackableObject]) -> Dict[int, List[Tuple[str, ...]]]:
+    """Paths (tuples of local names) from the root to each reachable node,
+    shortest first (breadth first, as TensorFlow names its keys), at most
+    :data:`MAX_PATHS` per node; cycles are not followed."""
+    paths: Dict[int, List[Tuple[str, ...]]] = {0: [()]}
+    frontier: List[Tuple[int, Tuple[str, ...], frozenset]] = [(0, (), frozenset([0]))]
+    while frontier:
+        step = []
+        for i, path, ancestors in frontier:
+            for child, name in nodes[i].children:
+                if child in ancestors or len(paths.setdefault(child, [])) >= MAX_PATHS:
+                    continue
+                paths[child].append(path + (name,))
+                step.append((child, path + (name,), ancestors | {child}))
+        frontier = step
+    return {i: p for i, p in paths.items() if p}
 
 
 def object_tree(nodes: List[TrackableObject], values: Mapping[str, Any]) -> Dict[str, Any]:
@@ -263,7 +267,10 @@ def object_tree(nodes: List[TrackableObject], values: Mapping[str, Any]) -> Dict
             out[SLOTS] = slots
         memo[i] = out if out else None
         return memo[i]
-    tree = build(0, frozenset())
+    try:
+        tree = build(0, frozenset())
+    except RecursionError:
+        raise DataLossError("the object graph is nested too deeply to be a checkpoint's") from None
     return tree if isinstance(tree, dict) else {}
 
 
@@ -323,7 +330,7 @@ def _children(node: Any, path: List[str]) -> List[Tuple[str, Any]]:
         return [(k, v) for k, v in node["dict"]]
     if "list" in node or "tuple" in node:
         return [(str(i), v) for i, v in enumerate(node.get("list", node.get("tuple")))]
-    raise InvalidArgumentError(f"object_graph=True: {where} holds a {next(iter(node))} value, not a tensor; "
+    raise InvalidArgumentError(f"object_graph=True: {where} holds a Python value, not a tensor; "
                                "a TensorFlow object graph holds only variables")
 
 
@@ -368,12 +375,18 @@ def _template_keys(nodes: List[TrackableObject]) -> Dict[str, Tuple[List[str], b
             whole = name == VALUE and not node.children and len(node.attributes) == 1
             wanted[key] = (where if whole else [(w + "/" if w else "") + ".ATTRIBUTES/" + name for w in where],
                            name != VALUE or where == [SAVE_COUNTER])
+    for i, node in enumerate(nodes):  # slot variables are nobody's children: their optimizer places them
         for original, slot, variable in node.slot_variables:
             for name, _, key in nodes[variable].attributes:
                 if name == VALUE and original in paths:
                     wanted[key] = (["/".join(p + (SLOTS, "/".join(paths[original][0]), slot))
                                     for p in paths.get(i, [])], False)
     return wanted
+
+
+def object_paths(nodes: List[TrackableObject]) -> Dict[str, str]:
+    """Each checkpoint key of the graph → its (shortest) object path."""
+    return {key: paths[0] for key, (paths, _) in _template_keys(nodes).items() if paths}
 
 
 def _match(leaves: Mapping[str, Any], wanted: Dict[str, Tuple[List[str], bool]], shapes: Mapping[str, List[int]],
@@ -434,8 +447,9 @@ def _renamed(node: Any, keys: Mapping[str, str]) -> Any:
 
 def restore_object_tree(reader: Any, into: Optional[Any] = None) -> Dict[str, Any]:
     """The object tree of a TensorFlow 2 checkpoint open in ``reader``; with
-    ``into`` (a nested dict of arrays laid out as that tree, or part of it),
-    its arrays are filled in place and put in the tree."""
+    ``into`` (a nested dict of arrays laid out as that tree, or part of it,
+    or a flat dict by checkpoint key), its arrays are filled in place and
+    put in the tree."""
     from .structure import flatten
 
     nodes = parse_object_graph(reader.get_tensor(OBJECT_GRAPH_KEY)[()])
@@ -445,6 +459,7 @@ def restore_object_tree(reader: Any, into: Optional[Any] = None) -> Dict[str, An
     if into is not None:
         leaves, _ = flatten(into)
         by_path = {p: k for k, (paths, _) in wanted.items() for p in paths}
+        by_path.update({k: k for k in wanted})  # a flat dict by checkpoint key, as load_checkpoint names them
         unknown = sorted(p for p in leaves if p not in by_path)
         if unknown:
             raise InvalidArgumentError(f"into: {len(unknown)} array(s) the checkpoint's object graph does not "

@@ -61,12 +61,13 @@ def _tree(source: Source, depth: int) -> Dict[str, Any]:
     """Name groups to ``depth`` levels: ``{group: {"tensors": n, "bytes": b,
     "children": {...}}}``, from the saved nesting or from the names."""
     sep = "/" if source.format == "tf" or source.tree is not None else "."
+    shown = _object_paths(source) if OBJECT_GRAPH_KEY in source.tensors else {}
     root: Dict[str, Any] = {}
     for name, t in source.tensors.items():
         if name == OBJECT_GRAPH_KEY:
             continue
         level = root
-        parts = name.split(sep)
+        parts = shown.get(name, name).split(sep)
         for i, part in enumerate(parts[:depth]):
             node = level.setdefault(part, {"tensors": 0, "bytes": 0, "children": {}})
             node["tensors"] += 1
@@ -75,6 +76,15 @@ def _tree(source: Source, depth: int) -> Dict[str, Any]:
                 node["dtype"], node["shape"] = str(t.dtype), list(t.shape)
             level = node["children"]
     return root
+
+
+def _object_paths(source: Source) -> Dict[str, str]:
+    """Checkpoint key → its object path (TensorFlow 2), as restore lays it out."""
+    from .objectgraph import object_paths, parse_object_graph
+    try:
+        return object_paths(parse_object_graph(source.tensors[OBJECT_GRAPH_KEY].array()[()]))
+    except Exception:  # a damaged graph: the keys as they are
+        return {}
 
 
 def summary_lines(s: Dict[str, Any]) -> Iterator[str]:

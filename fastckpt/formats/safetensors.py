@@ -182,8 +182,7 @@ def write_safetensors(dst: str, source: Source, *, num_shards: int = 1, durable:
         if t.dtype not in _NAME_OF:
             raise InvalidArgumentError(f"tensor {name!r}: safetensors has no {t.dtype} "
                                        f"(it has {', '.join(SAFETENSORS_DTYPES)})")
-    meta = {k: v for k, v in (source.metadata or {}).items() if isinstance(v, str)} \
-        if isinstance(source.metadata, dict) else {}
+    meta = _string_metadata(source.metadata)
     if not dst.endswith(".safetensors"):
         raise InvalidArgumentError(f"a safetensors destination ends with .safetensors, got {dst!r}")
     if num_shards == 1:
@@ -198,6 +197,17 @@ def write_safetensors(dst: str, source: Source, *, num_shards: int = 1, durable:
     payload = json.dumps(index, indent=2, sort_keys=True).encode()
     return replace_all([(f, (lambda fh, g=g: _write_file(fh, g, meta))) for f, g in zip(names, groups)]
                        + [(stem + ".safetensors.index.json", lambda fh: fh.write(payload))], durable)
+
+
+def _string_metadata(metadata: Any) -> Dict[str, str]:
+    """The ``__metadata__`` to write: safetensors metadata a bundle carried
+    through a conversion comes back as it was; other metadata is not
+    strings and stays behind."""
+    if isinstance(metadata, dict) and metadata.get("converted_from") == "safetensors":
+        metadata = metadata.get("metadata")
+    if not isinstance(metadata, dict):
+        return {}
+    return {k: v for k, v in metadata.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def _split(tensors: Dict[str, LazyTensor], n: int) -> List[Dict[str, LazyTensor]]:

@@ -84,6 +84,7 @@ def _as_torch(arr: np.ndarray) -> Any:
     """A torch tensor sharing ``arr``'s memory (read-only maps too: torch
     only warns, and nothing writes to it)."""
     torch = _torch()
+    shape = arr.shape  # (ascontiguousarray makes a 0-d array 1-d)
     arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("=") if arr.dtype.byteorder == ">" else None)
     via = _ML_TO_TORCH.get(arr.dtype.name)
     if arr.dtype.kind == "V" and via is None:
@@ -95,11 +96,11 @@ def _as_torch(arr: np.ndarray) -> Any:
         except TypeError:
             raise InvalidArgumentError(f"PyTorch has no dtype {arr.dtype}") from None
     if arr.size == 0:
-        return torch.zeros(arr.shape, dtype=target)
+        return torch.zeros(shape, dtype=target)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "The given buffer is not writable"
         raw = torch.frombuffer(arr.reshape(-1).view(np.uint8), dtype=torch.uint8)
-    return raw.view(target).reshape(arr.shape)
+    return raw.view(target).reshape(shape)
 
 
 def write_torch(dst: str, source: Source, *, durable: bool = False) -> List[str]:

@@ -1,0 +1,320 @@
+"""fastckpt.convert between TensorFlow bundles (plain, sharded, compressed),
+safetensors (single, sharded), PyTorch files and npz: every direction, bit
+for bit, checked with each format's own library; options; refusals."""
+
+import json
+import os
+import pickle
+import struct
+import subprocess
+import sys
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import fastckpt
+from fastckpt.convert import convert
+from tests.helpers.roundtrip import assert_bit_equal
+
+safetensors_numpy = pytest.importorskip("safetensors.numpy")
+
+# dtypes all four formats hold (npz: numpy's own; bfloat16 is checked where it fits)
+COMMON = {
+    "emb/weight": np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32),
+    "head.bias": np.linspace(-1, 1, 7, dtype=np.float64),
+    "h": np.array([0.5, -0.0, np.inf, np.nan], np.float16),
+    "count": np.array(7, np.int64),
+    "mask": np.array([True, False, True]),
+    "i8": np.arange(-5, 5, dtype=np.int8),
+    "u8": np.arange(250, 256, dtype=np.uint8),
+    "i32": np.arange(12, dtype=np.int32).reshape(3, 4),
+    "empty": np.zeros((0, 5), np.float32),
+}
+BF16 = {"w_bf16": np.arange(12, dtype=np.float32).reshape(3, 4).astype(ml_dtypes.bfloat16)}
+
+FORMATS = {
+    "tf": lambda d: str(d / "ck"),
+    "tf-sharded": lambda d: str(d / "sharded"),
+    "tf-zstd": lambda d: str(d / "zstd"),
+    "safetensors": lambda d: str(d / "m.safetensors"),
+    "safetensors-sharded": lambda d: str(d / "shards" / "model.safetensors"),
+    "torch": lambda d: str(d / "m.pt"),
+    "npz": lambda d: str(d / "m.npz"),
+}
+OPTIONS = {"tf-sharded": {"num_shards": 3}, "tf-zstd": {"compression": "zstd"},
+           "safetensors-sharded": {"num_shards": 2}}
+
+
+def _read_with_its_library(kind, path):
+    """The tensors as the format's own library reads them."""
+    if kind.startswith("tf"):
+        return fastckpt.read_bundle(path)
+    if kind == "safetensors":
+        return safetensors_numpy.load_file(path)
+    if kind == "safetensors-sharded":
+        index = json.load(open(path[:-len(".safetensors")] + ".safetensors.index.json"))
+        out = {}
+        for f in sorted(set(index["weight_map"].values())):
+            out.update(safetensors_numpy.load_file(os.path.join(os.path.dirname(path), f)))
+        return out
+    if kind == "torch":
+        torch = pytest.importorskip("torch")
+        from fastckpt.frameworks import to_numpy
+        return {k: to_numpy(v) for k, v in torch.load(path, weights_only=True).items()}
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _write_with_its_library(kind, path, tensors):
+    if kind.startswith("tf"):
+        fastckpt.write_bundle(path, tensors, **OPTIONS.get(kind, {}))
+    elif kind == "safetensors":
+        safetensors_numpy.save_file(tensors, path)
+    elif kind == "torch":
+        torch = pytest.importorskip("torch")
+        from fastckpt.frameworks import from_numpy
+        torch.save({k: from_numpy(v.copy(), "torch") for k, v in tensors.items()}, path)
+    elif kind == "npz":
+        np.savez(path, **tensors)
+    else:
+        raise AssertionError(kind)
+
+
+def _assert_same(got, want):
+    assert sorted(got) == sorted(want)
+    for k in want:
+        assert_bit_equal(np.asarray(got[k]), want[k])
+
+
+@pytest.mark.parametrize("dst", list(FORMATS))
+@pytest.mark.parametrize("src", list(FORMATS))
+def test_every_direction_is_bit_exact(tmp_path, src, dst):
+    if "torch" in (src, dst):
+        pytest.importorskip("torch")
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    src_path, dst_path = FORMATS[src](a), FORMATS[dst](b)
+    tensors = dict(COMMON)
+    if src.startswith("tf"):
+        fastckpt.write_bundle(src_path, tensors, **OPTIONS.get(src, {}))
+    elif src == "safetensors-sharded":  # our writer makes the shards (the library writes single files)
+        fastckpt.write_bundle(str(a / "staging"), tensors)
+        convert(str(a / "staging"), src_path, num_shards=2)
+    else:
+        _write_with_its_library(src, src_path, tensors)
+    assert convert(src_path, dst_path, **OPTIONS.get(dst, {})) == dst_path
+    _assert_same(_read_with_its_library(dst, dst_path), tensors)
+    assert not [n for n in os.listdir(os.path.dirname(dst_path)) if n.startswith(".fc")]
+
+
+@pytest.mark.parametrize("dst", ["safetensors", "torch", "tf"])
+def test_bfloat16_and_float8_where_the_format_has_them(tmp_path, dst):
+    if dst == "torch":
+        pytest.importorskip("torch")
+    tensors = dict(BF16, f8=np.arange(8, dtype=np.float32).astype(ml_dtypes.float8_e4m3fn),
+                   f8b=np.arange(8, dtype=np.float32).astype(ml_dtypes.float8_e5m2))
+    fastckpt.write_bundle(str(tmp_path / "src"), tensors)
+    out = FORMATS[dst](tmp_path)
+    convert(str(tmp_path / "src"), out)
+    if dst == "safetensors":  # the library's numpy loader has no bfloat16/float8: its torch loader has
+        torch = pytest.importorskip("torch")
+        from safetensors.torch import load_file
+        from fastckpt.frameworks import to_numpy
+        _assert_same({k: to_numpy(v) for k, v in load_file(out).items()}, tensors)
+        assert load_file(out)["f8"].dtype == torch.float8_e4m3fn
+    else:
+        _assert_same(_read_with_its_library(dst, out), tensors)
+    convert(out, str(tmp_path / "back"))
+    _assert_same(fastckpt.read_bundle(str(tmp_path / "back")), tensors)
+
+
+def test_safetensors_written_by_the_library_with_bfloat16_and_metadata(tmp_path):
+    tensors = dict(COMMON, **BF16)
+    safetensors_numpy.save_file(tensors, str(tmp_path / "m.safetensors"), metadata={"format": "pt", "note": "x"})
+    convert(str(tmp_path / "m.safetensors"), str(tmp_path / "ck"))
+    _assert_same(fastckpt.restore(str(tmp_path / "ck")), tensors)  # the metadata is in its structure record
+    assert fastckpt.read_meta(str(tmp_path / "ck"))["metadata"] == {
+        "converted_from": "safetensors", "metadata": {"format": "pt", "note": "x"}}
+    convert(str(tmp_path / "ck"), str(tmp_path / "again.safetensors"))
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "again.safetensors"), framework="np") as f:
+        assert f.metadata() == {"format": "pt", "note": "x"}
+
+
+def test_npz_refuses_what_it_would_read_back_as_raw_bytes(tmp_path):
+    fastckpt.write_bundle(str(tmp_path / "ck"), BF16)
+    with pytest.raises(fastckpt.InvalidArgumentError, match="npz cannot record dtype bfloat16"):
+        convert(str(tmp_path / "ck"), str(tmp_path / "m.npz"))
+    assert not os.path.exists(tmp_path / "m.npz")
+
+
+def test_compressed_npz_and_fortran_order_members(tmp_path):
+    f = np.asfortranarray(np.arange(12.0).reshape(3, 4))
+    np.savez_compressed(tmp_path / "c.npz", a=COMMON["emb/weight"], f=f)
+    np.savez(tmp_path / "s.npz", f=f)
+    for name in ("c.npz", "s.npz"):
+        out = str(tmp_path / (name + "-ck"))
+        convert(str(tmp_path / name), out)
+        got = fastckpt.read_bundle(out)
+        np.testing.assert_array_equal(got["f"], f)
+    assert fastckpt.diff(str(tmp_path / "c.npz"), str(tmp_path / "c.npz-ck")).equal
+
+
+def test_nested_torch_state_keeps_its_structure_through_a_bundle(tmp_path):
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3}
+    torch.save(state, tmp_path / "full.pt")
+    convert(str(tmp_path / "full.pt"), str(tmp_path / "ck"))
+    back = fastckpt.restore(str(tmp_path / "ck"))
+    assert back["epoch"] == 3 and back["optimizer"]["param_groups"][0]["lr"] == 0.001
+    assert torch.equal(back["model"]["weight"], model.weight.detach())
+    convert(str(tmp_path / "ck"), str(tmp_path / "again.pt"))
+    again = torch.load(tmp_path / "again.pt", weights_only=True)
+    assert again["epoch"] == 3
+    assert torch.equal(again["optimizer"]["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    with pytest.raises(fastckpt.InvalidArgumentError, match="holds only tensors.*param_groups"):
+        convert(str(tmp_path / "full.pt"), str(tmp_path / "x.safetensors"))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch EVIL_RAN",))
+
+
+def test_a_pickle_that_runs_code_is_refused_and_never_run(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.chdir(tmp_path)
+    import torch
+    torch.save({"w": torch.ones(2), "x": _Evil()}, tmp_path / "evil.pt")
+    with open(tmp_path / "legacy.bin", "wb") as fh:
+        pickle.dump({"x": _Evil()}, fh)
+    for name in ("evil.pt", "legacy.bin"):
+        with pytest.raises(fastckpt.DataLossError, match="weights_only=True"):
+            convert(str(tmp_path / name), str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "EVIL_RAN")
+
+
+def test_options_reshard_compress_decompress_and_cast(tmp_path):
+    src = str(tmp_path / "src")
+    fastckpt.write_bundle(src, COMMON)
+    convert(src, str(tmp_path / "z"), compression="zstd", num_shards=2)
+    assert os.path.exists(str(tmp_path / "z") + ".data-00001-of-00002")
+    convert(str(tmp_path / "z"), str(tmp_path / "plain"))
+    _assert_same(fastckpt.read_bundle(str(tmp_path / "plain")), COMMON)
+    convert(src, str(tmp_path / "half.safetensors"), dtype="bfloat16")
+    got = safetensors_numpy.load_file(str(tmp_path / "half.safetensors"))
+    assert got["emb/weight"].dtype == ml_dtypes.bfloat16 and got["count"].dtype == np.int64
+    np.testing.assert_array_equal(got["emb/weight"], COMMON["emb/weight"].astype(ml_dtypes.bfloat16))
+    with pytest.raises(fastckpt.InvalidArgumentError, match="not a floating-point"):
+        convert(src, str(tmp_path / "x"), dtype="int8")
+
+
+def test_refusals(tmp_path):
+    src = str(tmp_path / "src")
+    fastckpt.write_bundle(src, dict(COMMON, names=np.array([b"a", b"b"], dtype=object)))
+    with pytest.raises(fastckpt.InvalidArgumentError, match="no string tensors: names"):
+        convert(src, str(tmp_path / "x.safetensors"))
+    with pytest.raises(fastckpt.InvalidArgumentError, match="being converted"):
+        convert(src, src)
+    with pytest.raises(fastckpt.InvalidArgumentError, match="compression is a TensorFlow"):
+        convert(src, str(tmp_path / "x.npz"), compression="zstd")
+    with pytest.raises(fastckpt.InvalidArgumentError, match="unknown checkpoint format"):
+        convert(src, str(tmp_path / "x"), dst_format="onnx")
+    with pytest.raises(fastckpt.NotFoundError):
+        convert(str(tmp_path / "missing.safetensors"), str(tmp_path / "y"))
+    with pytest.raises(fastckpt.InvalidArgumentError, match="complex128"):
+        fastckpt.write_bundle(str(tmp_path / "c"), {"c": np.ones(2, np.complex128)})
+        convert(str(tmp_path / "c"), str(tmp_path / "c.safetensors"))
+    assert sorted(os.listdir(tmp_path)) == ["c.data-00000-of-00001", "c.index", "src.data-00000-of-00001",
+                                            "src.index"]
+
+
+def _safetensors_file(path, header, data=b""):
+    text = json.dumps(header).encode()
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(text)) + text + data)
+
+
+@pytest.mark.parametrize("header,data,match", [
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 4, "beyond the end"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4, "4 bytes for a F32"),
+    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+      "b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, "overlap"),
+    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8, "gap"),
+    ({"a": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, "unknown or missing"),
+    ({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4, "bad header entry"),
+    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 12, "after the last tensor"),
+    ({"__metadata__": {"k": 1}}, b"", "__metadata__ must map strings"),
+])
+def test_hostile_safetensors_headers(tmp_path, header, data, match):
+    path = str(tmp_path / "bad.safetensors")
+    _safetensors_file(path, header, data)
+    with pytest.raises(fastckpt.DataLossError, match=match):
+        convert(path, str(tmp_path / "out"))
+    assert not os.path.exists(str(tmp_path / "out.index"))
+
+
+def test_hostile_safetensors_sizes_and_index(tmp_path):
+    path = str(tmp_path / "bad.safetensors")
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", 1 << 62) + b"{}")
+    with pytest.raises(fastckpt.DataLossError, match="header of"):
+        convert(path, str(tmp_path / "out"))
+    with open(tmp_path / "m.safetensors.index.json", "w") as fh:
+        json.dump({"weight_map": {"a": "../etc/passwd"}}, fh)
+    with pytest.raises(fastckpt.DataLossError, match="not a file beside the index"):
+        convert(str(tmp_path / "m.safetensors.index.json"), str(tmp_path / "out"))
+
+
+def test_npz_with_an_object_array_is_refused_without_unpickling(tmp_path):
+    np.savez(tmp_path / "o.npz", o=np.array([_Evil()], dtype=object))
+    with pytest.raises(fastckpt.InvalidArgumentError, match="object array"):
+        convert(str(tmp_path / "o.npz"), str(tmp_path / "out"))
+    with open(tmp_path / "junk.npz", "wb") as fh:
+        fh.write(b"PK not really")
+    with pytest.raises(fastckpt.DataLossError, match="not an npz"):
+        convert(str(tmp_path / "junk.npz"), str(tmp_path / "out"))
+
+
+def test_a_failing_write_leaves_no_file(tmp_path, monkeypatch):
+    src = str(tmp_path / "src")
+    fastckpt.write_bundle(src, COMMON)
+    from fastckpt.formats import safetensors as st_mod
+    real = st_mod.chunks_of
+    calls = []
+
+    def failing(arr, *a):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(arr, *a)
+
+    monkeypatch.setattr(st_mod, "chunks_of", failing)
+    with pytest.raises(fastckpt.CheckpointIOError, match="No space left"):
+        convert(src, str(tmp_path / "x.safetensors"))
+    assert sorted(os.listdir(tmp_path)) == ["src.data-00000-of-00001", "src.index"]
+
+
+def test_cli_convert_with_from_and_to(tmp_path):
+    fastckpt.write_bundle(str(tmp_path / "src"), COMMON)
+    run = [sys.executable, "-m", "fastckpt", "convert"]
+    r = subprocess.run(run + [str(tmp_path / "src"), str(tmp_path / "weights.data"), "--to", "safetensors"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "ends with .safetensors" in r.stderr, r.stderr
+    r = subprocess.run(run + [str(tmp_path / "src"), str(tmp_path / "w.bin"), "--to", "npz"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "ends with .npz" in r.stderr
+    r = subprocess.run(run + [str(tmp_path / "src"), str(tmp_path / "w.safetensors"), "--num-shards", "2"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert os.path.exists(tmp_path / "w.safetensors.index.json")
+    r = subprocess.run(run + [str(tmp_path / "w.safetensors.index.json"), str(tmp_path / "back"), "--durable"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    _assert_same(fastckpt.read_bundle(str(tmp_path / "back")), COMMON)

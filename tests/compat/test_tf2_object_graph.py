@@ -1,0 +1,155 @@
+"""TensorFlow 2 object graphs against live TensorFlow: fastckpt.restore of a
+tf.train.Checkpoint gives its object tree (slots where they belong);
+save(object_graph=True) restores into tf.Modules with assert_consumed();
+save(template=) puts weights trained elsewhere into a Keras model."""
+
+import numpy as np
+import pytest
+
+import fastckpt
+
+tf = pytest.importorskip("tensorflow")
+
+
+class Dense(tf.Module):
+    def __init__(self, n_in, n_out):
+        super().__init__()
+        self.kernel = tf.Variable(tf.zeros((n_in, n_out)))
+        self.bias = tf.Variable(tf.zeros(n_out))
+
+
+class Net(tf.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = Dense(3, 4)
+        self.blocks = [Dense(4, 4), Dense(4, 2)]
+        self.scale = tf.Variable(tf.constant(1.0, tf.float64))
+
+
+def _state(seed=0):
+    rng = np.random.default_rng(seed)
+
+    def dense(i, o):
+        return {"kernel": rng.standard_normal((i, o)).astype(np.float32), "bias": rng.standard_normal(o).astype(np.float32)}
+    return {"net": {"encoder": dense(3, 4), "blocks": [dense(4, 4), dense(4, 2)], "scale": np.array(2.5)},
+            "step": np.array(11, np.int64)}
+
+
+def test_save_with_an_object_graph_restores_into_tf_modules_with_assert_consumed(tmp_path):
+    state = _state()
+    fastckpt.save(state, str(tmp_path / "ck"), object_graph=True)
+    net, step = Net(), tf.Variable(tf.constant(0, tf.int64))
+    ckpt = tf.train.Checkpoint(net=net, step=step)
+    ckpt.restore(str(tmp_path / "ck")).assert_consumed()
+    np.testing.assert_array_equal(net.encoder.kernel.numpy(), state["net"]["encoder"]["kernel"])
+    np.testing.assert_array_equal(net.blocks[1].bias.numpy(), state["net"]["blocks"][1]["bias"])
+    assert net.scale.numpy() == 2.5 and step.numpy() == 11 and ckpt.save_counter.numpy() == 1
+    # fastckpt reads its own state back exactly (the structure record), TensorFlow by the graph
+    back = fastckpt.restore(str(tmp_path / "ck"))
+    assert type(back["net"]["blocks"]) is list
+    np.testing.assert_array_equal(back["net"]["blocks"][0]["kernel"], state["net"]["blocks"][0]["kernel"])
+    # and the TF1 way still works on the same file
+    r = tf.train.load_checkpoint(str(tmp_path / "ck"))
+    assert r.get_tensor("net/encoder/kernel/.ATTRIBUTES/VARIABLE_VALUE").shape == (3, 4)
+
+
+def test_object_graph_names_are_escaped_as_tensorflow_escapes_them(tmp_path):
+    state = {"a.b": {"c/d": np.ones(2, np.float32)}}
+    fastckpt.save(state, str(tmp_path / "ck"), object_graph=True)
+    assert "a..b/c.Sd/.ATTRIBUTES/VARIABLE_VALUE" in fastckpt.load_checkpoint(str(tmp_path / "ck"))
+    inner = tf.Module()
+    setattr(inner, "c/d", tf.Variable(tf.zeros(2)))
+    root = tf.train.Checkpoint(**{"a.b": inner})
+    theirs = root.save(str(tmp_path / "tf"))
+    assert "a..b/c.Sd/.ATTRIBUTES/VARIABLE_VALUE" in fastckpt.load_checkpoint(theirs)  # TensorFlow's own naming
+    root.restore(str(tmp_path / "ck")).assert_consumed()
+    assert getattr(inner, "c/d").numpy().tolist() == [1.0, 1.0]
+
+
+def test_object_graph_refusals(tmp_path):
+    with pytest.raises(fastckpt.InvalidArgumentError, match="epoch holds a Python value, not a tensor"):
+        fastckpt.save({"model": {"w": np.ones(2)}, "epoch": 3}, str(tmp_path / "a"), object_graph=True)
+    with pytest.raises(fastckpt.InvalidArgumentError, match="is not a str"):
+        fastckpt.save({"model": {1: np.ones(2)}}, str(tmp_path / "b"), object_graph=True)
+    assert not list(tmp_path.iterdir())
+
+
+def test_restore_returns_the_object_tree_of_a_tensorflow_checkpoint(tmp_path):
+    net = Net()
+    for v, x in zip(net.variables, range(100)):
+        v.assign(tf.fill(v.shape, tf.cast(x, v.dtype)))
+    path = tf.train.Checkpoint(model=net).save(str(tmp_path / "tf"))
+    tree = fastckpt.restore(path)
+    assert sorted(tree) == ["model", "save_counter"]
+    assert sorted(tree["model"]) == ["blocks", "encoder", "scale"]
+    assert sorted(tree["model"]["blocks"]) == ["0", "1"]
+    np.testing.assert_array_equal(tree["model"]["blocks"]["1"]["kernel"], net.blocks[1].kernel.numpy())
+    flat = fastckpt.load_checkpoint(path)  # load_checkpoint stays flat
+    assert "model/blocks/1/kernel/.ATTRIBUTES/VARIABLE_VALUE" in flat
+    into = {"model": {"encoder": {"kernel": np.zeros((3, 4), np.float32)}}}
+    out = fastckpt.restore(path, into=into)
+    assert out["model"]["encoder"]["kernel"] is into["model"]["encoder"]["kernel"]
+    np.testing.assert_array_equal(into["model"]["encoder"]["kernel"], net.encoder.kernel.numpy())
+    with pytest.raises(fastckpt.InvalidArgumentError, match="does not have: model/decoder/kernel"):
+        fastckpt.restore(path, into={"model": {"decoder": {"kernel": np.zeros(1)}}})
+
+
+def test_optimizer_slots_sit_in_their_optimizer(tmp_path):
+    v = tf.Variable([1.0, 2.0])
+    opt = tf.compat.v1.train.AdamOptimizer(0.1)
+    opt.minimize(lambda: tf.reduce_sum(v * v), var_list=[v])
+    path = tf.train.Checkpoint(model=tf.Module(), v=v, optimizer=opt).save(str(tmp_path / "slots"))
+    tree = fastckpt.restore(path)
+    slots = tree["optimizer"][".OPTIMIZER_SLOT"]["v"]
+    np.testing.assert_array_equal(slots["m"], opt.get_slot(v, "m").numpy())
+    np.testing.assert_array_equal(slots["v"], opt.get_slot(v, "v").numpy())
+    np.testing.assert_array_equal(tree["v"], v.numpy())
+    # and the same tree is a template's layout: the slots go back under their keys
+    tree["optimizer"][".OPTIMIZER_SLOT"]["v"]["m"] = np.full(2, 9.0, np.float32)
+    fastckpt.save(tree, str(tmp_path / "again"), template=path)
+    v2 = tf.Variable([0.0, 0.0])
+    opt2 = tf.compat.v1.train.AdamOptimizer(0.1)
+    opt2.minimize(lambda: tf.reduce_sum(v2 * v2), var_list=[v2])
+    tf.train.Checkpoint(model=tf.Module(), v=v2, optimizer=opt2).restore(str(tmp_path / "again")).assert_consumed()
+    assert opt2.get_slot(v2, "m").numpy().tolist() == [9.0, 9.0]
+
+
+def _keras_model():
+    return tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(4, activation="relu"),
+                                tf.keras.layers.Dense(2)])
+
+
+def test_template_puts_weights_trained_elsewhere_into_a_keras_model(tmp_path):
+    template = tf.train.Checkpoint(model=_keras_model()).save(str(tmp_path / "keras"))
+    layout = fastckpt.restore(template)
+    ops = layout["model"]["_functional"]["_operations"]
+    rng = np.random.default_rng(3)
+    trained = {k: {"_kernel": rng.standard_normal(v["_kernel"].shape).astype(np.float32),
+                   "bias": rng.standard_normal(v["bias"].shape).astype(np.float32)} for k, v in ops.items()}
+    state = {"model": {"_functional": {"_operations": trained}}}
+    fastckpt.save(state, str(tmp_path / "trained"), template=template)
+    served = _keras_model()
+    tf.train.Checkpoint(model=served).restore(str(tmp_path / "trained")).assert_consumed()
+    x = rng.standard_normal((5, 3)).astype(np.float32)
+    h = np.maximum(x @ trained["1"]["_kernel"] + trained["1"]["bias"], 0)
+    np.testing.assert_allclose(served(x).numpy(), h @ trained["2"]["_kernel"] + trained["2"]["bias"], rtol=1e-5)
+
+
+def test_template_mismatches_are_listed_all_at_once(tmp_path):
+    template = tf.train.Checkpoint(model=_keras_model()).save(str(tmp_path / "keras"))
+    ops = fastckpt.restore(template)["model"]["_functional"]["_operations"]
+    bad = {"model": {"_functional": {"_operations": {
+        "1": {"_kernel": np.zeros((3, 5), np.float32), "bias": ops["1"]["bias"].astype(np.float64)},
+        "9": {"extra": np.zeros(1, np.float32)}}}}}
+    with pytest.raises(fastckpt.InvalidArgumentError) as e:
+        fastckpt.save(bad, str(tmp_path / "bad"), template=template)
+    text = str(e.value)
+    for part in ("shape: model/_functional/_operations/1/_kernel is [3, 5]",
+                 "dtype: model/_functional/_operations/1/bias is float64",
+                 "missing: model/_functional/_operations/2/_kernel",
+                 "not in the template: model/_functional/_operations/9/extra"):
+        assert part in text, text
+    assert not (tmp_path / "bad.index").exists()
+    with pytest.raises(fastckpt.InvalidArgumentError, match="no TensorFlow 2 object graph"):
+        fastckpt.write_bundle(str(tmp_path / "plain"), {"w": np.ones(1)})
+        fastckpt.save({"w": np.ones(1)}, str(tmp_path / "x"), template=str(tmp_path / "plain"))
