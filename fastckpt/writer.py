@@ -319,6 +319,7 @@ def _write_converted(plan: "_core.WritePlan", fds: List[int], finals: List[str],
             batch.append((i, at, chunk))
             at += chunk.nbytes
             held += chunk.nbytes
+        chunk = source = None  # the batch alone keeps a read tensor alive: at most one beside the pool
     if batch:
         flush()
     for i, crc in crcs.items():

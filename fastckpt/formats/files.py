@@ -16,7 +16,7 @@ from ..fsutil import ensure_directory, fsync_dir, io_error
 from ..locking import create_locked_temp, release_lock
 from ..writer import STAGING_BYTES, c_order_chunks
 
-__all__ = ["atomic_file", "replace_all", "chunks_of"]
+__all__ = ["atomic_file", "replace_all", "chunks_of", "write_tensor"]
 
 
 def chunks_of(arr: np.ndarray, max_bytes: int = STAGING_BYTES) -> Iterator[memoryview]:
@@ -26,6 +26,13 @@ def chunks_of(arr: np.ndarray, max_bytes: int = STAGING_BYTES) -> Iterator[memor
         return
     for piece in c_order_chunks(arr, max_bytes):
         yield memoryview(piece.reshape(-1).view(np.uint8))
+
+
+def write_tensor(fh: Any, t: Any) -> None:
+    """Write a LazyTensor's bytes; it is read here and let go on return
+    (so the next one is read with this one gone)."""
+    for chunk in chunks_of(t.array()):
+        fh.write(chunk)
 
 
 def _temp(path: str) -> Tuple[str, int]:

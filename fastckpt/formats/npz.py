@@ -116,6 +116,7 @@ def write_npz(dst: str, source: Source, *, durable: bool = False) -> List[str]:
 
 
 def _write_member(zf: zipfile.ZipFile, name: str, t: LazyTensor) -> None:
+    """One ``NAME.npy`` member; the tensor is read here and let go on return."""
     arr = t.array()
     with zf.open(name + ".npy", "w", force_zip64=True) as out:
         header = {"descr": np.lib.format.dtype_to_descr(arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">"

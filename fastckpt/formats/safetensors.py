@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import DataLossError, InvalidArgumentError
 from ..lazy import LazyTensor
 from . import Source, tensors_only
-from .files import atomic_file, chunks_of, replace_all
+from .files import atomic_file, replace_all, write_tensor
 
 __all__ = ["open_safetensors", "write_safetensors", "SAFETENSORS_DTYPES"]
 
@@ -231,5 +231,4 @@ def _write_file(fh: Any, tensors: Dict[str, LazyTensor], meta: Dict[str, str]) -
     text += b" " * (-len(text) % 8)  # data 8-aligned, as the library writes it
     fh.write(struct.pack("<Q", len(text)) + text)
     for t in tensors.values():
-        for chunk in chunks_of(t.array()):
-            fh.write(chunk)
+        write_tensor(fh, t)

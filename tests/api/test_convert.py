@@ -285,8 +285,8 @@ def test_npz_with_an_object_array_is_refused_without_unpickling(tmp_path):
 def test_a_failing_write_leaves_no_file(tmp_path, monkeypatch):
     src = str(tmp_path / "src")
     fastckpt.write_bundle(src, COMMON)
-    from fastckpt.formats import safetensors as st_mod
-    real = st_mod.chunks_of
+    from fastckpt.formats import files as files_mod
+    real = files_mod.chunks_of
     calls = []
 
     def failing(arr, *a):
@@ -295,7 +295,7 @@ def test_a_failing_write_leaves_no_file(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return real(arr, *a)
 
-    monkeypatch.setattr(st_mod, "chunks_of", failing)
+    monkeypatch.setattr(files_mod, "chunks_of", failing)
     with pytest.raises(fastckpt.CheckpointIOError, match="No space left"):
         convert(src, str(tmp_path / "x.safetensors"))
     assert sorted(os.listdir(tmp_path)) == ["src.data-00000-of-00001", "src.index"]

@@ -11,7 +11,7 @@ import pytest
 
 import fastckpt
 from fastckpt.convert import convert
-from fastckpt.diff import PIECE_BYTES
+from fastckpt.diff import PIECE_ELEMENTS
 
 
 def _cli(*args):
@@ -80,7 +80,7 @@ def test_diff_json_and_identical_copies_in_every_format(pair):
 def test_diff_compares_large_tensors_in_pieces(tmp_path, monkeypatch):
     import importlib
     diff_mod = importlib.import_module("fastckpt.diff")  # (fastckpt.diff is the function)
-    monkeypatch.setattr(diff_mod, "PIECE_BYTES", 4096)
+    monkeypatch.setattr(diff_mod, "PIECE_ELEMENTS", 1000)
     a = np.arange(10_000, dtype=np.float32).reshape(100, 100)
     b = a.copy()
     b[99, 99] += 1
@@ -88,7 +88,7 @@ def test_diff_compares_large_tensors_in_pieces(tmp_path, monkeypatch):
     fastckpt.write_bundle(str(tmp_path / "b"), {"x": b})
     t = fastckpt.diff(str(tmp_path / "a"), str(tmp_path / "b")).tensors["x"]
     assert t.mismatched == 1 and t.max_abs == 1.0
-    assert PIECE_BYTES > 4096
+    assert PIECE_ELEMENTS > 1000
 
 
 def test_inspect_summarises_every_format(tmp_path):
