@@ -25,7 +25,7 @@ import ml_dtypes
 import numpy as np
 
 from .errors import InvalidArgumentError
-from .formats import LazyTensor, Source, detect_format, open_source, write_as
+from .formats import LazyTensor, Source, checked_path, detect_format, open_source, write_as
 from .naming import PathLike, checkpoint_files
 
 __all__ = ["convert", "cast_floats"]
@@ -52,7 +52,7 @@ def convert(src: PathLike, dst: PathLike, *, src_format: Optional[str] = None, d
     that holds only tensors (safetensors, npz) refuses a source whose other
     values it would lose; TensorFlow 2's object graph is left out of them.
     Returns ``dst``."""
-    s, d = os.fspath(src), os.fspath(dst)
+    s, d = checked_path(src, "src"), checked_path(dst, "dst")
     fmt_out = dst_format or detect_format(d, existing=False)
     with open_source(s, src_format, verify=verify) as source:
         _refuse_same(source, d, fmt_out)
@@ -72,13 +72,16 @@ def cast_floats(tensors: Dict[str, LazyTensor], dtype: str) -> Dict[str, LazyTen
         raise InvalidArgumentError(f"unknown dtype {dtype!r}") from None
     if not _is_float(target):
         raise InvalidArgumentError(f"--dtype casts floating-point tensors: {dtype!r} is not a floating-point dtype")
-    out = {}
+    out: Dict[str, LazyTensor] = {}
     for name, t in tensors.items():
-        if _is_float(t.dtype) and t.dtype != target:
-            out[name] = LazyTensor(target, t.shape, (lambda t=t: t.array().astype(target)), what=t.what)
-        else:
-            out[name] = t
+        out[name] = _cast(t, target) if _is_float(t.dtype) and t.dtype != target else t
     return out
+
+
+def _cast(t: LazyTensor, target: np.dtype) -> LazyTensor:
+    def load() -> np.ndarray:
+        return t.array().astype(target)
+    return LazyTensor(target, t.shape, load, what=t.what)
 
 
 def _is_float(dt: np.dtype) -> bool:

@@ -102,8 +102,8 @@ def diff(a: PathLike, b: PathLike, *, atol: float = 0.0, rtol: float = 0.0, a_fo
     """Compare checkpoints ``a`` and ``b`` (any supported formats; see
     :func:`fastckpt.convert`). A tensor is ``close`` when every element
     satisfies ``|a - b| <= atol + rtol * |b|``, as ``numpy.isclose``."""
-    if not (atol >= 0 and rtol >= 0):
-        raise InvalidArgumentError(f"atol and rtol must be non-negative, got {atol} and {rtol}")
+    if not all(type(x) in (int, float) and x >= 0 for x in (atol, rtol)):
+        raise InvalidArgumentError(f"atol and rtol must be non-negative numbers, got {atol!r} and {rtol!r}")
     with open_source(a, a_format) as sa, open_source(b, b_format) as sb:
         report = Diff(sa.path, sb.path, atol=float(atol), rtol=float(rtol))
         report.only_in_a = [n for n in sa.tensors if n not in sb.tensors]

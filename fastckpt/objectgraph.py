@@ -68,6 +68,7 @@ def _fields(buf: bytes, at: int = 0, end: Optional[int] = None) -> List[Tuple[in
     """``(field number, wire type, value, start, stop)`` of each field of one message."""
     end = len(buf) if end is None else end
     out = []
+    value: Any
     while at < end:
         start = at
         tag, at = _varint(buf, at, end)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, Iterator, Optional
 
+from .errors import InvalidArgumentError
 from .formats import OBJECT_GRAPH_KEY, Source, open_source
 from .naming import PathLike
 
@@ -18,6 +19,8 @@ __all__ = ["inspect_checkpoint", "summary_lines"]
 def inspect_checkpoint(path: PathLike, fmt: Optional[str] = None, *, largest: int = 10,
                        depth: int = 2) -> Dict[str, Any]:
     """The summary of checkpoint ``path`` as a JSON-able dict."""
+    if type(largest) is not int or largest < 0 or type(depth) is not int or depth < 1:
+        raise InvalidArgumentError(f"largest must be an int >= 0 and depth an int >= 1, got {largest!r}, {depth!r}")
     with open_source(path, fmt) as source:
         return _summary(source, largest, depth)
 

@@ -79,7 +79,7 @@ def _as_array(name: str, value: Any) -> np.ndarray:
 _FAST_ENUMS = native_enums() if np.little_endian else {}
 
 
-Prepared = Tuple[bytes, str, int, Tuple[int, ...], Any, int, Optional[int], Optional[np.ndarray]]
+Prepared = Tuple[bytes, str, int, Tuple[int, ...], Any, int, Optional[int], Any]  # source: array or LazyTensor
 
 
 def _prepare(name: Any, value: Any) -> Prepared:
@@ -319,7 +319,7 @@ def _write_converted(plan: "_core.WritePlan", fds: List[int], finals: List[str],
             batch.append((i, at, chunk))
             at += chunk.nbytes
             held += chunk.nbytes
-        chunk = source = None  # the batch alone keeps a read tensor alive: at most one beside the pool
+        chunk = source = None  # type: ignore[assignment]  # the batch alone keeps a read tensor alive: at most one beside the pool
     if batch:
         flush()
     for i, crc in crcs.items():

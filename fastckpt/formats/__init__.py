@@ -64,9 +64,18 @@ def detect_format(path: PathLike, *, existing: bool = True) -> str:
     return "tf"
 
 
+def checked_path(path: Any, what: str = "path") -> str:
+    """``path`` as a str, or :class:`InvalidArgumentError`."""
+    try:
+        p = os.fspath(path)
+    except TypeError:
+        raise InvalidArgumentError(f"{what} must be a path, got {type(path).__name__}: {path!r:.80}") from None
+    return p if isinstance(p, str) else os.fsdecode(p)
+
+
 def open_source(path: PathLike, fmt: Optional[str] = None, *, verify: bool = True) -> Source:
     """Open the checkpoint at ``path`` (in format ``fmt``, or detected)."""
-    p = os.fspath(path)
+    p = checked_path(path)
     fmt = _checked_format(fmt) if fmt else detect_format(p)
     if fmt != "tf" and not os.path.exists(p) and not (fmt == "safetensors" and os.path.exists(
             p[:-len(".safetensors")] + ".safetensors.index.json" if p.endswith(".safetensors") else "")):
@@ -90,6 +99,8 @@ def write_as(fmt: str, dst: str, source: Source, *, num_shards: int = 1, compres
     files written. Every writer writes under private names and renames
     into place last, so ``dst`` is never half written."""
     fmt = _checked_format(fmt)
+    if type(num_shards) is not int or num_shards < 1:
+        raise InvalidArgumentError(f"num_shards must be a positive int, got {num_shards!r}")
     if compression is not None and fmt != "tf":
         raise InvalidArgumentError(f"compression is a TensorFlow-bundle option; {fmt} files are written plain")
     if num_shards != 1 and fmt not in ("tf", "safetensors"):
@@ -108,7 +119,7 @@ def write_as(fmt: str, dst: str, source: Source, *, num_shards: int = 1, compres
     return write_torch(dst, source, durable=durable)
 
 
-def _checked_format(fmt: str) -> str:
+def _checked_format(fmt: Any) -> str:
     if fmt not in FORMATS:
         raise InvalidArgumentError(f"unknown checkpoint format {fmt!r}: one of {', '.join(FORMATS)}")
     return fmt

@@ -25,7 +25,7 @@ def chunks_of(arr: np.ndarray, max_bytes: int = STAGING_BYTES) -> Iterator[memor
     if arr.size == 0:
         return
     for piece in c_order_chunks(arr, max_bytes):
-        yield memoryview(piece.reshape(-1).view(np.uint8))
+        yield memoryview(piece.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 
 def write_tensor(fh: Any, t: Any) -> None:

@@ -9,7 +9,7 @@ import mmap
 import os
 import struct
 import zipfile
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 

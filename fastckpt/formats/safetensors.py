@@ -43,7 +43,7 @@ def open_safetensors(path: str) -> Source:
     a directory of one file, as a :class:`Source` of mapped views."""
     files, weight_map = _files_of(path)
     tensors: Dict[str, LazyTensor] = {}
-    maps: List[mmap.mmap] = []
+    maps: List[Optional[mmap.mmap]] = []
     metadata: Dict[str, Any] = {}
     try:
         for f in files:
@@ -158,6 +158,7 @@ def _lazy(path: str, m: Optional[mmap.mmap], base: int, name: str, desc: Any) ->
     def load() -> np.ndarray:
         if size == 0:
             return np.zeros(shape, dtype)
+        assert m is not None  # a file with data is mapped
         return np.frombuffer(m, dtype, size // dtype.itemsize, base + begin).reshape(shape)
     return LazyTensor(dtype, shape, load, mapped=(base + begin) % dtype.itemsize == 0, what=what)
 
@@ -211,12 +212,19 @@ def _string_metadata(metadata: Any) -> Dict[str, str]:
 
 
 def _split(tensors: Dict[str, LazyTensor], n: int) -> List[Dict[str, LazyTensor]]:
-    """Contiguous runs of about equal bytes, in order."""
+    """``n`` contiguous runs of about equal bytes, in order, none empty (a
+    tensor goes where its middle byte falls; never skipping a shard, never
+    leaving the later ones without tensors)."""
+    if len(tensors) < n:
+        raise InvalidArgumentError(f"cannot cut {len(tensors)} tensor(s) into {n} safetensors shards")
     total = sum(t.nbytes for t in tensors.values()) or 1
     groups: List[Dict[str, LazyTensor]] = [{} for _ in range(n)]
-    at = 0
-    for name, t in tensors.items():
-        groups[min(n - 1, at * n // total)][name] = t
+    at = g = 0
+    for k, (name, t) in enumerate(tensors.items()):
+        if k:
+            want = min(n - 1, (2 * at + t.nbytes) * n // (2 * total))
+            g = max(min(max(g, want), g + 1), n - (len(tensors) - k))
+        groups[g][name] = t
         at += t.nbytes
     return groups
 

@@ -318,3 +318,39 @@ def test_cli_convert_with_from_and_to(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     _assert_same(fastckpt.read_bundle(str(tmp_path / "back")), COMMON)
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: convert(None, str(d / "b")),
+    lambda d: convert(str(d / "src"), 3),
+    lambda d: convert(str(d / "src"), str(d / "b.safetensors"), num_shards=-1),
+    lambda d: convert(str(d / "src"), str(d / "b"), num_shards="2"),
+    lambda d: convert(str(d / "src"), str(d / "b.npz"), dtype="nonsense"),
+    lambda d: convert(str(d / "src"), str(d / "b"), src_format="onnx"),
+    lambda d: fastckpt.diff(str(d / "src"), str(d / "src"), atol="x"),
+    lambda d: fastckpt.diff(str(d / "src"), str(d / "src"), rtol=float("nan")),
+    lambda d: fastckpt.inspect_checkpoint(3),
+    lambda d: fastckpt.inspect_checkpoint(str(d / "src"), largest=-1),
+])
+def test_bad_arguments_are_invalid_argument_errors(tmp_path, call):
+    fastckpt.write_bundle(str(tmp_path / "src"), {"x": np.ones(3)})
+    with pytest.raises(fastckpt.InvalidArgumentError):
+        call(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["src.data-00000-of-00001", "src.index"]
+
+
+def test_safetensors_shards_are_balanced_and_never_empty(tmp_path):
+    from fastckpt.formats.safetensors import _split
+    from fastckpt.lazy import LazyTensor
+
+    def lazy(n):
+        return LazyTensor(np.dtype(np.uint8), (n,), lambda: np.zeros(n, np.uint8))
+    for sizes, n in (([16, 64], 2), ([1000, 1, 1, 1], 3), ([1, 1, 1, 1000], 3), ([5] * 10, 4), ([7], 1)):
+        groups = _split({f"t{i}": lazy(s) for i, s in enumerate(sizes)}, n)
+        assert len(groups) == n and all(groups), (sizes, groups)
+        assert [k for g in groups for k in g] == [f"t{i}" for i in range(len(sizes))]
+    assert [len(g) for g in _split({f"t{i}": lazy(5) for i in range(10)}, 4)] in ([3, 2, 3, 2], [2, 3, 2, 3],
+                                                                                   [3, 3, 2, 2], [2, 3, 3, 2])
+    fastckpt.write_bundle(str(tmp_path / "two"), {"a": np.ones(2), "b": np.ones(2)})
+    with pytest.raises(fastckpt.InvalidArgumentError, match="cannot cut 2 tensor"):
+        convert(str(tmp_path / "two"), str(tmp_path / "x.safetensors"), num_shards=3)
