@@ -8,15 +8,16 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from typing import Any, Callable, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..fsutil import ensure_directory, fsync_dir, io_error
+from .. import _core
+from ..fsutil import default_threads, ensure_directory, fsync_dir, io_error
 from ..locking import create_locked_temp, release_lock
 from ..writer import STAGING_BYTES, c_order_chunks
 
-__all__ = ["atomic_file", "replace_all", "chunks_of", "write_tensor"]
+__all__ = ["atomic_file", "replace_all", "chunks_of", "write_tensor", "write_at"]
 
 
 def chunks_of(arr: np.ndarray, max_bytes: int = STAGING_BYTES) -> Iterator[memoryview]:
@@ -26,6 +27,40 @@ def chunks_of(arr: np.ndarray, max_bytes: int = STAGING_BYTES) -> Iterator[memor
         return
     for piece in c_order_chunks(arr, max_bytes):
         yield memoryview(piece.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+
+
+def write_at(fd: int, start: int, tensors: Sequence[Any], staging_bytes: int = STAGING_BYTES,
+             threads: Optional[int] = None) -> None:
+    """Write the LazyTensors' bytes back to back from ``start`` with the C
+    engine's parallel pwrites: mapped tensors from their maps, the others
+    read one at a time and let go once written (so at most one decoded
+    tensor and the pool's worth of pieces are held)."""
+    batch: List[Tuple[int, np.ndarray]] = []
+    held = 0
+    nthreads = threads or default_threads()
+
+    def flush() -> None:
+        nonlocal held
+        _core.io_run([fd] * len(batch), [at for at, _ in batch], [piece for _, piece in batch], write=True,
+                     threads=nthreads)
+        batch.clear()
+        held = 0
+
+    at = start
+    for t in tensors:
+        if not t.mapped and batch and held + t.nbytes > staging_bytes:
+            flush()
+        arr = t.array()
+        for piece in (c_order_chunks(arr, staging_bytes) if arr.size else ()):
+            batch.append((at, piece.reshape(-1).view(np.uint8)))
+            at += piece.nbytes
+            if not t.mapped:
+                held += piece.nbytes
+                if held >= staging_bytes:
+                    flush()
+        arr = piece = None  # type: ignore[assignment]
+    if batch:
+        flush()
 
 
 def write_tensor(fh: Any, t: Any) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import DataLossError, InvalidArgumentError
 from ..lazy import LazyTensor
 from . import Source, tensors_only
-from .files import atomic_file, replace_all, write_tensor
+from .files import atomic_file, replace_all, write_at
 
 __all__ = ["open_safetensors", "write_safetensors", "SAFETENSORS_DTYPES"]
 
@@ -238,5 +238,5 @@ def _write_file(fh: Any, tensors: Dict[str, LazyTensor], meta: Dict[str, str]) -
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # data 8-aligned, as the library writes it
     fh.write(struct.pack("<Q", len(text)) + text)
-    for t in tensors.values():
-        write_tensor(fh, t)
+    fh.flush()
+    write_at(fh.fileno(), 8 + len(text), list(tensors.values()))

@@ -7,6 +7,7 @@ tensors that share the source's memory (mapped views are not copied)."""
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import warnings
@@ -14,7 +15,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from ..errors import DataLossError, InvalidArgumentError
+from ..errors import CheckpointIOError, DataLossError, InvalidArgumentError
 from ..frameworks import _ML_TO_TORCH, to_numpy
 from ..lazy import LazyTensor
 from ..structure import flatten, unflatten
@@ -113,6 +114,11 @@ def write_torch(dst: str, source: Source, *, durable: bool = False) -> List[str]
     given = {n: _as_torch(t.array()) for n, t in source.tensors.items() if n != OBJECT_GRAPH_KEY}
     obj = dict(given) if source.tree is None else unflatten(source.tree, {}, None, given)
     with atomic_file(dst, durable) as fh:
-        _torch().save(obj, fh)
+        try:
+            _torch().save(obj, fh)
+        except RuntimeError as e:  # torch's writer reports a failed write so; the OSError is its context
+            cause = e.__context__ if isinstance(e.__context__, OSError) else None
+            raise CheckpointIOError(cause.errno if cause else errno.EIO,
+                                    f"writing {dst}: {cause.strerror if cause else e}", dst) from e
     return [dst]
 

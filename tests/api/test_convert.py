@@ -282,23 +282,18 @@ def test_npz_with_an_object_array_is_refused_without_unpickling(tmp_path):
         convert(str(tmp_path / "junk.npz"), str(tmp_path / "out"))
 
 
-def test_a_failing_write_leaves_no_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["x.safetensors", "shards.safetensors", "x.npz", "x.pt", "x"])
+def test_a_full_disk_leaves_no_file(tmp_path, small_tmpfs, name):
+    """A real 1 MiB file system: every destination fails with ENOSPC as
+    CheckpointIOError, and nothing of it is left."""
+    if name.endswith(".pt"):
+        pytest.importorskip("torch")
     src = str(tmp_path / "src")
-    fastckpt.write_bundle(src, COMMON)
-    from fastckpt.formats import files as files_mod
-    real = files_mod.chunks_of
-    calls = []
-
-    def failing(arr, *a):
-        calls.append(1)
-        if len(calls) == 3:
-            raise OSError(28, "No space left on device")
-        return real(arr, *a)
-
-    monkeypatch.setattr(files_mod, "chunks_of", failing)
-    with pytest.raises(fastckpt.CheckpointIOError, match="No space left"):
-        convert(src, str(tmp_path / "x.safetensors"))
-    assert sorted(os.listdir(tmp_path)) == ["src.data-00000-of-00001", "src.index"]
+    fastckpt.write_bundle(src, {f"t{i}": np.full(100_000, i, np.float32) for i in range(5)})  # 2 MB
+    with pytest.raises(fastckpt.CheckpointIOError) as e:
+        convert(src, str(small_tmpfs / name), num_shards=2 if name.startswith("shards") else 1)
+    assert e.value.errno == 28 and "No space" in str(e.value)
+    assert os.listdir(small_tmpfs) == []
 
 
 def test_cli_convert_with_from_and_to(tmp_path):
