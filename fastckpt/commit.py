@@ -38,7 +38,7 @@ from .locking import clean_leftovers, directory_lock, is_leftover
 from .naming import checkpoint_files, index_filename
 from .retention import Entry
 from .state import state_path, checkpoint_exists, get_checkpoint_state, update_checkpoint_state
-from .writer import STAGE_PREFIX, StagedBundle, check_prefix, install_bundle, install_plain, stage_bundle
+from .writer import STAGE_PREFIX, StagedBundle, check_prefix, install_bundle, install_plain, plan_for, stage_bundle
 
 __all__ = ["save_checkpoint", "commit_checkpoint", "committer", "recover_directory", "remove_checkpoint", "collect_garbage",
            "GarbageReport", "inside"]
@@ -133,19 +133,26 @@ def _try(action: Callable[[], None], what: str) -> bool:
 def save_checkpoint(prefix: str, tensors: Mapping[Any, Any], *, retain: RetainFn, durable: bool = True,
                     num_shards: int = 1, alignment: int = 1, threads: Optional[int] = None,
                     state_name: str = "checkpoint", write_state: bool = True,
-                    zstd_level: Optional[int] = None) -> List[str]:
+                    zstd_level: Optional[int] = None, recycle: bool = False) -> List[str]:
     """Write ``tensors`` as checkpoint ``prefix`` and commit it in its
     directory's state file ``state_name`` with retention ``retain`` (or,
     without ``write_state``, rename it into place); returns the listed
-    prefixes. What ``Saver`` and ``CheckpointManager`` both do."""
+    prefixes. What ``Saver`` and ``CheckpointManager`` both do. With
+    ``recycle``, the data files of the checkpoint retention will drop are
+    rewritten in place (:mod:`fastckpt.recycle`)."""
     check_prefix(prefix, num_shards)
     directory = os.path.dirname(os.path.abspath(prefix))
     state_path(directory, state_name)  # validates the name
     ensure_directory(directory)
     if write_state:
         recover_directory(directory, state_name, durable=durable, tidy_state=False)  # frees space first
+    plan, staged = None, None
+    if recycle and write_state:
+        from .recycle import stage_recycling
+        plan = plan_for(tensors, num_shards, alignment, zstd_level)  # bad input fails before a victim is retired
+        staged = stage_recycling(prefix, directory, state_name, retain, num_shards, durable, zstd_level)
     staged = stage_bundle(directory, tensors, durable=durable, num_shards=num_shards, alignment=alignment,
-                          threads=threads, zstd_level=zstd_level)
+                          threads=threads, zstd_level=zstd_level, staged=staged, plan=plan)
     try:
         return committer(prefix, retain, state_name, write_state)(staged)
     finally:

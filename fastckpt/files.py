@@ -12,7 +12,7 @@ from typing import Dict, Optional, Set, Tuple
 
 from . import _core
 from .errors import CheckpointError, CheckpointIOError, DataLossError, NotFoundError
-from .locking import open_regular
+from .locking import lock_for_reading, open_regular
 from .naming import data_filename
 
 __all__ = ["DataFiles", "crc32c_of_range", "read_range"]
@@ -80,6 +80,10 @@ class DataFiles:
                     raise DataLossError(f"data file {path} of checkpoint {self.prefix!r} is not a regular file") \
                         from None
                 raise CheckpointIOError(e.errno or 0, f"cannot open {path}: {e.strerror}", path) from e
+            if not lock_for_reading(fd):
+                os.close(fd)
+                raise NotFoundError(f"data file {path} of checkpoint {self.prefix!r} is being rewritten by a save "
+                                    "that recycles it (the checkpoint was retired)")
             self._fds[shard] = fd
             self._sizes[shard] = os.fstat(fd).st_size
         return self._fds[shard], self._sizes[shard]

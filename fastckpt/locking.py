@@ -5,9 +5,15 @@
   checkpoint put in place and old ones deleted, so two processes never
   interleave those steps.
 - Every file of a save in progress (its staged bundle, its temporaries) is
-  ``flock``-ed by its writer until the save ends. A later save deletes a
-  leftover only when it can take that lock, that is when its writer is gone
-  (killed, crashed): a concurrent save's files are never touched.
+  ``flock``-ed by its writer until the save ends (data files with a shared
+  lock). A later save deletes a leftover only when it can take that lock
+  exclusively, that is when its writer is gone (killed, crashed): a
+  concurrent save's files are never touched.
+- **Readers share, recyclers exclude.** fastckpt's readers hold a shared
+  lock on every data file they open (and keep it while any view of its
+  map lives). A save recycles a retired checkpoint's data file only if it
+  can take its exclusive lock at once; it holds that lock while it
+  rewrites the file.
 - Locks never outlive ``fork()`` in the child: a forked child closes the
   lock descriptors it inherited (they belong to threads that do not exist
   in the child), so neither the child's saves nor the parent's wait on it.
@@ -26,12 +32,12 @@ import os
 import re
 import stat
 import threading
-from typing import Callable, Collection, Iterator, List, Set, Tuple
+from typing import Callable, Collection, Iterator, List, Optional, Set, Tuple
 
 from .errors import CheckpointIOError, DataLossError
 
 __all__ = ["directory_lock", "create_locked_temp", "clean_leftovers", "is_leftover", "release_lock",
-           "open_regular"]
+           "open_regular", "lock_for_reading", "claim_exclusive"]
 
 log = logging.getLogger("fastckpt")
 
@@ -76,6 +82,48 @@ def _close_inherited_locks() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+def lock_for_reading(fd: int, wait: float = 10.0) -> bool:
+    """Take a shared lock on a data file a reader opened: while any reader
+    holds it, no save recycles the file. A save holds its files'
+    exclusive lock only while it rewrites a recycled file and commits it
+    (the committed files then become shareable): waits up to ``wait``
+    seconds for that; False if the lock is still held then."""
+    import time
+
+    deadline = time.monotonic() + wait
+    pause = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        except OSError as e:  # a file system without flock: nothing to share, nothing recycled
+            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+                return True
+            raise
+
+
+def claim_exclusive(path: str) -> Optional[int]:
+    """``path`` opened for writing with its exclusive lock taken at once
+    (no reader and no writer holds any lock on it), or None. Never follows
+    a final symbolic link; only regular files."""
+    try:
+        fd = open_regular(path, os.O_RDWR, follow=False)
+    except OSError:
+        return None
+    _hold(fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        release_lock(fd)
+        return None
+    return fd
 
 
 def is_leftover(name: str) -> bool:
@@ -129,8 +177,10 @@ def directory_lock(directory: str, latest_filename: str = "checkpoint") -> Itera
         release_lock(fd)
 
 
-def create_locked_temp(make_name: Callable[[], str], mode: int = 0o644) -> Tuple[str, int]:
-    """Create a new file and hold its lock; returns (path, fd).
+def create_locked_temp(make_name: Callable[[], str], mode: int = 0o644, *, shared: bool = False) -> Tuple[str, int]:
+    """Create a new file and hold its lock (``shared``: a shared lock, which
+    readers of the finished file may share and a cleaner or a recycling
+    save still cannot take); returns (path, fd).
 
     Between creating the file and locking it, a cleaner in another process
     may take the lock first and delete the file. So the lock is taken
@@ -143,7 +193,7 @@ def create_locked_temp(make_name: Callable[[], str], mode: int = 0o644) -> Tuple
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _CLOEXEC | _NOFOLLOW, mode)
         _hold(fd)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             if os.fstat(fd).st_nlink > 0:
                 return path, fd
         except BaseException:

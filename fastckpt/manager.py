@@ -42,6 +42,12 @@ log = logging.getLogger("fastckpt")
 _LIVE: "weakref.WeakSet[CheckpointManager]" = weakref.WeakSet()
 
 
+def _flag(value: Any, name: str) -> bool:
+    if type(value) is not bool:
+        raise InvalidArgumentError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 class CheckpointManager:
     """Manages the checkpoints of one training job in ``directory``.
 
@@ -64,7 +70,7 @@ class CheckpointManager:
                  keep_checkpoint_every_n_hours: Optional[float] = None, checkpoint_name: str = "ckpt",
                  checkpoint_interval: Optional[int] = None, *, durable: bool = True,
                  threads: Optional[int] = None, comm: Any = None, timeout: Optional[float] = None,
-                 compression: Optional[str] = None, compression_level: int = 1) -> None:
+                 compression: Optional[str] = None, compression_level: int = 1, recycle: bool = False) -> None:
         d = os.fspath(directory)
         if not isinstance(d, str) or not d:
             raise InvalidArgumentError(f"directory must be a path, got {directory!r}")
@@ -81,6 +87,7 @@ class CheckpointManager:
         self._threads = threads
         self._comm = as_communicator(comm, timeout)
         self._zstd = compression_setting(compression, compression_level)
+        self._recycle = _flag(recycle, "recycle")
         latest = self.latest_checkpoint
         self._last_step: Optional[int] = self._step_of(latest) if latest else None
         self._thread: Optional[threading.Thread] = None
@@ -168,7 +175,8 @@ class CheckpointManager:
     def _commit(self, prefix: str, leaves: Mapping[str, Any], tree: Any, metadata: Any) -> None:
         if self._comm is None and not any(isinstance(v, Shard) for v in leaves.values()):
             save_checkpoint(prefix, with_structure_record(leaves, tree, metadata), retain=self._retention,
-                            durable=self._durable, threads=self._threads, zstd_level=self._zstd)
+                            durable=self._durable, threads=self._threads, zstd_level=self._zstd,
+                            recycle=self._recycle)
             return
         save_any(None, prefix, metadata=metadata, retain=self._retention, durable=self._durable,
                  threads=self._threads, comm=self._comm, flat=(leaves, tree), zstd_level=self._zstd)

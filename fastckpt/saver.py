@@ -69,7 +69,10 @@ class Saver:
         timeout: Optional[float] = None,
         compression: Optional[str] = None,
         compression_level: int = 1,
+        recycle: bool = False,
     ) -> None:
+        from .manager import _flag
+        self._recycle = _flag(recycle, "recycle")
         self._comm = as_communicator(comm, timeout)
         self._zstd = compression_setting(compression, compression_level)
         self._timeout = timeout
@@ -122,7 +125,8 @@ class Saver:
                 f"save_path {base!r} collides with the checkpoint state file name")
         listed = save_any(state, prefix, metadata=metadata, retain=self._retention, durable=self._durable,
                           state_name=latest_filename or "checkpoint", write_state=write_state, comm=self._comm,
-                          timeout=self._timeout, zstd_level=self._zstd, **self._write_options)  # type: ignore[arg-type]
+                          timeout=self._timeout, zstd_level=self._zstd, recycle=self._recycle,
+                          **self._write_options)  # type: ignore[arg-type]
         if write_state:
             self._last = listed
         return prefix
@@ -201,7 +205,7 @@ def save_any(state: Any, prefix: str, *, metadata: Any, retain: Any, durable: bo
              alignment: int = 1, threads: Optional[int] = None, write_state: bool = True,
              state_name: str = "checkpoint", comm: Any = None, timeout: Optional[float] = None,
              flat: Optional[Tuple[Mapping[str, Any], Any]] = None, zstd_level: Optional[int] = None,
-             extra: Optional[Mapping[str, Any]] = None) -> List[str]:
+             extra: Optional[Mapping[str, Any]] = None, recycle: bool = False) -> List[str]:
     """The one save path of ``save``, ``Saver`` and ``CheckpointManager``:
     one process (``save_checkpoint``), or every process of ``comm`` -- also
     one process whose state holds :class:`~fastckpt.Shard` parts.
@@ -214,7 +218,8 @@ def save_any(state: Any, prefix: str, *, metadata: Any, retain: Any, durable: bo
             tensors = with_structure_record(leaves, tree, metadata)
             return save_checkpoint(prefix, {**tensors, **extra} if extra else tensors, retain=retain,
                                    durable=durable, num_shards=num_shards, alignment=alignment, threads=threads,
-                                   state_name=state_name, write_state=write_state, zstd_level=zstd_level)
+                                   state_name=state_name, write_state=write_state, zstd_level=zstd_level,
+                                   recycle=recycle)
         communicator = LocalCommunicator()
     if num_shards != 1:
         raise InvalidArgumentError("a checkpoint saved by several processes has one data file per process: "

@@ -151,6 +151,13 @@ def plan_bundle(tensors: Mapping[Any, Any], num_shards: int = 1, alignment: int 
 ZSTD_CHUNK = 1 << 20  # raw bytes per compressed chunk: a tensor of a few MiB keeps every thread busy
 
 
+def plan_for(tensors: Mapping[Any, Any], num_shards: int, alignment: int, zstd_level: Optional[int]) -> "_core.WritePlan":
+    """The plan a staged bundle of these options writes (compressed
+    payloads are not aligned)."""
+    _check_options(num_shards, alignment, None)
+    return plan_bundle(tensors, num_shards, alignment if zstd_level is None else 1)
+
+
 def compression_setting(compression: Optional[str], level: Any = 1) -> Optional[int]:
     """The zstd level of ``compression="zstd"`` (None: payloads stored as
     they are), checked."""
@@ -194,6 +201,7 @@ class StagedBundle:
     fds: List[int] = field(default_factory=list)
     only: Optional[int] = None  # one process's part of a bundle many write: its one data file
     zstd_level: Optional[int] = None  # payloads compressed (byte planes + zstd) at this level
+    recycled: Dict[int, int] = field(default_factory=dict)  # shard -> a retired data file's fd (fastckpt.recycle)
 
     def data_files(self) -> List[str]:
         """The data files' paths (this process's one, for a part)."""
@@ -221,20 +229,28 @@ class StagedBundle:
                 release_lock(fd)
 
 
+def new_stage_prefix(directory: str) -> str:
+    """A fresh private prefix for a staged bundle in ``directory``."""
+    return os.path.join(directory, STAGE_PREFIX + secrets.token_hex(8))
+
+
 def stage_bundle(directory: str, tensors: Mapping[Any, Any], *, alignment: int = 1, num_shards: int = 1,
                  threads: Optional[int] = None, durable: bool = False,
-                 staging_bytes: int = STAGING_BYTES, zstd_level: Optional[int] = None) -> StagedBundle:
+                 staging_bytes: int = STAGING_BYTES, zstd_level: Optional[int] = None,
+                 staged: Optional[StagedBundle] = None, plan: Optional["_core.WritePlan"] = None) -> StagedBundle:
     """Write ``tensors`` as a complete bundle under a new private prefix in
-    ``directory``: data files, fsync'd when ``durable``, then the index.
-    On any failure nothing is left behind and the error is raised
-    (:class:`CheckpointIOError` for the system's)."""
+    ``directory`` (or as ``staged``, whose ``recycled`` data files are
+    rewritten in place; ``plan``: the tensors already planned): data
+    files, fsync'd when ``durable``, then the index. On any failure nothing
+    is left behind and the error is raised (:class:`CheckpointIOError` for
+    the system's)."""
     nthreads = _check_options(num_shards, alignment, threads)
     if not isinstance(staging_bytes, int) or isinstance(staging_bytes, bool) or staging_bytes < 1:
         raise InvalidArgumentError(f"staging_bytes must be a positive int, got {staging_bytes!r}")
-    staged = StagedBundle(os.path.join(directory, STAGE_PREFIX + secrets.token_hex(8)), num_shards, durable,
-                          zstd_level=zstd_level)
+    if staged is None:
+        staged = StagedBundle(new_stage_prefix(directory), num_shards, durable, zstd_level=zstd_level)
     with _removed_on_failure(staged, f"writing a checkpoint in {directory!r}"):
-        write_staged_index(staged, _write_data(tensors, staged, alignment, nthreads, staging_bytes))
+        write_staged_index(staged, _write_data(tensors, staged, alignment, nthreads, staging_bytes, plan))
     return staged
 
 
@@ -272,8 +288,19 @@ def _removed_on_failure(staged: StagedBundle, what: str) -> Iterator[None]:
         raise
 
 
-def _create_locked(path: str, staged: StagedBundle) -> int:
-    _, fd = create_locked_temp(lambda: path)
+def _create_locked(path: str, staged: StagedBundle, shared: bool = False) -> int:
+    _, fd = create_locked_temp(lambda: path, shared=shared)
+    staged.fds.append(fd)
+    return fd
+
+
+def _data_fd(staged: StagedBundle, shard: int, path: str) -> int:
+    """The descriptor to write a data file through: a recycled file
+    (already under this name, exclusively locked), or a new one (shared
+    lock: readers of the committed checkpoint may share it)."""
+    fd = staged.recycled.pop(shard, None)
+    if fd is None:
+        return _create_locked(path, staged, shared=True)
     staged.fds.append(fd)
     return fd
 
@@ -327,24 +354,29 @@ def _write_converted(plan: "_core.WritePlan", fds: List[int], finals: List[str],
 
 
 def _write_data(tensors: Mapping[Any, Any], staged: StagedBundle, alignment: int, nthreads: int,
-                staging_bytes: int) -> Any:
+                staging_bytes: int, plan: Optional["_core.WritePlan"] = None) -> Any:
     """Plan every tensor, create the staged data files, write the payloads
     (ready ones from their own memory, the rest through the staging pool),
     fsync if durable; returns the index bytes (a part: its index records)."""
     num_shards, durable = staged.num_shards if staged.only is None else 1, staged.durable
     level = staged.zstd_level
-    plan = plan_bundle(tensors, num_shards, alignment if level is None else 1)
+    if plan is None:
+        plan = plan_bundle(tensors, num_shards, alignment if level is None else 1)
     finals = staged.data_files()
-    fds = [_create_locked(final, staged) for final in finals]
+    reused = set(staged.recycled)
+    fds = [_data_fd(staged, shard if staged.only is None else staged.only, final)
+           for shard, final in enumerate(finals)]
     if level is not None:  # sizes are known only once compressed: the C core appends
         for i, source in plan.staged:  # every payload at once (mapped files cost no memory)
             if isinstance(source, LazyTensor):
                 source = source.array()
             plan.set_ready(i, np.ascontiguousarray(source, dtype=source.dtype.newbyteorder("<")))
         plan.write_compressed(fds, level, ZSTD_CHUNK, nthreads, finals)
+        for shard in reused:  # a recycled file keeps no bytes past the new data
+            os.ftruncate(fds[shard], plan.shard_sizes[shard])
     else:
-        for fd, size in zip(fds, plan.shard_sizes):
-            if size:
+        for shard, (fd, size) in enumerate(zip(fds, plan.shard_sizes)):
+            if size or shard in reused:  # a recycled file shrinks or grows to the new size
                 os.ftruncate(fd, size)
         plan.write(fds, nthreads, durable, finals)
         if plan.staged:

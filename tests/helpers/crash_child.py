@@ -38,12 +38,12 @@ def save_n(directory: str, name: str, n: int) -> None:
         saver.save(state_for(i), os.path.join(directory, name), global_step=i)
 
 
-def resave_steps(directory: str, steps: int) -> None:
+def resave_steps(directory: str, steps: int, recycle: bool = False) -> None:
     """Save steps 1..steps, each twice: first contents, then re-saved ones
     (state_for(step + 1000)), as a forced final save at a saved step does."""
     import fastckpt
 
-    saver = fastckpt.Saver(max_to_keep=3, durable=False)
+    saver = fastckpt.Saver(max_to_keep=3, durable=False, recycle=recycle)
     for step in range(1, steps + 1):
         for variant in (0, 1000):
             saver.save(state_for(step + variant), os.path.join(directory, "model"), global_step=step)
@@ -82,3 +82,46 @@ def restore_latest_until(directory: str, stop_file: str, result_file: str) -> No
             errors.append(f"wrong values (b = {seed})")
     with open(result_file, "w") as f:
         f.write(f"{ok} {bad}\n" + "\n".join(errors))
+
+
+def hold_oldest_until(directory: str, stop_file: str, result_file: str) -> None:
+    """Open the *oldest* listed checkpoint (the next one retention retires,
+    the one a recycling save wants), read it through its maps, hold it a
+    while and read it again: once opened it must read the same, correct
+    values. Writes 'held failures' to ``result_file``."""
+    import time
+
+    import fastckpt
+
+    held = bad = 0
+    errors = []
+    while not os.path.exists(stop_file):
+        st = fastckpt.get_checkpoint_state(directory)
+        if st is None or not st.all_model_checkpoint_paths:
+            continue
+        try:
+            reader = fastckpt.load_checkpoint(st.all_model_checkpoint_paths[0])
+            views = {k: reader.get_tensor(k, copy=False) for k in reader.tensor_names()}
+        except fastckpt.NotFoundError:
+            continue  # retired between reading the state file and opening it: never held
+        except fastckpt.CheckpointError as e:
+            bad += 1
+            errors.append(repr(e))
+            continue
+        with reader:
+            first = {k: np.array(v) for k, v in views.items()}
+            time.sleep(0.02)  # saves run meanwhile
+            seed = int(first["b"][0])
+            want = state_for(seed)
+            same = all(np.array_equal(views[k], first[k]) and np.array_equal(first[k], want[k]) for k in want)
+            try:
+                again = reader.read()  # checksums checked again, from the files
+                same = same and all(np.array_equal(again[k], want[k]) for k in want)
+            except fastckpt.CheckpointError as e:
+                same = False
+                errors.append(repr(e))
+            held += same
+            bad += not same
+        del views
+    with open(result_file, "w") as f:
+        f.write(f"{held} {bad}\n" + "\n".join(errors[:20]))
