@@ -3,7 +3,8 @@
 the LD_PRELOAD kill shim). In a directory that already holds steps 1 and 2 it
 runs the attacked sequence -- a new step with a retention delete, a
 re-saved step, a background save, a re-save through the manager -- and
-logs each save to ``log`` (not counted) after it returned."""
+logs each save to ``log`` (not counted) after it returned. With
+``recycle``, the two saves that retire a checkpoint rewrite its files.""" 
 
 import ctypes
 import os
@@ -20,9 +21,9 @@ def contents(step: int, resaved: bool) -> dict:
     return state_for(step + (RESAVED if resaved else 0))
 
 
-def main(directory: str, target: int, log: str, durable: bool) -> None:
+def main(directory: str, target: int, log: str, durable: bool, recycle: bool = False) -> None:
     shim = ctypes.CDLL(None)
-    saver = fastckpt.Saver(max_to_keep=2, durable=durable)
+    saver = fastckpt.Saver(max_to_keep=2, durable=durable, recycle=recycle)
     prefix = os.path.join(directory, "model")
 
     def done(step: int, resaved: bool) -> None:
@@ -31,20 +32,33 @@ def main(directory: str, target: int, log: str, durable: bool) -> None:
             f.write(f"{step} {int(resaved)}\n")
         shim.killshim_pause(0)
 
+    def inode(step: int) -> int:
+        return os.stat(f"{prefix}-{step}.data-00000-of-00001").st_ino
+
+    victims = (inode(1), inode(2))
+    recycled = 0
     shim.killshim_arm(ctypes.c_long(target))
     saver.save(contents(3, False), prefix, global_step=3)        # new step; retention deletes step 1
+    shim.killshim_pause(1)
+    recycled += inode(3) == victims[0]
+    shim.killshim_pause(0)
     done(3, False)
     saver.save(contents(3, True), prefix, global_step=3)         # re-save of the latest step
     done(3, True)
-    mgr = fastckpt.CheckpointManager(directory, max_to_keep=2, checkpoint_name="model", durable=durable)
+    mgr = fastckpt.CheckpointManager(directory, max_to_keep=2, checkpoint_name="model", durable=durable,
+                                     recycle=recycle)
     mgr.save(contents(4, False), 4, blocking=False)              # background save; deletes step 2
     mgr.wait()
+    shim.killshim_pause(1)
+    recycled += inode(4) == victims[1]
+    shim.killshim_pause(0)
     done(4, False)
     mgr.save(contents(4, True), 4, force=True)                   # re-save through the manager
     done(4, True)
     shim.killshim_pause(1)
+    print("recycled", recycled)
     print(shim.killshim_count())
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "durable")
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "durable", sys.argv[5:] == ["recycle"])

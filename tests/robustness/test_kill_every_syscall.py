@@ -48,11 +48,11 @@ def setup_directory(d, durable):
         saver.save(contents(step, False), str(d / "model"), global_step=step)
 
 
-def run_child(shim, d, target, log, durable):
+def run_child(shim, d, target, log, durable, recycle=False):
     env = dict(os.environ, LD_PRELOAD=shim)
     return subprocess.run([sys.executable, "-m", "tests.helpers.kill_scenario", str(d), str(target), str(log),
-                           "durable" if durable else "fast"], env=env, capture_output=True, text=True, timeout=120,
-                          cwd=ROOT)
+                           "durable" if durable else "fast"] + (["recycle"] if recycle else []), env=env,
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
 def committed(log):
@@ -93,24 +93,27 @@ def check_after_kill(d, log):
     return report
 
 
-@pytest.mark.parametrize("durable", [True, False], ids=["durable", "fast"])
-def test_kill_at_every_mutating_syscall(tmp_path, shim, counts, durable):
+@pytest.mark.parametrize("durable,recycle", [(True, False), (False, False), (True, True), (False, True)],
+                         ids=["durable", "fast", "durable-recycling", "fast-recycling"])
+def test_kill_at_every_mutating_syscall(tmp_path, shim, counts, durable, recycle):
     base = tmp_path / "base"
     base.mkdir()
     setup_directory(base, durable)
     clean = tmp_path / "count"
     shutil.copytree(base, clean)
-    r = run_child(shim, clean, 0, tmp_path / "count.log", durable)
+    r = run_child(shim, clean, 0, tmp_path / "count.log", durable, recycle)
     assert r.returncode == 0, r.stderr
     total = int(r.stdout.split()[-1])
     assert total > 40, total
+    # both retiring saves rewrote their victims' files (or, without recycling, neither)
+    assert r.stdout.split()[-3:-1] == ["recycled", "2" if recycle else "0"], r.stdout
     assert step_and_contents(clean, fastckpt.latest_checkpoint(str(clean))) == (4, True)
     killed = finished = pending = 0
     for n in range(1, total + 1, STRIDE):
         d = tmp_path / f"k{n}"
         shutil.copytree(base, d)
         log = tmp_path / f"k{n}.log"
-        r = run_child(shim, d, n, log, durable)
+        r = run_child(shim, d, n, log, durable, recycle)
         if r.returncode == 0:
             finished += 1  # threads made the count differ by a call or two
         else:
@@ -120,7 +123,7 @@ def test_kill_at_every_mutating_syscall(tmp_path, shim, counts, durable):
         check_after_kill(d, log)
         shutil.rmtree(d)
     assert killed >= total // STRIDE - 3
-    kind = "durable" if durable else "non-durable"
+    kind = ("durable" if durable else "non-durable") + (", recycling" if recycle else "")
     counts[f"kill points in a {kind} save sequence"] = total
     counts[f"kills at every syscall survived ({kind})"] = killed
     counts[f"kills that left a commit pending, finished by recovery ({kind})"] = pending
