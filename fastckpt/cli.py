@@ -44,6 +44,13 @@ def _bench(args: argparse.Namespace) -> int:
         from .bench_procs import run_procs_bench
         results = run_procs_bench(args.procs, size=args.size, tensors=args.tensors, dtype=args.dtype,
                                   rounds=args.rounds, directory=args.dir, out=out)
+    elif args.loop is not None:
+        from .bench_loop import run_loop_bench
+        if args.loop <= 3:
+            raise InvalidArgumentError("--loop K needs K > 3 saves (max_to_keep=3: the first 3 retire nothing)")
+        results = run_loop_bench(args.loop, size=args.size, tensors=args.tensors, dtype=args.dtype,
+                                 rounds=min(args.rounds, 3) if args.rounds == 5 else args.rounds,
+                                 directory=args.dir, out=out)
     elif args.async_save:
         results = run_async_bench(size=args.size, tensors=args.tensors, dtype=args.dtype, rounds=args.rounds,
                                   directory=args.dir, out=out)
@@ -255,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--procs", type=_positive, default=None, metavar="N",
                    help="N processes (a torch.distributed gloo group) save and restore one FSDP-style checkpoint, "
                         "beside torch.distributed.checkpoint and the raw limits")
+    b.add_argument("--loop", type=_positive, default=None, metavar="K",
+                   help="a training loop: K saves into one directory with max_to_keep=3, with and without "
+                        "recycling, beside the raw new-file write and overwrite limits, durable and not "
+                        "(default rounds: 3)")
     b.add_argument("--quick", action="store_true", help="a first look in seconds: 64 MiB, 64 tensors, 1 round")
     b.add_argument("--json", action="store_true", help="one JSON object on stdout instead of the table")
     b.set_defaults(func=_bench)

@@ -28,7 +28,7 @@ import contextlib
 import os
 import re
 import time
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 from .locking import claim_exclusive, directory_lock, release_lock
 from .naming import checkpoint_files, data_filename, index_filename
@@ -101,7 +101,7 @@ def stage_recycling(prefix: str, directory: str, state_name: str, retain: Any, n
 def _claim(paths: List[str]) -> List[Any]:
     """``(path, fd)`` of every file, each exclusively locked at once and
     linked once -- or [] (nothing held) when any cannot be taken."""
-    out = []
+    out: List[Tuple[str, int]] = []
     for path in paths:
         fd = claim_exclusive(path)
         if fd is None or os.fstat(fd).st_nlink != 1:

@@ -186,6 +186,22 @@ def test_bench_quick_json(tmp_path):
     assert data["results"]["fastckpt save"]["median_s"] > 0
 
 
+def test_bench_loop_json(tmp_path):
+    """bench --loop: the four cases, durable and not, side by side."""
+    import json
+    r = _cli("bench", "--loop", "4", "--size", "8MiB", "--tensors", "8", "--rounds", "1", "--json",
+             "--dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)["results"]
+    for mode in ("non-durable", "durable"):
+        assert set(data[mode]) == {"raw write, new file", "raw overwrite, cached file", "save, new files",
+                                   "save, recycled (recycle=True)"}
+        assert all(t > 0 for t in data[mode].values())
+    assert os.listdir(tmp_path) == []
+    r = _cli("bench", "--loop", "3", "--dir", str(tmp_path))
+    assert r.returncode == 2 and "needs K > 3" in r.stderr
+
+
 def _run_with_tty_stderr(args):
     """(stdout, what a terminal on stderr saw) of ``python -m fastckpt args``."""
     import pty
