@@ -313,3 +313,25 @@ def test_compression_works_with_tensorflow_loaded_first(tmp_path):
             "print('ok')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+
+
+def test_what_tensorflow_sees_reading_a_checkpoint_a_save_recycles(tmp_path):
+    """TensorFlow takes no lock. Its reader holding the oldest checkpoint
+    while a recycling save rewrites it: tensors it reads afterwards fail
+    their checksum -- never the new save's values passed off as the old
+    ones. (A data file small enough for TensorFlow's input buffer was read
+    whole at open, and keeps giving the old values.)"""
+    saver = fastckpt.Saver(max_to_keep=2, durable=False, recycle=True)
+
+    def state(s):
+        return {"a": np.full(8_000_000, s, np.float32), "b": np.full(8_000_000, 10 * s, np.float32)}
+    for step in (1, 2):
+        saver.save(state(step), str(tmp_path / "m"), global_step=step)
+    reader = tf.train.load_checkpoint(str(tmp_path / "m-1"))
+    assert reader.get_tensor("a")[0] == 1  # TensorFlow has the victim open now
+    victim = os.stat(tmp_path / "m-1.data-00000-of-00001").st_ino
+    saver.save(state(3), str(tmp_path / "m"), global_step=3)
+    assert os.stat(tmp_path / "m-3.data-00000-of-00001").st_ino == victim  # recycled under TensorFlow's reader
+    for name in ("a", "b"):
+        with pytest.raises(tf.errors.OpError, match="Checksum does not match"):
+            reader.get_tensor(name)
