@@ -88,6 +88,9 @@ class CheckpointManager:
         self._comm = as_communicator(comm, timeout)
         self._zstd = compression_setting(compression, compression_level)
         self._recycle = _flag(recycle, "recycle")
+        if self._recycle and self._comm is not None:
+            raise InvalidArgumentError("recycle=True is for one-process saves: with comm= every process writes "
+                                       "new files")
         latest = self.latest_checkpoint
         self._last_step: Optional[int] = self._step_of(latest) if latest else None
         self._thread: Optional[threading.Thread] = None

@@ -74,6 +74,9 @@ class Saver:
         from .manager import _flag
         self._recycle = _flag(recycle, "recycle")
         self._comm = as_communicator(comm, timeout)
+        if self._recycle and self._comm is not None:
+            raise InvalidArgumentError("recycle=True is for one-process saves: with comm= every process writes "
+                                       "new files")
         self._zstd = compression_setting(compression, compression_level)
         self._timeout = timeout
         self._retention = Retention(max_to_keep, keep_checkpoint_every_n_hours)

@@ -108,11 +108,17 @@ def test_linked_files_are_never_rewritten(tmp_path):
     assert np.array_equal(got["t0"], _state(3)["t0"])
 
 
-def test_recycle_must_be_a_bool(tmp_path):
+def test_recycle_must_be_a_bool_and_one_process(tmp_path):
     with pytest.raises(fastckpt.InvalidArgumentError):
         fastckpt.Saver(recycle="yes")
     with pytest.raises(fastckpt.InvalidArgumentError):
         fastckpt.CheckpointManager(tmp_path, recycle=1)
+    from tests.helpers.thread_comm import ThreadCommunicator, ThreadGroup
+    comm = ThreadCommunicator(ThreadGroup(1), 0)
+    with pytest.raises(fastckpt.InvalidArgumentError, match="one-process"):
+        fastckpt.Saver(recycle=True, comm=comm)
+    with pytest.raises(fastckpt.InvalidArgumentError, match="one-process"):
+        fastckpt.CheckpointManager(tmp_path, recycle=True, comm=comm)
 
 
 def test_a_reader_holding_the_oldest_checkpoint_while_recycling_saves_run(tmp_path, ctx, counts):
