@@ -195,8 +195,8 @@ def _object_graph_state(state: Any, metadata: Any, template: Optional[PathLike],
     if template is not None:
         if metadata is not None:
             raise InvalidArgumentError("a save with template= stores the template's keys only: no metadata")
-        from .formats import _record_values
-        values = _record_values(tree)
+        from .formats import non_tensor_values
+        values = non_tensor_values(tree)
         if values:
             raise InvalidArgumentError(f"template=: the state holds non-tensor values ({', '.join(values[:5])}); "
                                        "a TensorFlow 2 checkpoint holds only variables")

@@ -130,7 +130,7 @@ def tensors_only(source: Source, fmt: str) -> Dict[str, LazyTensor]:
     refuses what it would lose (values kept in the nesting record: ints,
     strings, None...), and string tensors, naming them."""
     from ..structure import STRUCTURE_KEY
-    values = _record_values(source.tree)
+    values = non_tensor_values(source.tree)
     if values:
         raise InvalidArgumentError(
             f"{fmt} holds only tensors, and this checkpoint also holds {len(values)} other value(s) "
@@ -146,7 +146,7 @@ def tensors_only(source: Source, fmt: str) -> Dict[str, LazyTensor]:
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
 
-def _record_values(tree: Any, path: str = "") -> List[str]:
+def non_tensor_values(tree: Any, path: str = "") -> List[str]:
     """Paths of the non-tensor leaves of a structure tree."""
     if not isinstance(tree, dict):
         return []
@@ -154,5 +154,5 @@ def _record_values(tree: Any, path: str = "") -> List[str]:
         if kind in tree:
             items = tree[kind] if kind != "dict" else [(k, v) for k, v in tree[kind]]
             pairs = items if kind == "dict" else list(enumerate(items))
-            return [p for k, v in pairs for p in _record_values(v, f"{path}/{k}" if path else str(k))]
+            return [p for k, v in pairs for p in non_tensor_values(v, f"{path}/{k}" if path else str(k))]
     return [] if "leaf" in tree else [path or "<root>"]
