@@ -10,15 +10,14 @@ tensors, a ``dtype`` cast) are decoded one at a time. A conversion's own
 memory is thus about the largest decoded tensor plus a 64 MiB staging
 pool. Destinations written whole at the end (PyTorch files, compressed
 bundles) first get decoded tensors into a temporary plain bundle beside
-the destination, so the bound holds for them too (at the cost of that
-disk space for the duration)."""
+the destination (a locked ``.fcsave-`` bundle: ``fastckpt gc`` removes it
+if the conversion is killed), so the bound holds for them too (at the cost
+of that disk space for the duration)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import secrets
-import shutil
 from typing import Dict, Iterator, List, Optional
 
 import ml_dtypes
@@ -26,6 +25,7 @@ import numpy as np
 
 from .errors import InvalidArgumentError
 from .formats import LazyTensor, Source, checked_path, detect_format, open_source, write_as
+from .fsutil import ensure_directory
 from .naming import PathLike, checkpoint_files
 
 __all__ = ["convert", "cast_floats"]
@@ -115,12 +115,17 @@ def _bounded(source: Source, fmt: str, compression: Optional[str], dst: str,
     if not whole or decoded <= SCRATCH_ABOVE:
         yield source
         return
-    directory = os.path.join(os.path.dirname(os.path.abspath(dst)), ".fcconvert-" + secrets.token_hex(8))
-    os.makedirs(directory)
+    from .formats.bundle import bundle_tensors
+    from .writer import stage_bundle
+
+    # A staged bundle (.fcsave-<hex>), locked while in use: killed, it is a
+    # leftover that `fastckpt gc` (or the next save there) removes.
+    directory = os.path.dirname(os.path.abspath(dst))
+    ensure_directory(directory)
+    scratch = stage_bundle(directory, bundle_tensors(source), threads=threads)
     try:
-        scratch = os.path.join(directory, "decoded")
-        write_as("tf", scratch, source, threads=threads)
-        with open_source(scratch, "tf") as plain:
+        with open_source(scratch.prefix, "tf") as plain:
             yield plain
     finally:
-        shutil.rmtree(directory, ignore_errors=True)
+        scratch.remove()
+        scratch.close()

@@ -15,7 +15,7 @@ from ..structure import STRUCTURE_KEY, with_structure_record
 from ..writer import final_files, write_bundle
 from . import Source
 
-__all__ = ["open_bundle", "write_tf"]
+__all__ = ["open_bundle", "write_tf", "bundle_tensors"]
 
 
 def open_bundle(path: str, *, verify: bool = True) -> Source:
@@ -72,14 +72,20 @@ def write_tf(dst: str, source: Source, *, num_shards: int = 1, compression: Opti
              compression_level: int = 1, durable: bool = False, threads: Optional[int] = None) -> List[str]:
     """``source`` as the bundle ``dst``, with its structure record when it
     has one (so ``fastckpt.restore`` gives back the same nesting)."""
+    write_bundle(dst, bundle_tensors(source), num_shards=num_shards, durable=durable, threads=threads,
+                 compression=compression, compression_level=compression_level)
+    return final_files(dst, num_shards)
+
+
+def bundle_tensors(source: Source) -> Dict[str, Any]:
+    """What a bundle of ``source`` holds: its tensors, and the structure
+    record of its nesting and metadata when it has them."""
     tensors: Dict[str, Any] = dict(source.tensors)
     metadata = _json_metadata(source)
     if source.tree is not None or metadata is not None:
         tree = source.tree if source.tree is not None else {"dict": [[n, {"leaf": n}] for n in tensors]}
         tensors = dict(with_structure_record(tensors, tree, metadata))
-    write_bundle(dst, tensors, num_shards=num_shards, durable=durable, threads=threads,
-                 compression=compression, compression_level=compression_level)
-    return final_files(dst, num_shards)
+    return tensors
 
 
 def _json_metadata(source: Source) -> Any:

@@ -349,3 +349,46 @@ def test_safetensors_shards_are_balanced_and_never_empty(tmp_path):
     fastckpt.write_bundle(str(tmp_path / "two"), {"a": np.ones(2), "b": np.ones(2)})
     with pytest.raises(fastckpt.InvalidArgumentError, match="cannot cut 2 tensor"):
         convert(str(tmp_path / "two"), str(tmp_path / "x.safetensors"), num_shards=3)
+
+
+KILLED_CONVERSION = """
+import os, signal, sys
+import fastckpt
+import importlib
+convert_mod = importlib.import_module("fastckpt.convert")  # (fastckpt.convert is the function)
+from fastckpt.formats import files as files_mod
+src, dst, where = sys.argv[1:4]
+if where == "scratch":  # killed while the temporary plain bundle is being read back
+    convert_mod.SCRATCH_ABOVE = 0
+    real_open = convert_mod.open_source
+    def open_source(path, fmt=None, **kw):
+        if ".fcsave-" in str(path):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_open(path, fmt, **kw)
+    convert_mod.open_source = open_source
+else:  # killed halfway through writing a safetensors shard
+    real_write = files_mod.write_at
+    def write_at(fd, start, tensors, *a, **kw):
+        real_write(fd, start, tensors[:1], *a, **kw)
+        os.kill(os.getpid(), signal.SIGKILL)
+    files_mod.write_at = write_at
+    import fastckpt.formats.safetensors as st_mod
+    st_mod.write_at = write_at
+fastckpt.convert(src, dst, **({"compression": "zstd"} if where == "scratch" else {"num_shards": 2}))
+"""
+
+
+@pytest.mark.parametrize("where", ["scratch", "safetensors"])
+def test_a_killed_conversion_leaves_only_what_gc_removes(tmp_path, where):
+    src = str(tmp_path / "src")
+    fastckpt.write_bundle(src, COMMON, compression="zstd")
+    out = tmp_path / "out"
+    out.mkdir()
+    dst = str(out / ("z" if where == "scratch" else "m.safetensors"))
+    r = subprocess.run([sys.executable, "-c", KILLED_CONVERSION, src, dst, where], capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert r.returncode == -9, r.stderr
+    left = os.listdir(out)
+    assert left and all(n.startswith((".fcsave-", ".fclink-")) for n in left), left
+    report = fastckpt.collect_garbage(str(out))
+    assert os.listdir(out) == ["checkpoint.lock"] and len(report.removed) == len(left)  # (gc's own lock file)
