@@ -480,7 +480,9 @@ def restore_structure(prefix: PathLike, into: Optional[Any] = None, *, verify: b
     checkpoint) back in the structure it was saved in, every leaf of the
     type it had (PyTorch, JAX and TensorFlow tensors as tensors of their
     framework when it is installed); checkpoints without a structure record
-    (TensorFlow's) come back as a flat dict.
+    come back as TensorFlow wrote them: a TensorFlow 2 checkpoint as the
+    object tree of its object graph (:mod:`fastckpt.objectgraph`), any other
+    as a flat dict.
 
     With ``into`` (the saved structure or part of it, or a flat dict), its
     arrays and tensors are filled in place, and the whole restored structure
