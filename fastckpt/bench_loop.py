@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from .bench import _fresh_memory_for_every_case, _machine, _nbytes, gpt_like_state
+from .errors import InvalidArgumentError
 
 __all__ = ["run_loop_bench"]
 
@@ -76,7 +77,8 @@ def run_loop_bench(saves: int = 8, size: int = 1 << 30, tensors: int = 250, dtyp
                    directory: Optional[str] = None, out: Callable[[str], None] = print) -> Dict[str, Any]:
     """Run the loop benchmark and print the table; returns the medians."""
     if saves <= KEEP:
-        raise ValueError(f"--loop needs more than {KEEP} saves (max_to_keep={KEEP}): nothing is retired before")
+        raise InvalidArgumentError(f"--loop K needs K > {KEEP} saves (max_to_keep={KEEP}: the first {KEEP} retire "
+                                   "nothing)")
     state = gpt_like_state(size, tensors, dtype)
     total = _nbytes(state)
     note = _fresh_memory_for_every_case()

@@ -23,6 +23,8 @@ __all__ = ["main"]
 def _bench(args: argparse.Namespace) -> int:
     from .bench import run_async_bench, run_bench  # only the bench's own process loads it
 
+    if args.rounds is None:  # a --loop round is K saves of each case: fewer rounds by default
+        args.rounds = 3 if args.loop is not None else 5
     if args.quick:  # a first look in seconds
         args.size, args.tensors, args.rounds = 64 << 20, 64, 1
     out = (lambda line: None) if args.json else print
@@ -46,10 +48,8 @@ def _bench(args: argparse.Namespace) -> int:
                                   rounds=args.rounds, directory=args.dir, out=out)
     elif args.loop is not None:
         from .bench_loop import run_loop_bench
-        if args.loop <= 3:
-            raise InvalidArgumentError("--loop K needs K > 3 saves (max_to_keep=3: the first 3 retire nothing)")
         results = run_loop_bench(args.loop, size=args.size, tensors=args.tensors, dtype=args.dtype,
-                                 rounds=min(args.rounds, 3) if args.rounds == 5 else args.rounds,
+                                 rounds=args.rounds,
                                  directory=args.dir, out=out)
     elif args.async_save:
         results = run_async_bench(size=args.size, tensors=args.tensors, dtype=args.dtype, rounds=args.rounds,
@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gpt: GPT-shaped tensors; uniform: equal 1-D tensors (--size 100MB --tensors 100000)")
     b.add_argument("--durable", action="store_true", help="fsync (raw write and fastckpt save)")
     b.add_argument("--cold", action="store_true", help="restores read from disk: files are evicted from the page cache first")
-    b.add_argument("--rounds", type=_positive, default=5, help="interleaved rounds; medians are quoted (default 5)")
+    b.add_argument("--rounds", type=_positive, default=None,
+                   help="interleaved rounds; medians are quoted (default 5; --loop: 3)")
     b.add_argument("--dir", type=_existing_dir, default=None,
                    help="an existing directory for the files (default: the system temp dir)")
     b.add_argument("--threads", type=_positive, default=None, help="fastckpt threads (default: all cores)")

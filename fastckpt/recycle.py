@@ -24,7 +24,6 @@ sizes) and commits exactly as a save of new files does.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import time
@@ -73,6 +72,7 @@ def stage_recycling(prefix: str, directory: str, state_name: str, retain: Any, n
         fds = _claim(victim_data_files(victim))
         if not fds:
             return staged
+        staged.fds.extend(fd for _, fd in fds)  # the staged bundle holds their locks from here on
         try:
             remaining = [e for e in listed.entries if _norm(e[0]) != _norm(victim)]
             _write_state(directory, state_name, remaining, listed.preserved, durable,
@@ -83,14 +83,8 @@ def stage_recycling(prefix: str, directory: str, state_name: str, retain: Any, n
                     os.rename(path, data_filename(staged.prefix, shard, num_shards))
                     staged.recycled[shard] = fd
                 else:
-                    os.unlink(path)
-                    release_lock(fd)
+                    os.unlink(path)  # beyond the new shard count (its lock goes with the others)
         except BaseException:
-            for _, fd in fds:
-                if fd not in staged.recycled.values():
-                    with contextlib.suppress(OSError):
-                        release_lock(fd)
-            staged.fds.extend(staged.recycled.values())
             staged.recycled.clear()
             staged.remove()
             staged.close()

@@ -298,11 +298,8 @@ def _data_fd(staged: StagedBundle, shard: int, path: str) -> int:
     """The descriptor to write a data file through: a recycled file
     (already under this name, exclusively locked), or a new one (shared
     lock: readers of the committed checkpoint may share it)."""
-    fd = staged.recycled.pop(shard, None)
-    if fd is None:
-        return _create_locked(path, staged, shared=True)
-    staged.fds.append(fd)
-    return fd
+    fd = staged.recycled.pop(shard, None)  # (its lock is among staged.fds already)
+    return _create_locked(path, staged, shared=True) if fd is None else fd
 
 
 def _write_all(fd: int, data: bytes, durable: bool) -> None:

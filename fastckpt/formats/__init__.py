@@ -77,8 +77,7 @@ def open_source(path: PathLike, fmt: Optional[str] = None, *, verify: bool = Tru
     """Open the checkpoint at ``path`` (in format ``fmt``, or detected)."""
     p = checked_path(path)
     fmt = _checked_format(fmt) if fmt else detect_format(p)
-    if fmt != "tf" and not os.path.exists(p) and not (fmt == "safetensors" and os.path.exists(
-            p[:-len(".safetensors")] + ".safetensors.index.json" if p.endswith(".safetensors") else "")):
+    if fmt != "tf" and not _exists(p, fmt):
         raise NotFoundError(f"no {fmt} checkpoint at {p}: it does not exist")
     if fmt == "tf":
         from .bundle import open_bundle
@@ -91,6 +90,13 @@ def open_source(path: PathLike, fmt: Optional[str] = None, *, verify: bool = Tru
         return open_npz(p)
     from .torchfile import open_torch
     return open_torch(p)
+
+
+def _exists(path: str, fmt: str) -> bool:
+    """``path`` exists -- or, for safetensors, names shards through their index."""
+    shards = fmt == "safetensors" and path.endswith(".safetensors") and \
+        os.path.exists(path[:-len(".safetensors")] + ".safetensors.index.json")
+    return os.path.exists(path) or shards
 
 
 def write_as(fmt: str, dst: str, source: Source, *, num_shards: int = 1, compression: Optional[str] = None,

@@ -17,7 +17,7 @@ from ..fsutil import default_threads, ensure_directory, fsync_dir, io_error
 from ..locking import create_locked_temp, release_lock
 from ..writer import STAGING_BYTES, c_order_chunks
 
-__all__ = ["atomic_file", "replace_all", "chunks_of", "write_tensor", "write_at"]
+__all__ = ["replace_all", "chunks_of", "write_at"]
 
 
 def chunks_of(arr: np.ndarray, max_bytes: int = STAGING_BYTES) -> Iterator[memoryview]:
@@ -63,13 +63,6 @@ def write_at(fd: int, start: int, tensors: Sequence[Any], staging_bytes: int = S
         flush()
 
 
-def write_tensor(fh: Any, t: Any) -> None:
-    """Write a LazyTensor's bytes; it is read here and let go on return
-    (so the next one is read with this one gone)."""
-    for chunk in chunks_of(t.array()):
-        fh.write(chunk)
-
-
 def _temp(path: str) -> Tuple[str, int]:
     directory = os.path.dirname(path) or "."
     ensure_directory(os.path.dirname(path))
@@ -81,6 +74,7 @@ def replace_all(files: Sequence[Tuple[str, Callable[[Any], Any]]], durable: bool
     rename them into place in order (put an index last). On failure no
     private file is left."""
     done: List[Tuple[str, str, int]] = []
+    path = files[0][0] if files else ""
     try:
         for path, write in files:
             tmp, fd = _temp(path)
@@ -92,36 +86,15 @@ def replace_all(files: Sequence[Tuple[str, Callable[[Any], Any]]], durable: bool
                     os.fsync(fh.fileno())
         for tmp, path, _ in done:
             os.replace(tmp, path)
+        path = ""
         if durable:
             for d in {os.path.dirname(p) or "." for _, p, _ in done}:
                 fsync_dir(d)
     except OSError as e:
-        raise io_error(e, f"writing {files[0][0] if files else ''}") from e
+        raise io_error(e, f"writing {path or files[0][0]}") from e
     finally:
         for tmp, _, fd in done:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             release_lock(fd)
     return [p for p, _ in files]
-
-
-@contextlib.contextmanager
-def atomic_file(path: str, durable: bool) -> Iterator[Any]:
-    """A binary file object whose contents become ``path`` only when the
-    block ends without an exception."""
-    tmp, fd = _temp(path)
-    try:
-        with os.fdopen(os.dup(fd), "wb") as fh:
-            yield fh
-            fh.flush()
-            if durable:
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        if durable:
-            fsync_dir(os.path.dirname(path) or ".")
-    except OSError as e:
-        raise io_error(e, f"writing {path}") from e
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        release_lock(fd)

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import DataLossError, InvalidArgumentError
 from ..lazy import LazyTensor
 from . import Source, tensors_only
-from .files import atomic_file, chunks_of
+from .files import chunks_of, replace_all
 
 __all__ = ["open_npz", "write_npz"]
 
@@ -108,11 +108,11 @@ def write_npz(dst: str, source: Source, *, durable: bool = False) -> List[str]:
     tensors = tensors_only(source, "npz")
     for name, t in tensors.items():
         check_npz_dtype(name, t.dtype)
-    with atomic_file(dst, durable) as fh:
+    def write(fh: Any) -> None:
         with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
             for name, t in tensors.items():
                 _write_member(zf, name, t)
-    return [dst]
+    return replace_all([(dst, write)], durable)
 
 
 def _write_member(zf: zipfile.ZipFile, name: str, t: LazyTensor) -> None:

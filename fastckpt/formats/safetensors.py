@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import DataLossError, InvalidArgumentError
 from ..lazy import LazyTensor
 from . import Source, tensors_only
-from .files import atomic_file, replace_all, write_at
+from .files import replace_all, write_at
 
 __all__ = ["open_safetensors", "write_safetensors", "SAFETENSORS_DTYPES"]
 
@@ -187,9 +187,7 @@ def write_safetensors(dst: str, source: Source, *, num_shards: int = 1, durable:
     if not dst.endswith(".safetensors"):
         raise InvalidArgumentError(f"a safetensors destination ends with .safetensors, got {dst!r}")
     if num_shards == 1:
-        with atomic_file(dst, durable) as fh:
-            _write_file(fh, tensors, meta)
-        return [dst]
+        return replace_all([(dst, lambda fh: _write_file(fh, tensors, meta))], durable)
     groups = _split(tensors, num_shards)
     stem = dst[:-len(".safetensors")]
     names = [f"{stem}-{i + 1:05d}-of-{num_shards:05d}.safetensors" for i in range(num_shards)]

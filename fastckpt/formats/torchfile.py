@@ -20,7 +20,7 @@ from ..frameworks import _ML_TO_TORCH, to_numpy
 from ..lazy import LazyTensor
 from ..structure import flatten, unflatten
 from . import OBJECT_GRAPH_KEY, Source
-from .files import atomic_file
+from .files import replace_all
 
 __all__ = ["open_torch", "write_torch"]
 
@@ -33,10 +33,10 @@ def _torch() -> Any:
     return torch
 
 
-def _load(path: str) -> Any:
+def _load(path: str, zipped: bool) -> Any:
     torch = _torch()
     try:
-        if not _is_zip(path):  # torch's legacy format cannot be mapped
+        if not zipped:  # torch's legacy format cannot be mapped
             return torch.load(path, map_location="cpu", weights_only=True)
         try:
             with torch.serialization.set_default_mmap_options(mmap.MAP_SHARED):
@@ -60,7 +60,8 @@ def open_torch(path: str) -> Source:
     dict as it is, any other nesting (``{"model": ..., "optimizer": ...}``)
     flattened to ``/``-joined names with its structure kept."""
     torch = _torch()
-    obj = _load(path)
+    zipped = _is_zip(path)
+    obj = _load(path, zipped)
     if isinstance(obj, torch.Tensor):
         obj = {"tensor": obj}
     flat = isinstance(obj, dict) and all(type(k) is str and isinstance(v, torch.Tensor) for k, v in obj.items())
@@ -69,15 +70,17 @@ def open_torch(path: str) -> Source:
         tree = None
     else:
         leaves, tree = flatten(obj)
-    tensors = {n: _lazy(path, n, a) for n, a in leaves.items()}
+    tensors = {n: _lazy(path, n, a, zipped) for n, a in leaves.items()}
     info = {"data_files": 1, "file_bytes": os.path.getsize(path), "compression": None,
-            "format_version": "PyTorch zip" if _is_zip(path) else "PyTorch legacy",
+            "format_version": "PyTorch zip" if zipped else "PyTorch legacy",
             "dtypes": {n: str(t.dtype) for n, t in tensors.items()}}
     return Source("torch", path, tensors, tree=tree, info=info)
 
 
-def _lazy(path: str, name: str, arr: np.ndarray) -> LazyTensor:
-    return LazyTensor(arr.dtype, tuple(arr.shape), lambda: arr, mapped=arr.flags.c_contiguous,
+def _lazy(path: str, name: str, arr: np.ndarray, zipped: bool) -> LazyTensor:
+    """A tensor torch loaded: a view of the mapped file (zip format) or, from
+    the legacy format, already in memory."""
+    return LazyTensor(arr.dtype, tuple(arr.shape), lambda: arr, mapped=zipped and arr.flags.c_contiguous,
                       what=f"{path}: tensor {name!r}")
 
 
@@ -113,12 +116,12 @@ def write_torch(dst: str, source: Source, *, durable: bool = False) -> List[str]
         raise InvalidArgumentError(f"PyTorch has no string tensors: {', '.join(strings[:5])}")
     given = {n: _as_torch(t.array()) for n, t in source.tensors.items() if n != OBJECT_GRAPH_KEY}
     obj = dict(given) if source.tree is None else unflatten(source.tree, {}, None, given)
-    with atomic_file(dst, durable) as fh:
+    def write(fh: Any) -> None:
         try:
             _torch().save(obj, fh)
         except RuntimeError as e:  # torch's writer reports a failed write so; the OSError is its context
             cause = e.__context__ if isinstance(e.__context__, OSError) else None
             raise CheckpointIOError(cause.errno if cause else errno.EIO,
                                     f"writing {dst}: {cause.strerror if cause else e}", dst) from e
-    return [dst]
+    return replace_all([(dst, write)], durable)
 
