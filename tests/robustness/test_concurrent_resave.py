@@ -8,6 +8,7 @@ import pytest
 
 import fastckpt
 from tests.helpers import crash_child
+from tests.helpers.races import resave_beside, result_of
 from fastckpt.locking import is_leftover
 
 pytestmark = pytest.mark.no_sanitizer  # runs its own processes and preloads; slow under ASan
@@ -17,19 +18,8 @@ def test_two_resavers_and_a_reader(tmp_path, ctx, counts):
     d = tmp_path / "run"
     d.mkdir()
     stop, result = str(tmp_path / "stop"), str(tmp_path / "result")
-    reader = ctx.Process(target=crash_child.restore_latest_until, args=(str(d), stop, result))
-    reader.start()
-    savers = [ctx.Process(target=crash_child.resave_steps, args=(str(d), 25)) for _ in range(2)]
-    for p in savers:
-        p.start()
-    for p in savers:
-        p.join()
-        assert p.exitcode == 0
-    open(stop, "w").close()
-    reader.join()
-    assert reader.exitcode == 0
-    head, *errors = open(result).read().split("\n")
-    ok, bad = map(int, head.split())
+    resave_beside(ctx, str(d), stop, [(crash_child.restore_latest_until, (str(d), stop, result))])
+    ok, bad, errors = result_of(result)
     assert bad == 0, f"{bad} restores failed or returned data no save wrote: {errors[:5]}"
     assert ok > 20, ok
     st = fastckpt.get_checkpoint_state(str(d))

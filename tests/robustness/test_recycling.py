@@ -12,6 +12,7 @@ import pytest
 import fastckpt
 from fastckpt.locking import is_leftover
 from tests.helpers import crash_child
+from tests.helpers.races import resave_beside, result_of
 
 pytestmark = pytest.mark.no_sanitizer  # runs its own processes; slow under ASan
 
@@ -129,26 +130,13 @@ def test_a_reader_holding_the_oldest_checkpoint_while_recycling_saves_run(tmp_pa
     d = tmp_path / "run"
     d.mkdir()
     stop, result = str(tmp_path / "stop"), str(tmp_path / "result")
-    holder = ctx.Process(target=crash_child.hold_oldest_until, args=(str(d), stop, result))
-    latest = ctx.Process(target=crash_child.restore_latest_until, args=(str(d), stop, str(tmp_path / "latest")))
-    holder.start()
-    latest.start()
-    savers = [ctx.Process(target=crash_child.resave_steps, args=(str(d), 25, True)) for _ in range(2)]
-    for p in savers:
-        p.start()
-    for p in savers:
-        p.join()
-        assert p.exitcode == 0
-    open(stop, "w").close()
-    holder.join()
-    latest.join()
-    assert holder.exitcode == 0 and latest.exitcode == 0
-    head, *errors = open(result).read().split("\n")
-    held, bad = map(int, head.split())
+    resave_beside(ctx, str(d), stop, [(crash_child.hold_oldest_until, (str(d), stop, result)),
+                                      (crash_child.restore_latest_until, (str(d), stop, str(tmp_path / "latest")))],
+                  recycle=True)
+    held, bad, errors = result_of(result)
     assert bad == 0, f"{bad} held checkpoints changed or failed: {errors[:5]}"
     assert held > 5, held
-    head, *errors = open(tmp_path / "latest").read().split("\n")
-    ok, bad = map(int, head.split())
+    ok, bad, errors = result_of(tmp_path / "latest")
     assert bad == 0, f"{bad} restores of the latest failed or returned data no save wrote: {errors[:5]}"
     st = fastckpt.get_checkpoint_state(str(d))
     assert [os.path.basename(p) for p in st.all_model_checkpoint_paths] == ["model-23", "model-24", "model-25"]
