@@ -5,11 +5,13 @@ refused (they need pickle). Written stored, member by member."""
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
 import zipfile
-from typing import Any, List, Optional, Tuple
+import zlib
+from typing import Any, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -70,7 +72,7 @@ def _header(fp: Any, what: str) -> Tuple[Tuple[int, ...], bool, np.dtype]:
 
 def _lazy(path: str, zf: zipfile.ZipFile, m: Optional[mmap.mmap], member: zipfile.ZipInfo) -> LazyTensor:
     what = f"{path}: {member.filename}"
-    with zf.open(member) as fp:
+    with _damage_is_data_loss(what), zf.open(member) as fp:
         shape, fortran, dtype = _header(fp, what)
         header_len = fp.tell() if member.compress_type == zipfile.ZIP_STORED else 0
     count = int(np.prod(shape, dtype=object))
@@ -84,10 +86,18 @@ def _lazy(path: str, zf: zipfile.ZipFile, m: Optional[mmap.mmap], member: zipfil
         return LazyTensor(dtype, shape, load, mapped=not fortran, what=what)
 
     def decode() -> np.ndarray:
-        with zf.open(member) as f:
-            arr = np.lib.format.read_array(f, allow_pickle=False)
-        return arr
+        with _damage_is_data_loss(what), zf.open(member) as f:
+            return np.lib.format.read_array(f, allow_pickle=False)
     return LazyTensor(dtype, shape, decode, what=what)
+
+
+@contextlib.contextmanager
+def _damage_is_data_loss(what: str) -> Iterator[None]:
+    """A damaged member (bad local header, deflate stream or CRC) as DataLossError."""
+    try:
+        yield
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        raise DataLossError(f"{what}: damaged: {e}") from None
 
 
 def _data_start(m: mmap.mmap, member: zipfile.ZipInfo, what: str) -> int:

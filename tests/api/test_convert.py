@@ -392,3 +392,29 @@ def test_a_killed_conversion_leaves_only_what_gc_removes(tmp_path, where):
     assert left and all(n.startswith((".fcsave-", ".fclink-")) for n in left), left
     report = fastckpt.collect_garbage(str(out))
     assert os.listdir(out) == ["checkpoint.lock"] and len(report.removed) == len(left)  # (gc's own lock file)
+
+
+def test_ambiguous_safetensors_directories_and_damaged_npz_headers(tmp_path):
+    d = tmp_path / "two"
+    d.mkdir()
+    for name in ("a.safetensors", "b.safetensors"):
+        safetensors_numpy.save_file({"x": np.ones(2)}, str(d / name))
+    with pytest.raises(fastckpt.InvalidArgumentError, match="name the one to read"):
+        convert(str(d), str(tmp_path / "out"), src_format="safetensors")
+    np.savez(tmp_path / "m.npz", x=np.arange(4.0))
+    raw = bytearray(open(tmp_path / "m.npz", "rb").read())
+    raw[0:4] = b"PK\x09\x09"  # the first member's local header, damaged (the central directory still names it)
+    open(tmp_path / "bad.npz", "wb").write(bytes(raw))
+    with pytest.raises(fastckpt.DataLossError):
+        convert(str(tmp_path / "bad.npz"), str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out.index")
+
+
+def test_a_damaged_deflated_npz_member_is_data_loss(tmp_path):
+    np.savez_compressed(tmp_path / "c.npz", x=np.random.default_rng(0).standard_normal(10_000))
+    raw = bytearray(open(tmp_path / "c.npz", "rb").read())
+    raw[len(raw) // 2] ^= 0xFF  # inside the deflate stream
+    open(tmp_path / "bad.npz", "wb").write(bytes(raw))
+    with pytest.raises(fastckpt.DataLossError, match="damaged"):
+        convert(str(tmp_path / "bad.npz"), str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out.index")

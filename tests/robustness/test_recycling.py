@@ -142,3 +142,23 @@ def test_a_reader_holding_the_oldest_checkpoint_while_recycling_saves_run(tmp_pa
     assert [os.path.basename(p) for p in st.all_model_checkpoint_paths] == ["model-23", "model-24", "model-25"]
     _assert_clean(d)
     counts["checkpoints held while recycling saves ran"] = held
+
+
+def test_a_reader_meeting_a_file_being_rewritten_waits_then_says_so(tmp_path, monkeypatch):
+    """A data file whose exclusive lock a recycling save holds: the reader
+    waits for it (here 0.1 s instead of 10), then raises NotFoundError."""
+    import functools
+    import time
+
+    from fastckpt import files as files_mod
+    from fastckpt.locking import claim_exclusive, release_lock
+    fastckpt.write_bundle(str(tmp_path / "m"), _state(1))
+    fd = claim_exclusive(str(tmp_path / "m.data-00000-of-00001"))
+    assert fd is not None
+    monkeypatch.setattr(files_mod, "lock_for_reading", functools.partial(files_mod.lock_for_reading, wait=0.1))
+    t = time.monotonic()
+    with pytest.raises(fastckpt.NotFoundError, match="being rewritten by a save that recycles it"):
+        fastckpt.read_bundle(str(tmp_path / "m"))
+    assert time.monotonic() - t >= 0.1
+    release_lock(fd)
+    assert np.array_equal(fastckpt.read_bundle(str(tmp_path / "m"))["t0"], _state(1)["t0"])
