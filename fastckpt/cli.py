@@ -16,6 +16,7 @@ import sys
 from typing import Any, Callable, List, Optional
 
 from .errors import CheckpointError, InvalidArgumentError, NotFoundError
+from .naming import local_path
 
 __all__ = ["main"]
 
@@ -23,6 +24,10 @@ __all__ = ["main"]
 def _bench(args: argparse.Namespace) -> int:
     from .bench import run_async_bench, run_bench  # only the bench's own process loads it
 
+    if args.dir is not None:
+        args.dir = local_path(args.dir, "--dir")
+        if not os.path.isdir(args.dir):
+            raise NotFoundError(f"--dir {args.dir} is not a directory")
     if args.rounds is None:  # a --loop round is K saves of each case: fewer rounds by default
         args.rounds = 3 if args.loop is not None else 5
     if args.quick:  # a first look in seconds
@@ -113,6 +118,7 @@ def _gc(args: argparse.Namespace) -> int:
     from .commit import collect_garbage
     from .errors import NotFoundError
 
+    args.directory = local_path(args.directory, "directory")
     if not os.path.isdir(args.directory):
         raise NotFoundError(f"{args.directory} is not a directory")
     report = collect_garbage(args.directory, dry_run=args.dry_run)
@@ -184,12 +190,6 @@ def _dtype(text: str) -> str:
     return text
 
 
-def _existing_dir(text: str) -> str:
-    if not os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text} is not a directory")
-    return text
-
-
 def _convert(args: argparse.Namespace) -> int:
     from .convert import convert
 
@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cold", action="store_true", help="restores read from disk: files are evicted from the page cache first")
     b.add_argument("--rounds", type=_positive, default=None,
                    help="interleaved rounds; medians are quoted (default 5; --loop: 3)")
-    b.add_argument("--dir", type=_existing_dir, default=None,
+    b.add_argument("--dir", default=None,
                    help="an existing directory for the files (default: the system temp dir)")
     b.add_argument("--threads", type=_positive, default=None, help="fastckpt threads (default: all cores)")
     b.add_argument("--async", dest="async_save", action="store_true",

@@ -7,17 +7,25 @@ Then, under the directory lock:
 
 1. **recover**: commits a killed save left pending are finished, files of
    dead writers are removed;
-2. the state file lists the staged prefix in place of the final one, with a
-   ``pending`` record (a comment TensorFlow ignores) naming both;
+2. the state file gets a ``pending`` record (a comment TensorFlow ignores)
+   naming the staged and the final prefix. A **new** name is not listed
+   yet (the state file goes on naming the previous checkpoints; in an
+   empty directory it names the final prefix, which has no index yet).
+   Only a save that **replaces** an existing checkpoint lists the staged
+   prefix in its place, because that checkpoint is about to be hidden;
 3. the staged files get their final names by hard links (a checkpoint of the
-   same name is hidden first: its index goes before its data is replaced);
+   same name is hidden first: its index goes before its data is replaced;
+   the index comes last);
 4. the state file lists the final name, retention applied, no pending record;
 5. the staged names are removed, then the checkpoints retention dropped --
    only files directly inside the directory, of checkpoints it listed.
 
 Killed at any system call, the state file's latest checkpoint is complete:
-the previous one (before 2), the staged one (2--4: the new contents) or the
-new one (after 4). A save that fails puts the state file back and removes
+the previous one (before 4; for a replaced checkpoint from 2 on: the staged
+one, with the new contents) or the new one (after 4). Recovery reads the
+pending record: a replacement (its staged bundle listed) is finished; a
+new name (not listed) is undone, its final files removed -- it never was
+a checkpoint, and no reader was ever shown it. A save that fails puts the state file back and removes
 what it wrote where it can; what it cannot (the disk refuses even that) is
 finished by recovery later, never lost.
 """
@@ -35,9 +43,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from .errors import CheckpointError, DataLossError
 from .fsutil import ensure_directory, io_error
 from .locking import clean_leftovers, directory_lock, is_leftover
-from .naming import checkpoint_files, index_filename
+from .naming import checkpoint_files, index_filename, local_path
 from .retention import Entry
-from .state import state_path, checkpoint_exists, get_checkpoint_state, update_checkpoint_state
+from .state import state_path, checkpoint_exists, read_checkpoint_state, update_checkpoint_state
 from .writer import STAGE_PREFIX, StagedBundle, check_prefix, install_bundle, install_plain, plan_for, stage_bundle
 
 __all__ = ["save_checkpoint", "commit_checkpoint", "committer", "recover_directory", "remove_checkpoint", "collect_garbage",
@@ -60,9 +68,10 @@ def inside(prefix: str, directory: str) -> bool:
     return os.path.dirname(_norm(prefix)) == _norm(directory)
 
 
-def remove_checkpoint(prefix: str) -> None:
-    """Delete a checkpoint's files, index first (so it stops being one)."""
-    files = checkpoint_files(prefix)
+def remove_checkpoint(prefix: str, *, meta: bool = True) -> None:
+    """Delete a checkpoint's files, index first (so it stops being one);
+    its TensorFlow 1 ``.meta`` too unless ``meta=False``."""
+    files = [f for f in checkpoint_files(prefix) if meta or not f.endswith(".meta")]
     files.sort(key=lambda f: not f.endswith(".index"))
     for f in files:
         try:
@@ -88,7 +97,7 @@ def _read_listed(directory: str, state_name: str) -> _Listed:
     """The state file's checkpoints that exist, oldest first, each once
     (``./ckpt-2`` and ``ckpt-2`` are one checkpoint; the later entry wins)."""
     try:
-        st = get_checkpoint_state(directory, state_name)
+        st = read_checkpoint_state(directory, state_name)
     except DataLossError as e:  # corrupt: it is rewritten (an I/O error is raised instead)
         log.warning("ignoring unreadable checkpoint state in %s: %s", directory, e)
         return _Listed()
@@ -188,9 +197,12 @@ def commit_checkpoint(staged: StagedBundle, prefix: str, directory: str, state_n
         others = [(p, ts) for p, ts in original if _norm(p) != _norm(prefix)]
         existed = os.path.lexists(index_filename(prefix))
         now = time.time()
+        if existed:  # about to be hidden: the staged bundle stands in for it
+            during = others + [(staged.prefix, now)]
+        else:  # a new name: readers go on seeing the previous checkpoints
+            during = original or [(prefix, now)]
         try:
-            _write_state(directory, state_name, others + [(staged.prefix, now)], listed.preserved, durable,
-                         pending=[(staged.prefix, prefix)])
+            _write_state(directory, state_name, during, listed.preserved, durable, pending=[(staged.prefix, prefix)])
         except BaseException:
             staged.remove()
             raise
@@ -269,17 +281,18 @@ def recover_directory(directory: str, state_name: str = "checkpoint", *, durable
     finished: List[str] = []
     entries = list(listed.entries)
     for staged_prefix, final in listed.pending:
-        at = [i for i, (p, _) in enumerate(entries) if _norm(p) == _norm(staged_prefix)]
-        if not at or not inside(staged_prefix, directory) or not inside(final, directory) \
+        if not inside(staged_prefix, directory) or not inside(final, directory) \
                 or not _STAGE.match(os.path.basename(staged_prefix)):
+            continue
+        if not any(_norm(p) == _norm(staged_prefix) for p, _ in entries):
+            remove_checkpoint(final, meta=False)  # a new name killed before its commit: never a checkpoint
             continue
         staged = _staged_bundle(staged_prefix, durable)
         if staged is None:
             continue
         install_bundle(staged, final, link=True)
         entries = [e for e in entries if _norm(e[0]) != _norm(final)]
-        at = [i for i, (p, _) in enumerate(entries) if _norm(p) == _norm(staged_prefix)]
-        entries[at[0]] = (final, entries[at[0]][1])
+        entries = [(final, ts) if _norm(p) == _norm(staged_prefix) else (p, ts) for p, ts in entries]
         finished.append(final)
     for old in _deletable(listed.deleting, [p for p, _ in entries], directory):
         remove_checkpoint(old)  # dropped by a save that died before deleting
@@ -308,6 +321,7 @@ def collect_garbage(directory: str, state_name: str = "checkpoint", *, dry_run: 
     ``dry_run``): finish pending commits, remove files of dead writers.
     Complete checkpoints the state file does not list are reported in
     ``unlisted``, never deleted (they may be the user's)."""
+    directory = local_path(directory, "directory")
     report = GarbageReport(directory)
     if not dry_run:
         report.finished, report.removed = recover_directory(directory, state_name)

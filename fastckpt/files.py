@@ -113,7 +113,11 @@ class DataFiles:
         """A read-only map of the whole file (None for an empty one)."""
         if shard not in self._maps:
             fd, size = self.open(shard)
-            self._maps[shard] = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else None
+            try:
+                self._maps[shard] = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else None
+            except ValueError:  # the file shrank since it was opened
+                raise DataLossError(f"{self.path(shard)}: the file is shorter than when it was opened "
+                                    f"({os.fstat(fd).st_size} < {size} bytes): it was truncated") from None
         return self._maps[shard]
 
     def missing(self) -> Tuple[int, Set[int]]:

@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import InvalidArgumentError
 from .commit import save_checkpoint
-from .naming import PathLike, step_suffix
+from .naming import PathLike, local_path, step_suffix
 from .retention import Retention
 from .collective import agreed
 from .comm import as_communicator
@@ -71,7 +71,7 @@ class CheckpointManager:
                  checkpoint_interval: Optional[int] = None, *, durable: bool = True,
                  threads: Optional[int] = None, comm: Any = None, timeout: Optional[float] = None,
                  compression: Optional[str] = None, compression_level: int = 1, recycle: bool = False) -> None:
-        d = os.fspath(directory)
+        d = local_path(directory, "directory")
         if not isinstance(d, str) or not d:
             raise InvalidArgumentError(f"directory must be a path, got {directory!r}")
         if not isinstance(checkpoint_name, str) or not checkpoint_name or os.sep in checkpoint_name:

@@ -5,13 +5,47 @@ from __future__ import annotations
 import os
 import re
 from typing import Any, List, Union
+from urllib.parse import unquote, urlsplit
+
+from ._version import __version__
+from .errors import InvalidArgumentError
 
 __all__ = ["index_filename", "data_filename", "resolve_prefix", "read_file", "read_regular", "checkpoint_files",
-           "step_suffix", "PathLike"]
+           "step_suffix", "PathLike", "local_path"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 _DATA_SUFFIX = re.compile(r"\.data-\d{5,}-of-\d{5,}$")
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://")
+
+
+def local_path(path: Any, what: str = "path") -> str:
+    """``path`` (str, bytes or ``os.PathLike``) as a local file-system path.
+
+    ``file://`` URLs become the path they name (``file:///abs/x``,
+    ``file://localhost/abs/x``, percent-escapes decoded). Any other URL
+    (``s3://``, ``gs://``, ``hdfs://``, ``http://``...) is refused with
+    :class:`InvalidArgumentError`: fastckpt reads and writes local paths
+    only, and a URL taken for a relative directory would write the
+    checkpoint to ``./s3:/bucket/...`` on a disk that goes away with the VM.
+    """
+    try:
+        p = os.fspath(path)
+    except TypeError:
+        raise InvalidArgumentError(f"{what} must be a str or os.PathLike, got {type(path).__name__}") from None
+    if not isinstance(p, str):
+        p = os.fsdecode(p)
+    m = _URL.match(p)
+    if m is None:
+        return p
+    scheme = m.group(1).lower()
+    if scheme == "file":
+        parts = urlsplit(p)
+        if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+            raise InvalidArgumentError(f"{what} {p!r}: only file:///path and file://localhost/path URLs name local files")
+        return unquote(parts.path)
+    raise InvalidArgumentError(f"{what} {p!r} is a URL ({scheme}://): fastckpt {__version__} reads and writes local "
+                               "paths only (object stores are not supported yet); nothing was read or written")
 
 
 def index_filename(prefix: str) -> str:
@@ -42,8 +76,6 @@ def step_suffix(global_step: Any) -> str:
     framework scalar (not a bool); :class:`InvalidArgumentError` otherwise."""
     import operator
 
-    from .errors import InvalidArgumentError
-
     if isinstance(global_step, bool):
         raise InvalidArgumentError(f"global_step must be an integer, got {global_step!r}")
     try:
@@ -69,9 +101,7 @@ def resolve_prefix(path: PathLike) -> str:
     ``X.data-00000-of-00001`` both give ``X``) when the literal path is not a
     prefix itself. No globbing: ``[`` in directory names is just a character.
     """
-    p = os.fspath(path)
-    if not isinstance(p, str):
-        p = os.fsdecode(p)
+    p = local_path(path)
     if os.path.exists(index_filename(p)):
         return p
     for stripped in (p[: -len(".index")] if p.endswith(".index") else None,

@@ -15,7 +15,7 @@ from .dtypes import DT_STRING, DT_VARIANT, fixed_width_dtypes, numpy_dtype
 from .errors import DataLossError, InvalidArgumentError, NotFoundError, TensorNotFoundError
 from .files import DataFiles, crc32c_of_range
 from .fsutil import default_threads, gc_paused
-from .naming import PathLike, index_filename, open_file, read_fd, read_file, resolve_prefix
+from .naming import PathLike, index_filename, local_path, open_file, read_fd, read_file, resolve_prefix
 from .readplan import ReadPlan, advise_willneed, find_entry, name_of
 from .records import Extent, IndexEntry
 from .structure import STRUCTURE_KEY, parse_structure_record
@@ -376,62 +376,64 @@ def find_checkpoint(path: PathLike) -> str:
     ``.index`` or a data file); a directory's latest checkpoint (its state
     file) or, without a state file, the only checkpoint in it. Several
     checkpoints and no state file: :class:`InvalidArgumentError` listing
-    them; none: :class:`NotFoundError`."""
-    from .state import checkpoint_exists, get_checkpoint_state, state_path
+    them; none: :class:`NotFoundError`. While a commit replaces the
+    checkpoint, the complete staged bundle standing in for it is returned
+    (:func:`fastckpt.state.readable_prefix`)."""
+    from .state import latest_checkpoint, readable_prefix, state_path
 
-    p = os.fspath(path)
-    if not isinstance(p, str):
-        p = os.fsdecode(p)
+    p = local_path(path)
     if os.path.isdir(p):
         if os.path.lexists(state_path(p, None)):
-            st = get_checkpoint_state(p)
-            if st is None or not checkpoint_exists(st.model_checkpoint_path):
+            latest = latest_checkpoint(p)
+            found = readable_prefix(latest) if latest is not None else None
+            if found is None:
                 raise no_checkpoint(p)
-            return st.model_checkpoint_path
-        found = sorted(n[:-len(".index")] for n in os.listdir(p)
-                       if n.endswith(".index") and not n.startswith(".fcsave-"))
-        if len(found) > 1:
-            raise InvalidArgumentError(f"{p} holds {len(found)} checkpoints and no state file naming the latest: "
-                                       f"{', '.join(found[:10])}{', ...' if len(found) > 10 else ''}; pass one prefix")
-        if not found:
+            return found
+        found_all = sorted(n[:-len(".index")] for n in os.listdir(p)
+                           if n.endswith(".index") and not n.startswith(".fcsave-"))
+        if len(found_all) > 1:
+            raise InvalidArgumentError(f"{p} holds {len(found_all)} checkpoints and no state file naming the latest: "
+                                       f"{', '.join(found_all[:10])}{', ...' if len(found_all) > 10 else ''}; "
+                                       "pass one prefix")
+        if not found_all:
             raise no_checkpoint(p)
-        return os.path.join(p, found[0])
-    prefix = resolve_prefix(p)
-    if not checkpoint_exists(prefix):
+        return os.path.join(p, found_all[0])
+    found = readable_prefix(resolve_prefix(p))
+    if found is None:
         raise no_checkpoint(p)
-    return prefix
+    return found
 
 
 def open_checkpoint(path: PathLike, use: Callable[[str], T]) -> T:
     """``use(prefix)`` for the checkpoint ``path`` means (:func:`find_checkpoint`):
-    the path convention of every reading function. A directory with a state
-    file goes through :func:`open_latest`, so saves replacing its latest
-    checkpoint meanwhile are no failure."""
-    p = os.fspath(path)
-    if os.path.isdir(p) and os.path.lexists(os.path.join(p, "checkpoint")):
-        return open_latest(p, use)
-    return use(find_checkpoint(p))
+    the path convention of every reading function. A save replacing or
+    deleting that checkpoint meanwhile is no failure: when the checkpoint
+    vanished between finding and opening it, it is found again (a directory:
+    its new latest checkpoint; a prefix: the same checkpoint, replaced)."""
+    prefix = find_checkpoint(path)
+    for _ in range(100):
+        before = _index_id(prefix)
+        try:
+            return use(prefix)
+        except NotFoundError:
+            again = find_checkpoint(path)  # raises NotFoundError when it is really gone
+            if again == prefix and _index_id(prefix) == before:
+                raise  # nothing changed: a data file is missing
+            prefix = again
+    raise DataLossError(f"the checkpoint at {os.fspath(path)!r} keeps changing while it is opened")
+
+
+def _index_id(prefix: str) -> Optional[Tuple[int, int, int]]:
+    try:
+        return _file_id(os.stat(index_filename(prefix)))
+    except OSError:
+        return None
 
 
 def open_latest(directory: str, use: Callable[[str], T]) -> T:
-    """``use(prefix)`` on the directory's latest checkpoint. A save that
-    replaces or deletes that checkpoint meanwhile is no failure: when the
-    state file has changed since it was read (every commit changes its
-    text: new names, new timestamps), it is read again and the checkpoint
-    it names now is used."""
-    from .state import checkpoint_exists, get_checkpoint_state
-
-    for _ in range(100):
-        st = get_checkpoint_state(directory)
-        latest = st.model_checkpoint_path if st is not None else None
-        try:
-            if latest is None or not checkpoint_exists(latest):
-                raise no_checkpoint(directory)
-            return use(latest)
-        except NotFoundError:
-            if get_checkpoint_state(directory) == st:
-                raise
-    raise DataLossError(f"the latest checkpoint of {directory} keeps changing while it is opened")
+    """``use(prefix)`` on the directory's latest checkpoint (see
+    :func:`open_checkpoint`)."""
+    return open_checkpoint(directory, use)
 
 
 def list_variables(dir_or_prefix: PathLike) -> List[Tuple[str, List[int]]]:

@@ -65,7 +65,9 @@ def stage_recycling(prefix: str, directory: str, state_name: str, retain: Any, n
         listed = _read_listed(directory, state_name)
         others = [(p, ts) for p, ts in listed.entries if _norm(p) != _norm(prefix)]
         kept, doomed, _ = retain(others + [(prefix, time.time())], listed.preserved)
-        victims = [v for v in _deletable(doomed, [p for p, _ in kept], directory) if _norm(v) != _norm(prefix)]
+        # Never the latest checkpoint (max_to_keep=1): until this save commits it is the only one.
+        latest = _norm(listed.entries[-1][0]) if listed.entries else None
+        victims = [v for v in _deletable(doomed, [p for p, _ in kept], directory) if _norm(v) not in (_norm(prefix), latest)]
         if not victims:
             return staged
         victim = victims[0]

@@ -15,7 +15,7 @@ from .commit import committer, recover_directory, save_checkpoint
 from .slices import Shard
 from .writer import compression_setting
 from .errors import InvalidArgumentError
-from .naming import PathLike, step_suffix
+from .naming import PathLike, local_path, step_suffix
 from .reader import read_bundle
 from .retention import Retention
 from .structure import flatten, with_structure_record
@@ -119,7 +119,7 @@ class Saver:
         """
         if save_path is None:
             raise InvalidArgumentError("save_path must not be None")
-        base = os.fspath(save_path)
+        base = local_path(save_path, "save_path")
         if not isinstance(base, str) or not base or base.endswith(os.sep):
             raise InvalidArgumentError(f"save_path must be a file path prefix, got {save_path!r}")
         prefix = base if global_step is None else f"{base}-{step_suffix(global_step)}"
@@ -173,7 +173,7 @@ def save(state: Any, prefix: PathLike, *, metadata: Any = None, durable: bool = 
     merged index (see :mod:`fastckpt.collective`); ``timeout`` bounds the
     wait for the slowest process. ``compression="zstd"``: see
     :func:`fastckpt.write_bundle`."""
-    p = os.fspath(prefix)
+    p = local_path(prefix, "prefix")
     flat, extra = None, None
     if object_graph or template is not None:
         leaves, tree, extra = _object_graph_state(state, metadata, template, comm)
@@ -200,7 +200,7 @@ def _object_graph_state(state: Any, metadata: Any, template: Optional[PathLike],
         if values:
             raise InvalidArgumentError(f"template=: the state holds non-tensor values ({', '.join(values[:5])}); "
                                        "a TensorFlow 2 checkpoint holds only variables")
-        return template_tensors(leaves, os.fspath(template)), None, {}
+        return template_tensors(leaves, local_path(template, "template")), None, {}
     return object_graph_tensors(leaves, tree)
 
 

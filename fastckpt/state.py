@@ -13,12 +13,14 @@ from typing import List, Optional, Sequence, Tuple
 
 from .errors import CheckpointIOError, DataLossError, InvalidArgumentError
 from .fsutil import write_text_atomic
-from .naming import PathLike, index_filename, read_regular
+from .naming import PathLike, index_filename, local_path, read_regular
 
 __all__ = [
     "CheckpointState",
     "get_checkpoint_state",
+    "read_checkpoint_state",
     "latest_checkpoint",
+    "readable_prefix",
     "update_checkpoint_state",
     "parse_checkpoint_state",
     "format_checkpoint_state",
@@ -235,17 +237,19 @@ def state_path(checkpoint_dir: str, latest_filename: Optional[str]) -> str:
     return os.path.join(checkpoint_dir, name)
 
 
-def get_checkpoint_state(
+def read_checkpoint_state(
     checkpoint_dir: PathLike, latest_filename: Optional[str] = None
 ) -> Optional[CheckpointState]:
-    """The directory's checkpoint state, or ``None`` if it has no state file.
+    """The state file as it is written, or ``None`` without one: during a
+    commit it may list a staged bundle (``.fcsave-…``) under its pending
+    record. What the commit itself reads; readers want
+    :func:`get_checkpoint_state`.
 
     Relative paths are joined with ``checkpoint_dir``; absolute ones are kept.
     A state file that cannot be read or parsed, or that names no checkpoint,
-    raises :class:`DataLossError` (a ``ValueError``) naming the file, rather
-    than being silently ignored.
+    raises :class:`DataLossError` (a ``ValueError``) naming the file.
     """
-    d = os.fspath(checkpoint_dir)
+    d = local_path(checkpoint_dir, "checkpoint_dir")
     path = state_path(d, latest_filename)
     try:
         raw = read_regular(path)
@@ -271,9 +275,69 @@ def get_checkpoint_state(
     return st
 
 
+def _final_names(st: CheckpointState) -> CheckpointState:
+    """``st`` with every staged bundle a pending commit lists replaced by the
+    name it is being committed as (each name once, the later entry kept,
+    timestamps kept parallel)."""
+    final = {os.path.normpath(a): b for a, b in st.pending}
+    rename = lambda p: final.get(os.path.normpath(p), p)  # noqa: E731
+    paths = [rename(p) for p in st.all_model_checkpoint_paths]
+    stamps = list(st.all_model_checkpoint_timestamps)
+    keep = [i for i, p in enumerate(paths) if all(os.path.normpath(q) != os.path.normpath(p) for q in paths[i + 1:])]
+    return CheckpointState(rename(st.model_checkpoint_path), [paths[i] for i in keep],
+                           [stamps[i] for i in keep] if len(stamps) == len(paths) else stamps,
+                           st.last_preserved_timestamp, list(st.pending), list(st.deleting))
+
+
+def get_checkpoint_state(
+    checkpoint_dir: PathLike, latest_filename: Optional[str] = None
+) -> Optional[CheckpointState]:
+    """The directory's checkpoint state, or ``None`` if it has no state file.
+
+    Relative paths are joined with ``checkpoint_dir``; absolute ones are kept.
+    A checkpoint being committed is named by its final name, never by the
+    private name (``.fcsave-…``) the state file lists for the few system
+    calls of a commit that replaces it (:func:`readable_prefix` finds its
+    files meanwhile). A state file that cannot be read or parsed, or that
+    names no checkpoint, raises :class:`DataLossError` (a ``ValueError``)
+    naming the file, rather than being silently ignored.
+    """
+    st = read_checkpoint_state(checkpoint_dir, latest_filename)
+    return None if st is None else _final_names(st)
+
+
 def checkpoint_exists(prefix: str) -> bool:
     """True if ``prefix.index`` exists (its literal path: no globbing)."""
     return os.path.isfile(index_filename(prefix))
+
+
+def _staged_for(st: Optional[CheckpointState], prefix: str) -> Optional[str]:
+    """The complete staged bundle that ``st`` lists in place of ``prefix``
+    while a commit replaces it (a pending new name is not listed: it is
+    no checkpoint until its commit ends)."""
+    if st is None:
+        return None
+    norm = lambda p: os.path.normpath(os.path.abspath(p))  # noqa: E731
+    listed = {norm(p) for p in st.all_model_checkpoint_paths + [st.model_checkpoint_path]}
+    for staged, final in st.pending:
+        if norm(final) == norm(prefix) and norm(staged) in listed and checkpoint_exists(staged):
+            return staged
+    return None
+
+
+def readable_prefix(prefix: str, latest_filename: Optional[str] = None) -> Optional[str]:
+    """Where the checkpoint ``prefix`` is read right now: while a commit
+    replaces it, the complete staged bundle its directory's state file
+    lists in its place (the contents recovery would keep if the save died
+    there); otherwise ``prefix`` itself; None when neither exists."""
+    try:
+        st = read_checkpoint_state(os.path.dirname(prefix) or ".", latest_filename)
+    except (DataLossError, CheckpointIOError, InvalidArgumentError):
+        st = None
+    staged = _staged_for(st, prefix)
+    if staged is not None:
+        return staged
+    return prefix if checkpoint_exists(prefix) else None
 
 
 def latest_checkpoint(checkpoint_dir: PathLike, latest_filename: Optional[str] = None) -> Optional[str]:
@@ -281,14 +345,23 @@ def latest_checkpoint(checkpoint_dir: PathLike, latest_filename: Optional[str] =
 
     ``None`` when there is no state file or the checkpoint it names has no
     index on disk (checked by literal path, so ``[`` in directory names is
-    harmless).
+    harmless). Never a staged name, and never ``None`` while a committed
+    checkpoint is listed: a state file that changes between reading it and
+    checking its checkpoint (a commit finished) is read again.
     """
-    st = get_checkpoint_state(checkpoint_dir, latest_filename)
-    if st is None:
-        return None
-    if checkpoint_exists(st.model_checkpoint_path):
-        return st.model_checkpoint_path
-    log.error("Couldn't match files for checkpoint %s", st.model_checkpoint_path)
+    st = read_checkpoint_state(checkpoint_dir, latest_filename)
+    for _ in range(100):
+        if st is None:
+            return None
+        final = _final_names(st).model_checkpoint_path
+        if checkpoint_exists(final) or checkpoint_exists(st.model_checkpoint_path):
+            return final
+        again = read_checkpoint_state(checkpoint_dir, latest_filename)
+        if again == st:
+            break
+        st = again
+    if st is not None:
+        log.error("Couldn't match files for checkpoint %s", st.model_checkpoint_path)
     return None
 
 
@@ -322,7 +395,7 @@ def update_checkpoint_state(
     (when ``durable``) and renamed over the state file, so readers see the
     old or the new state, never a mix.
     """
-    d = os.fspath(save_dir)
+    d = local_path(save_dir, "save_dir")
     path = state_path(d, latest_filename)
     if not model_checkpoint_path:
         raise InvalidArgumentError("model_checkpoint_path must not be empty")

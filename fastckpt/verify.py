@@ -19,11 +19,11 @@ from .compressed import restore_frame
 from .dtypes import DT_STRING, DT_VARIANT, dtype_name, numpy_dtype
 from .errors import CheckpointError
 from .files import crc32c_of_range, read_range
-from .naming import PathLike
-from .reader import CheckpointReader, find_checkpoint
+from .naming import PathLike, local_path
+from .reader import CheckpointReader, find_checkpoint, open_checkpoint
 from .records import IndexEntry
 from .slices import decode_slice_key
-from .state import checkpoint_exists, get_checkpoint_state
+from .state import get_checkpoint_state, readable_prefix
 
 __all__ = ["VerifyReport", "verify_checkpoint", "verify_path"]
 
@@ -69,13 +69,14 @@ def verify_checkpoint(prefix: PathLike, threads: Optional[int] = None,
     record fastckpt's ``save`` stores. Data is read with ``pread`` in
     chunks, so a file that shrinks meanwhile is reported, never a signal;
     memory stays constant except for string tensors, read whole."""
-    report = VerifyReport(os.fspath(prefix))
-    try:
-        reader = CheckpointReader(prefix, threads=threads)
+    report = VerifyReport(local_path(prefix, "prefix"))
+    try:  # while a commit replaces it, the staged bundle listed in its place
+        reader = open_checkpoint(report.prefix, lambda p: CheckpointReader(p, threads=threads))
     except CheckpointError as e:
         report.problems.append(str(e))
         return report
-    report.prefix = reader.prefix
+    if readable_prefix(report.prefix) != reader.prefix:  # a path of its index or a data file
+        report.prefix = reader.prefix
     with reader:
         count, missing = reader.files.missing()
         if count:
@@ -133,7 +134,7 @@ def verify_path(path: PathLike, threads: Optional[int] = None,
     """Verify a checkpoint prefix, or every checkpoint a directory's state
     file lists (a listed checkpoint that is missing is a problem too), or
     the only checkpoint of a directory without a state file."""
-    p = os.fspath(path)
+    p = local_path(path)
     try:
         st = get_checkpoint_state(p) if os.path.isdir(p) else None
         if st is None:  # a prefix, or a directory holding one checkpoint and no state file
@@ -142,7 +143,7 @@ def verify_path(path: PathLike, threads: Optional[int] = None,
         return [VerifyReport(p, problems=[str(e)])]
     reports = []
     for prefix in dict.fromkeys(st.all_model_checkpoint_paths + [st.model_checkpoint_path]):
-        if not checkpoint_exists(prefix):
+        if readable_prefix(prefix) is None:
             reports.append(VerifyReport(prefix, problems=[f"listed in {p}/checkpoint but {prefix}.index is missing"]))
         else:
             reports.append(verify_checkpoint(prefix, threads, progress))

@@ -23,7 +23,7 @@ from .lazy import LazyTensor
 from .fsutil import (check_name_fits, default_threads, ensure_directory, fsync_all, fsync_dir, gc_paused,
                      io_error)
 from .locking import create_locked_temp, release_lock
-from .naming import PathLike, checkpoint_files, data_filename, index_filename
+from .naming import PathLike, checkpoint_files, data_filename, index_filename, local_path
 from .slices import SliceKey
 
 __all__ = ["write_bundle", "plan_bundle", "StagedBundle", "stage_bundle", "install_bundle",
@@ -459,7 +459,7 @@ def install_plain(staged: StagedBundle, prefix: str) -> None:
 def check_prefix(prefix: Any, num_shards: int = 1) -> str:
     """``prefix`` as a str path, checked: non-empty, not a directory path,
     and its files' names fit the file system."""
-    p = os.fspath(prefix) if prefix is not None else None
+    p = local_path(prefix, "prefix") if prefix is not None else None
     if not isinstance(p, str) or not p or p.endswith(os.sep) or os.path.basename(p) in (".", ".."):
         raise InvalidArgumentError(f"prefix must be a non-empty file path prefix, got {prefix!r}")
     for name in final_files(p, num_shards if isinstance(num_shards, int) and num_shards > 0 else 1):

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from ..errors import InvalidArgumentError, NotFoundError
 from ..lazy import LazyTensor
-from ..naming import PathLike
+from ..naming import PathLike, local_path
 
 __all__ = ["Source", "FORMATS", "detect_format", "open_source", "write_as", "LazyTensor"]
 
@@ -51,7 +51,7 @@ class Source:
 def detect_format(path: PathLike, *, existing: bool = True) -> str:
     """The format of ``path``: from its suffix, else (for a source) from
     what is there; a path without a known suffix is a TensorFlow prefix."""
-    p = os.fspath(path)
+    p = local_path(path)
     base = p[:-len(".index.json")] if p.endswith(".index.json") else p
     suffix = os.path.splitext(base)[1].lower()
     if suffix in _SUFFIXES and not (suffix == ".json" and not p.endswith(".safetensors.index.json")):
@@ -66,11 +66,7 @@ def detect_format(path: PathLike, *, existing: bool = True) -> str:
 
 def checked_path(path: Any, what: str = "path") -> str:
     """``path`` as a str, or :class:`InvalidArgumentError`."""
-    try:
-        p = os.fspath(path)
-    except TypeError:
-        raise InvalidArgumentError(f"{what} must be a path, got {type(path).__name__}: {path!r:.80}") from None
-    return p if isinstance(p, str) else os.fsdecode(p)
+    return local_path(path, what)
 
 
 def open_source(path: PathLike, fmt: Optional[str] = None, *, verify: bool = True) -> Source:

@@ -125,3 +125,87 @@ def hold_oldest_until(directory: str, stop_file: str, result_file: str) -> None:
         del views
     with open(result_file, "w") as f:
         f.write(f"{held} {bad}\n" + "\n".join(errors[:20]))
+
+
+def save_new_steps(directory: str, steps: int, mode: str) -> None:
+    """A CheckpointManager saving steps 1..steps, each a new name: every
+    other save in the background (``mode`` "plain"), with recycling
+    ("recycle"), or from two ranks of a thread communicator ("ranks")."""
+    import fastckpt
+
+    if mode == "ranks":
+        from tests.helpers.thread_comm import run_ranks
+
+        def ranks(comm):
+            mgr = fastckpt.CheckpointManager(directory, max_to_keep=3, durable=False, comm=comm)
+            for step in range(1, steps + 1):
+                mgr.save(state_for(step), step)  # replicated: each tensor written once, by one of the ranks
+        errors = [e for e in run_ranks(2, ranks) if isinstance(e, BaseException)]
+        if errors:
+            raise errors[0]
+        return
+    mgr = fastckpt.CheckpointManager(directory, max_to_keep=3, durable=False, recycle=mode == "recycle")
+    for step in range(1, steps + 1):
+        mgr.save(state_for(step), step, blocking=step % 2 == 0)
+    mgr.wait()
+
+
+def watch_commits_until(directory: str, stop_file: str, result_file: str) -> None:
+    """What readers see while saves commit, in a loop until ``stop_file``:
+    fastckpt's ``latest_checkpoint`` and ``get_checkpoint_state`` (never a
+    staged name; never None once a checkpoint was committed), a restore of
+    the directory and of the prefix ``latest_checkpoint`` named (the values
+    a save wrote; no error -- a prefix retention deleted meanwhile is
+    named so, and not counted as seen), and what TensorFlow's parser of
+    the state file sees (counted). Writes 'good bad foreign_staged' and
+    the errors to ``result_file``."""
+    import fastckpt
+    from fastckpt.state import parse_checkpoint_state
+
+    good = bad = foreign = 0
+    errors = []
+    seen = False
+
+    def check(got, what):
+        seed = int(got["b"][0])
+        want = state_for(seed)
+        if not all(np.array_equal(got[k], want[k]) for k in want):
+            errors.append(f"{what}: wrong values (b = {seed})")
+            return False
+        return True
+
+    while not os.path.exists(stop_file):
+        try:
+            raw = open(os.path.join(directory, "checkpoint")).read()
+            foreign += os.path.basename(parse_checkpoint_state(raw).model_checkpoint_path).startswith(".fcsave-")
+        except (OSError, ValueError):
+            pass
+        try:
+            latest = fastckpt.latest_checkpoint(directory)
+            st = fastckpt.get_checkpoint_state(directory)
+            listed = [] if st is None else [st.model_checkpoint_path] + st.all_model_checkpoint_paths
+            names = [os.path.basename(p) for p in listed + [latest or ""]]
+            if any(n.startswith(".fcsave-") for n in names):
+                bad += 1
+                errors.append(f"a staged name: {names}")
+                continue
+            if latest is None or st is None:
+                if seen:
+                    bad += 1
+                    errors.append("None after a checkpoint was committed")
+                continue
+            seen = True
+            ok = check(fastckpt.restore(directory), "restore(directory)")
+            try:
+                ok = check(fastckpt.restore(latest), f"restore({os.path.basename(latest)})") and ok
+            except fastckpt.NotFoundError:
+                now = fastckpt.get_checkpoint_state(directory)
+                if now is not None and latest in now.all_model_checkpoint_paths:
+                    raise
+            good += ok
+            bad += not ok
+        except fastckpt.CheckpointError as e:
+            bad += 1
+            errors.append(repr(e))
+    with open(result_file, "w") as f:
+        f.write(f"{good} {bad} {foreign}\n" + "\n".join(errors[:20]))

@@ -4,7 +4,8 @@ the LD_PRELOAD kill shim). In a directory that already holds steps 1 and 2 it
 runs the attacked sequence -- a new step with a retention delete, a
 re-saved step, a background save, a re-save through the manager -- and
 logs each save to ``log`` (not counted) after it returned. With
-``recycle``, the two saves that retire a checkpoint rewrite its files.""" 
+``recycle``, the two saves that retire a checkpoint rewrite its files; with
+``zstd``, every save is compressed (the C core's pwrite calls).""" 
 
 import ctypes
 import os
@@ -21,9 +22,10 @@ def contents(step: int, resaved: bool) -> dict:
     return state_for(step + (RESAVED if resaved else 0))
 
 
-def main(directory: str, target: int, log: str, durable: bool, recycle: bool = False) -> None:
+def main(directory: str, target: int, log: str, durable: bool, recycle: bool = False, zstd: bool = False) -> None:
     shim = ctypes.CDLL(None)
-    saver = fastckpt.Saver(max_to_keep=2, durable=durable, recycle=recycle)
+    compression = "zstd" if zstd else None
+    saver = fastckpt.Saver(max_to_keep=2, durable=durable, recycle=recycle, compression=compression)
     prefix = os.path.join(directory, "model")
 
     def done(step: int, resaved: bool) -> None:
@@ -46,7 +48,7 @@ def main(directory: str, target: int, log: str, durable: bool, recycle: bool = F
     saver.save(contents(3, True), prefix, global_step=3)         # re-save of the latest step
     done(3, True)
     mgr = fastckpt.CheckpointManager(directory, max_to_keep=2, checkpoint_name="model", durable=durable,
-                                     recycle=recycle)
+                                     recycle=recycle, compression=compression)
     mgr.save(contents(4, False), 4, blocking=False)              # background save; deletes step 2
     mgr.wait()
     shim.killshim_pause(1)
@@ -61,4 +63,5 @@ def main(directory: str, target: int, log: str, durable: bool, recycle: bool = F
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "durable", sys.argv[5:] == ["recycle"])
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "durable", "recycle" in sys.argv[5:],
+         "zstd" in sys.argv[5:])

@@ -1,6 +1,7 @@
 /* LD_PRELOAD shim for the systematic kill test: counts every mutating file
  * system call (writes, truncates, creates, renames, links, unlinks, fsyncs)
- * made while armed, and SIGKILLs the process at the N-th, before the call
+ * made while armed (every write entry point glibc exports: write, writev,
+ * pwrite, pwritev and their 64-bit and v2 names, copy_file_range, fallocate), and SIGKILLs the process at the N-th, before the call
  * runs. The test first counts a save's calls, then kills at each in turn.
  *
  *   killshim_arm(n)   start counting; die at call n (n <= 0: only count)
@@ -33,7 +34,14 @@ static void hit(void) {
 #define REAL(name) static __typeof__(name) *real_##name; if (!real_##name) real_##name = dlsym(RTLD_NEXT, #name)
 
 ssize_t write(int fd, const void *b, size_t n) { REAL(write); if (fd > 2) hit(); return real_write(fd, b, n); }
+ssize_t pwrite(int fd, const void *b, size_t n, off_t o) { REAL(pwrite); hit(); return real_pwrite(fd, b, n, o); }
 ssize_t pwrite64(int fd, const void *b, size_t n, off_t o) { REAL(pwrite64); hit(); return real_pwrite64(fd, b, n, o); }
+ssize_t writev(int fd, const struct iovec *v, int c) { REAL(writev); if (fd > 2) hit(); return real_writev(fd, v, c); }
+ssize_t pwritev64(int fd, const struct iovec *v, int c, off_t o) { REAL(pwritev64); hit(); return real_pwritev64(fd, v, c, o); }
+ssize_t pwritev64v2(int fd, const struct iovec *v, int c, off_t o, int f) { REAL(pwritev64v2); hit(); return real_pwritev64v2(fd, v, c, o, f); }
+ssize_t copy_file_range(int a, off_t *ao, int b, off_t *bo, size_t n, unsigned f) { REAL(copy_file_range); hit(); return real_copy_file_range(a, ao, b, bo, n, f); }
+int fallocate(int fd, int m, off_t o, off_t n) { REAL(fallocate); hit(); return real_fallocate(fd, m, o, n); }
+int posix_fallocate(int fd, off_t o, off_t n) { REAL(posix_fallocate); hit(); return real_posix_fallocate(fd, o, n); }
 ssize_t pwritev(int fd, const struct iovec *v, int c, off_t o) { REAL(pwritev); hit(); return real_pwritev(fd, v, c, o); }
 ssize_t pwritev2(int fd, const struct iovec *v, int c, off_t o, int f) { REAL(pwritev2); hit(); return real_pwritev2(fd, v, c, o, f); }
 int ftruncate(int fd, off_t n) { REAL(ftruncate); hit(); return real_ftruncate(fd, n); }

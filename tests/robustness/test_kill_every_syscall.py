@@ -42,16 +42,45 @@ def shim(tmp_path_factory):
     return out
 
 
+def test_the_shim_counts_every_write_entry_point(shim, tmp_path):
+    """pwrite (the compressed writer's call), pwrite64, write, writev and
+    the pwritev family each count as a kill point."""
+    src = tmp_path / "calls.c"
+    src.write_text('''
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/uio.h>
+#include <unistd.h>
+void killshim_arm(long); long killshim_count(void);
+int main(int argc, char **argv) {
+    int fd = open(argv[1], O_RDWR | O_CREAT, 0644);
+    struct iovec v = {"x", 1};
+    killshim_arm(0);
+    pwrite(fd, "x", 1, 0); pwrite64(fd, "x", 1, 0); write(fd, "x", 1); writev(fd, &v, 1);
+    pwritev(fd, &v, 1, 0); pwritev2(fd, &v, 1, 0, 0);
+    printf("%ld\\n", killshim_count());
+    return 0;
+}
+''')
+    exe = str(tmp_path / "calls")
+    subprocess.run([shutil.which("cc") or "gcc", "-O0", "-o", exe, str(src), shim, "-ldl"], check=True)
+    r = subprocess.run([exe, str(tmp_path / "f")], capture_output=True, text=True, check=True,
+                       env=dict(os.environ, LD_LIBRARY_PATH=os.path.dirname(shim)))
+    assert r.stdout.split() == ["6"], r.stdout
+
+
 def setup_directory(d, durable):
     saver = fastckpt.Saver(max_to_keep=2, durable=durable)
     for step in (1, 2):
         saver.save(contents(step, False), str(d / "model"), global_step=step)
 
 
-def run_child(shim, d, target, log, durable, recycle=False):
+def run_child(shim, d, target, log, durable, recycle=False, zstd=False):
     env = dict(os.environ, LD_PRELOAD=shim)
     return subprocess.run([sys.executable, "-m", "tests.helpers.kill_scenario", str(d), str(target), str(log),
-                           "durable" if durable else "fast"] + (["recycle"] if recycle else []), env=env,
+                           "durable" if durable else "fast"] + (["recycle"] if recycle else [])
+                          + (["zstd"] if zstd else []), env=env,
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
@@ -93,15 +122,16 @@ def check_after_kill(d, log):
     return report
 
 
-@pytest.mark.parametrize("durable,recycle", [(True, False), (False, False), (True, True), (False, True)],
-                         ids=["durable", "fast", "durable-recycling", "fast-recycling"])
-def test_kill_at_every_mutating_syscall(tmp_path, shim, counts, durable, recycle):
+@pytest.mark.parametrize("durable,recycle,zstd", [(True, False, False), (False, False, False), (True, True, False),
+                                                 (False, True, False), (False, False, True)],
+                         ids=["durable", "fast", "durable-recycling", "fast-recycling", "fast-compressed"])
+def test_kill_at_every_mutating_syscall(tmp_path, shim, counts, durable, recycle, zstd):
     base = tmp_path / "base"
     base.mkdir()
     setup_directory(base, durable)
     clean = tmp_path / "count"
     shutil.copytree(base, clean)
-    r = run_child(shim, clean, 0, tmp_path / "count.log", durable, recycle)
+    r = run_child(shim, clean, 0, tmp_path / "count.log", durable, recycle, zstd)
     assert r.returncode == 0, r.stderr
     total = int(r.stdout.split()[-1])
     assert total > 40, total
@@ -113,7 +143,7 @@ def test_kill_at_every_mutating_syscall(tmp_path, shim, counts, durable, recycle
         d = tmp_path / f"k{n}"
         shutil.copytree(base, d)
         log = tmp_path / f"k{n}.log"
-        r = run_child(shim, d, n, log, durable, recycle)
+        r = run_child(shim, d, n, log, durable, recycle, zstd)
         if r.returncode == 0:
             finished += 1  # threads made the count differ by a call or two
         else:
@@ -123,7 +153,7 @@ def test_kill_at_every_mutating_syscall(tmp_path, shim, counts, durable, recycle
         check_after_kill(d, log)
         shutil.rmtree(d)
     assert killed >= total // STRIDE - 3
-    kind = ("durable" if durable else "non-durable") + (", recycling" if recycle else "")
+    kind = ("durable" if durable else "non-durable") + (", recycling" if recycle else "") + (", zstd" if zstd else "")
     counts[f"kill points in a {kind} save sequence"] = total
     counts[f"kills at every syscall survived ({kind})"] = killed
     counts[f"kills that left a commit pending, finished by recovery ({kind})"] = pending

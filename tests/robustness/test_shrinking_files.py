@@ -58,3 +58,16 @@ def test_truncated_under_the_reader(tmp_path, action):
     sig, result = in_child(shrink_under, prefix, ACTIONS[action])
     assert sig is None, f"killed by {signal.Signals(sig).name}"
     assert isinstance(result, str) and ("DataLossError" in result or "truncated" in result), result
+
+
+def test_a_file_cut_after_listing_gives_dataloss_on_its_first_view(tmp_path):
+    """The reader listed its tensors (the data file opened, not yet mapped);
+    the file is then cut by 1,000 bytes: the first zero-copy view of an
+    untouched tensor is DataLossError, not mmap's ValueError."""
+    prefix = fastckpt.write_bundle(str(tmp_path / "c"), STATE)
+    data = prefix + ".data-00000-of-00001"
+    with fastckpt.load_checkpoint(prefix) as r:
+        assert sorted(r) == ["a", "b", "c"]
+        os.truncate(data, os.path.getsize(data) - 1000)
+        with pytest.raises(fastckpt.DataLossError, match="truncated"):
+            r["a"]
