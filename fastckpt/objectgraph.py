@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 from .errors import DataLossError, InvalidArgumentError
+from .frameworks import is_array, to_numpy
 
 __all__ = ["OBJECT_GRAPH_KEY", "parse_object_graph", "object_paths", "restore_object_tree", "object_graph_tensors", "encode_object_graph", "object_tree", "TrackableObject",
            "graph_for_state", "escape_local_name", "template_tensors"]
@@ -221,6 +222,7 @@ def escape_local_name(name: str) -> str:
 
 
 MAX_PATHS = 16  # paths kept per object (a hostile graph of diamonds has exponentially many)
+MAX_INTO_DEPTH = 1000  # nesting of a restore's into=
 
 
 def variable_paths(nodes: List[TrackableObject]) -> Dict[int, List[Tuple[str, ...]]]:
@@ -363,26 +365,31 @@ def template_tensors(state_leaves: Mapping[str, Any], template: str) -> Dict[str
     return out
 
 
-def _template_keys(nodes: List[TrackableObject]) -> Dict[str, Tuple[List[str], bool]]:
-    """Each key of the graph → (the object paths that lead to its value, in
-    :func:`object_tree`'s layout; whether the state may leave it out:
+def _template_paths(nodes: List[TrackableObject]) -> Dict[str, Tuple[List[Tuple[str, ...]], bool]]:
+    """Each key of the graph → (the paths, tuples of :func:`object_tree`'s
+    dict keys, that lead to its value; whether the state may leave it out:
     save_counter and attributes other than VARIABLE_VALUE, which then come
     from the template)."""
     paths = variable_paths(nodes)
-    wanted: Dict[str, Tuple[List[str], bool]] = {}
+    wanted: Dict[str, Tuple[List[Tuple[str, ...]], bool]] = {}
     for i, node in enumerate(nodes):
-        where = ["/".join(p) for p in paths.get(i, [])]
+        where = paths.get(i, [])
         for name, _, key in node.attributes:
             whole = name == VALUE and not node.children and len(node.attributes) == 1
-            wanted[key] = (where if whole else [(w + "/" if w else "") + ".ATTRIBUTES/" + name for w in where],
-                           name != VALUE or where == [SAVE_COUNTER])
+            wanted[key] = (list(where) if whole else [w + (".ATTRIBUTES/" + name,) for w in where],
+                           name != VALUE or where == [(SAVE_COUNTER,)])
     for i, node in enumerate(nodes):  # slot variables are nobody's children: their optimizer places them
         for original, slot, variable in node.slot_variables:
             for name, _, key in nodes[variable].attributes:
                 if name == VALUE and original in paths:
-                    wanted[key] = (["/".join(p + (SLOTS, "/".join(paths[original][0]), slot))
-                                    for p in paths.get(i, [])], False)
+                    wanted[key] = ([p + (SLOTS, "/".join(paths[original][0]), slot) for p in paths.get(i, [])],
+                                   False)
     return wanted
+
+
+def _template_keys(nodes: List[TrackableObject]) -> Dict[str, Tuple[List[str], bool]]:
+    """:func:`_template_paths` with each path joined by "/"."""
+    return {key: (["/".join(p) for p in where], optional) for key, (where, optional) in _template_paths(nodes).items()}
 
 
 def object_paths(nodes: List[TrackableObject]) -> Dict[str, str]:
@@ -449,19 +456,19 @@ def _renamed(node: Any, keys: Mapping[str, str]) -> Any:
 def restore_object_tree(reader: Any, into: Optional[Any] = None) -> Dict[str, Any]:
     """The object tree of a TensorFlow 2 checkpoint open in ``reader``; with
     ``into`` (a nested dict of arrays laid out as that tree, or part of it,
-    or a flat dict by checkpoint key), its arrays are filled in place and
-    put in the tree."""
-    from .structure import flatten
-
+    where a checkpoint key may stand for its variable), its arrays are
+    filled in place and put in the tree. Paths are matched key by key: a
+    local name ``"a/b"`` and the path a → b are two variables."""
     nodes = parse_object_graph(reader.get_tensor(OBJECT_GRAPH_KEY)[()])
-    wanted = _template_keys(nodes)
+    wanted = _template_paths(nodes)
     keys = [k for k in wanted if reader.has_tensor(k)]
     targets: Dict[str, Any] = {}
     if into is not None:
-        leaves, _ = flatten(into)
         by_path = {p: k for k, (paths, _) in wanted.items() for p in paths}
-        by_path.update({k: k for k in wanted})  # a flat dict by checkpoint key, as load_checkpoint names them
-        unknown = sorted(p for p in leaves if p not in by_path)
+        for k in wanted:  # a checkpoint key, as load_checkpoint names it, stands for its variable
+            by_path.setdefault((k,), k)
+        leaves = _array_leaves(into)
+        unknown = sorted("/".join(p) for p in leaves if p not in by_path)
         if unknown:
             raise InvalidArgumentError(f"into: {len(unknown)} array(s) the checkpoint's object graph does not "
                                        f"have: {', '.join(unknown[:5])}")
@@ -470,3 +477,21 @@ def restore_object_tree(reader: Any, into: Optional[Any] = None) -> Dict[str, An
     values = reader.read([k for k in keys if k not in targets])
     values.update(targets)
     return object_tree(nodes, values)
+
+
+def _array_leaves(into: Any) -> Dict[Tuple[str, ...], Any]:
+    """The arrays of a nested ``into``, by the tuple of keys leading to each
+    (numpy views of framework tensors)."""
+    out: Dict[Tuple[str, ...], Any] = {}
+    stack: List[Tuple[Tuple[str, ...], Any]] = [((), into)]
+    while stack:
+        path, x = stack.pop()
+        if len(path) > MAX_INTO_DEPTH:
+            raise InvalidArgumentError(f"into is nested deeper than {MAX_INTO_DEPTH} levels")
+        if isinstance(x, Mapping):
+            stack.extend((path + (str(k),), v) for k, v in x.items())
+        elif isinstance(x, (list, tuple)):
+            stack.extend((path + (str(i),), v) for i, v in enumerate(x))
+        elif path and is_array(x):
+            out[path] = to_numpy(x)
+    return out

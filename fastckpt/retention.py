@@ -51,7 +51,8 @@ class Retention:
         if preserved and now < preserved:
             log.warning("time.time() is %.0f s behind the last preserved checkpoint timestamp: "
                         "keeping every earlier checkpoint", preserved - now)
-            return entries[-1:], [], now
+            # TensorFlow clamps the state's timestamp when its manager is created.
+            return entries[-1:], [], min(self.created, now) if self.created < preserved else now
         preserved = min(preserved, now) if preserved else min(self.created, now)
         kept = list(entries)
         dropped: List[str] = []

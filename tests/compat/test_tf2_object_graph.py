@@ -153,3 +153,41 @@ def test_template_mismatches_are_listed_all_at_once(tmp_path):
     with pytest.raises(fastckpt.InvalidArgumentError, match="no TensorFlow 2 object graph"):
         fastckpt.write_bundle(str(tmp_path / "plain"), {"w": np.ones(1)})
         fastckpt.save({"w": np.ones(1)}, str(tmp_path / "x"), template=str(tmp_path / "plain"))
+
+
+def test_a_flat_into_of_the_checkpoints_own_keys_fills_by_key(tmp_path):
+    """Resuming a Keras/TF2 run directory with a flat dict of the
+    checkpoint's keys (as load_checkpoint lists them, the object graph
+    included): filled by key, as in 0.2, and TensorFlow restores the
+    result object-based."""
+    net = Net()
+    net.encoder.kernel.assign(np.full((3, 4), 3.0, np.float32))
+    ckpt = tf.train.Checkpoint(net=net)
+    mgr = tf.train.CheckpointManager(ckpt, str(tmp_path / "run"), max_to_keep=2)
+    mgr.save()
+    reader = fastckpt.load_checkpoint(str(tmp_path / "run"))
+    state = {k: np.zeros_like(reader.get_tensor(k)) for k in reader}
+    assert "_CHECKPOINTABLE_OBJECT_GRAPH" in state
+    restored = fastckpt.CheckpointManager(str(tmp_path / "run")).restore_or_initialize(state)
+    key = "net/encoder/kernel/.ATTRIBUTES/VARIABLE_VALUE"
+    assert restored[key] is state[key] and (state[key] == 3.0).all()
+    assert state["_CHECKPOINTABLE_OBJECT_GRAPH"][()] == reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH")[()]
+    state[key] += 1  # continue the run with fastckpt; TensorFlow resumes from it object-based
+    fastckpt.CheckpointManager(str(tmp_path / "run"), checkpoint_name="ckpt").save(state, 2)
+    other = Net()
+    tf.train.Checkpoint(net=other).restore(tf.train.latest_checkpoint(str(tmp_path / "run"))).assert_existing_objects_matched()
+    assert (other.encoder.kernel.numpy() == 4.0).all()
+
+
+def test_a_local_name_with_a_slash_is_not_the_path_through_it(tmp_path):
+    """A local name "a/b" beside the path a -> b: two variables; into
+    fills the one its own keys lead to."""
+    root = tf.Module()
+    root.a = tf.Module()
+    root.a.b = tf.Variable(np.full(3, 1.0, np.float32))
+    setattr(root, "a/b", tf.Variable(np.full(3, 2.0, np.float32)))
+    tf.train.Checkpoint(model=root).write(str(tmp_path / "ck"))
+    flat_name, nested = np.zeros(3, np.float32), np.zeros(3, np.float32)
+    got = fastckpt.restore(str(tmp_path / "ck"), into={"model": {"a/b": flat_name, "a": {"b": nested}}})
+    assert (flat_name == 2.0).all() and (nested == 1.0).all()
+    assert got["model"]["a/b"] is flat_name and got["model"]["a"]["b"] is nested

@@ -228,9 +228,10 @@ def test_clock_reset_keeps_checkpoints_as_tensorflow_does(tmp_path, monkeypatch,
         for step in (2, 3):
             clock[0] += 3600
             save_with(directory, step)
-        clock[0] = 5000.0  # the clock is reset
+        clock[0] = 5000.0  # the clock is reset; the manager is made, and saves 10 s later
         save_with(directory, 4, new_manager=True)
-        return sorted(n for n in os.listdir(directory) if n.endswith(".index")), first
+        st = fastckpt.get_checkpoint_state(directory)
+        return sorted(n for n in os.listdir(directory) if n.endswith(".index")), st.last_preserved_timestamp
 
     tf_managers = {}
 
@@ -238,6 +239,7 @@ def test_clock_reset_keeps_checkpoints_as_tensorflow_does(tmp_path, monkeypatch,
         if new_manager or directory not in tf_managers:
             tf_managers[directory] = tf.train.CheckpointManager(
                 tf.train.Checkpoint(v=tf.Variable(1.0)), directory, max_to_keep=1, keep_checkpoint_every_n_hours=hours)
+            clock[0] += 10 if new_manager else 0
         return tf_managers[directory].save(checkpoint_number=step)
 
     fc_managers = {}
@@ -246,11 +248,13 @@ def test_clock_reset_keeps_checkpoints_as_tensorflow_does(tmp_path, monkeypatch,
         if new_manager or directory not in fc_managers:
             fc_managers[directory] = fastckpt.CheckpointManager(directory, max_to_keep=1,
                                                                 keep_checkpoint_every_n_hours=hours)
+            clock[0] += 10 if new_manager else 0
         return fc_managers[directory].save({"v": np.ones(1, np.float32)}, step, force=True)
 
-    tf_files, _ = run(tf_save, str(tmp_path / "tf"))
-    fc_files, _ = run(fc_save, str(tmp_path / "fc"))
+    tf_files, tf_preserved = run(tf_save, str(tmp_path / "tf"))
+    fc_files, fc_preserved = run(fc_save, str(tmp_path / "fc"))
     assert fc_files == tf_files, (fc_files, tf_files)
+    assert fc_preserved == tf_preserved == 5000.0  # the time the manager was made, as TensorFlow records it
     assert "ckpt-3.index" in fc_files and "ckpt-4.index" in fc_files  # the one from "the future" is kept
 
 

@@ -162,3 +162,19 @@ def test_a_reader_meeting_a_file_being_rewritten_waits_then_says_so(tmp_path, mo
     assert time.monotonic() - t >= 0.1
     release_lock(fd)
     assert np.array_equal(fastckpt.read_bundle(str(tmp_path / "m"))["t0"], _state(1)["t0"])
+
+
+def test_the_latest_checkpoint_is_never_recycled(tmp_path):
+    """With max_to_keep=1 the checkpoint retention drops is the only one
+    until the new save commits: rewriting it would leave no checkpoint at
+    all if the save died. It is deleted after the commit instead."""
+    saver = fastckpt.Saver(max_to_keep=1, durable=False, recycle=True)
+    saver.save(_state(1), str(tmp_path / "m"), global_step=1)
+    old = os.stat(tmp_path / "m-1.data-00000-of-00001").st_ino
+    held = open(tmp_path / "m-1.data-00000-of-00001", "rb")  # keeps the inode from being reused
+    saver.save(_state(2), str(tmp_path / "m"), global_step=2)
+    assert os.stat(tmp_path / "m-2.data-00000-of-00001").st_ino != old
+    assert np.array_equal(np.frombuffer(held.read(), np.float32)[:50_000], _state(1)["t0"])  # never rewritten
+    held.close()
+    assert [os.path.basename(p) for p in fastckpt.get_checkpoint_state(str(tmp_path)).all_model_checkpoint_paths] \
+        == ["m-2"]
