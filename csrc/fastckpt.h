@@ -66,6 +66,11 @@ void fc_buf_free(fc_buf *b);
 int fc_grow(void **arr, size_t *cap, size_t need, size_t elem);
 
 /* ---- CRC32C ------------------------------------------------------------ */
+/* guard.c: run fn(arg), reading memory that may map a file someone
+ * truncates; -1 if a page of it vanished (SIGBUS), 0 otherwise. */
+int fc_guarded(void (*fn)(void *), void *arg);
+int fc_guarded_copy(void *dst, const void *src, size_t n);
+
 uint32_t fc_crc32c_extend(uint32_t crc, const void *data, size_t n);
 uint32_t fc_crc32c_extend_portable(uint32_t crc, const void *data, size_t n);
 /* CRC of A||B from crc(A), crc(B) and len(B). */

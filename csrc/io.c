@@ -74,6 +74,21 @@ static size_t item_at(const job_t *j, const batch_t *b, uint64_t done) {
     return s[b->count - 1].item;
 }
 
+typedef struct {
+    job_t *j;
+    const batch_t *b;
+} crc_args;
+
+/* The CRC of every segment of a batch about to be written (guarded: the
+ * memory may map a source file). */
+static void crc_batch(void *arg) {
+    crc_args *a = (crc_args *)arg;
+    for (size_t i = 0; i < a->b->count; i++) {
+        seg_t *sg = &a->j->segs[a->b->first + i];
+        sg->crc = fc_crc32c_extend(0, (uint8_t *)a->j->items[sg->item].buf + sg->off_in_item, (size_t)sg->len);
+    }
+}
+
 static int run_batch(job_t *j, const batch_t *b, uint8_t **scratch) {
     struct iovec iov[2 * MAX_IOV];
     int n = 0;
@@ -96,12 +111,14 @@ static int run_batch(job_t *j, const batch_t *b, uint8_t **scratch) {
         total += s[i].len;
         pos = s[i].file_off + s[i].len;
     }
-    if (j->is_write)
-        for (size_t i = 0; i < b->count; i++) {
-            seg_t *sg = &j->segs[b->first + i];
-            sg->crc = fc_crc32c_extend(0, (uint8_t *)j->items[sg->item].buf + sg->off_in_item,
-                                       (size_t)sg->len);
+    if (j->is_write) {
+        crc_args a = {j, b};
+        if (fc_guarded(crc_batch, &a)) { /* its source memory maps a file that was cut */
+            record_error(j, s[0].item, FC_DATA_LOSS, EFAULT,
+                         "the tensor's memory vanished while it was read (a mapped source file was truncated)");
+            return -1;
         }
+    }
     int fd = j->items[s[0].item].fd;
     uint64_t done = 0;
     struct iovec *v = iov;
@@ -122,6 +139,11 @@ static int run_batch(job_t *j, const batch_t *b, uint8_t **scratch) {
             r = pwritev(fd, v, n, at);
         }
         if (r < 0 && errno == EINTR) continue;
+        if (r < 0 && errno == EFAULT && j->is_write) {
+            record_error(j, item_at(j, b, done), FC_DATA_LOSS, EFAULT,
+                         "the tensor's memory vanished while it was written (a mapped source file was truncated)");
+            return -1;
+        }
         if (r < 0) {
             record_error(j, item_at(j, b, done), FC_IO, errno,
                          j->is_write ? "write failed" : "read failed");

@@ -438,6 +438,40 @@ static int looks_incompressible(zcctx *cctx, const uint8_t *src, uint64_t len, i
     return Z.is_error(got) || got > n - n / 64;
 }
 
+typedef struct {
+    wjob_t *j;
+    const fc_zwrite_item *it;
+    zcctx *cctx;
+    uint8_t *planes, *out;
+    size_t cap;
+    const uint8_t *data; /* in: the chunk; out: what to store (the chunk, or out) */
+    uint64_t stored;
+    int refused;
+} zjob_args;
+
+/* CRC, probe, byte planes and compression of one chunk (guarded: the
+ * chunk may map a source file). */
+static void compress_chunk(void *arg) {
+    zjob_args *a = (zjob_args *)arg;
+    const uint8_t *src = a->data;
+    a->j->crc = fc_crc32c_extend(0, src, a->j->len);
+    if (looks_incompressible(a->cctx, src, a->j->len, a->it->itemsize, a->planes, a->out, a->cap)) return;
+    const uint8_t *in = src;
+    if (a->it->itemsize > 1) {
+        split_planes(src, a->planes, a->j->len / (uint64_t)a->it->itemsize, a->it->itemsize);
+        in = a->planes;
+    }
+    size_t got = Z.compress2(a->cctx, a->out, a->cap, in, a->j->len);
+    if (Z.is_error(got)) {
+        a->refused = 1;
+        return;
+    }
+    if (got < a->j->len) {
+        a->data = a->out;
+        a->stored = got;
+    }
+}
+
 static void *zwrite_worker(void *arg) {
     wrun_t *r = (wrun_t *)arg;
     zcctx *cctx = new_cctx(r->level);
@@ -453,28 +487,20 @@ static void *zwrite_worker(void *arg) {
         if (k >= r->njobs) break;
         wjob_t *j = &r->jobs[k];
         fc_zwrite_item *it = &r->items[j->item];
-        const uint8_t *src = it->src + j->off, *data = src;
-        uint64_t stored = j->len;
+        const uint8_t *src = it->src + j->off;
+        zjob_args a = {j, it, cctx, planes, out, cap, src, j->len, 0};
+        if (!it->stored_as_is && fc_guarded(compress_chunk, &a)) { /* its memory maps a file that was cut */
+            wrun_fail(r, j->item, FC_DATA_LOSS, EFAULT,
+                      "the tensor's memory vanished while it was read (a mapped source file was truncated)");
+            break;
+        }
+        if (a.refused) {
+            wrun_fail(r, j->item, FC_INVALID, 0, "zstd refused to compress a chunk");
+            break;
+        }
+        const uint8_t *data = a.data;
+        uint64_t stored = a.stored;
         int as_is = it->stored_as_is;
-        if (!as_is) {
-            j->crc = fc_crc32c_extend(0, src, j->len);
-        }
-        if (!as_is && !looks_incompressible(cctx, src, j->len, it->itemsize, planes, out, cap)) {
-            const uint8_t *in = src;
-            if (it->itemsize > 1) {
-                split_planes(src, planes, j->len / (uint64_t)it->itemsize, it->itemsize);
-                in = planes;
-            }
-            size_t got = Z.compress2(cctx, out, cap, in, j->len);
-            if (Z.is_error(got)) {
-                wrun_fail(r, j->item, FC_INVALID, 0, "zstd refused to compress a chunk");
-                break;
-            }
-            if (got < j->len) {
-                data = out;
-                stored = got;
-            }
-        }
         /* place it, in plan order */
         pthread_mutex_lock(&r->lock);
         while (r->placed != k && !__atomic_load_n(&r->stop, __ATOMIC_RELAXED)) pthread_cond_wait(&r->turn, &r->lock);
@@ -497,7 +523,9 @@ static void *zwrite_worker(void *arg) {
         pthread_mutex_unlock(&r->lock);
         int e = pwrite_all(it->fd, data, stored, at);
         if (e) {
-            wrun_fail(r, j->item, FC_IO, e, "pwrite");
+            wrun_fail(r, j->item, e == EFAULT ? FC_DATA_LOSS : FC_IO, e,
+                      e == EFAULT ? "the tensor's memory vanished while it was written (a mapped source file was "
+                                    "truncated)" : "pwrite");
             break;
         }
     }

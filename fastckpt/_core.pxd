@@ -32,6 +32,7 @@ cdef extern from "fastckpt.h" nogil:
     int fc_buf_append(fc_buf *b, const void *data, size_t n)
 
     uint32_t fc_crc32c_extend(uint32_t crc, const void *data, size_t n)
+    int fc_guarded_copy(void *dst, const void *src, size_t n)
     uint32_t fc_crc32c_extend_portable(uint32_t crc, const void *data, size_t n)
     uint32_t fc_crc32c_combine(uint32_t a, uint32_t b, uint64_t len_b)
     uint32_t fc_crc32c_parallel(const void *data, uint64_t n, int nthreads)

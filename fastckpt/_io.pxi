@@ -208,3 +208,18 @@ def read_fast(Index index, list names, list fds, list sizes, list descrs, bint v
         free(js)
         free(slot)
 
+
+
+def guarded_copy(src, dst, str what=""):
+    """Copy the bytes of buffer ``src`` into buffer ``dst`` (as long): a
+    page of ``src`` that vanished meanwhile (it maps a file that was
+    truncated) is :class:`DataLossError` naming ``what``, never SIGBUS."""
+    cdef _Buffer s = _Buffer(src)
+    cdef _Buffer d = _Buffer(dst, True)
+    cdef int r
+    if s.view.len != d.view.len:
+        raise InvalidArgumentError(f"guarded_copy: {s.view.len} bytes into a buffer of {d.view.len}")
+    with nogil:
+        r = fc_guarded_copy(d.view.buf, s.view.buf, <size_t>s.view.len)
+    if r:
+        raise DataLossError(f"{what or 'a mapped source'}: its file was truncated while it was read")

@@ -17,6 +17,7 @@ of that disk space for the duration)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from typing import Dict, Iterator, List, Optional
 
@@ -80,7 +81,7 @@ def cast_floats(tensors: Dict[str, LazyTensor], dtype: str) -> Dict[str, LazyTen
 
 def _cast(t: LazyTensor, target: np.dtype) -> LazyTensor:
     def load() -> np.ndarray:
-        return t.array().astype(target)
+        return t.copied().astype(target)
     return LazyTensor(target, t.shape, load, what=t.what)
 
 
@@ -104,16 +105,24 @@ def _files_of_source(source: Source) -> List[str]:
     return [source.path]
 
 
+def _owned(t: LazyTensor) -> LazyTensor:
+    """``t`` read into memory of its own when loaded (see ``LazyTensor.copied``)."""
+    return LazyTensor(t.dtype, t.shape, t.copied, what=t.what, stored=t.stored)
+
+
 @contextlib.contextmanager
 def _bounded(source: Source, fmt: str, compression: Optional[str], dst: str,
              threads: Optional[int]) -> Iterator[Source]:
     """``source``, or -- for a destination written whole from memory whose
     decoded tensors would exceed :data:`SCRATCH_ABOVE` -- the same tensors
     decoded into a temporary plain bundle beside ``dst`` and mapped back."""
-    whole = fmt == "torch" or (fmt == "tf" and compression is not None)
-    decoded = sum(t.nbytes for t in source.tensors.values() if not t.mapped)
-    if not whole or decoded <= SCRATCH_ABOVE:
-        yield source
+    if fmt == "torch":  # torch.save reads every value itself: each in memory of its own, or a private scratch
+        if sum(t.nbytes for t in source.tensors.values()) <= SCRATCH_ABOVE:
+            yield dataclasses.replace(source, tensors={n: _owned(t) for n, t in source.tensors.items()})
+            return
+    elif compression is None or fmt != "tf" or \
+            sum(t.nbytes for t in source.tensors.values() if not t.mapped) <= SCRATCH_ABOVE:
+        yield source  # written by the C core, whose reads of mapped values are guarded
         return
     from .formats.bundle import bundle_tensors
     from .writer import stage_bundle

@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import InvalidArgumentError
 from .formats import LazyTensor, open_source
+from .lazy import guarded_copy
 from .naming import PathLike
 
 __all__ = ["diff", "Diff", "TensorDiff"]
@@ -129,6 +130,8 @@ def compare(ta: LazyTensor, tb: LazyTensor, atol: float, rtol: float) -> TensorD
     worst_abs = worst_rel = 0.0
     mismatched = 0
     for px, py in _pieces(x, y):
+        px = guarded_copy(px, ta.what) if ta.mapped else px  # a source cut meanwhile: DataLossError
+        py = guarded_copy(py, tb.what) if tb.mapped else py
         if identical and px.tobytes() == py.tobytes():
             continue
         identical = False

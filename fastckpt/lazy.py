@@ -8,9 +8,20 @@ from typing import Callable, Tuple
 
 import numpy as np
 
+from . import _core
 from .errors import DataLossError
 
-__all__ = ["LazyTensor"]
+__all__ = ["LazyTensor", "guarded_copy"]
+
+
+def guarded_copy(arr: np.ndarray, what: str = "") -> np.ndarray:
+    """A C-ordered copy of the contiguous array ``arr``, made by the C core
+    so that a page of ``arr`` that vanished (it maps a file that was
+    truncated meanwhile) is :class:`DataLossError`, never SIGBUS."""
+    out = np.empty(arr.shape, arr.dtype)
+    if out.nbytes:
+        _core.guarded_copy(np.ascontiguousarray(arr).reshape(-1).view(np.uint8), out.reshape(-1).view(np.uint8), what)
+    return out
 
 
 @dataclass(frozen=True)
@@ -35,8 +46,18 @@ class LazyTensor:
             return self.stored
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
+    def copied(self) -> np.ndarray:
+        """The values in memory of their own: a mapped array is copied out
+        of its file by :func:`guarded_copy`. What code that computes on
+        the values (casts, comparisons, other libraries' writers) reads, so
+        that a source file truncated meanwhile is :class:`DataLossError`."""
+        arr = self.array()
+        return guarded_copy(arr, self.what) if self.mapped and arr.flags.c_contiguous else arr
+
     def array(self) -> np.ndarray:
-        """The values, checked to have the promised dtype and shape."""
+        """The values, checked to have the promised dtype and shape; a
+        view of a mapped file where ``mapped`` (for the C core, whose reads
+        of it are guarded; others use :meth:`copied`)."""
         arr = self.load()
         if tuple(arr.shape) != tuple(self.shape) or (self.dtype.kind not in "OSU" and arr.dtype != self.dtype):
             raise DataLossError(f"{self.what or 'tensor'}: read {arr.dtype}{list(arr.shape)}, "

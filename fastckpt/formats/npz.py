@@ -1,11 +1,13 @@
 """numpy ``.npz`` archives: a zip of ``NAME.npy`` files. Stored (not
-deflated) members are read as views of the mapped archive; deflated ones
-(``np.savez_compressed``) are decoded one at a time. Object arrays are
+deflated) members are copied out of the mapped archive and their CRC-32
+checked; deflated ones (``np.savez_compressed``) are decoded (and checked
+by zipfile) one at a time. Object arrays are
 refused (they need pickle). Written stored, member by member."""
 
 from __future__ import annotations
 
 import contextlib
+import lzma
 import mmap
 import os
 import struct
@@ -15,8 +17,8 @@ from typing import Any, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import DataLossError, InvalidArgumentError
-from ..lazy import LazyTensor
+from ..errors import DataLossError, InvalidArgumentError, UnsupportedError
+from ..lazy import LazyTensor, guarded_copy
 from . import Source, tensors_only
 from .files import chunks_of, replace_all
 
@@ -38,8 +40,9 @@ def open_npz(path: str) -> Source:
     try:
         tensors = {}
         for member in zf.infolist():
-            if not member.filename.endswith(".npy"):
-                continue
+            if not member.filename.endswith(".npy"):  # not an array; its names must agree all the same
+                with _damage_is_data_loss(f"{path}: {member.filename}"), zf.open(member):
+                    continue
             tensors[member.filename[:-4]] = _lazy(path, zf, m, member)
     except BaseException:
         zf.close()
@@ -63,8 +66,8 @@ def _header(fp: Any, what: str) -> Tuple[Tuple[int, ...], bool, np.dtype]:
         version = np.lib.format.read_magic(fp)
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = read(fp)
-    except (ValueError, OSError, SyntaxError) as e:
-        raise DataLossError(f"{what}: not an .npy member: {e}") from None
+    except Exception as e:  # numpy's header parser raises whatever its tokenizer and literal_eval raise
+        raise DataLossError(f"{what}: not an .npy member: {type(e).__name__}: {e}") from None
     if dtype.hasobject:
         raise InvalidArgumentError(f"{what}: an object array (it needs pickle, which fastckpt never runs)")
     return tuple(shape), bool(fortran), dtype
@@ -77,13 +80,18 @@ def _lazy(path: str, zf: zipfile.ZipFile, m: Optional[mmap.mmap], member: zipfil
         header_len = fp.tell() if member.compress_type == zipfile.ZIP_STORED else 0
     count = int(np.prod(shape, dtype=object))
     if member.compress_type == zipfile.ZIP_STORED and m is not None:
-        start = _data_start(m, member, what) + header_len
-        if member.file_size - header_len != count * dtype.itemsize or start + count * dtype.itemsize > len(m):
+        start = _data_start(m, member, what)
+        if member.file_size - header_len != count * dtype.itemsize or start + member.file_size > len(m):
             raise DataLossError(f"{what}: {member.file_size - header_len} bytes for a {dtype}{list(shape)} array")
 
-        def load() -> np.ndarray:
-            return np.ndarray(shape, dtype, buffer=m, offset=start, order="F" if fortran else "C")
-        return LazyTensor(dtype, shape, load, mapped=not fortran, what=what)
+        def load() -> np.ndarray:  # copied out of the map (guarded), then its CRC-32 checked
+            raw = guarded_copy(np.frombuffer(m, np.uint8, member.file_size, start), what)
+            if zlib.crc32(raw) != member.CRC:
+                raise DataLossError(f"{what}: damaged: its CRC-32 does not match the archive's record")
+            if not count:
+                return np.empty(shape, dtype, order="F" if fortran else "C")
+            return np.ndarray(shape, dtype, buffer=raw, offset=header_len, order="F" if fortran else "C")
+        return LazyTensor(dtype, shape, load, what=what)
 
     def decode() -> np.ndarray:
         with _damage_is_data_loss(what), zf.open(member) as f:
@@ -96,8 +104,12 @@ def _damage_is_data_loss(what: str) -> Iterator[None]:
     """A damaged member (bad local header, deflate stream or CRC) as DataLossError."""
     try:
         yield
-    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+    except (zipfile.BadZipFile, zlib.error, EOFError, lzma.LZMAError, OSError) as e:  # bz2 raises OSError
         raise DataLossError(f"{what}: damaged: {e}") from None
+    except NotImplementedError as e:  # a compression method zipfile lacks (or a damaged method field)
+        raise UnsupportedError(f"{what}: {e}") from None
+    except RuntimeError as e:  # "File ... is encrypted, password required for extraction"
+        raise UnsupportedError(f"{what}: encrypted members are not supported: {e}") from None
 
 
 def _data_start(m: mmap.mmap, member: zipfile.ZipInfo, what: str) -> int:
@@ -127,7 +139,7 @@ def write_npz(dst: str, source: Source, *, durable: bool = False) -> List[str]:
 
 def _write_member(zf: zipfile.ZipFile, name: str, t: LazyTensor) -> None:
     """One ``NAME.npy`` member; the tensor is read here and let go on return."""
-    arr = t.array()
+    arr = t.copied()  # zipfile's CRC pass reads it
     with zf.open(name + ".npy", "w", force_zip64=True) as out:
         header = {"descr": np.lib.format.dtype_to_descr(arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">"
                                                          else arr.dtype),
