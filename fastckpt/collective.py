@@ -21,6 +21,7 @@ cut short, left for recovery to finish or clean).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import secrets
@@ -182,32 +183,67 @@ def _check_parts(name: str, parts: List[Desc], ranks: List[int]) -> None:
 
 def merge_trees(trees: List[Any]) -> Any:
     """One structure for the processes' trees: equal trees stay as they are;
-    dicts are united (keys in order of first appearance), sequences merged
-    element by element; for other nodes the lowest rank's wins."""
+    dicts are united (keys in order of first appearance), sequences of one
+    length merged element by element, and every other node must be the
+    same on every process that has it. Anything else -- a dict against a
+    list, sequences of other lengths, a value against a tensor, two values,
+    keys ``1`` and ``"1"`` -- is :class:`InvalidArgumentError` naming the
+    path and the ranks, raised alike on every process before anything is
+    written (the checkpoint could not restore what each process saved)."""
     first = trees[0]
     if all(t == first for t in trees[1:]):
         return first
-    return _merge(trees)
+    return _merge(list(enumerate(trees)), [])
 
 
-def _merge(nodes: List[Any]) -> Any:
-    if all("dict" in n for n in nodes):
+def _kind(node: Any) -> str:
+    return next((k for k in ("dict", "list", "tuple") if k in node), "tensor" if "leaf" in node else "value")
+
+
+def _disagree(path: List[str], a: Tuple[int, Any], b: Tuple[int, Any], what: str) -> InvalidArgumentError:
+    where = "/".join(path) or "the top"
+    return InvalidArgumentError(f"the processes' states disagree at {where}: rank {a[0]} has {what(a[1])}, "
+                                f"rank {b[0]} has {what(b[1])}; every process must save the same structure")
+
+
+def _merge(nodes: List[Tuple[int, Any]], path: List[str]) -> Any:
+    kinds = {_kind(n) for _, n in nodes}
+    if len(kinds) > 1:
+        a = nodes[0]
+        b = next(x for x in nodes if _kind(x[1]) != _kind(a[1]))
+        raise _disagree(path, a, b, lambda n: f"a {_kind(n)}")
+    kind = kinds.pop()
+    if kind == "dict":
         order: List[Any] = []
-        kids: Dict[Any, List[Any]] = {}
-        for n in nodes:
+        kids: Dict[str, List[Tuple[int, Any]]] = {}
+        typed: Dict[str, Tuple[int, Any]] = {}
+        for rank, n in nodes:
             for k, v in n["dict"]:
-                if (type(k), k) not in kids:
+                text = str(k)  # the path of the tensors below it: 1 and "1" would share it
+                if text in typed and (type(typed[text][1]), typed[text][1]) != (type(k), k):
+                    raise _disagree(path, typed[text], (rank, k), lambda key: f"the key {key!r}")
+                if text not in kids:
+                    typed[text] = (rank, k)
                     order.append(k)
-                    kids[(type(k), k)] = []
-                kids[(type(k), k)].append(v)
-        out: Dict[str, Any] = {"dict": [[k, _merge(kids[(type(k), k)])] for k in order]}
-        if any("type" in n for n in nodes):
+                    kids[text] = []
+                kids[text].append((rank, v))
+        out: Dict[str, Any] = {"dict": [[k, _merge(kids[str(k)], path + [str(k)])] for k in order]}
+        if any("type" in n for _, n in nodes):
             out["type"] = "OrderedDict"
         return out
-    for kind in ("list", "tuple"):
-        if all(kind in n for n in nodes) and len({len(n[kind]) for n in nodes}) == 1:
-            return {kind: [_merge(list(col)) for col in zip(*(n[kind] for n in nodes))]}
-    return nodes[0]
+    if kind in ("list", "tuple"):
+        lengths = {len(n[kind]) for _, n in nodes}
+        if len(lengths) > 1:
+            a = nodes[0]
+            b = next(x for x in nodes if len(x[1][kind]) != len(a[1][kind]))
+            raise _disagree(path, a, b, lambda n: f"a {kind} of {len(n[kind])}")
+        columns = zip(*([(rank, item) for item in n[kind]] for rank, n in nodes))
+        return {kind: [_merge(list(col), path + [str(i)]) for i, col in enumerate(columns)]}
+    a = nodes[0]
+    b = next((x for x in nodes if x[1] != a[1]), None)
+    if b is not None:
+        raise _disagree(path, a, b, lambda n: json.dumps(n)[:80])
+    return a[1]
 
 
 # ---- saving -----------------------------------------------------------------------------
@@ -282,6 +318,7 @@ def save_collective(state: Any, prefix: str, comm: Communicator, *, metadata: An
     everyone = comm.allgather(_failed(rank, error) if error is not None else (desc, tree, host))
     _raise_first("describing the state", everyone, error)
     descs = [d for d, _, _ in everyone]
+    merged = merge_trees([t for _, t, _ in everyone])  # the same on every process: so is any error it raises
     if threads is None:  # the processes of one machine share its cores
         threads = max(1, default_threads() // sum(1 for _, _, h in everyone if h == host))
     lay = plan_layout(descs)  # the same on every process: so is any error it raises
@@ -292,7 +329,7 @@ def save_collective(state: Any, prefix: str, comm: Communicator, *, metadata: An
     part = StagedBundle(named, size, durable, only=rank, zstd_level=zstd_level)
     mine = my_tensors(leaves, lay, rank)
     if rank == 0:
-        mine[STRUCTURE_KEY] = record_tensor(merge_trees([t for _, t, _ in everyone]), lay.table, metadata)
+        mine[STRUCTURE_KEY] = record_tensor(merged, lay.table, metadata)
     error = None
     try:
         records: Any = write_part(part, mine, alignment=alignment, threads=threads)
@@ -305,7 +342,7 @@ def save_collective(state: Any, prefix: str, comm: Communicator, *, metadata: An
             assert got is not None
             result = _commit_on_root(got, full_entries(lay, descs), named, size, durable, commit,
                                      0 if zstd_level is None else _core.ZSTD_MIN_CONSUMER)
-        outcome = comm.broadcast(_failed(0, result) if isinstance(result, BaseException) else result)
+        outcome = _hear_outcome(comm, result, prefix)
     finally:
         part.close()  # rank 0's commit has renamed or removed every part by now
     if error is not None:
@@ -318,6 +355,21 @@ def save_collective(state: Any, prefix: str, comm: Communicator, *, metadata: An
         raise PeerError(f"saving {prefix!r} failed on rank {outcome.rank}: {outcome.text}; "
                         "the previous checkpoint stays the latest")
     return list(outcome)
+
+
+def _hear_outcome(comm: Communicator, result: Any, prefix: str) -> Any:
+    """Rank 0's outcome of the commit, on every process. A broadcast that
+    fails says so truthfully: rank 0 knows whether it committed; the others
+    cannot know, and say the checkpoint may be there."""
+    try:
+        return comm.broadcast(_failed(0, result) if isinstance(result, BaseException) else result)
+    except PeerError as e:
+        if comm.rank != 0:
+            raise PeerError(f"saving {prefix!r}: rank 0's outcome of the commit never arrived ({e}); "
+                            "it may have been committed: see latest_checkpoint") from e
+        if isinstance(result, BaseException):
+            raise
+        raise PeerError(f"{prefix!r} was committed, but not every process heard so ({e})") from e
 
 
 def _stage_name(directory: str, prepare_directory: Optional[Callable[[str], Any]]) -> Any:

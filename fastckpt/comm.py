@@ -2,7 +2,11 @@
 needs (all-gather, gather, broadcast, barrier), over the engines users
 already run -- MPI through ``mpi4py`` and ``torch.distributed`` -- and never
 home-made networking. Every collective is bounded by a timeout: a process
-that died or failed to arrive makes the others raise, never hang.
+that died or failed to arrive makes the others raise, never hang, and a
+process that arrives after the others gave up raises too. The objects
+travel as point-to-point messages (MPI) or through the group's key-value
+store (torch.distributed), numbered by operation so that saves after a
+failed one work again.
 
 ``as_communicator(comm)`` takes an ``mpi4py`` communicator, the
 ``torch.distributed`` module (its default group) or one of its process
@@ -11,8 +15,10 @@ groups, or an object already implementing :class:`Communicator`.
 
 from __future__ import annotations
 
+import pickle
+import threading
 import time
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .errors import CheckpointError, InvalidArgumentError
 
@@ -29,11 +35,18 @@ class PeerError(CheckpointError, RuntimeError):
 
 class Communicator:
     """The interface: ``rank``, ``size`` and four collectives over picklable
-    objects. ``timeout`` bounds each collective, in seconds."""
+    objects. ``timeout`` bounds each collective, in seconds. ``begin`` marks
+    the start of one operation (a save or a restore), which every process
+    calls at the same point of its program."""
 
     rank: int
     size: int
     timeout: float
+
+    def begin(self) -> None:
+        """Start an operation: the engines below number their messages by
+        operation, so a process that gave up on an earlier one (a timeout)
+        never mistakes its stale messages for the next one's."""
 
     def allgather(self, obj: Any) -> List[Any]:
         """Every process's ``obj``, in rank order, on every process."""
@@ -49,86 +62,155 @@ class Communicator:
 
     def barrier(self) -> None:
         """Wait for every process."""
+        self.allgather(None)
+
+
+# Per engine communicator (an MPI handle, a torch group's key): [operation, collective within it]. Shared by
+# every Communicator made for it, so that numbering goes on across saves.
+_COUNTERS: Dict[Any, List[int]] = {}
+_COUNTERS_LOCK = threading.Lock()
+_DELETABLE: Dict[Any, List[str]] = {}
+
+
+class _Numbered(Communicator):
+    """Collectives as messages to and from rank 0, each numbered by
+    (operation, collective) and bounded by ``timeout``: a process that does
+    not arrive makes the others raise :class:`PeerError`, and a process
+    that arrives late finds nobody and raises too, instead of hanging or
+    pairing its messages with the next operation's."""
+
+    _key: Any
+
+    def begin(self) -> None:
+        with _COUNTERS_LOCK:
+            c = _COUNTERS.setdefault(self._key, [0, 0])
+            c[0], c[1] = c[0] + 1, 0
+
+    def _number(self) -> Tuple[int, int]:
+        with _COUNTERS_LOCK:
+            c = _COUNTERS.setdefault(self._key, [0, 0])
+            c[1] += 1
+            return c[0], c[1]
+
+    def _late(self, what: str) -> PeerError:
+        return PeerError(f"rank {self.rank}: the other processes did not reach {what} within {self.timeout:g} s "
+                         "(one failed, died or is late)")
+
+    def _send(self, obj: Any, dest: int, number: Tuple[int, int], deadline: float, what: str) -> None:
         raise NotImplementedError
 
+    def _recv(self, source: int, number: Tuple[int, int], deadline: float, what: str) -> Any:
+        raise NotImplementedError
 
-class MPICommunicator(Communicator):
-    """Over an ``mpi4py`` communicator. Each collective first meets the
-    others in a non-blocking barrier polled against the timeout, so a
-    missing process is a :class:`PeerError` instead of a hang."""
+    def _send_all(self, obj: Any, dests: List[int], number: Tuple[int, int], deadline: float, what: str) -> None:
+        for dest in dests:
+            self._send(obj, dest, number, deadline, what)
 
-    def __init__(self, comm: Any, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self._comm = comm
-        self.rank, self.size, self.timeout = int(comm.Get_rank()), int(comm.Get_size()), float(timeout)
-
-    def _meet(self, what: str) -> None:
-        request = self._comm.Ibarrier()
-        deadline = time.monotonic() + self.timeout
-        pause = 1e-5
-        while not request.Test():
-            if time.monotonic() > deadline:
-                raise PeerError(f"rank {self.rank}: the other processes did not reach {what} within "
-                                f"{self.timeout:g} s (one failed or died)")
-            time.sleep(pause)
-            pause = min(pause * 2, 0.01)
-
-    def allgather(self, obj: Any) -> List[Any]:
-        self._meet("an all-gather")
-        return list(self._comm.allgather(obj))
+    def _done(self, number: Tuple[int, int]) -> None:
+        """Every process has moved past collective ``number``."""
 
     def gather(self, obj: Any) -> Optional[List[Any]]:
-        self._meet("a gather")
-        out = self._comm.gather(obj, root=0)
-        return list(out) if out is not None else None
+        number, deadline = self._number(), time.monotonic() + self.timeout
+        if self.rank != 0:
+            self._send(obj, 0, number, deadline, "a gather")
+            return None
+        out = [obj] + [self._recv(r, number, deadline, "a gather") for r in range(1, self.size)]
+        self._done(number)
+        return out
 
     def broadcast(self, obj: Any) -> Any:
-        self._meet("a broadcast")
-        return self._comm.bcast(obj, root=0)
+        number, deadline = self._number(), time.monotonic() + self.timeout
+        if self.rank == 0:
+            self._send_all(obj, list(range(1, self.size)), number, deadline, "a broadcast")
+            return obj
+        return self._recv(0, number, deadline, "a broadcast")
 
-    def barrier(self) -> None:
-        self._meet("a barrier")
+    def allgather(self, obj: Any) -> List[Any]:
+        return self.broadcast(self.gather(obj))
 
 
-class TorchCommunicator(Communicator):
-    """Over ``torch.distributed`` (any backend; object collectives), with the
-    group's own timeout (``init_process_group(timeout=...)``) bounding each
-    call; errors of the backend become :class:`PeerError`."""
+class MPICommunicator(_Numbered):
+    """Over an ``mpi4py`` communicator: point-to-point messages tagged by
+    (operation, collective), polled against the timeout."""
+
+    def __init__(self, comm: Any, timeout: float = DEFAULT_TIMEOUT) -> None:
+        from mpi4py import MPI
+
+        self._comm = comm
+        self.rank, self.size, self.timeout = int(comm.Get_rank()), int(comm.Get_size()), float(timeout)
+        self._key = ("mpi", comm.py2f())
+        ub = comm.Get_attr(MPI.TAG_UB)
+        self._span = max(16384, int(ub or 32767) // 2)  # the upper half of the tags: user code rarely goes there
+
+    def _tag(self, number: Tuple[int, int]) -> int:
+        return self._span + (number[0] * 1024 + number[1]) % self._span
+
+    def _poll(self, ready: Any, deadline: float, what: str) -> None:
+        pause = 1e-5
+        while not ready():
+            if time.monotonic() > deadline:
+                raise self._late(what)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.005)
+
+    def _send(self, obj: Any, dest: int, number: Tuple[int, int], deadline: float, what: str) -> None:
+        self._send_all(obj, [dest], number, deadline, what)
+
+    def _send_all(self, obj: Any, dests: List[int], number: Tuple[int, int], deadline: float, what: str) -> None:
+        """Posted to every destination at once: the living get it even when one is dead."""
+        requests = [self._comm.isend(obj, dest=d, tag=self._tag(number)) for d in dests]
+        self._poll(lambda: all(r.Test() for r in requests), deadline, what)
+
+    def _recv(self, source: int, number: Tuple[int, int], deadline: float, what: str) -> Any:
+        tag = self._tag(number)
+        self._poll(lambda: self._comm.iprobe(source=source, tag=tag), deadline, what)
+        return self._comm.recv(source=source, tag=tag)
+
+
+class TorchCommunicator(_Numbered):
+    """Over ``torch.distributed``: the objects go through the group's
+    key-value store (any backend, no device needed), under keys numbered
+    by (operation, collective), each wait bounded by the timeout."""
 
     def __init__(self, group: Any = None, timeout: float = DEFAULT_TIMEOUT) -> None:
         import torch.distributed as dist
+        from torch.distributed import distributed_c10d as c10d
         if not dist.is_initialized():
             raise InvalidArgumentError("torch.distributed is not initialised: call init_process_group first")
-        self._dist, self._group = dist, group
         self.rank, self.size = dist.get_rank(group), dist.get_world_size(group)
         self.timeout = float(timeout)
+        ranks = tuple(dist.get_process_group_ranks(group)) if group is not None else ("world",)
+        self._key = ("torch", ranks)
+        self._root = f"fastckpt/{'-'.join(map(str, ranks))}"
+        self._store = c10d._get_default_store()
+        self._deletable = _DELETABLE.setdefault(self._key, [])  # rank 0's messages, until all have read them
 
-    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+    def _name(self, number: Tuple[int, int], source: int, dest: int) -> str:
+        return f"{self._root}/{number[0]}/{number[1]}/{source}-{dest}"
+
+    def _send(self, obj: Any, dest: int, number: Tuple[int, int], deadline: float, what: str) -> None:
+        key = self._name(number, self.rank, dest)
+        self._store.set(key, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+        if self.rank == 0:
+            self._deletable.append(key)
+
+    def _recv(self, source: int, number: Tuple[int, int], deadline: float, what: str) -> Any:
+        import datetime
+
+        key = self._name(number, source, self.rank)
         try:
-            return fn(*args)
-        except Exception as e:  # a peer died or timed out: the backend's error, whatever its type
-            raise PeerError(f"rank {self.rank}: {what} failed (another process failed or died): {e}") from e
+            self._store.wait([key], datetime.timedelta(seconds=max(0.001, deadline - time.monotonic())))
+            raw = self._store.get(key)
+        except Exception as e:  # the store's timeout, or a peer's store gone: whatever its type
+            raise self._late(what) from e
+        if self.rank == 0:
+            self._store.delete_key(key)
+        return pickle.loads(raw)
 
-    def allgather(self, obj: Any) -> List[Any]:
-        out: List[Any] = [None] * self.size
-        self._call("an all-gather", self._dist.all_gather_object, out, obj, self._group)
-        return out
-
-    def gather(self, obj: Any) -> Optional[List[Any]]:
-        got = self.allgather(obj)  # gather_object needs a device for NCCL; all-gather works everywhere
-        return got if self.rank == 0 else None
-
-    def broadcast(self, obj: Any) -> Any:
-        box = [obj]
-        self._call("a broadcast", self._dist.broadcast_object_list, box, self._global_rank0(), self._group)
-        return box[0]
-
-    def _global_rank0(self) -> int:
-        if self._group is None:
-            return 0
-        return int(self._dist.get_global_rank(self._group, 0))
-
-    def barrier(self) -> None:
-        self.allgather(None)
+    def _done(self, number: Tuple[int, int]) -> None:
+        for key in self._deletable:  # every process has read rank 0's earlier messages
+            self._store.delete_key(key)
+        self._deletable.clear()
 
 
 def as_communicator(comm: Any, timeout: Optional[float] = None) -> Optional[Communicator]:

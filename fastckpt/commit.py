@@ -191,7 +191,9 @@ def commit_checkpoint(staged: StagedBundle, prefix: str, directory: str, state_n
     prefixes, oldest first. See the module docstring for the steps."""
     durable = staged.durable
     with directory_lock(directory, state_name):
-        recover_directory(directory, state_name, durable=durable, locked=True, tidy_state=False)
+        # (the bundle's own files are kept: a process that wrote one of them may have died since)
+        recover_directory(directory, state_name, durable=durable, locked=True, tidy_state=False,
+                          keep=[os.path.basename(f) for f in staged.files()])
         listed = _read_listed(directory, state_name)
         original = listed.entries
         others = [(p, ts) for p, ts in original if _norm(p) != _norm(prefix)]
@@ -266,15 +268,18 @@ def _staged_bundle(prefix: str, durable: bool) -> Optional[StagedBundle]:
 
 
 def recover_directory(directory: str, state_name: str = "checkpoint", *, durable: bool = True,
-                      locked: bool = False, tidy_state: bool = True) -> Tuple[List[str], List[str]]:
+                      locked: bool = False, tidy_state: bool = True,
+                      keep: Sequence[str] = ()) -> Tuple[List[str], List[str]]:
     """Finish the commits that dead saves left pending, delete what their
     retention dropped, and remove the files of dead writers; returns
     (finished prefixes, removed files). Takes the directory lock unless
     ``locked`` (the caller holds it). Without ``tidy_state`` the state file
-    keeps its deletion records (a commit about to rewrite it drops them)."""
+    keeps its deletion records (a commit about to rewrite it drops them).
+    Files named in ``keep`` (base names) are never removed."""
     if not locked:
         with directory_lock(directory, state_name):
-            return recover_directory(directory, state_name, durable=durable, locked=True, tidy_state=tidy_state)
+            return recover_directory(directory, state_name, durable=durable, locked=True, tidy_state=tidy_state,
+                                     keep=keep)
     listed = _read_listed(directory, state_name)
     if not listed.exists and os.path.lexists(state_path(directory, state_name)):
         return [], []  # unreadable state file: touch nothing it might list
@@ -300,9 +305,9 @@ def recover_directory(directory: str, state_name: str = "checkpoint", *, durable
         _write_state(directory, state_name, entries, listed.preserved, durable)
     if finished:
         log.info("finished %d commit(s) of interrupted saves in %s", len(finished), directory)
-    keep = {os.path.basename(f) for p, _ in entries if _STAGE.match(os.path.basename(p))
-            for f in checkpoint_files(p)}
-    return finished, clean_leftovers(directory, keep)
+    kept = set(keep) | {os.path.basename(f) for p, _ in entries if _STAGE.match(os.path.basename(p))
+                        for f in checkpoint_files(p)}
+    return finished, clean_leftovers(directory, kept)
 
 
 @dataclass

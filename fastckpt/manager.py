@@ -152,6 +152,8 @@ class CheckpointManager:
             return None
         self.wait()  # one save in flight at most; surfaces its error
         prefix = os.path.join(self._directory, f"{self._name}-{n}")
+        if self._comm is not None:
+            self._comm.begin()
         if self._comm is None:
             leaves, tree = split_structure(state, metadata)
         else:  # a state one process cannot save fails the save on every process
@@ -245,6 +247,7 @@ class CheckpointManager:
         if self._comm is None:
             found = _restore_latest(self._directory, state, self._threads)
         else:  # rank 0 names the checkpoint, so that every process restores the same one
+            self._comm.begin()
             latest = self._comm.broadcast(self.latest_checkpoint if self._comm.rank == 0 else None)
             found = None if latest is None else (latest, restore_structure(latest, into=state, threads=self._threads,
                                                                            comm=self._comm))

@@ -224,6 +224,8 @@ def save_any(state: Any, prefix: str, *, metadata: Any, retain: Any, durable: bo
                                    state_name=state_name, write_state=write_state, zstd_level=zstd_level,
                                    recycle=recycle)
         communicator = LocalCommunicator()
+    elif flat is None:  # (the manager began its operation itself, before it described the state)
+        communicator.begin()
     if num_shards != 1:
         raise InvalidArgumentError("a checkpoint saved by several processes has one data file per process: "
                                    "num_shards must be 1")

@@ -505,6 +505,7 @@ def restore_structure(prefix: PathLike, into: Optional[Any] = None, *, verify: b
     from .comm import as_communicator
     communicator = as_communicator(comm, timeout)
     assert communicator is not None
+    communicator.begin()
     return agreed(communicator, "restoring",
                   lambda: open_checkpoint(prefix, lambda p: _restore_from(p, into, verify, threads)))
 

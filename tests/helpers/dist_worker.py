@@ -112,6 +112,8 @@ def arm_kill(point, rank):
         collective.write_part = write_then_die
     if point == "commit" and rank == 0:
         commit.commit_checkpoint = die
+    if point == "gathered" and rank == 1:  # its index records are with rank 0: rank 0 commits
+        collective._hear_outcome = die
 
 
 def main():
@@ -143,6 +145,41 @@ def main():
             result["error"] = f"{type(e).__name__}: {e}"
         else:
             result["error"] = None
+    elif scenario == "disagree":  # step 1 commits; at step 2 rank 1 saves another structure
+        mgr = fastckpt.CheckpointManager(directory, comm=comm, timeout=float(os.environ.get("FC_TIMEOUT", "60")))
+        mgr.save(local_state(g, rank, size), 1)
+        state = local_state(global_state(2), rank, size)
+        how = os.environ["FC_DISAGREE"]
+        extra = np.ones(3, np.float32)
+        if how == "length":
+            state["model"]["more"] = [extra] if rank != 1 else [extra, extra]
+        elif how == "kind":
+            state["model"]["more"] = {"x": extra} if rank != 1 else [extra]
+        elif how == "value-tensor":
+            state["model"]["more"] = 3 if rank != 1 else extra
+        elif how == "key-type":
+            state["model"]["more"] = {1: extra} if rank != 1 else {"1": extra}
+        try:
+            mgr.save(state, 2)
+            result["error"] = None
+        except fastckpt.CheckpointError as e:
+            result["error"] = f"{type(e).__name__}: {e}"
+    elif scenario == "late":  # rank 3 arrives 12 s late at a save with timeout=5; then all save again
+        import time
+        mgr = fastckpt.CheckpointManager(directory, comm=comm, timeout=5)
+        if rank == size - 1:
+            time.sleep(12)
+        began = time.monotonic()
+        try:
+            mgr.save(local_state(g, rank, size), 1)
+            result["error"] = None
+        except fastckpt.CheckpointError as e:
+            result["error"] = f"{type(e).__name__}: {e}"
+        result["waited"] = time.monotonic() - began
+        if rank != size - 1:
+            time.sleep(10)  # until the late one has given up too
+        mgr.save(local_state(global_state(2), rank, size), 2)  # works again
+        result["second"] = os.path.basename(mgr.latest_checkpoint)
     elif scenario == "dtensor":  # FSDP2-style DTensor state dicts, saved and restored resharded
         import torch
         from torch.distributed.tensor import Replicate, Shard as DShard, distribute_tensor, init_device_mesh

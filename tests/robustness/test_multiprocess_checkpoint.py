@@ -113,13 +113,19 @@ def test_restore_onto_another_number_of_processes_and_slicing(tmp_path, engine, 
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("how", ["raise", "kill-before", "kill-write", "kill-commit"])
+@pytest.mark.parametrize("how", ["raise", "kill-before", "kill-write", "kill-commit", "kill-gathered"])
 def test_a_failing_process_commits_nothing(tmp_path, engine, how, counts):
     scenario, _, point = how.partition("-")
     results, codes, err = run(engine, 4, scenario, tmp_path, env={"FC_KILL": point or "none", "FC_TIMEOUT": "8"})
-    dead = {"raise": None, "before": 1, "write": 1, "commit": 0}[point or "raise"]
+    dead = {"raise": None, "before": 1, "write": 1, "commit": 0, "gathered": 1}[point or "raise"]
     survivors = [r for r in results if r["rank"] != dead]
     assert len(survivors) == (4 if dead is None else 3), err[-3000:]
+    if point == "gathered":  # rank 0 committed: nobody may say that nothing was saved
+        for r in survivors:
+            assert r["error"] is None or ("committed" in r["error"] and "nothing was saved" not in r["error"]), r
+        assert fastckpt.latest_checkpoint(tmp_path) == str(tmp_path / "ckpt-2")
+        assert_global(str(tmp_path / "ckpt-2"), 2)
+        return
     for r in survivors:  # every other process raised
         assert r["error"] is not None and r["error"].startswith(("PeerError", "InvalidArgumentError")), r
     assert fastckpt.latest_checkpoint(tmp_path) == str(tmp_path / "ckpt-1")
@@ -152,3 +158,32 @@ def test_pytorch_dtensor_state_dicts_fsdp2_style(tmp_path):
     tf = pytest.importorskip("tensorflow")
     assert np.asarray(tf.train.load_checkpoint(str(tmp_path / "ckpt")).get_tensor("model/emb")).tobytes() == \
         g["emb"].tobytes()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("how", ["length", "kind", "value-tensor", "key-type"])
+def test_processes_that_save_different_structures_commit_nothing(tmp_path, engine, how):
+    """One rank saves {"a": [x]}, another {"a": [x, y]} (a dict against a
+    list, a value against a tensor, key 1 against "1"): every rank raises
+    before anything is written; the previous checkpoint stays the latest."""
+    results, codes, err = run(engine, 4, "disagree", tmp_path, env={"FC_DISAGREE": how, "FC_TIMEOUT": "30"})
+    assert len(results) == 4, err[-3000:]
+    for r in results:
+        assert r["error"] is not None and "disagree" in r["error"], r
+    assert fastckpt.latest_checkpoint(tmp_path) == str(tmp_path / "ckpt-1")
+    fastckpt.collect_garbage(tmp_path)
+    assert not [n for n in os.listdir(tmp_path) if "ckpt-2" in n or n.startswith(".fcsave")]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_late_process_raises_and_the_next_save_works(tmp_path, engine):
+    """timeout=5 and one rank 12 s late: the others raise within the
+    timeout, the late one raises too instead of hanging, and the next save
+    of all four succeeds."""
+    results, codes, err = run(engine, 4, "late", tmp_path, env={"FC_TIMEOUT": "60"})
+    assert len(results) == 4 and all(c == 0 for c in codes), err[-3000:]
+    for r in results:
+        assert r["error"] is not None and r["error"].startswith("PeerError"), r
+        assert r["waited"] < 9, r  # the timeout, not the backend's (60 s) nor forever
+        assert r["second"] == "ckpt-2", r
+    assert_global(str(tmp_path / "ckpt-2"), 2)
