@@ -84,6 +84,23 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
+_NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS)
+
+
+def _flock(fd: int, operation: int, path: str) -> None:
+    """``flock``, or :class:`CheckpointIOError` saying plainly that the file
+    system lacks it: saves need it to keep concurrent writers and cleaners
+    apart, and go no further without it."""
+    try:
+        fcntl.flock(fd, operation)
+    except OSError as e:
+        if e.errno in _NO_FLOCK:
+            raise CheckpointIOError(e.errno, f"the file system of {os.path.dirname(path) or '.'} does not support "
+                                    f"file locks (flock: {e.strerror}); fastckpt saves need them: save to a local "
+                                    "or lock-capable file system", path) from None
+        raise
+
+
 def lock_for_reading(fd: int, wait: float = 10.0) -> bool:
     """Take a shared lock on a data file a reader opened: while any reader
     holds it, no save recycles the file. A save holds its files'
@@ -104,7 +121,7 @@ def lock_for_reading(fd: int, wait: float = 10.0) -> bool:
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
         except OSError as e:  # a file system without flock: nothing to share, nothing recycled
-            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+            if e.errno in _NO_FLOCK:
                 return True
             raise
 
@@ -171,7 +188,7 @@ def directory_lock(directory: str, latest_filename: str = "checkpoint") -> Itera
         raise CheckpointIOError(e.errno or 0, f"cannot open lock file {path}: {e.strerror}", path) from e
     _hold(fd)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _flock(fd, fcntl.LOCK_EX, path)
         yield
     finally:
         release_lock(fd)
@@ -193,7 +210,7 @@ def create_locked_temp(make_name: Callable[[], str], mode: int = 0o644, *, share
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _CLOEXEC | _NOFOLLOW, mode)
         _hold(fd)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            _flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX, path)
             if os.fstat(fd).st_nlink > 0:
                 return path, fd
         except BaseException:

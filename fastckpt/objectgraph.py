@@ -20,7 +20,7 @@ graph and keys of an existing TensorFlow 2 checkpoint (``template``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -65,10 +65,11 @@ def _varint(buf: bytes, at: int, end: int) -> Tuple[int, int]:
             return value, at
 
 
-def _fields(buf: bytes, at: int = 0, end: Optional[int] = None) -> List[Tuple[int, int, Any, int, int]]:
-    """``(field number, wire type, value, start, stop)`` of each field of one message."""
+def _fields(buf: bytes, at: int = 0, end: Optional[int] = None) -> Iterator[Tuple[int, int, Any, int, int]]:
+    """``(field number, wire type, value, start, stop)`` of each field of one
+    message, one at a time (a graph of millions of nodes is never listed
+    twice)."""
     end = len(buf) if end is None else end
-    out = []
     value: Any
     while at < end:
         start = at
@@ -90,8 +91,7 @@ def _fields(buf: bytes, at: int = 0, end: Optional[int] = None) -> List[Tuple[in
             raise DataLossError(f"the object graph is damaged: wire type {wire}")
         if number == 0:
             raise DataLossError("the object graph is damaged: field number 0")
-        out.append((number, wire, value, start, at))
-    return out
+        yield number, wire, value, start, at
 
 
 def _text(buf: bytes, span: Tuple[int, int]) -> str:
@@ -101,7 +101,7 @@ def _text(buf: bytes, span: Tuple[int, int]) -> str:
         raise DataLossError("the object graph is damaged: a name is not UTF-8") from None
 
 
-def _sub(buf: bytes, span: Any, wire: int, what: str) -> List[Tuple[int, int, Any, int, int]]:
+def _sub(buf: bytes, span: Any, wire: int, what: str) -> Iterator[Tuple[int, int, Any, int, int]]:
     if wire != 2:
         raise DataLossError(f"the object graph is damaged: {what} is not a message")
     return _fields(buf, span[0], span[1])
@@ -114,7 +114,8 @@ def parse_object_graph(raw: Any) -> List[TrackableObject]:
     nodes = []
     for number, wire, value, _, _ in _fields(buf):
         if number == 1:
-            nodes.append(_parse_node(buf, _sub(buf, value, wire, "a node")))
+            empty = wire == 2 and value[1] == value[0]
+            nodes.append(_EMPTY if empty else _parse_node(buf, _sub(buf, value, wire, "a node")))
     for i, node in enumerate(nodes):
         for ref in [c for c, _ in node.children] + [x for o, _, s in node.slot_variables for x in (o, s)]:
             if not 0 <= ref < len(nodes):
@@ -124,7 +125,10 @@ def parse_object_graph(raw: Any) -> List[TrackableObject]:
     return nodes
 
 
-def _parse_node(buf: bytes, fields: List[Tuple[int, int, Any, int, int]]) -> TrackableObject:
+_EMPTY = TrackableObject()  # every empty node of a parsed graph (it is never changed): 8 bytes each
+
+
+def _parse_node(buf: bytes, fields: Iterator[Tuple[int, int, Any, int, int]]) -> TrackableObject:
     node = TrackableObject()
     other = bytearray()
     for number, wire, value, start, stop in fields:
@@ -223,6 +227,7 @@ def escape_local_name(name: str) -> str:
 
 MAX_PATHS = 16  # paths kept per object (a hostile graph of diamonds has exponentially many)
 MAX_INTO_DEPTH = 1000  # nesting of a restore's into=
+MAX_DEPTH = 500  # levels of an object graph (Keras models nest a few dozen)
 
 
 def variable_paths(nodes: List[TrackableObject]) -> Dict[int, List[Tuple[str, ...]]]:
@@ -231,7 +236,11 @@ def variable_paths(nodes: List[TrackableObject]) -> Dict[int, List[Tuple[str, ..
     :data:`MAX_PATHS` per node; cycles are not followed."""
     paths: Dict[int, List[Tuple[str, ...]]] = {0: [()]}
     frontier: List[Tuple[int, Tuple[str, ...], frozenset]] = [(0, (), frozenset([0]))]
+    depth = 0
     while frontier:
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise DataLossError(f"the object graph is nested too deeply (over {MAX_DEPTH} levels) to be a checkpoint's")
         step = []
         for i, path, ancestors in frontier:
             for child, name in nodes[i].children:
@@ -247,6 +256,7 @@ def object_tree(nodes: List[TrackableObject], values: Mapping[str, Any]) -> Dict
     """The object tree of the graph with ``values`` (checkpoint key →
     array) in place of each variable."""
     memo: Dict[int, Any] = {}
+    paths = variable_paths(nodes)  # once: every node with slot variables looks its variables up here
 
     def build(i: int, ancestors: frozenset) -> Any:
         if i in memo:
@@ -265,7 +275,7 @@ def object_tree(nodes: List[TrackableObject], values: Mapping[str, Any]) -> Dict
                 out[name] = sub
         for name, value in attrs.items():
             out[".ATTRIBUTES/" + name] = value
-        slots = _slots(nodes, node, values)
+        slots = _slots(nodes, node, values, paths)
         if slots:
             out[SLOTS] = slots
         memo[i] = out if out else None
@@ -277,10 +287,10 @@ def object_tree(nodes: List[TrackableObject], values: Mapping[str, Any]) -> Dict
     return tree if isinstance(tree, dict) else {}
 
 
-def _slots(nodes: List[TrackableObject], node: TrackableObject, values: Mapping[str, Any]) -> Dict[str, Any]:
+def _slots(nodes: List[TrackableObject], node: TrackableObject, values: Mapping[str, Any],
+           paths: Dict[int, List[Tuple[str, ...]]]) -> Dict[str, Any]:
     if not node.slot_variables:
         return {}
-    paths = variable_paths(nodes)
     out: Dict[str, Dict[str, Any]] = {}
     for original, slot, variable in node.slot_variables:
         keys = [k for name, _, k in nodes[variable].attributes if name == VALUE and k in values]

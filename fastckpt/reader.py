@@ -12,10 +12,10 @@ import numpy as np
 
 from . import _core
 from .dtypes import DT_STRING, DT_VARIANT, fixed_width_dtypes, numpy_dtype
-from .errors import DataLossError, InvalidArgumentError, NotFoundError, TensorNotFoundError
+from .errors import CheckpointError, DataLossError, InvalidArgumentError, NotFoundError, TensorNotFoundError
 from .files import DataFiles, crc32c_of_range
 from .fsutil import default_threads, gc_paused
-from .naming import PathLike, index_filename, local_path, open_file, read_fd, read_file, resolve_prefix
+from .naming import PathLike, index_filename, local_path, open_file, read_fd, resolve_prefix
 from .readplan import ReadPlan, advise_willneed, find_entry, name_of
 from .records import Extent, IndexEntry
 from .structure import STRUCTURE_KEY, parse_structure_record
@@ -37,9 +37,43 @@ def _file_id(st: os.stat_result) -> Tuple[int, int, int]:
     return (st.st_dev, st.st_ino, st.st_mtime_ns)
 
 
+_FOOTER = 48
+_MAGIC = bytes.fromhex("57fb808b247547db")  # the table magic number, little-endian
+
+
+def read_index_fd(fd: int, path: str) -> bytes:
+    """The bytes of the index open as ``fd``, read whole only after its
+    footer proved it a table whose index block ends at the footer, as
+    TensorFlow writes it: a large file that is no index (sparse, or any
+    other file) is refused after reading 48 bytes, not loaded into memory."""
+    size = os.fstat(fd).st_size
+    if size < _FOOTER:
+        raise DataLossError(f"{path}: {size} bytes is too short to be a checkpoint index")
+    foot = os.pread(fd, _FOOTER, size - _FOOTER)
+    if len(foot) != _FOOTER or foot[40:] != _MAGIC:
+        raise DataLossError(f"{path} is not a checkpoint index (bad magic number)")
+    handles, at = [], 0
+    try:
+        for _ in range(4):
+            value, used = _core.decode_varint(foot[at:40])
+            handles.append(value)
+            at += used
+    except CheckpointError:
+        raise DataLossError(f"{path}: corrupt index footer") from None
+    if handles[2] + handles[3] + 5 != size - _FOOTER:
+        raise DataLossError(f"{path}: the index block ({handles[3]} bytes at {handles[2]}) does not end where the "
+                            f"footer begins ({size - _FOOTER}): not a checkpoint index, or damaged")
+    return read_fd(fd, path)
+
+
 def _read_index(prefix: str) -> "_core.Index":
     """The parsed index of ``prefix``."""
-    return _core.Index(read_file(index_filename(prefix), f"no checkpoint at {prefix}"), index_filename(prefix))
+    path = index_filename(prefix)
+    fd = open_file(path, f"no checkpoint at {prefix}")
+    try:
+        return _core.Index(read_index_fd(fd, path), path)
+    finally:
+        os.close(fd)
 
 
 def read_index_header(prefix: str) -> int:
@@ -83,7 +117,7 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             fd = open_file(path, f"no checkpoint at {self._prefix}")
             try:
                 ident = _file_id(os.fstat(fd))
-                self._index = _core.Index(read_fd(fd, path), path)
+                self._index = _core.Index(read_index_fd(fd, path), path)
                 self._files = DataFiles(self._prefix, self.num_shards)
                 if self.num_shards > EAGER_SHARDS:
                     return
@@ -288,6 +322,10 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             raise InvalidArgumentError("names must be a list of tensor names, not a single string")
         if names is None and into is not None:
             names = list(into.keys())
+        if into is not None:
+            aliases = _shared_buffers(into, names)
+            if aliases:  # one buffer under several names (tied weights): filled once, the others compared
+                return self._read_aliased(names, into, aliases)
         out: Dict[str, Any] = {} if into is None else into  # type: ignore[assignment]
         plan = self._plan()
 
@@ -301,6 +339,25 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             queue(self.tensor_names() if names is None else names)
         plan.run(self._threads)
         return out
+
+    def _read_aliased(self, names: Sequence[str], into: MutableMapping[str, Any],
+                      aliases: Dict[str, str]) -> Dict[str, Any]:
+        """``read(names, into=into)`` where each name of ``aliases`` shares its
+        buffer with another: that one is filled, and the checkpoint's values
+        of the alias must be the same bytes (checked by their stored
+        checksums before anything is read, then byte for byte)."""
+        for alias, first in aliases.items():
+            crcs = {self._entry(alias)[1].crc, self._entry(first)[1].crc}
+            if len(crcs) > 1 and None not in crcs:
+                raise InvalidArgumentError(f"into[{alias!r}] and into[{first!r}] are one buffer, but the checkpoint "
+                                           "holds different values for them")
+        self.read([n for n in names if n not in aliases], into=into)
+        for alias, first in aliases.items():
+            stored = self.read([alias])[alias]
+            if stored.shape != into[alias].shape or stored.tobytes() != np.asarray(into[first]).tobytes():
+                raise InvalidArgumentError(f"into[{alias!r}] and into[{first!r}] are one buffer, but the checkpoint "
+                                           "holds different values for them")
+        return into  # type: ignore[return-value]
 
     def _read_fast(self, names: Optional[Sequence[str]], into: Optional[MutableMapping[str, Any]],
                    before_io: Callable[[Sequence[str]], None],
@@ -332,6 +389,39 @@ class CheckpointReader(Mapping[str, np.ndarray]):
 
     def _plan(self) -> ReadPlan:
         return ReadPlan(self._index, self._files, self._prefix, self._verify, int(self._threads))
+
+
+def _span(a: np.ndarray) -> Tuple[int, int]:
+    """The bytes ``[low, high)`` an array's elements occupy."""
+    low = high = a.__array_interface__["data"][0]
+    for n, step in zip(a.shape, a.strides):
+        low, high = low + min(0, (n - 1) * step), high + max(0, (n - 1) * step)
+    return low, high + a.itemsize
+
+
+def _shared_buffers(into: Mapping[str, Any], names: Sequence[str]) -> Dict[str, str]:
+    """Names of ``into`` whose arrays are the very buffer of an earlier name
+    (alias -> first); :class:`InvalidArgumentError` when two arrays overlap
+    otherwise (a read into one would clobber the other)."""
+    spans = []
+    for name in names:
+        a = into.get(name)
+        if isinstance(a, np.ndarray) and a.nbytes:
+            spans.append(_span(a) + (a.dtype.str, a.shape, a.strides, name))
+    if len(spans) < 2:
+        return {}
+    spans.sort(key=lambda t: (t[0], t[1]))
+    aliases: Dict[str, str] = {}
+    head, reach = spans[0], spans[0][1]
+    for cur in spans[1:]:
+        if cur[:5] == head[:5]:
+            aliases[cur[5]] = head[5]
+        elif cur[0] < reach:
+            raise InvalidArgumentError(f"into[{head[5]!r}] and into[{cur[5]!r}] share memory: each tensor needs "
+                                       "a buffer of its own (or the very same one, for tied weights)")
+        else:
+            head, reach = cur, max(reach, cur[1])
+    return aliases
 
 
 def read_bundle(

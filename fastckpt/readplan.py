@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, MutableMapping, Optional, Tuple, U
 import numpy as np
 
 from . import _core
-from .compressed import restore_frame
+from .compressed import check_claim, restore_frame
 from .dtypes import DT_STRING, DT_VARIANT, dtype_name, numpy_dtype
 from .errors import DataLossError, InvalidArgumentError, TensorNotFoundError, UnsupportedError
 from .files import DataFiles
@@ -111,6 +111,8 @@ class ReadPlan:
             self._queue_payload(name, dtype, shape, fd, shard, offset, size, crc, None, pending,
                                 deliver=lambda arr: out.__setitem__(outname, arr))
             return
+        if self._index.compressed and parts is None:
+            check_claim(size, math.prod(shape) * npdt.itemsize, f"{self._files.path(shard)}: tensor {name!r}")
         target = self._target(name, shape, npdt, into)
         if parts is not None:
             for region, entry in parts:

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Set, Tuple
 
 import numpy as np
 
@@ -33,6 +34,8 @@ __all__ = ["flatten", "unflatten", "to_numpy", "with_structure_record", "parse_s
 STRUCTURE_KEY = "_FASTCKPT_STRUCTURE"
 RECORD_FORMAT = "fastckpt.structure"
 RECORD_VERSION = 2  # 2: non-array leaves in the record, typed keys, "as"
+_BIG_INT_BITS = 12_000  # ints this long are stored in hex (Python limits decimal conversion to 4,300 digits)
+MAX_SHARED = 100_000  # nodes walked again through containers that appear more than once (a DAG of lists)
 MAX_DEPTH = 256
 _PYTHON_TYPES = {"bool": bool, "int": int, "float": float, "complex": complex}
 _MISSING = object()
@@ -68,6 +71,8 @@ def _check_key(k: Any, path: List[str]) -> None:
 
 def _value_node(x: Any) -> Optional[Dict[str, Any]]:
     """The record node of a non-array leaf, or None if ``x`` is not one."""
+    if type(x) is int and x.bit_length() > _BIG_INT_BITS:  # beyond what JSON numbers carry here: hex
+        return {"int": hex(x)}
     if x is None or type(x) in (bool, int, str):
         return {"value": x}
     if type(x) is float:
@@ -84,10 +89,34 @@ def flatten(state: Any, sep: str = "/") -> Tuple[Dict[str, Any], Any]:
     float, complex, str) live in ``tree``, a JSON-able description of the
     nesting that keeps every Python type."""
     leaves: Dict[str, Any] = {}
+    seen: Set[int] = set()  # containers met so far, and those on the way to the current one
+    above: Set[int] = set()
+    repeated = [0, 0]  # containers met again being walked; nodes walked inside them
 
     def walk(x: Any, path: List[str]) -> Any:
         if len(path) > MAX_DEPTH:
             raise InvalidArgumentError(f"the state is nested deeper than {MAX_DEPTH} levels")
+        if repeated[0]:
+            repeated[1] += 1
+            if repeated[1] > MAX_SHARED:
+                raise InvalidArgumentError(f"the state shares containers so much that its tree has over "
+                                           f"{MAX_SHARED} repeated nodes (at {_where(path)})")
+        if not isinstance(x, (Mapping, list, tuple)):
+            return walk_leaf(x, path)
+        key = id(x)
+        if key in above:
+            raise InvalidArgumentError(f"the state contains itself at {_where(path)}")
+        again = key in seen
+        seen.add(key)
+        above.add(key)
+        repeated[0] += again
+        try:
+            return walk_container(x, path)
+        finally:
+            above.discard(key)
+            repeated[0] -= again
+
+    def walk_container(x: Any, path: List[str]) -> Any:
         if isinstance(x, Mapping):
             items = []
             for k, v in x.items():
@@ -97,9 +126,10 @@ def flatten(state: Any, sep: str = "/") -> Tuple[Dict[str, Any], Any]:
             if isinstance(x, OrderedDict):
                 node["type"] = "OrderedDict"
             return node
-        if isinstance(x, (list, tuple)):
-            kind = "list" if isinstance(x, list) else "tuple"
-            return {kind: [walk(v, path + [str(i)]) for i, v in enumerate(x)]}
+        kind = "list" if isinstance(x, list) else "tuple"
+        return {kind: [walk(v, path + [str(i)]) for i, v in enumerate(x)]}
+
+    def walk_leaf(x: Any, path: List[str]) -> Any:
         if not path:
             raise InvalidArgumentError("the state must be a dict, list or tuple, not a single array")
         value = _value_node(x)
@@ -188,6 +218,8 @@ def _text_array(value: np.ndarray, dtype_text: str) -> np.ndarray:
 def _node_value(node: Mapping[str, Any]) -> Any:
     if "value" in node:
         return node["value"]
+    if "int" in node:
+        return int(node["int"], 16)
     if "float" in node:
         return float.fromhex(node["float"])
     re_, im = node["complex"]
@@ -327,12 +359,14 @@ def _check_value(node: Dict[str, Any]) -> bool:
         return False
     if "value" in node:
         return node["value"] is None or type(node["value"]) in (bool, int, str)
+    if "int" in node:
+        return type(node["int"]) is str and re.fullmatch(r"-?0x[0-9a-f]+", node["int"]) is not None
     texts = [node["float"]] if "float" in node else node.get("complex")
     if type(texts) is not list or len(texts) != (1 if "float" in node else 2):
         return False
     try:
         [float.fromhex(t) for t in texts]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return False
     return True
 

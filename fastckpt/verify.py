@@ -15,7 +15,7 @@ from typing import Callable, List, Optional, Set
 import numpy as np
 
 from . import _core
-from .compressed import restore_frame
+from .compressed import verify_frame
 from .dtypes import DT_STRING, DT_VARIANT, dtype_name, numpy_dtype
 from .errors import CheckpointError
 from .files import crc32c_of_range, read_range
@@ -119,10 +119,8 @@ def _verify_entry(reader: CheckpointReader, key: bytes, entry: IndexEntry, missi
         count = int(np.prod(entry.shape, dtype=object)) if entry.shape else 1
         _core.decode_strings(payload, count, entry.crc, True, reader.index.big_endian, where)
     elif reader.index.compressed:  # the CRC is of the raw bytes: restore them (one tensor at a time)
-        raw = np.empty(math.prod(entry.shape) * numpy_dtype(entry.dtype).itemsize, np.uint8)
-        if raw.size:
-            restore_frame(fd, entry.offset, entry.size, raw, numpy_dtype(entry.dtype).itemsize, reader.threads,
-                          _core.unmask_crc(entry.crc), where)
+        verify_frame(fd, entry.offset, entry.size, math.prod(entry.shape), numpy_dtype(entry.dtype).itemsize,
+                     reader.threads, _core.unmask_crc(entry.crc), where)
     elif crc32c_of_range(fd, entry.offset, entry.size, where) != _core.unmask_crc(entry.crc):
         report.problems.append(f"{where}: checksum does not match")
     report.tensors += 1

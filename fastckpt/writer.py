@@ -172,9 +172,12 @@ def compression_setting(compression: Optional[str], level: Any = 1) -> Optional[
     return level
 
 
+MAX_SHARDS = 99999
+
+
 def _check_options(num_shards: int, alignment: int, threads: Optional[int]) -> int:
-    if not isinstance(num_shards, int) or isinstance(num_shards, bool) or not 1 <= num_shards <= 99999:
-        raise InvalidArgumentError(f"num_shards must be an int in 1..99999, got {num_shards!r}")
+    if not isinstance(num_shards, int) or isinstance(num_shards, bool) or not 1 <= num_shards <= MAX_SHARDS:
+        raise InvalidArgumentError(f"num_shards must be an int in 1..{MAX_SHARDS}, got {num_shards!r}")
     if not isinstance(alignment, int) or isinstance(alignment, bool) or not 1 <= alignment <= 1 << 30:
         raise InvalidArgumentError(f"alignment must be an int in 1..2**30, got {alignment!r}")
     if threads is None:
@@ -462,8 +465,9 @@ def check_prefix(prefix: Any, num_shards: int = 1) -> str:
     p = local_path(prefix, "prefix") if prefix is not None else None
     if not isinstance(p, str) or not p or p.endswith(os.sep) or os.path.basename(p) in (".", ".."):
         raise InvalidArgumentError(f"prefix must be a non-empty file path prefix, got {prefix!r}")
-    for name in final_files(p, num_shards if isinstance(num_shards, int) and num_shards > 0 else 1):
-        check_name_fits(name)
+    n = num_shards if isinstance(num_shards, int) and 0 < num_shards <= MAX_SHARDS else 1
+    check_name_fits(index_filename(p))
+    check_name_fits(data_filename(p, n - 1, n))  # the longest data file name
     return p
 
 

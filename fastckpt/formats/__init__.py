@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, BinaryIO, Callable, Dict, List, Optional
 
 from ..errors import InvalidArgumentError, NotFoundError
 from ..lazy import LazyTensor
-from ..naming import PathLike, local_path
+from ..naming import PathLike, local_path, open_file
 
-__all__ = ["Source", "FORMATS", "detect_format", "open_source", "write_as", "LazyTensor"]
+__all__ = ["Source", "FORMATS", "detect_format", "open_source", "write_as", "LazyTensor", "open_input"]
 
 FORMATS = ("tf", "safetensors", "torch", "npz")
 _SUFFIXES = {".safetensors": "safetensors", ".pt": "torch", ".pth": "torch", ".bin": "torch", ".npz": "npz",
@@ -64,6 +64,13 @@ def detect_format(path: PathLike, *, existing: bool = True) -> str:
     return "tf"
 
 
+def open_input(path: str) -> BinaryIO:
+    """The regular file ``path`` opened for reading, without blocking: a
+    FIFO, a device (``/dev/zero``) or a directory is refused at once
+    (:class:`DataLossError`, :class:`NotFoundError`), never read."""
+    return os.fdopen(open_file(path, f"no checkpoint at {path}"), "rb")
+
+
 def checked_path(path: Any, what: str = "path") -> str:
     """``path`` as a str, or :class:`InvalidArgumentError`."""
     return local_path(path, what)
@@ -101,8 +108,8 @@ def write_as(fmt: str, dst: str, source: Source, *, num_shards: int = 1, compres
     files written. Every writer writes under private names and renames
     into place last, so ``dst`` is never half written."""
     fmt = _checked_format(fmt)
-    if type(num_shards) is not int or num_shards < 1:
-        raise InvalidArgumentError(f"num_shards must be a positive int, got {num_shards!r}")
+    if type(num_shards) is not int or not 1 <= num_shards <= 99999:
+        raise InvalidArgumentError(f"num_shards must be an int in 1..99999, got {num_shards!r}")
     if compression is not None and fmt != "tf":
         raise InvalidArgumentError(f"compression is a TensorFlow-bundle option; {fmt} files are written plain")
     if num_shards != 1 and fmt not in ("tf", "safetensors"):

@@ -33,7 +33,7 @@ def open_bundle(path: str, *, verify: bool = True) -> Source:
         reader.close()
         raise
     return Source("tf", reader.prefix, tensors, tree=record["structure"] if record else None,
-                  metadata=record["metadata"] if record else None, info=info, close=reader.close)
+                  metadata=record.get("metadata") if record else None, info=info, close=reader.close)
 
 
 def _prefix_of(path: str) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import DataLossError, InvalidArgumentError, UnsupportedError
 from ..lazy import LazyTensor, guarded_copy
-from . import Source, tensors_only
+from . import Source, open_input, tensors_only
 from .files import chunks_of, replace_all
 
 __all__ = ["open_npz", "write_npz"]
@@ -29,14 +29,19 @@ _LOCAL = struct.Struct("<4sHHHHHIIIHH")
 
 def open_npz(path: str) -> Source:
     """The arrays of the archive ``path`` as a :class:`Source`."""
+    fh = open_input(path)
     try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
+        zf = zipfile.ZipFile(fh)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, OverflowError) as e:
+        fh.close()
         raise DataLossError(f"{path} is not an npz archive: {e}") from None
-    fh = open(path, "rb")
     size = os.fstat(fh.fileno()).st_size
-    m = mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ) if size else None
-    fh.close()
+    try:
+        m = mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ) if size else None
+    except (OSError, ValueError) as e:
+        zf.close()
+        fh.close()
+        raise DataLossError(f"{path}: cannot be mapped: {e}") from None
     try:
         tensors = {}
         for member in zf.infolist():
@@ -46,10 +51,12 @@ def open_npz(path: str) -> Source:
             tensors[member.filename[:-4]] = _lazy(path, zf, m, member)
     except BaseException:
         zf.close()
+        fh.close()
         raise
 
     def close() -> None:
         zf.close()
+        fh.close()
         if m is not None:
             try:
                 m.close()

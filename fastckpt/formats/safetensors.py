@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import DataLossError, InvalidArgumentError
 from ..lazy import LazyTensor
-from . import Source, tensors_only
+from . import open_input, Source, tensors_only
 from .files import replace_all, write_at
 
 __all__ = ["open_safetensors", "write_safetensors", "SAFETENSORS_DTYPES"]
@@ -97,25 +97,38 @@ def _files_of(path: str) -> Tuple[List[str], Optional[Dict[str, str]]]:
     if index is None:
         return [path], None
     try:
-        with open(index, "rb") as fh:
-            doc = json.loads(fh.read(MAX_HEADER + 1))
+        with open_input(index) as fh:
+            doc = _json(fh.read(MAX_HEADER + 1))
         weight_map = doc["weight_map"]
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) and isinstance(k, str)
                                                        for k, v in weight_map.items()):
             raise TypeError("weight_map is not a map of names to files")
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise DataLossError(f"{index} is not a safetensors index: {e}") from None
     directory = os.path.dirname(index)
     names = sorted(set(weight_map.values()))
     for n in names:
-        if os.path.basename(n) != n or n in (".", ".."):
+        if not n or os.path.basename(n) != n or n in (".", ".."):
             raise DataLossError(f"{index}: shard {n!r} is not a file beside the index")
     return [os.path.join(directory, n) for n in names], weight_map
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json(raw: bytes) -> Any:
+    """Strict JSON, as the safetensors library reads it: UTF-8 without a
+    byte-order mark, no NaN or Infinity, nesting within the parser's limit."""
+    text = raw.decode("utf-8")
+    if text.startswith("\ufeff"):
+        raise ValueError("a byte-order mark before the JSON")
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
 def _map(path: str) -> Tuple[Optional[mmap.mmap], Dict[str, Any], int]:
     """The file mapped read-only, its parsed header, and where data starts."""
-    with open(path, "rb") as fh:
+    with open_input(path) as fh:
         size = os.fstat(fh.fileno()).st_size
         head = fh.read(8)
         if len(head) < 8:
@@ -124,9 +137,9 @@ def _map(path: str) -> Tuple[Optional[mmap.mmap], Dict[str, Any], int]:
         if n > MAX_HEADER or 8 + n > size:
             raise DataLossError(f"{path} is not a safetensors file: a header of {n} bytes in a file of {size}")
         try:
-            header = json.loads(fh.read(n))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise DataLossError(f"{path}: the safetensors header is not JSON: {e}") from None
+            header = _json(fh.read(n))
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise DataLossError(f"{path}: the safetensors header is not JSON: {type(e).__name__}: {e}") from None
         if not isinstance(header, dict):
             raise DataLossError(f"{path}: the safetensors header is not a JSON object")
         m = mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ) if size > 8 + n else None
@@ -144,6 +157,8 @@ def _lazy(path: str, m: Optional[mmap.mmap], base: int, name: str, desc: Any) ->
         begin, end = desc["data_offsets"]
         if not all(type(d) is int and d >= 0 for d in shape + (begin, end)) or end < begin:
             raise ValueError("negative or non-integer sizes")
+        if len(shape) > 64 or not all(d < 1 << 62 for d in shape + (begin, end)):
+            raise ValueError("more than 64 dimensions, or a size beyond 2**62")
     except KeyError as e:
         raise DataLossError(f"{what}: unknown or missing {e} in its header entry") from None
     except (TypeError, ValueError) as e:

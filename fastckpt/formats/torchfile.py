@@ -21,7 +21,7 @@ from ..errors import CheckpointIOError, DataLossError, InvalidArgumentError
 from ..frameworks import _ML_TO_TORCH, to_numpy
 from ..lazy import LazyTensor
 from ..structure import flatten, unflatten
-from . import OBJECT_GRAPH_KEY, Source
+from . import OBJECT_GRAPH_KEY, Source, open_input
 from .files import replace_all
 
 __all__ = ["open_torch", "write_torch"]
@@ -53,7 +53,9 @@ def _load(path: str, zipped: bool) -> Any:
 
 
 def _is_zip(path: str) -> bool:
-    with open(path, "rb") as fh:
+    """Whether the regular file ``path`` is torch's zip format (a FIFO or a
+    device is refused here, before torch opens it)."""
+    with open_input(path) as fh:
         return fh.read(4) == b"PK\x03\x04"
 
 
