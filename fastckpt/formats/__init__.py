@@ -16,7 +16,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Dict, List, Optional
 
-from ..errors import InvalidArgumentError, NotFoundError
+from ..errors import CheckpointError, InvalidArgumentError, NotFoundError
+from ..fsutil import io_error
 from ..lazy import LazyTensor
 from ..naming import PathLike, local_path, open_file
 
@@ -82,6 +83,15 @@ def open_source(path: PathLike, fmt: Optional[str] = None, *, verify: bool = Tru
     fmt = _checked_format(fmt) if fmt else detect_format(p)
     if fmt != "tf" and not _exists(p, fmt):
         raise NotFoundError(f"no {fmt} checkpoint at {p}: it does not exist")
+    try:
+        return _open(p, fmt, verify)
+    except CheckpointError:
+        raise
+    except OSError as e:  # the system refused a read (EIO, EACCES...)
+        raise io_error(e, f"reading {p}") from e
+
+
+def _open(p: str, fmt: str, verify: bool) -> Source:
     if fmt == "tf":
         from .bundle import open_bundle
         return open_bundle(p, verify=verify)

@@ -46,8 +46,10 @@ def _load(path: str, zipped: bool) -> Any:
         except RuntimeError:  # a read-only file cannot be mapped shared: privately then
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
-        if isinstance(e, (OSError, InvalidArgumentError)) and not isinstance(e, (EOFError,)):
+        if isinstance(e, InvalidArgumentError):
             raise
+        if isinstance(e, OSError):
+            raise CheckpointIOError(e.errno or errno.EIO, f"reading {path}: {e.strerror or e}", path) from e
         raise DataLossError(f"{path} is not a PyTorch weights file torch loads with weights_only=True: "
                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
