@@ -200,7 +200,8 @@ def _kind(node: Any) -> str:
     return next((k for k in ("dict", "list", "tuple") if k in node), "tensor" if "leaf" in node else "value")
 
 
-def _disagree(path: List[str], a: Tuple[int, Any], b: Tuple[int, Any], what: str) -> InvalidArgumentError:
+def _disagree(path: List[str], a: Tuple[int, Any], b: Tuple[int, Any],
+              what: Callable[[Any], str]) -> InvalidArgumentError:
     where = "/".join(path) or "the top"
     return InvalidArgumentError(f"the processes' states disagree at {where}: rank {a[0]} has {what(a[1])}, "
                                 f"rank {b[0]} has {what(b[1])}; every process must save the same structure")
@@ -239,11 +240,10 @@ def _merge(nodes: List[Tuple[int, Any]], path: List[str]) -> Any:
             raise _disagree(path, a, b, lambda n: f"a {kind} of {len(n[kind])}")
         columns = zip(*([(rank, item) for item in n[kind]] for rank, n in nodes))
         return {kind: [_merge(list(col), path + [str(i)]) for i, col in enumerate(columns)]}
-    a = nodes[0]
-    b = next((x for x in nodes if x[1] != a[1]), None)
-    if b is not None:
-        raise _disagree(path, a, b, lambda n: json.dumps(n)[:80])
-    return a[1]
+    other = next((x for x in nodes if x[1] != nodes[0][1]), None)
+    if other is not None:
+        raise _disagree(path, nodes[0], other, lambda n: json.dumps(n)[:80])
+    return nodes[0][1]
 
 
 # ---- saving -----------------------------------------------------------------------------

@@ -190,7 +190,7 @@ class TorchCommunicator(_Numbered):
 
     def _send(self, obj: Any, dest: int, number: Tuple[int, int], deadline: float, what: str) -> None:
         key = self._name(number, self.rank, dest)
-        self._store.set(key, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+        self._store.set(key, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))  # type: ignore[arg-type]
         if self.rank == 0:
             self._deletable.append(key)
 

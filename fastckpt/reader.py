@@ -322,7 +322,7 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             raise InvalidArgumentError("names must be a list of tensor names, not a single string")
         if names is None and into is not None:
             names = list(into.keys())
-        if into is not None:
+        if into is not None and names is not None:
             aliases = _shared_buffers(into, names)
             if aliases:  # one buffer under several names (tied weights): filled once, the others compared
                 return self._read_aliased(names, into, aliases)

@@ -280,7 +280,9 @@ def _final_names(st: CheckpointState) -> CheckpointState:
     name it is being committed as (each name once, the later entry kept,
     timestamps kept parallel)."""
     final = {os.path.normpath(a): b for a, b in st.pending}
-    rename = lambda p: final.get(os.path.normpath(p), p)  # noqa: E731
+
+    def rename(p: str) -> str:
+        return final.get(os.path.normpath(p), p)
     paths = [rename(p) for p in st.all_model_checkpoint_paths]
     stamps = list(st.all_model_checkpoint_timestamps)
     keep = [i for i, p in enumerate(paths) if all(os.path.normpath(q) != os.path.normpath(p) for q in paths[i + 1:])]

@@ -93,7 +93,7 @@ def _lazy(path: str, zf: zipfile.ZipFile, m: Optional[mmap.mmap], member: zipfil
 
         def load() -> np.ndarray:  # copied out of the map (guarded), then its CRC-32 checked
             raw = guarded_copy(np.frombuffer(m, np.uint8, member.file_size, start), what)
-            if zlib.crc32(raw) != member.CRC:
+            if zlib.crc32(raw.data) != member.CRC:
                 raise DataLossError(f"{what}: damaged: its CRC-32 does not match the archive's record")
             if not count:
                 return np.empty(shape, dtype, order="F" if fortran else "C")
