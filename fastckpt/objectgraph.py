@@ -475,7 +475,7 @@ def restore_object_tree(reader: Any, into: Optional[Any] = None) -> Dict[str, An
     targets: Dict[str, Any] = {}
     if into is not None:
         by_path = {p: k for k, (paths, _) in wanted.items() for p in paths}
-        for k in wanted:  # a checkpoint key, as load_checkpoint names it, stands for its variable
+        for k in reader.tensor_names():  # a checkpoint key, as load_checkpoint lists them (the graph's too)
             by_path.setdefault((k,), k)
         leaves = _array_leaves(into)
         unknown = sorted("/".join(p) for p in leaves if p not in by_path)

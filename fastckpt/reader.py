@@ -474,11 +474,14 @@ def find_checkpoint(path: PathLike) -> str:
     p = local_path(path)
     if os.path.isdir(p):
         if os.path.lexists(state_path(p, None)):
-            latest = latest_checkpoint(p)
-            found = readable_prefix(latest) if latest is not None else None
-            if found is None:
-                raise no_checkpoint(p)
-            return found
+            for _ in range(100):  # the latest may be retired between naming and finding it: name it again
+                latest = latest_checkpoint(p)
+                if latest is None:
+                    raise no_checkpoint(p)
+                found = readable_prefix(latest)
+                if found is not None:
+                    return found
+            raise no_checkpoint(p)
         found_all = sorted(n[:-len(".index")] for n in os.listdir(p)
                            if n.endswith(".index") and not n.startswith(".fcsave-"))
         if len(found_all) > 1:

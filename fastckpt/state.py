@@ -332,14 +332,26 @@ def readable_prefix(prefix: str, latest_filename: Optional[str] = None) -> Optio
     replaces it, the complete staged bundle its directory's state file
     lists in its place (the contents recovery would keep if the save died
     there); otherwise ``prefix`` itself; None when neither exists."""
+    directory = os.path.dirname(prefix) or "."
+    st = _state_or_none(directory, latest_filename)
+    for _ in range(100):  # a commit changes the state file before it hides anything: read again then
+        staged = _staged_for(st, prefix)
+        if staged is not None:
+            return staged
+        if checkpoint_exists(prefix):
+            return prefix
+        again = _state_or_none(directory, latest_filename)
+        if again == st:
+            return None
+        st = again
+    return None
+
+
+def _state_or_none(directory: str, latest_filename: Optional[str]) -> Optional[CheckpointState]:
     try:
-        st = read_checkpoint_state(os.path.dirname(prefix) or ".", latest_filename)
+        return read_checkpoint_state(directory, latest_filename)
     except (DataLossError, CheckpointIOError, InvalidArgumentError):
-        st = None
-    staged = _staged_for(st, prefix)
-    if staged is not None:
-        return staged
-    return prefix if checkpoint_exists(prefix) else None
+        return None
 
 
 def latest_checkpoint(checkpoint_dir: PathLike, latest_filename: Optional[str] = None) -> Optional[str]:

@@ -551,7 +551,7 @@ def _restore_from(prefix: str, into: Optional[Any], verify: bool, threads: Optio
         record = reader.structure_record()
         if record is None:  # a TensorFlow checkpoint: its object tree (TensorFlow 2), or a flat dict
             from .objectgraph import OBJECT_GRAPH_KEY, restore_object_tree
-            if reader.has_tensor(OBJECT_GRAPH_KEY) and not _by_key(reader, into):
+            if reader.has_tensor(OBJECT_GRAPH_KEY):
                 return restore_object_tree(reader, into)
             return _restore_flat(reader, into)
         tree, leaves = record["structure"], record["leaves"]
@@ -581,14 +581,6 @@ def _fill(reader: Any, targets: Mapping[str, Any]) -> None:
             reader.read_region(name, part.offset, part.shape, out=local)
         else:
             np.copyto(local, reader.read_region(name, part.offset, part.shape))
-
-
-def _by_key(reader: Any, into: Any) -> bool:
-    """True for a flat ``into`` whose every key is a tensor of the
-    checkpoint (as ``load_checkpoint`` lists them): it is filled by key."""
-    return isinstance(into, Mapping) and bool(into) and all(
-        isinstance(k, str) and not isinstance(v, (Mapping, list, tuple)) and reader.has_tensor(k)
-        for k, v in into.items())
 
 
 def _restore_flat(reader: Any, into: Optional[Any]) -> Dict[str, Any]:

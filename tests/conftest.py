@@ -1,6 +1,13 @@
 """Shared fixtures, tier markers and hypothesis profiles.
 
-FASTCKPT_HYPOTHESIS=ci (default; bounded for CI), dev (fast), deep (long).
+Two tiers. The default run (the README's ``python3 -m pytest``) is every
+test but the exhaustive ones, property tests at a few dozen examples. The
+deep tier -- tests marked ``deep``: every kill point, the many-process
+engines, the bounded-memory conversions, hostile inputs measured for
+memory -- runs with ``FASTCKPT_DEEP=1`` (CI: ``FASTCKPT_DEEP=1 python3 -m
+pytest -m "deep or hypothesis"``, property tests at CI's example counts).
+
+FASTCKPT_HYPOTHESIS=dev (default; fast), ci (the deep tier's default), deep (long).
 """
 
 import os
@@ -17,19 +24,30 @@ settings.register_profile("ci", max_examples=150, deadline=None,
 settings.register_profile("dev", max_examples=30, deadline=None)
 settings.register_profile("deep", max_examples=3000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("FASTCKPT_HYPOTHESIS", "ci"))
+DEEP = os.environ.get("FASTCKPT_DEEP") == "1"
+settings.load_profile(os.environ.get("FASTCKPT_HYPOTHESIS", "ci" if DEEP else "dev"))
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 TIERS = ("unit", "format", "api", "robustness", "compat")
 
 
+_DEEP_LEFT_OUT = []
+
+
 def pytest_collection_modifyitems(config, items):
     """Every test is marked with its tier, the folder it lives in
-    (``-m unit``, ``-m "format or robustness"``...)."""
+    (``-m unit``, ``-m "format or robustness"``...); without
+    ``FASTCKPT_DEEP=1`` the deep tier is left out (and said so, once)."""
     for item in items:
         parts = item.nodeid.split("/")
         if len(parts) > 2 and parts[1] in TIERS:
             item.add_marker(getattr(pytest.mark, parts[1]))
+    if not DEEP:
+        keep = [i for i in items if i.get_closest_marker("deep") is None]
+        _DEEP_LEFT_OUT.extend(i for i in items if i.get_closest_marker("deep") is not None)
+        if _DEEP_LEFT_OUT:
+            config.hook.pytest_deselected(items=list(_DEEP_LEFT_OUT))
+            items[:] = keep
 
 
 @pytest.fixture
@@ -73,6 +91,10 @@ def counts():
 
 
 def pytest_terminal_summary(terminalreporter):
+    if _DEEP_LEFT_OUT:
+        terminalreporter.write_line(f"fastckpt: {len(_DEEP_LEFT_OUT)} deep-tier tests not run (every kill point, "
+                                    "the MPI and gloo engines, memory-measured hostile inputs): "
+                                    "FASTCKPT_DEEP=1 runs them; CI does")
     if _COUNTS:
         terminalreporter.section("fastckpt robustness counts")
         for k, v in sorted(_COUNTS.items()):

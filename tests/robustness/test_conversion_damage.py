@@ -3,7 +3,6 @@ SIGBUS: a flipped bit in an npz or .pt source is caught by the zip
 records' CRC-32s, and a source truncated while ``convert`` or ``diff``
 reads it is DataLossError on every path."""
 
-import multiprocessing
 import os
 import signal
 import sys
@@ -13,26 +12,9 @@ import pytest
 
 import fastckpt
 from fastckpt.formats import detect_format
+from tests.helpers.child import in_child
 
 torch = pytest.importorskip("torch")
-
-
-def in_child(fn, *args):
-    """(signal that killed it or None, result or 'Error: message') of fn(*args) in a forked child."""
-    ctx = multiprocessing.get_context("fork")
-    q = ctx.Queue()
-
-    def wrapper():
-        try:
-            q.put(fn(*args))
-        except BaseException as e:  # noqa: BLE001
-            q.put(f"{type(e).__name__}: {e}")
-    p = ctx.Process(target=wrapper)
-    p.start()
-    p.join(120)
-    if p.exitcode is not None and p.exitcode < 0:
-        return -p.exitcode, None
-    return None, q.get(timeout=5)
 
 
 def _flips(path, positions):

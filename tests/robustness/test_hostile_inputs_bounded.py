@@ -29,6 +29,20 @@ def cli(*args, cwd=None, timeout=60):
     return r
 
 
+def refused_in_bounded_memory(call, error="CheckpointError"):
+    """Run the fastckpt expression ``call`` in a fresh interpreter: (the
+    message of the ``fastckpt.<error>`` it raised, its peak RSS growth in MiB)."""
+    out, grew = peak_mib(textwrap.dedent(f"""
+        import fastckpt
+        try:
+            {call}
+        except fastckpt.{error} as e:
+            print("refused", e)
+    """))
+    assert "refused" in out, out
+    return out, grew
+
+
 def peak_mib(script, timeout=300):
     """Run ``script`` in a fresh interpreter; (its stdout, its peak RSS growth in MiB)."""
     wrapped = "import resource\nbase = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n" + script + \
@@ -69,14 +83,8 @@ def _graph_bundle(prefix, nodes, tensors):
 def test_a_30000_deep_object_graph_is_data_loss_in_bounded_memory(tmp_path):
     nodes = [TrackableObject(children=[(i + 1, "c")]) for i in range(30_000)] + [TrackableObject()]
     _graph_bundle(str(tmp_path / "deep"), nodes, {})
-    out, grew = peak_mib(textwrap.dedent(f"""
-        import fastckpt
-        try:
-            fastckpt.restore({str(tmp_path / "deep")!r})
-        except fastckpt.DataLossError as e:
-            print("refused", e)
-    """))
-    assert "refused" in out and "too deeply" in out, out
+    out, grew = refused_in_bounded_memory(f"fastckpt.restore({str(tmp_path / 'deep')!r})", "DataLossError")
+    assert "too deeply" in out, out
     assert grew < 300, f"{grew} MiB"
 
 
@@ -126,14 +134,8 @@ def test_a_pt_of_shared_nested_lists_is_refused_in_bounded_memory(tmp_path):
         x = [x, x]  # 2**40 leaves as a tree, 41 lists as written
     torch.save({"x": x}, tmp_path / "shared.pt")
     assert os.path.getsize(tmp_path / "shared.pt") < 4000
-    out, grew = peak_mib(textwrap.dedent(f"""
-        import fastckpt
-        try:
-            fastckpt.inspect_checkpoint({str(tmp_path / "shared.pt")!r})
-        except fastckpt.CheckpointError as e:
-            print("refused", e)
-    """))
-    assert "refused" in out and "shares containers" in out, out
+    out, grew = refused_in_bounded_memory(f"fastckpt.inspect_checkpoint({str(tmp_path / 'shared.pt')!r})")
+    assert "shares containers" in out, out
     assert grew < 300, f"{grew} MiB"
 
 
@@ -179,14 +181,8 @@ def test_a_compressed_entry_claiming_64_gib_is_data_loss(tmp_path):
 def test_a_sparse_4_gib_index_is_refused_after_48_bytes(tmp_path):
     with open(tmp_path / "big.index", "wb") as f:
         f.truncate(4 << 30)
-    out, grew = peak_mib(textwrap.dedent(f"""
-        import fastckpt
-        try:
-            fastckpt.list_variables({str(tmp_path / "big")!r})
-        except fastckpt.DataLossError as e:
-            print("refused", e)
-    """))
-    assert "refused" in out and "magic" in out
+    out, grew = refused_in_bounded_memory(f"fastckpt.list_variables({str(tmp_path / 'big')!r})", "DataLossError")
+    assert "magic" in out
     assert grew < 100, f"{grew} MiB"
     r = cli("ls", tmp_path / "big")
     assert r.returncode == 1 and "not a checkpoint index" in r.stderr

@@ -26,7 +26,6 @@ from tests.helpers.roundtrip import assert_bit_equal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHIM = os.path.join(ROOT, "tests", "helpers", "killshim.c")
-STRIDE = int(os.environ.get("FASTCKPT_KILL_STRIDE", "1"))  # 1: every call
 
 pytestmark = pytest.mark.no_sanitizer  # runs its own processes and preloads; slow under ASan
 
@@ -122,24 +121,45 @@ def check_after_kill(d, log):
     return report
 
 
-@pytest.mark.parametrize("durable,recycle,zstd", [(True, False, False), (False, False, False), (True, True, False),
-                                                 (False, True, False), (False, False, True)],
-                         ids=["durable", "fast", "durable-recycling", "fast-recycling", "fast-compressed"])
-def test_kill_at_every_mutating_syscall(tmp_path, shim, counts, durable, recycle, zstd):
-    base = tmp_path / "base"
-    base.mkdir()
-    setup_directory(base, durable)
-    clean = tmp_path / "count"
-    shutil.copytree(base, clean)
-    r = run_child(shim, clean, 0, tmp_path / "count.log", durable, recycle, zstd)
-    assert r.returncode == 0, r.stderr
-    total = int(r.stdout.split()[-1])
-    assert total > 40, total
-    # both retiring saves rewrote their victims' files (or, without recycling, neither)
-    assert r.stdout.split()[-3:-1] == ["recycled", "2" if recycle else "0"], r.stdout
-    assert step_and_contents(clean, fastckpt.latest_checkpoint(str(clean))) == (4, True)
+VARIANTS = {"durable": (True, False, False), "fast": (False, False, False), "durable-recycling": (True, True, False),
+            "fast-recycling": (False, True, False), "fast-compressed": (False, False, True)}
+CHUNK = 12  # kill points per deep-tier test: progress every few seconds
+MAX_POINTS = 156  # more than any sequence has (asserted)
+
+
+@pytest.fixture(scope="module")
+def counted(tmp_path_factory, shim):
+    """Per variant, made once: the directory the sequence starts from and
+    how many mutating calls the sequence makes (run once without a kill)."""
+    made = {}
+
+    def get(variant):
+        if variant not in made:
+            durable, recycle, zstd = VARIANTS[variant]
+            root = tmp_path_factory.mktemp(variant)
+            base = root / "base"
+            base.mkdir()
+            setup_directory(base, durable)
+            clean = root / "count"
+            shutil.copytree(base, clean)
+            r = run_child(shim, clean, 0, root / "count.log", durable, recycle, zstd)
+            assert r.returncode == 0, r.stderr
+            total = int(r.stdout.split()[-1])
+            assert 40 < total <= MAX_POINTS, total
+            # both retiring saves rewrote their victims' files (or, without recycling, neither)
+            assert r.stdout.split()[-3:-1] == ["recycled", "2" if recycle else "0"], r.stdout
+            assert step_and_contents(clean, fastckpt.latest_checkpoint(str(clean))) == (4, True)
+            made[variant] = (base, total)
+        return made[variant]
+    return get
+
+
+def kill_at(points, variant, counted, shim, tmp_path, counts):
+    """Kill the sequence at each of ``points`` in turn and check the directory after each."""
+    durable, recycle, zstd = VARIANTS[variant]
+    base, total = counted(variant)
     killed = finished = pending = 0
-    for n in range(1, total + 1, STRIDE):
+    for n in points:
         d = tmp_path / f"k{n}"
         shutil.copytree(base, d)
         log = tmp_path / f"k{n}.log"
@@ -152,8 +172,27 @@ def test_kill_at_every_mutating_syscall(tmp_path, shim, counts, durable, recycle
         pending += bool(fastckpt.get_checkpoint_state(str(d)).pending)
         check_after_kill(d, log)
         shutil.rmtree(d)
-    assert killed >= total // STRIDE - 3
-    kind = ("durable" if durable else "non-durable") + (", recycling" if recycle else "") + (", zstd" if zstd else "")
-    counts[f"kill points in a {kind} save sequence"] = total
-    counts[f"kills at every syscall survived ({kind})"] = killed
-    counts[f"kills that left a commit pending, finished by recovery ({kind})"] = pending
+    assert killed >= len(points) - 3
+    for key, value in ((f"kill points in the {variant} save sequence", total),
+                       (f"kills survived ({variant})", killed),
+                       (f"kills that left a commit pending, finished by recovery ({variant})", pending)):
+        counts[key] = value if key.startswith("kill points") else counts.get(key, 0) + value
+
+
+@pytest.mark.deep
+@pytest.mark.parametrize("chunk", range((MAX_POINTS + CHUNK - 1) // CHUNK))
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_kill_at_every_mutating_syscall(tmp_path, shim, counted, counts, variant, chunk):
+    """Every kill point of the sequence, CHUNK at a time."""
+    _, total = counted(variant)
+    points = range(1 + chunk * CHUNK, min(total, (chunk + 1) * CHUNK) + 1)
+    if not points:
+        pytest.skip(f"the {variant} sequence has {total} kill points")
+    kill_at(points, variant, counted, shim, tmp_path, counts)
+
+
+@pytest.mark.parametrize("variant", ["durable", "fast-compressed"])
+def test_kill_at_sampled_syscalls(tmp_path, shim, counted, counts, variant):
+    """The default tier: every 9th kill point of two sequences (the deep tier kills at all of them)."""
+    _, total = counted(variant)
+    kill_at(range(1 + len(variant) % 9, total + 1, 9), variant, counted, shim, tmp_path, counts)

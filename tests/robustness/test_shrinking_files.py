@@ -3,7 +3,6 @@ every path that copies or checks data -- never SIGBUS. (Zero-copy views
 already handed out map the file: touching their pages after the file
 shrank is a SIGBUS, as for any mmap; the README says so.)"""
 
-import multiprocessing
 import os
 import signal
 
@@ -11,27 +10,10 @@ import numpy as np
 import pytest
 
 import fastckpt
+from tests.helpers.child import in_child
 
 STATE = {"a": np.arange(1000, dtype=np.float32), "b": np.arange(100_000, dtype=np.float32),
          "c": np.arange(50_000, dtype=np.float64)}
-
-
-def in_child(fn, *args):
-    """(exit signal or None, result) of fn(*args) run in a forked child."""
-    ctx = multiprocessing.get_context("fork")
-    q = ctx.Queue()
-
-    def wrapper():
-        try:
-            q.put(fn(*args))
-        except BaseException as e:  # noqa: BLE001
-            q.put(f"{type(e).__name__}: {e}")
-    p = ctx.Process(target=wrapper)
-    p.start()
-    p.join(60)
-    if p.exitcode is not None and p.exitcode < 0:
-        return -p.exitcode, None
-    return None, q.get(timeout=5)
 
 
 def shrink_under(prefix, action):
