@@ -11,7 +11,7 @@ import fastckpt
 
 GIB = 1 << 30
 
-pytestmark = pytest.mark.no_sanitizer  # 5 GiB: too slow under ASan
+pytestmark = [pytest.mark.no_sanitizer, pytest.mark.deep]  # 5 GiB: too slow under ASan, too big for the default tier
 
 
 def _mem_available():

@@ -15,7 +15,8 @@ import pytest
 import fastckpt
 from fastckpt.lazy import LazyTensor
 
-pytestmark = pytest.mark.no_sanitizer  # ASan reserves terabytes of shadow memory: no RLIMIT_DATA under it
+pytestmark = [pytest.mark.no_sanitizer,  # ASan reserves terabytes of shadow memory: no RLIMIT_DATA under it
+              pytest.mark.deep]  # 2 GiB through every format
 
 TENSORS, ELEMENTS = 32, 16 << 20  # 32 x 64 MiB of float32
 LIMIT = 512 << 20

@@ -80,6 +80,7 @@ def _graph_bundle(prefix, nodes, tensors):
     fastckpt.write_bundle(prefix, tensors)
 
 
+@pytest.mark.deep
 def test_a_30000_deep_object_graph_is_data_loss_in_bounded_memory(tmp_path):
     nodes = [TrackableObject(children=[(i + 1, "c")]) for i in range(30_000)] + [TrackableObject()]
     _graph_bundle(str(tmp_path / "deep"), nodes, {})
@@ -88,6 +89,7 @@ def test_a_30000_deep_object_graph_is_data_loss_in_bounded_memory(tmp_path):
     assert grew < 300, f"{grew} MiB"
 
 
+@pytest.mark.deep
 def test_many_slot_variables_restore_in_linear_time(tmp_path):
     """16,000 slot variables, each on an optimizer node of its own: 0.4.0
     looked every variable up again for each node (over 300 s)."""
@@ -115,6 +117,7 @@ def test_many_slot_variables_restore_in_linear_time(tmp_path):
     assert seconds < 20, seconds
 
 
+@pytest.mark.deep
 def test_millions_of_empty_nodes_cost_memory_in_proportion(tmp_path):
     """5 million empty nodes are a 10 MB tensor: restoring it must not take
     gigabytes (0.4.0: 2.8 GiB)."""
@@ -146,6 +149,7 @@ def test_recursive_states_are_refused():
         fastckpt.save(x, "/nonexistent/never-written")
 
 
+@pytest.mark.deep
 def test_verify_of_a_tiny_compressed_bundle_of_gigabytes_stays_small(tmp_path):
     """A 110 KB-class compressed bundle of 2 GiB of zeros: verify restores it
     window by window (0.4.0 allocated the whole tensor: 2,091 MiB)."""

@@ -20,6 +20,7 @@ import fastckpt
 from tests.helpers.dist_worker import global_state
 
 pytestmark = pytest.mark.no_sanitizer  # starts its own processes
+# The default tier runs the first test on both engines; the rest is the deep tier (FASTCKPT_DEEP=1).
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT = 240
@@ -103,6 +104,7 @@ def test_four_processes_write_one_checkpoint_tensorflow_reads(tmp_path, engine):
         assert (list(got) == list(v)) if v.dtype == object else np.asarray(got).tobytes() == v.tobytes(), k
 
 
+@pytest.mark.deep
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("n", [1, 3, 4])
 def test_restore_onto_another_number_of_processes_and_slicing(tmp_path, engine, n):
@@ -112,6 +114,7 @@ def test_restore_onto_another_number_of_processes_and_slicing(tmp_path, engine, 
     assert len(results) == n and all(c == 0 for c in codes), err[-3000:]
 
 
+@pytest.mark.deep
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("how", ["raise", "kill-before", "kill-write", "kill-commit", "kill-gathered"])
 def test_a_failing_process_commits_nothing(tmp_path, engine, how, counts):
@@ -137,6 +140,7 @@ def test_a_failing_process_commits_nothing(tmp_path, engine, how, counts):
         counts.get("multi-process saves failed or killed, nothing committed", 0) + 1
 
 
+@pytest.mark.deep
 @pytest.mark.parametrize("engine", ENGINES)
 def test_background_saves_on_four_processes(tmp_path, engine):
     results, codes, err = run(engine, 4, "async", tmp_path)
@@ -145,6 +149,7 @@ def test_background_saves_on_four_processes(tmp_path, engine):
     assert_global(str(tmp_path / "ckpt-3"), step=3)
 
 
+@pytest.mark.deep
 @pytest.mark.skipif(not _torch_dist(), reason="torch.distributed not installed")
 def test_pytorch_dtensor_state_dicts_fsdp2_style(tmp_path):
     """DTensors with Shard(dim) and Replicate() placements on a 4-process gloo
@@ -160,6 +165,7 @@ def test_pytorch_dtensor_state_dicts_fsdp2_style(tmp_path):
         g["emb"].tobytes()
 
 
+@pytest.mark.deep
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("how", ["length", "kind", "value-tensor", "key-type"])
 def test_processes_that_save_different_structures_commit_nothing(tmp_path, engine, how):
@@ -175,6 +181,7 @@ def test_processes_that_save_different_structures_commit_nothing(tmp_path, engin
     assert not [n for n in os.listdir(tmp_path) if "ckpt-2" in n or n.startswith(".fcsave")]
 
 
+@pytest.mark.deep
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_late_process_raises_and_the_next_save_works(tmp_path, engine):
     """timeout=5 and one rank 12 s late: the others raise within the
