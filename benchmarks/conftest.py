@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
-from fastckpt.bench import gpt_like_state, parse_size, uniform_state
+from fastckpt.bench.run import gpt_like_state, parse_size, uniform_state
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

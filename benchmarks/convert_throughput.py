@@ -33,7 +33,7 @@ def sample():  # the process's own memory (RssAnon: heap and private pages, not 
 threading.Thread(target=sample, daemon=True).start()
 time.sleep(0.01)
 import fastckpt
-from fastckpt.convert import convert
+from fastckpt.formats.convert import convert
 import safetensors.numpy as stn
 t = time.perf_counter()
 if kind == "fastckpt tf->safetensors" or kind == "fastckpt safetensors->tf" or kind == "fastckpt tf->npz":
@@ -58,7 +58,7 @@ CASES = [("raw copy", "tf", "copy.bin"),
 
 
 def main() -> None:
-    from fastckpt.bench import gpt_like_state, parse_size
+    from fastckpt.bench.run import gpt_like_state, parse_size
     import fastckpt
 
     p = argparse.ArgumentParser()

@@ -4,7 +4,7 @@ the state (target <= 1.5x), and training steps run while the write proceeds.
 
 import os
 
-from fastckpt.bench import parse_size, run_async_bench
+from fastckpt.bench.run import parse_size, run_async_bench
 
 
 def test_async_save_blocks_like_a_memory_copy(benchmark, tmp_path):

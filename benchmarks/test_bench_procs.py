@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from fastckpt.bench import parse_size
-from fastckpt.bench_procs import merge_scaling, run_procs_bench
+from fastckpt.bench.run import parse_size
+from fastckpt.bench.procs import merge_scaling, run_procs_bench
 
 
 def test_four_processes_against_dcp_and_raw(benchmark, tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastckpt
-from fastckpt.bench import _raw_read, _raw_write
+from fastckpt.bench.run import raw_read, raw_write
 from conftest import fresh
 
 ROUNDS = int(os.environ.get("FASTCKPT_BENCH_ROUNDS", "5"))
@@ -29,7 +29,7 @@ def test_save(benchmark, request, workdir, case, who):
     state = request.getfixturevalue(case)
     benchmark.group = f"save {case}"
     if who == "raw":
-        fn = lambda p: _raw_write(p, state, False)  # noqa: E731
+        fn = lambda p: raw_write(p, state, False)  # noqa: E731
     elif who == "fastckpt":
         fn = lambda p: fastckpt.write_bundle(p, state)  # noqa: E731
     elif who == "tensorflow":
@@ -49,8 +49,8 @@ def test_restore(benchmark, request, workdir, case, who):
     path = str(workdir / "ckpt")
     existing = {k: np.empty_like(v) for k, v in state.items()} if who.endswith("into") else None
     if who.startswith("raw"):
-        _raw_write(path, state, False)
-        fn = lambda: _raw_read(path, state, existing)  # noqa: E731
+        raw_write(path, state, False)
+        fn = lambda: raw_read(path, state, existing)  # noqa: E731
     elif who.startswith("fastckpt"):
         fastckpt.write_bundle(path, state)
         fn = lambda: fastckpt.read_bundle(path, into=existing)  # noqa: E731
@@ -94,6 +94,6 @@ def test_open_and_read_one_of_100k(benchmark, small_state, workdir, who):
 @pytest.mark.parametrize("who", ["raw", "fastckpt"])
 def test_save_durable(benchmark, gpt_state, workdir, durable, who):
     benchmark.group = f"save gpt_state durable={durable}"
-    fn = (lambda p: _raw_write(p, gpt_state, durable)) if who == "raw" else \
+    fn = (lambda p: raw_write(p, gpt_state, durable)) if who == "raw" else \
         (lambda p: fastckpt.write_bundle(p, gpt_state, durable=durable))
     benchmark.pedantic(fn, setup=fresh(workdir, who), rounds=ROUNDS, warmup_rounds=1)

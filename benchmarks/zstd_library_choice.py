@@ -19,7 +19,7 @@ import ml_dtypes
 import numpy as np
 import zstandard
 
-from fastckpt.bench_zstd import crepe_weights
+from fastckpt.bench.zstd import crepe_weights
 
 CHUNK = 1 << 20
 

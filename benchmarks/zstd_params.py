@@ -10,7 +10,7 @@ import ml_dtypes
 import numpy as np
 import zstandard as zs
 
-from fastckpt.bench_zstd import crepe_weights
+from fastckpt.bench.zstd import crepe_weights
 
 CHUNK = 1 << 20
 CONFIGS = {

@@ -9,32 +9,83 @@ Files TensorFlow reads and writes (``PREFIX.index``, ``PREFIX.data-*``, the
     state = saver.restore(ckpt.model_checkpoint_path)
 """
 
-from ._version import __version__
+from fastckpt._version import __version__
 
 try:
-    from . import _core  # noqa: F401
+    from fastckpt import _core  # noqa: F401
 except ImportError as e:  # pragma: no cover - only without a build
     raise ImportError(
         "fastckpt's compiled core (fastckpt._core) is missing or broken: "
         f"{e}. Build it with `pip install -e .` (needs a C compiler and Cython)."
     ) from e
 
-from .errors import (CheckpointError, CheckpointIOError, DataLossError, InvalidArgumentError,
-                     NotFoundError, TensorNotFoundError, UnsupportedError)
-from .reader import CheckpointReader, list_variables, load_checkpoint, read_bundle
-from .commit import GarbageReport, collect_garbage
-from .convert import convert
-from .diff import Diff, diff
-from .manager import CheckpointManager
-from .saver import Saver, save
-from .state import (CheckpointState, get_checkpoint_state, latest_checkpoint,
-                    update_checkpoint_state)
-from .slices import Shard
-from .structure import read_meta
-from .structure import restore_structure as restore
-from .summary import inspect_checkpoint
-from .verify import VerifyReport, verify_checkpoint, verify_path
-from .writer import write_bundle
+import importlib
+import importlib.abc
+import importlib.machinery
+import sys
+from types import ModuleType
+from typing import Any, Optional, Sequence
+
+from fastckpt.errors import (CheckpointError, CheckpointIOError, DataLossError, InvalidArgumentError,
+                             NotFoundError, TensorNotFoundError, UnsupportedError)
+from fastckpt.bundle.reader import CheckpointReader
+from fastckpt.bundle.slices import Shard
+from fastckpt.bundle.writer import write_bundle
+from fastckpt.directory.locate import list_variables, load_checkpoint, read_bundle
+from fastckpt.directory.recovery import GarbageReport, collect_garbage
+from fastckpt.directory.state import (CheckpointState, get_checkpoint_state, latest_checkpoint,
+                                      update_checkpoint_state)
+from fastckpt.formats.convert import convert
+from fastckpt.formats.diff import Diff, diff
+from fastckpt.formats.inspect import inspect_checkpoint
+from fastckpt.manager import CheckpointManager
+from fastckpt.restoring import read_meta
+from fastckpt.restoring import restore_structure as restore
+from fastckpt.saver import Saver, save
+from fastckpt.saving import SaveOptions
+from fastckpt.verify import VerifyReport, verify_checkpoint, verify_path
+
+# Modules of fastckpt 0.5 and earlier, before the layers became folders:
+# ``import fastckpt.reader`` and ``from fastckpt.state import ...`` keep working.
+MOVED_MODULES = {
+    "fsutil": "fastckpt.storage.fsutil", "locking": "fastckpt.storage.locking",
+    **{m: f"fastckpt.bundle.{m}" for m in ("naming", "dtypes", "records", "slices", "frameworks", "lazy", "files",
+                                            "compressed", "readplan", "regions", "writer", "reader")},
+    "objectgraph": "fastckpt.structure.objectgraph",
+    **{m: f"fastckpt.directory.{m}" for m in ("state", "retention", "commit", "recycle")},
+    "summary": "fastckpt.formats.inspect",
+    "bench_loop": "fastckpt.bench.loop", "bench_procs": "fastckpt.bench.procs", "bench_zstd": "fastckpt.bench.zstd",
+}
+
+
+class _MovedModuleLoader(importlib.abc.Loader):
+    """Imports a moved module under its old name as the new module itself
+    (one module object: monkeypatching either name patches both)."""
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> Optional[ModuleType]:
+        return None
+
+    def exec_module(self, module: ModuleType) -> None:
+        sys.modules[module.__name__] = importlib.import_module(MOVED_MODULES[module.__name__.rpartition(".")[2]])
+
+
+class _MovedModuleFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname: str, path: Optional[Sequence[str]], target: Any = None) -> Optional[importlib.machinery.ModuleSpec]:
+        package, _, name = fullname.rpartition(".")
+        if package != __name__ or name not in MOVED_MODULES:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, _MovedModuleLoader())
+
+
+sys.meta_path.append(_MovedModuleFinder())
+
+
+def __getattr__(name: str) -> Any:
+    """``fastckpt.reader`` and the other moved modules, as attributes."""
+    if name in MOVED_MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "__version__",
@@ -48,6 +99,7 @@ __all__ = [
     "Diff",
     "InvalidArgumentError",
     "NotFoundError",
+    "SaveOptions",
     "Saver",
     "Shard",
     "TensorNotFoundError",

@@ -1,6 +1,6 @@
 """Type stubs of the compiled bridge to the C core."""
 
-from .records import IndexEntry
+from fastckpt.bundle.records import IndexEntry
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 Slice = Tuple[Tuple[int, int], ...]

@@ -14,7 +14,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcmp, memset
 
-from .records import IndexEntry
+from fastckpt.bundle.records import IndexEntry
 from .errors import (CheckpointIOError, DataLossError, InvalidArgumentError,
                      UnsupportedError, CheckpointError)
 

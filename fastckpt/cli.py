@@ -15,14 +15,22 @@ import os
 import sys
 from typing import Any, Callable, List, Optional
 
-from .errors import CheckpointError, InvalidArgumentError, NotFoundError
-from .naming import local_path
+from fastckpt._version import __version__
+from fastckpt.bundle.dtypes import dtype_name
+from fastckpt.bundle.naming import local_path
+from fastckpt.directory.locate import find_checkpoint, load_checkpoint
+from fastckpt.directory.recovery import collect_garbage
+from fastckpt.errors import CheckpointError, InvalidArgumentError, NotFoundError
+from fastckpt.formats.convert import convert
+from fastckpt.formats.diff import diff
+from fastckpt.formats.inspect import inspect_checkpoint, summary_lines
+from fastckpt.verify import verify_path
 
 __all__ = ["main"]
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import run_async_bench, run_bench  # only the bench's own process loads it
+    from fastckpt.bench.run import run_async_bench, run_bench  # only the bench's own process loads it
 
     if args.dir is not None:
         args.dir = local_path(args.dir, "--dir")
@@ -40,7 +48,7 @@ def _bench(args: argparse.Namespace) -> int:
                 __import__(module)
             except ImportError:
                 raise InvalidArgumentError(f"bench --compression reads real weights with {module}: {hint}") from None
-        from .bench_zstd import run_zstd_bench
+        from fastckpt.bench.zstd import run_zstd_bench
         results = run_zstd_bench(rounds=args.rounds, threads=args.threads or 2, directory=args.dir, out=out)
     elif args.procs is not None:
         try:
@@ -48,11 +56,11 @@ def _bench(args: argparse.Namespace) -> int:
         except ImportError:
             raise InvalidArgumentError("bench --procs runs a torch.distributed (gloo) group: "
                                        "install torch (pip install torch==2.13.0)") from None
-        from .bench_procs import run_procs_bench
+        from fastckpt.bench.procs import run_procs_bench
         results = run_procs_bench(args.procs, size=args.size, tensors=args.tensors, dtype=args.dtype,
                                   rounds=args.rounds, directory=args.dir, out=out)
     elif args.loop is not None:
-        from .bench_loop import run_loop_bench
+        from fastckpt.bench.loop import run_loop_bench
         results = run_loop_bench(args.loop, size=args.size, tensors=args.tensors, dtype=args.dtype,
                                  rounds=args.rounds,
                                  directory=args.dir, out=out)
@@ -71,8 +79,6 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    from .dtypes import dtype_name
-    from .reader import load_checkpoint
 
     with load_checkpoint(args.path) as r:
         rows = [(name, dtype_name(r.index.entry(r.index.find(key)).dtype), list(entry.shape))
@@ -91,8 +97,6 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .reader import find_checkpoint
-    from .verify import verify_path
 
     path = args.path
     if not (os.path.isdir(path) and os.path.lexists(os.path.join(path, "checkpoint"))):
@@ -115,8 +119,6 @@ def _verify(args: argparse.Namespace) -> int:
 def _gc(args: argparse.Namespace) -> int:
     import os
 
-    from .commit import collect_garbage
-    from .errors import NotFoundError
 
     args.directory = local_path(args.directory, "directory")
     if not os.path.isdir(args.directory):
@@ -166,7 +168,7 @@ def _positive(text: str) -> int:
 
 
 def _size(text: str) -> int:
-    from .bench import parse_size  # a small function; the benchmark's process-wide settings stay in run_bench
+    from fastckpt.bench.units import parse_size  # the benchmark's package loads with its command only
 
     try:
         value = parse_size(text)
@@ -191,8 +193,6 @@ def _dtype(text: str) -> str:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .convert import convert
-
     out = convert(args.src, args.dst, src_format=args.src_format, dst_format=args.dst_format,
                   compression=None if args.compression == "none" else args.compression,
                   compression_level=args.level, num_shards=args.num_shards, dtype=args.dtype, durable=args.durable)
@@ -201,8 +201,6 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from .diff import diff
-
     report = diff(args.a, args.b, atol=args.atol, rtol=args.rtol, a_format=args.a_format, b_format=args.b_format)
     if args.json:
         print(json.dumps(report.to_json()))
@@ -213,8 +211,6 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .summary import inspect_checkpoint, summary_lines
-
     s = inspect_checkpoint(args.path, args.format, largest=args.largest, depth=args.depth)
     if args.json:
         print(json.dumps(s, default=str))
@@ -236,8 +232,6 @@ def _tolerance(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fastckpt`` command."""
-    from ._version import __version__
-
     p = argparse.ArgumentParser(prog="fastckpt", description="TensorFlow-format checkpoints, fast.")
     p.add_argument("--version", action="version", version=f"fastckpt {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")

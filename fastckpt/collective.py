@@ -1,7 +1,7 @@
 """Many processes, one checkpoint.
 
 Every process calls ``save(state, prefix, comm=...)``. Each describes its
-leaves (whole arrays, and :class:`~fastckpt.slices.Shard` parts of global
+leaves (whole arrays, and :class:`~fastckpt.bundle.slices.Shard` parts of global
 tensors); the descriptions are all-gathered, so every process computes the
 same layout: which process writes each replicated array (the replicas'
 bytes spread over the processes that hold them), each partitioned tensor's
@@ -31,15 +31,16 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tup
 
 import numpy as np
 
-from . import _core
-from .comm import Communicator, PeerError
-from .errors import InvalidArgumentError
-from .frameworks import to_numpy
-from .fsutil import default_threads, ensure_directory
-from .naming import index_filename
-from .slices import Shard, SliceKey, encode_slice_key, first_overlap
-from .structure import STRUCTURE_KEY, flatten, record_tensor
-from .writer import STAGE_PREFIX, StagedBundle, check_prefix, write_part, write_staged_index
+from fastckpt import _core
+from fastckpt.comm import Communicator, PeerError
+from fastckpt.errors import InvalidArgumentError
+from fastckpt.bundle.dtypes import dtype_enum
+from fastckpt.bundle.frameworks import to_numpy
+from fastckpt.storage.fsutil import default_threads, ensure_directory
+from fastckpt.bundle.naming import index_filename
+from fastckpt.bundle.slices import Shard, SliceKey, encode_slice_key, first_overlap
+from fastckpt.structure.tree import STRUCTURE_KEY, record_tensor
+from fastckpt.bundle.writer import STAGE_PREFIX, StagedBundle, check_prefix, write_part, write_staged_index
 
 __all__ = ["save_collective", "merge_records", "full_entries", "Layout", "plan_layout", "LocalCommunicator"]
 
@@ -287,12 +288,11 @@ def _raise_first(step: str, results: List[Any], mine: Optional[BaseException]) -
                         + (f" (and on {len(failed) - 1} more)" if len(failed) > 1 else "") + "; nothing was saved")
 
 
-def save_collective(state: Any, prefix: str, comm: Communicator, *, metadata: Any = None,
+def save_collective(flat: Tuple[Mapping[str, Any], Any], prefix: str, comm: Communicator, *, metadata: Any = None,
                     commit: Callable[[StagedBundle], List[str]], durable: bool = True, alignment: int = 1,
                     threads: Optional[int] = None, prepare_directory: Optional[Callable[[str], Any]] = None,
-                    flat: Optional[Tuple[Mapping[str, Any], Any]] = None,
                     zstd_level: Optional[int] = None) -> List[str]:
-    """Save ``state`` from every process of ``comm`` as one checkpoint
+    """Save this process's part of the state, flattened (``(leaves, tree)``), from every process of ``comm`` as one checkpoint
     ``prefix``; ``commit(staged)`` (run on rank 0 only) makes the staged
     bundle the checkpoint and returns the listed prefixes. Returns them on
     every process. Four collectives: the descriptions (all-gather), the
@@ -302,7 +302,7 @@ def save_collective(state: Any, prefix: str, comm: Communicator, *, metadata: An
 
     def local() -> Tuple[Mapping[str, Any], Dict[str, Desc], Any]:
         check_prefix(prefix, size)
-        leaves, tree = flat if flat is not None else flatten(state)
+        leaves, tree = flat
         if tree is None:  # a flat dict of arrays, already flattened
             tree = {"dict": [[k, {"leaf": k}] for k in leaves]}
         if STRUCTURE_KEY in leaves:
@@ -437,7 +437,6 @@ def full_entries(lay: Layout, descs: List[Dict[str, Desc]]) -> Dict[str, Tuple[i
     """Each partitioned tensor's full entry, from the layout: its dtype enum,
     global shape, the slices of the processes that hold part of it (rank
     order, empty parts left out) and the first of them."""
-    from .dtypes import dtype_enum
     out: Dict[str, Tuple[int, Tuple[int, ...], List[Tuple[Any, ...]], int]] = {}
     for name, (dtype, gshape) in lay.parts.items():
         slices, first = [], -1

@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from .errors import CheckpointError, InvalidArgumentError
+from fastckpt.errors import CheckpointError, InvalidArgumentError
 
 __all__ = ["Communicator", "MPICommunicator", "TorchCommunicator", "as_communicator", "PeerError",
            "DEFAULT_TIMEOUT"]

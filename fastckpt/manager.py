@@ -17,35 +17,25 @@ import os
 import re
 import threading
 import weakref
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
-from .errors import InvalidArgumentError
-from .commit import save_checkpoint
-from .naming import PathLike, local_path, step_suffix
-from .retention import Retention
-from .collective import agreed
-from .comm import as_communicator
-from .frameworks import to_numpy
-from .saver import save_any, split_structure
-from .slices import Shard
-from .writer import STAGE_PREFIX, compression_setting
-from .structure import with_structure_record
-from .state import get_checkpoint_state, latest_checkpoint
-from .reader import open_latest
-from .structure import restore_structure
+from fastckpt.bundle.frameworks import to_numpy
+from fastckpt.bundle.naming import PathLike, local_path, step_suffix
+from fastckpt.bundle.slices import Shard
+from fastckpt.bundle.writer import STAGE_PREFIX
+from fastckpt.comm import as_communicator
+from fastckpt.directory.retention import Retention
+from fastckpt.directory.state import get_checkpoint_state, latest_checkpoint
+from fastckpt.errors import InvalidArgumentError
+from fastckpt.restoring import restore_latest, restore_structure
+from fastckpt.saving import FlatState, Listing, SaveOptions, flatten_state, resolve_options, write_checkpoint
 
 __all__ = ["CheckpointManager"]
 
 log = logging.getLogger("fastckpt")
 _LIVE: "weakref.WeakSet[CheckpointManager]" = weakref.WeakSet()
-
-
-def _flag(value: Any, name: str) -> bool:
-    if type(value) is not bool:
-        raise InvalidArgumentError(f"{name} must be True or False, got {value!r}")
-    return value
 
 
 class CheckpointManager:
@@ -70,7 +60,8 @@ class CheckpointManager:
                  keep_checkpoint_every_n_hours: Optional[float] = None, checkpoint_name: str = "ckpt",
                  checkpoint_interval: Optional[int] = None, *, durable: bool = True,
                  threads: Optional[int] = None, comm: Any = None, timeout: Optional[float] = None,
-                 compression: Optional[str] = None, compression_level: int = 1, recycle: bool = False) -> None:
+                 compression: Optional[str] = None, compression_level: int = 1, recycle: bool = False,
+                 options: Optional[SaveOptions] = None) -> None:
         d = local_path(directory, "directory")
         if not isinstance(d, str) or not d:
             raise InvalidArgumentError(f"directory must be a path, got {directory!r}")
@@ -83,12 +74,10 @@ class CheckpointManager:
         self._name = checkpoint_name
         self._interval = checkpoint_interval
         self._retention = Retention(max_to_keep, keep_checkpoint_every_n_hours, minimum=1)
-        self._durable = bool(durable)
-        self._threads = threads
+        self._options = resolve_options(options, durable=durable, threads=threads, compression=compression,
+                                        compression_level=compression_level, recycle=recycle)
         self._comm = as_communicator(comm, timeout)
-        self._zstd = compression_setting(compression, compression_level)
-        self._recycle = _flag(recycle, "recycle")
-        if self._recycle and self._comm is not None:
+        if self._options.recycle and self._comm is not None:
             raise InvalidArgumentError("recycle=True is for one-process saves: with comm= every process writes "
                                        "new files")
         latest = self.latest_checkpoint
@@ -154,18 +143,15 @@ class CheckpointManager:
         prefix = os.path.join(self._directory, f"{self._name}-{n}")
         if self._comm is not None:
             self._comm.begin()
-        if self._comm is None:
-            leaves, tree = split_structure(state, metadata)
-        else:  # a state one process cannot save fails the save on every process
-            leaves, tree = agreed(self._comm, "describing the state", lambda: split_structure(state, metadata))
+        flat = flatten_state(state, metadata, self._comm)  # with comm: a failure anywhere fails everywhere
         if blocking:
-            self._commit(prefix, leaves, tree, metadata)
+            self._commit(prefix, flat)
             self._last_step = n
             return prefix
-        snapshot = self._snapshot(leaves)
+        snapshot = flat._replace(leaves=self._snapshot(flat.leaves))
         future: "concurrent.futures.Future[str]" = concurrent.futures.Future()
         future.set_running_or_notify_cancel()
-        thread = threading.Thread(target=self._background, args=(future, prefix, snapshot, tree, metadata),
+        thread = threading.Thread(target=self._background, args=(future, prefix, snapshot),
                                   name=f"fastckpt-save-{n}", daemon=False)  # interpreter exit waits for it
         self._future, self._thread, self._owner = future, thread, os.getpid()
         self._last_step = n
@@ -177,14 +163,8 @@ class CheckpointManager:
             return False
         return step == self._last_step or step < self._last_step + self._interval
 
-    def _commit(self, prefix: str, leaves: Mapping[str, Any], tree: Any, metadata: Any) -> None:
-        if self._comm is None and not any(isinstance(v, Shard) for v in leaves.values()):
-            save_checkpoint(prefix, with_structure_record(leaves, tree, metadata), retain=self._retention,
-                            durable=self._durable, threads=self._threads, zstd_level=self._zstd,
-                            recycle=self._recycle)
-            return
-        save_any(None, prefix, metadata=metadata, retain=self._retention, durable=self._durable,
-                 threads=self._threads, comm=self._comm, flat=(leaves, tree), zstd_level=self._zstd)
+    def _commit(self, prefix: str, flat: FlatState) -> None:
+        write_checkpoint(flat, prefix, self._options, Listing(self._retention), self._comm)
 
     def _snapshot(self, leaves: Mapping[str, Any]) -> Dict[str, Any]:
         """Copy every leaf into a host buffer reused from the last save when
@@ -209,10 +189,9 @@ class CheckpointManager:
         np.copyto(buf, arr, casting="unsafe")
         return buf
 
-    def _background(self, future: "concurrent.futures.Future[str]", prefix: str, snapshot: Dict[str, Any],
-                    tree: Any, metadata: Any) -> None:
+    def _background(self, future: "concurrent.futures.Future[str]", prefix: str, snapshot: FlatState) -> None:
         try:
-            self._commit(prefix, snapshot, tree, metadata)
+            self._commit(prefix, snapshot)
         except BaseException as e:  # surfaces on wait() / the next save
             future.set_exception(e)
         else:
@@ -245,11 +224,11 @@ class CheckpointManager:
         """
         self.wait()
         if self._comm is None:
-            found = _restore_latest(self._directory, state, self._threads)
+            found = restore_latest(self._directory, state, self._options.threads)
         else:  # rank 0 names the checkpoint, so that every process restores the same one
             self._comm.begin()
             latest = self._comm.broadcast(self.latest_checkpoint if self._comm.rank == 0 else None)
-            found = None if latest is None else (latest, restore_structure(latest, into=state, threads=self._threads,
+            found = None if latest is None else (latest, restore_structure(latest, into=state, threads=self._options.threads,
                                                                            comm=self._comm))
         if found is None:
             self._restored = None
@@ -271,17 +250,6 @@ class CheckpointManager:
 
     def __repr__(self) -> str:
         return f"<fastckpt.CheckpointManager {self._directory!r}: {len(self.checkpoints)} checkpoints>"
-
-
-def _restore_latest(directory: str, into: Any, threads: Optional[int]) -> Optional[Tuple[str, Any]]:
-    """Restore the directory's latest checkpoint into ``into``: its prefix and
-    the restored structure (None without one), even while saves replace it."""
-    if not os.path.isdir(directory) or latest_checkpoint(directory) is None:
-        return None
-
-    def use(prefix: str) -> Tuple[str, Any]:
-        return prefix, restore_structure(prefix, into=into, threads=threads)
-    return open_latest(directory, use)
 
 
 @atexit.register

@@ -5,36 +5,18 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Sequence
 
-import numpy as np
-
-from .collective import LocalCommunicator, save_collective
-from .comm import as_communicator
-from .commit import committer, recover_directory, save_checkpoint
-from .slices import Shard
-from .writer import compression_setting
-from .errors import InvalidArgumentError
-from .naming import PathLike, local_path, step_suffix
-from .reader import read_bundle
-from .retention import Retention
-from .structure import flatten, with_structure_record
+from fastckpt.bundle.naming import PathLike, local_path, step_suffix
+from fastckpt.comm import as_communicator
+from fastckpt.directory.locate import read_bundle
+from fastckpt.directory.retention import Retention
+from fastckpt.errors import InvalidArgumentError
+from fastckpt.saving import Listing, SaveOptions, flatten_state, resolve_options, object_graph_state, write_checkpoint
 
 __all__ = ["Saver", "save"]
 
 log = logging.getLogger("fastckpt")
-
-
-def split_structure(state: Any, metadata: Any) -> Tuple[Mapping[str, Any], Any]:
-    """``(name -> leaf, tree or None)``: a plain dict of numpy arrays with no
-    metadata needs no structure record (it restores as the same flat dict)."""
-    if (metadata is None and type(state) is dict and all(type(v) is np.ndarray for v in state.values())
-            and all(type(k) is str for k in state)):
-        return state, None
-    if isinstance(state, Mapping) and not state:
-        return {}, ({"dict": []} if metadata is not None else None)
-    leaves, tree = flatten(state)
-    return leaves, tree
 
 
 class Saver:
@@ -70,19 +52,16 @@ class Saver:
         compression: Optional[str] = None,
         compression_level: int = 1,
         recycle: bool = False,
+        options: Optional[SaveOptions] = None,
     ) -> None:
-        from .manager import _flag
-        self._recycle = _flag(recycle, "recycle")
+        self._options = resolve_options(options, durable=durable, num_shards=num_shards, alignment=alignment,
+                                 threads=threads, compression=compression, compression_level=compression_level,
+                                 recycle=recycle)
         self._comm = as_communicator(comm, timeout)
-        if self._recycle and self._comm is not None:
+        if self._options.recycle and self._comm is not None:
             raise InvalidArgumentError("recycle=True is for one-process saves: with comm= every process writes "
                                        "new files")
-        self._zstd = compression_setting(compression, compression_level)
-        self._timeout = timeout
         self._retention = Retention(max_to_keep, keep_checkpoint_every_n_hours)
-        self._durable = bool(durable)
-        self._write_options = dict(num_shards=num_shards, alignment=alignment, threads=threads)
-        self._threads = threads
         self._last: List[str] = []
 
     @property
@@ -126,10 +105,10 @@ class Saver:
         if global_step is None and os.path.basename(base) == (latest_filename or "checkpoint"):
             raise InvalidArgumentError(
                 f"save_path {base!r} collides with the checkpoint state file name")
-        listed = save_any(state, prefix, metadata=metadata, retain=self._retention, durable=self._durable,
-                          state_name=latest_filename or "checkpoint", write_state=write_state, comm=self._comm,
-                          timeout=self._timeout, zstd_level=self._zstd, recycle=self._recycle,
-                          **self._write_options)  # type: ignore[arg-type]
+        if self._comm is not None:
+            self._comm.begin()
+        listed = write_checkpoint(flatten_state(state, metadata, self._comm), prefix, self._options,
+                                  Listing(self._retention, latest_filename or "checkpoint", write_state), self._comm)
         if write_state:
             self._last = listed
         return prefix
@@ -146,13 +125,13 @@ class Saver:
         checkpoint): a dict of arrays, or ``into`` filled in place. Every tensor's checksum is verified unless ``verify=False``."""
         if save_path is None:
             raise InvalidArgumentError("Can't load save_path when it is None.")
-        return read_bundle(save_path, names, into=into, verify=verify, threads=self._threads)
+        return read_bundle(save_path, names, into=into, verify=verify, threads=self._options.threads)
 
 
 def save(state: Any, prefix: PathLike, *, metadata: Any = None, durable: bool = True, num_shards: int = 1,
          alignment: int = 1, threads: Optional[int] = None, comm: Any = None, timeout: Optional[float] = None,
          compression: Optional[str] = None, compression_level: int = 1, object_graph: bool = False,
-         template: Optional[PathLike] = None) -> str:
+         template: Optional[PathLike] = None, options: Optional[SaveOptions] = None) -> str:
     """Write ``state`` (flat or nested; see :meth:`Saver.save`) as checkpoint
     ``prefix``, with its structure record, without touching a state file.
 
@@ -172,66 +151,19 @@ def save(state: Any, prefix: PathLike, *, metadata: Any = None, durable: bool = 
     state and one checkpoint is written: a data file per process and one
     merged index (see :mod:`fastckpt.collective`); ``timeout`` bounds the
     wait for the slowest process. ``compression="zstd"``: see
-    :func:`fastckpt.write_bundle`."""
+    :func:`fastckpt.write_bundle`. ``options`` (a :class:`SaveOptions`)
+    replaces the keyword arguments ``durable`` to ``compression_level``."""
     p = local_path(prefix, "prefix")
-    flat, extra = None, None
-    if object_graph or template is not None:
-        leaves, tree, extra = _object_graph_state(state, metadata, template, comm)
-        flat = (leaves, tree)
-    save_any(state, p, metadata=metadata, retain=Retention(), durable=durable, num_shards=num_shards,
-             alignment=alignment, threads=threads, write_state=False, comm=comm, timeout=timeout,
-             zstd_level=compression_setting(compression, compression_level), flat=flat, extra=extra)
-    return p
-
-
-def _object_graph_state(state: Any, metadata: Any, template: Optional[PathLike],
-                        comm: Any) -> Tuple[Dict[str, Any], Any, Dict[str, Any]]:
-    """``(tensors, tree, extra tensors)`` to save for ``object_graph=True`` or ``template``."""
-    from .objectgraph import object_graph_tensors, template_tensors
-
-    if comm is not None:
-        raise InvalidArgumentError("object_graph and template are for one process's save (comm=None)")
-    leaves, tree = split_structure(state, None)
-    if template is not None:
-        if metadata is not None:
-            raise InvalidArgumentError("a save with template= stores the template's keys only: no metadata")
-        from .formats import non_tensor_values
-        values = non_tensor_values(tree)
-        if values:
-            raise InvalidArgumentError(f"template=: the state holds non-tensor values ({', '.join(values[:5])}); "
-                                       "a TensorFlow 2 checkpoint holds only variables")
-        return template_tensors(leaves, local_path(template, "template")), None, {}
-    return object_graph_tensors(leaves, tree)
-
-
-def save_any(state: Any, prefix: str, *, metadata: Any, retain: Any, durable: bool, num_shards: int = 1,
-             alignment: int = 1, threads: Optional[int] = None, write_state: bool = True,
-             state_name: str = "checkpoint", comm: Any = None, timeout: Optional[float] = None,
-             flat: Optional[Tuple[Mapping[str, Any], Any]] = None, zstd_level: Optional[int] = None,
-             extra: Optional[Mapping[str, Any]] = None, recycle: bool = False) -> List[str]:
-    """The one save path of ``save``, ``Saver`` and ``CheckpointManager``:
-    one process (``save_checkpoint``), or every process of ``comm`` -- also
-    one process whose state holds :class:`~fastckpt.Shard` parts.
-    ``flat`` is the state already flattened (``(leaves, tree)``); ``extra``
-    tensors are stored beside the structure record, not in it."""
+    opts = resolve_options(options, durable=durable, num_shards=num_shards, alignment=alignment, threads=threads,
+                    compression=compression, compression_level=compression_level)
     communicator = as_communicator(comm, timeout)
-    if communicator is None:
-        leaves, tree = flat if flat is not None else split_structure(state, metadata)
-        if not any(isinstance(v, Shard) for v in leaves.values()):
-            tensors = with_structure_record(leaves, tree, metadata)
-            return save_checkpoint(prefix, {**tensors, **extra} if extra else tensors, retain=retain,
-                                   durable=durable, num_shards=num_shards, alignment=alignment, threads=threads,
-                                   state_name=state_name, write_state=write_state, zstd_level=zstd_level,
-                                   recycle=recycle)
-        communicator = LocalCommunicator()
-    elif flat is None:  # (the manager began its operation itself, before it described the state)
-        communicator.begin()
-    if num_shards != 1:
-        raise InvalidArgumentError("a checkpoint saved by several processes has one data file per process: "
-                                   "num_shards must be 1")
-    return save_collective(state, prefix, communicator, metadata=metadata, durable=durable, alignment=alignment,
-                           flat=flat, zstd_level=zstd_level,
-                           threads=threads, commit=committer(prefix, retain, state_name, write_state),
-                           prepare_directory=(lambda d: recover_directory(d, state_name, durable=durable,
-                                                                          tidy_state=False))
-                           if write_state else None)
+    if object_graph or template is not None:
+        if communicator is not None:
+            raise InvalidArgumentError("object_graph and template are for one process's save (comm=None)")
+        flat = object_graph_state(state, metadata, template)
+    else:
+        if communicator is not None:
+            communicator.begin()
+        flat = flatten_state(state, metadata, communicator)
+    write_checkpoint(flat, p, opts, Listing(write_state=False), communicator)
+    return p

@@ -14,16 +14,18 @@ from typing import Callable, List, Optional, Set
 
 import numpy as np
 
-from . import _core
-from .compressed import verify_frame
-from .dtypes import DT_STRING, DT_VARIANT, dtype_name, numpy_dtype
-from .errors import CheckpointError
-from .files import crc32c_of_range, read_range
-from .naming import PathLike, local_path
-from .reader import CheckpointReader, find_checkpoint, open_checkpoint
-from .records import IndexEntry
-from .slices import decode_slice_key
-from .state import get_checkpoint_state, readable_prefix
+from fastckpt import _core
+from fastckpt.bundle.compressed import verify_frame
+from fastckpt.bundle.dtypes import DT_STRING, DT_VARIANT, dtype_name, numpy_dtype
+from fastckpt.errors import CheckpointError
+from fastckpt.bundle.files import crc32c_of_range, read_range
+from fastckpt.bundle.naming import PathLike, local_path
+from fastckpt.bundle.reader import CheckpointReader
+from fastckpt.structure.tree import read_record
+from fastckpt.directory.locate import find_checkpoint, open_checkpoint
+from fastckpt.bundle.records import IndexEntry
+from fastckpt.bundle.slices import decode_slice_key
+from fastckpt.directory.state import get_checkpoint_state, readable_prefix
 
 __all__ = ["VerifyReport", "verify_checkpoint", "verify_path"]
 
@@ -91,7 +93,7 @@ def verify_checkpoint(prefix: PathLike, threads: Optional[int] = None,
                 progress(f"{report.prefix}: {report.bytes / 2**20:,.0f} MiB checked")
         if not report.problems:
             try:
-                reader.structure_record()
+                read_record(reader)
             except CheckpointError as e:
                 report.problems.append(str(e))
     return report

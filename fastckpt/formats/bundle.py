@@ -7,13 +7,14 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ..dtypes import DT_STRING, DT_VARIANT, dtype_name, numpy_dtype
-from ..errors import UnsupportedError
-from ..lazy import LazyTensor
-from ..reader import CheckpointReader, find_checkpoint, open_checkpoint
-from ..structure import STRUCTURE_KEY, with_structure_record
-from ..writer import final_files, write_bundle
-from . import Source
+from fastckpt.bundle.dtypes import DT_STRING, DT_VARIANT, dtype_name, numpy_dtype
+from fastckpt.errors import UnsupportedError
+from fastckpt.bundle.lazy import LazyTensor
+from fastckpt.bundle.reader import CheckpointReader
+from fastckpt.directory.locate import find_checkpoint, open_checkpoint
+from fastckpt.structure.tree import STRUCTURE_KEY, read_record, with_structure_record
+from fastckpt.bundle.writer import final_files, write_bundle
+from fastckpt.formats.source import Source
 
 __all__ = ["open_bundle", "write_tf", "bundle_tensors"]
 
@@ -26,7 +27,7 @@ def open_bundle(path: str, *, verify: bool = True) -> Source:
     prefix = _prefix_of(path)
     reader = CheckpointReader(prefix, verify=verify)
     try:
-        record = reader.structure_record()
+        record = read_record(reader)
         tensors = {name: _lazy(reader, name) for name in reader.tensor_names() if name != STRUCTURE_KEY}
         info = _info(reader, record)
     except BaseException:

@@ -12,10 +12,10 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import _core
-from ..fsutil import default_threads, ensure_directory, fsync_dir, io_error
-from ..locking import create_locked_temp, release_lock
-from ..writer import STAGING_BYTES, c_order_chunks
+from fastckpt import _core
+from fastckpt.storage.fsutil import default_threads, ensure_directory, fsync_dir, io_error
+from fastckpt.storage.locking import create_locked_temp, release_lock
+from fastckpt.bundle.writer import STAGING_BYTES, c_order_chunks
 
 __all__ = ["replace_all", "chunks_of", "write_at"]
 

@@ -17,10 +17,10 @@ from typing import Any, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import DataLossError, InvalidArgumentError, UnsupportedError
-from ..lazy import LazyTensor, guarded_copy
-from . import Source, open_input, tensors_only
-from .files import chunks_of, replace_all
+from fastckpt.errors import DataLossError, InvalidArgumentError, UnsupportedError
+from fastckpt.bundle.lazy import LazyTensor, guarded_copy
+from fastckpt.formats.source import Source, open_input, tensors_only
+from fastckpt.formats.files import chunks_of, replace_all
 
 __all__ = ["open_npz", "write_npz"]
 

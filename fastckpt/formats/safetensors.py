@@ -17,10 +17,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import ml_dtypes
 import numpy as np
 
-from ..errors import DataLossError, InvalidArgumentError
-from ..lazy import LazyTensor
-from . import open_input, Source, tensors_only
-from .files import replace_all, write_at
+from fastckpt.errors import DataLossError, InvalidArgumentError
+from fastckpt.bundle.lazy import LazyTensor
+from fastckpt.formats.source import open_input, Source, tensors_only
+from fastckpt.formats.files import replace_all, write_at
 
 __all__ = ["open_safetensors", "write_safetensors", "SAFETENSORS_DTYPES"]
 
@@ -203,7 +203,7 @@ def write_safetensors(dst: str, source: Source, *, num_shards: int = 1, durable:
         raise InvalidArgumentError(f"a safetensors destination ends with .safetensors, got {dst!r}")
     if num_shards == 1:
         return replace_all([(dst, lambda fh: _write_file(fh, tensors, meta))], durable)
-    groups = _split(tensors, num_shards)
+    groups = split_shards(tensors, num_shards)
     stem = dst[:-len(".safetensors")]
     names = [f"{stem}-{i + 1:05d}-of-{num_shards:05d}.safetensors" for i in range(num_shards)]
     index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values()), **meta},
@@ -224,7 +224,7 @@ def _string_metadata(metadata: Any) -> Dict[str, str]:
     return {k: v for k, v in metadata.items() if isinstance(k, str) and isinstance(v, str)}
 
 
-def _split(tensors: Dict[str, LazyTensor], n: int) -> List[Dict[str, LazyTensor]]:
+def split_shards(tensors: Dict[str, LazyTensor], n: int) -> List[Dict[str, LazyTensor]]:
     """``n`` contiguous runs of about equal bytes, in order, none empty (a
     tensor goes where its middle byte falls; never skipping a shard, never
     leaving the later ones without tensors)."""

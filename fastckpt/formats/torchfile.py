@@ -17,12 +17,13 @@ from typing import Any, Callable, Dict, List
 
 import numpy as np
 
-from ..errors import CheckpointIOError, DataLossError, InvalidArgumentError
-from ..frameworks import _ML_TO_TORCH, to_numpy
-from ..lazy import LazyTensor
-from ..structure import flatten, unflatten
-from . import OBJECT_GRAPH_KEY, Source, open_input
-from .files import replace_all
+from fastckpt.errors import CheckpointIOError, DataLossError, InvalidArgumentError
+from fastckpt.bundle.frameworks import ML_TO_TORCH, to_numpy
+from fastckpt.bundle.lazy import LazyTensor
+from fastckpt.structure.tree import flatten, unflatten
+from fastckpt.formats.source import Source, open_input
+from fastckpt.structure.objectgraph import OBJECT_GRAPH_KEY
+from fastckpt.formats.files import replace_all
 
 __all__ = ["open_torch", "write_torch"]
 
@@ -122,7 +123,7 @@ def _as_torch(arr: np.ndarray) -> Any:
     torch = _torch()
     shape = arr.shape  # (ascontiguousarray makes a 0-d array 1-d)
     arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("=") if arr.dtype.byteorder == ">" else None)
-    via = _ML_TO_TORCH.get(arr.dtype.name)
+    via = ML_TO_TORCH.get(arr.dtype.name)
     if arr.dtype.kind == "V" and via is None:
         raise InvalidArgumentError(f"PyTorch has no dtype {arr.dtype}")
     target = getattr(torch, via) if via else None

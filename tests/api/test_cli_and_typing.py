@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fastckpt
-from fastckpt.bench import gpt_like_state, parse_size, run_bench
+from fastckpt.bench.run import gpt_like_state, parse_size, run_bench
 from fastckpt.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

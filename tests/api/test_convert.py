@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fastckpt
-from fastckpt.convert import convert
+from fastckpt.formats.convert import convert
 from tests.helpers.roundtrip import assert_bit_equal
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
@@ -60,7 +60,7 @@ def _read_with_its_library(kind, path):
         return out
     if kind == "torch":
         torch = pytest.importorskip("torch")
-        from fastckpt.frameworks import to_numpy
+        from fastckpt.bundle.frameworks import to_numpy
         return {k: to_numpy(v) for k, v in torch.load(path, weights_only=True).items()}
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
@@ -73,7 +73,7 @@ def _write_with_its_library(kind, path, tensors):
         safetensors_numpy.save_file(tensors, path)
     elif kind == "torch":
         torch = pytest.importorskip("torch")
-        from fastckpt.frameworks import from_numpy
+        from fastckpt.bundle.frameworks import from_numpy
         torch.save({k: from_numpy(v.copy(), "torch") for k, v in tensors.items()}, path)
     elif kind == "npz":
         np.savez(path, **tensors)
@@ -121,7 +121,7 @@ def test_bfloat16_and_float8_where_the_format_has_them(tmp_path, dst):
     if dst == "safetensors":  # the library's numpy loader has no bfloat16/float8: its torch loader has
         torch = pytest.importorskip("torch")
         from safetensors.torch import load_file
-        from fastckpt.frameworks import to_numpy
+        from fastckpt.bundle.frameworks import to_numpy
         _assert_same({k: to_numpy(v) for k, v in load_file(out).items()}, tensors)
         assert load_file(out)["f8"].dtype == torch.float8_e4m3fn
     else:
@@ -335,16 +335,16 @@ def test_bad_arguments_are_invalid_argument_errors(tmp_path, call):
 
 
 def test_safetensors_shards_are_balanced_and_never_empty(tmp_path):
-    from fastckpt.formats.safetensors import _split
-    from fastckpt.lazy import LazyTensor
+    from fastckpt.formats.safetensors import split_shards
+    from fastckpt.bundle.lazy import LazyTensor
 
     def lazy(n):
         return LazyTensor(np.dtype(np.uint8), (n,), lambda: np.zeros(n, np.uint8))
     for sizes, n in (([16, 64], 2), ([1000, 1, 1, 1], 3), ([1, 1, 1, 1000], 3), ([5] * 10, 4), ([7], 1)):
-        groups = _split({f"t{i}": lazy(s) for i, s in enumerate(sizes)}, n)
+        groups = split_shards({f"t{i}": lazy(s) for i, s in enumerate(sizes)}, n)
         assert len(groups) == n and all(groups), (sizes, groups)
         assert [k for g in groups for k in g] == [f"t{i}" for i in range(len(sizes))]
-    assert [len(g) for g in _split({f"t{i}": lazy(5) for i in range(10)}, 4)] in ([3, 2, 3, 2], [2, 3, 2, 3],
+    assert [len(g) for g in split_shards({f"t{i}": lazy(5) for i in range(10)}, 4)] in ([3, 2, 3, 2], [2, 3, 2, 3],
                                                                                    [3, 3, 2, 2], [2, 3, 3, 2])
     fastckpt.write_bundle(str(tmp_path / "two"), {"a": np.ones(2), "b": np.ones(2)})
     with pytest.raises(fastckpt.InvalidArgumentError, match="cannot cut 2 tensor"):
@@ -355,7 +355,7 @@ KILLED_CONVERSION = """
 import os, signal, sys
 import fastckpt
 import importlib
-convert_mod = importlib.import_module("fastckpt.convert")  # (fastckpt.convert is the function)
+convert_mod = importlib.import_module("fastckpt.formats.convert")
 from fastckpt.formats import files as files_mod
 src, dst, where = sys.argv[1:4]
 if where == "scratch":  # killed while the temporary plain bundle is being read back

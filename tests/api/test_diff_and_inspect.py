@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import fastckpt
-from fastckpt.convert import convert
-from fastckpt.diff import PIECE_ELEMENTS
+from fastckpt.formats.convert import convert
+from fastckpt.formats.diff import PIECE_ELEMENTS
 
 
 def _cli(*args):
@@ -79,7 +79,7 @@ def test_diff_json_and_identical_copies_in_every_format(pair):
 
 def test_diff_compares_large_tensors_in_pieces(tmp_path, monkeypatch):
     import importlib
-    diff_mod = importlib.import_module("fastckpt.diff")  # (fastckpt.diff is the function)
+    diff_mod = importlib.import_module("fastckpt.formats.diff")
     monkeypatch.setattr(diff_mod, "PIECE_ELEMENTS", 1000)
     a = np.arange(10_000, dtype=np.float32).reshape(100, 100)
     b = a.copy()

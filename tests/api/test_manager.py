@@ -72,7 +72,7 @@ def test_background_error_surfaces_on_wait_and_next_save(tmp_path, monkeypatch):
 
     def failing(*a, **k):
         raise boom
-    monkeypatch.setattr(fastckpt.commit, "stage_bundle", failing)
+    monkeypatch.setattr(fastckpt.directory.commit, "stage_bundle", failing)
     fut = mgr.save(state(2.0), 2, blocking=False)
     with pytest.raises(fastckpt.CheckpointIOError, match="injected"):
         mgr.wait()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastckpt
-from fastckpt.naming import checkpoint_files
+from fastckpt.bundle.naming import checkpoint_files
 
 STATE = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(3)}
 
@@ -91,7 +91,7 @@ def test_only_managed_files_are_deleted(tmp_path):
 
 def test_keep_checkpoint_every_n_hours_preserves(tmp_path, monkeypatch):
     clock = [1_000_000.0]
-    monkeypatch.setattr(fastckpt.retention.time, "time", lambda: clock[0])
+    monkeypatch.setattr(fastckpt.directory.retention.time, "time", lambda: clock[0])
     saver = fastckpt.Saver(max_to_keep=1, keep_checkpoint_every_n_hours=1)
     for step in range(4):
         clock[0] += 1800  # half an hour per save

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastckpt
-from fastckpt.convert import convert
+from fastckpt.formats.convert import convert
 
 tf = pytest.importorskip("tensorflow")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")

@@ -160,7 +160,7 @@ def watch_commits_until(directory: str, stop_file: str, result_file: str) -> Non
     the state file sees (counted). Writes 'good bad foreign_staged' and
     the errors to ``result_file``."""
     import fastckpt
-    from fastckpt.state import parse_checkpoint_state
+    from fastckpt.directory.state import parse_checkpoint_state
 
     good = bad = foreign = 0
     errors = []

@@ -97,7 +97,7 @@ def arm_kill(point, rank):
     starts or after writing its data file, or rank 0 as it begins the commit
     (the merged index written, the state file not yet touched)."""
     import fastckpt.collective as collective
-    import fastckpt.commit as commit
+    import fastckpt.directory.commit as commit
 
     def die(*_a, **_k):
         os.kill(os.getpid(), signal.SIGKILL)
@@ -196,12 +196,12 @@ def main():
             assert torch.equal(into[k].full_tensor(), v), k
         # fastckpt's offset of a 1-D Shard(dim) placement is PyTorch's, uneven and empty parts included
         from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-        from fastckpt.frameworks import _one_dim_shard_offset
+        from fastckpt.bundle.frameworks import one_dim_shard_offset
         for rows in range(0, 11):
             for dim in (0, 1, -1):
                 t = distribute_tensor(torch.zeros(rows, 3), mesh, [DShard(dim)])
                 want = tuple(compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)[1])
-                assert _one_dim_shard_offset(t, t.to_local()) == want, (rows, dim)
+                assert one_dim_shard_offset(t, t.to_local()) == want, (rows, dim)
     elif scenario == "async":
         mgr = fastckpt.CheckpointManager(directory, comm=comm, max_to_keep=2)
         for step in range(1, 4):

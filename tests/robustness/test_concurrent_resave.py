@@ -9,7 +9,7 @@ import pytest
 import fastckpt
 from tests.helpers import crash_child
 from tests.helpers.races import resave_beside, result_of
-from fastckpt.locking import is_leftover
+from fastckpt.storage.locking import is_leftover
 
 pytestmark = pytest.mark.no_sanitizer  # runs its own processes and preloads; slow under ASan
 
@@ -41,7 +41,7 @@ def test_a_resave_while_a_reader_opens_never_mixes_generations(tmp_path, monkeyp
     generation whole: the new one, with its own values, or refuse."""
     import numpy as np
 
-    from fastckpt import reader as reader_mod
+    from fastckpt.bundle import reader as reader_mod
 
     prefix = str(tmp_path / "ck")
     old = {"w": np.arange(100_000, dtype=np.float32), "b": np.zeros(7, np.int64)}

@@ -99,9 +99,9 @@ def test_a_source_truncated_while_it_is_read_is_data_loss(tmp_path, fmt, dst):
 
     def run():
         if dst == "diff":
-            _truncate_after_open("fastckpt.diff", victim, path)
+            _truncate_after_open("fastckpt.formats.diff", victim, path)
             return fastckpt.diff(path, other).equal
-        _truncate_after_open("fastckpt.convert", victim, path)
+        _truncate_after_open("fastckpt.formats.convert", victim, path)
         out = str(tmp_path / DESTINATIONS[dst])
         return fastckpt.convert(path, out, compression="zstd" if dst == "tf-zstd" else None)
     sig, result = in_child(run)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fastckpt
-from fastckpt.lazy import LazyTensor
+from fastckpt.bundle.lazy import LazyTensor
 
 pytestmark = [pytest.mark.no_sanitizer,  # ASan reserves terabytes of shadow memory: no RLIMIT_DATA under it
               pytest.mark.deep]  # 2 GiB through every format
@@ -41,7 +41,7 @@ CHILD = textwrap.dedent("""
     resource.setrlimit(resource.RLIMIT_DATA, ({limit}, {limit}))
     import numpy as np
     import fastckpt
-    from fastckpt.convert import convert
+    from fastckpt.formats.convert import convert
     d, steps = sys.argv[1], sys.argv[2].split(";")
     src = os.path.join(d, "big")
     def check(b):

@@ -65,14 +65,14 @@ def test_sigkill_at_random_moments(tmp_path, ctx, counts):
         p.kill()
         p.join()
         assert p.exitcode == -9, p.exitcode
-        leftovers = [n for n in os.listdir(d) if fastckpt.locking.is_leftover(n)]
+        leftovers = [n for n in os.listdir(d) if fastckpt.storage.locking.is_leftover(n)]
         mid_save += bool(leftovers)
         latest = check_directory(d, logged_steps(log))
         survived += 1
         step = step_of(latest) + 1 if latest else step
     # one more save cleans every leftover of the killed ones
     fastckpt.Saver(max_to_keep=3).save(crash_child.state_for(step), str(d / "model"), global_step=step)
-    assert not [n for n in os.listdir(d) if fastckpt.locking.is_leftover(n)]
+    assert not [n for n in os.listdir(d) if fastckpt.storage.locking.is_leftover(n)]
     assert check_directory(d, logged_steps(log) + [step]) == str(d / f"model-{step}")
     counts["kills survived"] = survived
     counts["kills that left a save half-written"] = mid_save
@@ -92,7 +92,7 @@ def test_concurrent_savers_never_corrupt_the_state(tmp_path, ctx, counts):
         if st is not None:
             polls += 1
             latest = st.model_checkpoint_path
-            if not fastckpt.state.checkpoint_exists(latest):
+            if not fastckpt.directory.state.checkpoint_exists(latest):
                 # only acceptable if a newer state replaced it meanwhile
                 assert fastckpt.get_checkpoint_state(str(d)).model_checkpoint_path != latest
         time.sleep(0.001)
@@ -102,14 +102,14 @@ def test_concurrent_savers_never_corrupt_the_state(tmp_path, ctx, counts):
     st = fastckpt.get_checkpoint_state(str(d))
     assert len(st.all_model_checkpoint_paths) == 4
     assert all(fastckpt.verify_checkpoint(p).ok for p in st.all_model_checkpoint_paths)
-    assert not [n for n in os.listdir(d) if fastckpt.locking.is_leftover(n)]
+    assert not [n for n in os.listdir(d) if fastckpt.storage.locking.is_leftover(n)]
     counts["concurrent state-file polls"] = polls
 
 
 def test_temp_file_removed_before_it_was_locked_is_recreated(tmp_path, monkeypatch):
     """If a cleaner deletes a brand-new temporary before its writer holds the
     lock, the writer notices (no links left) and creates another one."""
-    from fastckpt import locking
+    from fastckpt.storage import locking as locking
     names = iter([str(tmp_path / "a.tmp0"), str(tmp_path / "b.tmp0")])
     real_flock = locking.fcntl.flock
     calls = {"n": 0}

@@ -58,7 +58,7 @@ def test_injected_errors_leave_previous_checkpoint(tmp_path, monkeypatch, where,
         if fail:
             raise OSError(err, os.strerror(err))
         return real(*args, **kwargs)
-    monkeypatch.setattr(fastckpt.writer.os, name, failing)
+    monkeypatch.setattr(fastckpt.bundle.writer.os, name, failing)
     with pytest.raises(fastckpt.CheckpointIOError) as e:
         saver.save(LARGE, str(tmp_path / "m"), global_step=2)
     monkeypatch.undo()
@@ -78,7 +78,7 @@ def test_state_file_write_failure_keeps_old_state(tmp_path, monkeypatch):
         if os.path.basename(str(dst)) == "checkpoint":
             raise OSError(errno.EIO, "injected")
         return real(src, dst)
-    monkeypatch.setattr(fastckpt.state.os, "replace", failing)
+    monkeypatch.setattr(fastckpt.directory.state.os, "replace", failing)
     with pytest.raises(fastckpt.CheckpointIOError) as e:
         saver.save(SMALL, str(tmp_path / "m"), global_step=2)
     monkeypatch.undo()

@@ -17,7 +17,7 @@ import pytest
 
 import fastckpt
 from fastckpt import _core
-from fastckpt.objectgraph import OBJECT_GRAPH_KEY, TrackableObject, encode_object_graph
+from fastckpt.structure.objectgraph import OBJECT_GRAPH_KEY, TrackableObject, encode_object_graph
 
 pytestmark = pytest.mark.no_sanitizer  # subprocesses and memory measurements
 

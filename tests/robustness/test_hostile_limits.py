@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 import fastckpt
-from fastckpt.state import parse_checkpoint_state
+from fastckpt.directory.state import parse_checkpoint_state
 
 
 def test_string_count_claim_costs_no_memory(tmp_path):

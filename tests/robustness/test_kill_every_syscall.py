@@ -20,7 +20,7 @@ import sys
 import pytest
 
 import fastckpt
-from fastckpt.locking import is_leftover
+from fastckpt.storage.locking import is_leftover
 from tests.helpers.kill_scenario import contents
 from tests.helpers.roundtrip import assert_bit_equal
 

@@ -106,14 +106,14 @@ def test_fork_during_a_background_save(tmp_path, monkeypatch):
     mgr.save(SMALL, 1)
     parent = os.getpid()
     inside, release = threading.Event(), threading.Event()
-    real = fastckpt.commit.install_bundle
+    real = fastckpt.directory.commit.install_bundle
 
     def slow_install(*a, **k):
         if os.getpid() == parent:
             inside.set()
             release.wait(60)
         return real(*a, **k)
-    monkeypatch.setattr(fastckpt.commit, "install_bundle", slow_install)
+    monkeypatch.setattr(fastckpt.directory.commit, "install_bundle", slow_install)
     fut = mgr.save(SMALL, 2, blocking=False)
     assert inside.wait(30)  # the background save holds the directory lock now
     r, w = os.pipe()

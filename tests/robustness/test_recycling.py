@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fastckpt
-from fastckpt.locking import is_leftover
+from fastckpt.storage.locking import is_leftover
 from tests.helpers import crash_child
 from tests.helpers.races import resave_beside, result_of
 
@@ -23,7 +23,7 @@ def _state(seed, n=4, size=50_000):
 
 
 def _inodes(prefix):
-    return {f: os.stat(f).st_ino for f in fastckpt.naming.checkpoint_files(prefix) if ".data-" in f}
+    return {f: os.stat(f).st_ino for f in fastckpt.bundle.naming.checkpoint_files(prefix) if ".data-" in f}
 
 
 def _assert_clean(d):
@@ -52,7 +52,7 @@ def test_a_recycled_save_rewrites_the_victims_files_in_place(tmp_path, shape):
     got = fastckpt.restore(str(tmp_path / "m-3"))
     assert all(np.array_equal(got[k], state[k]) for k in state)
     assert fastckpt.verify_checkpoint(str(tmp_path / "m-3")).ok and fastckpt.verify_checkpoint(str(tmp_path / "m-2")).ok
-    sizes = [os.path.getsize(f) for f in fastckpt.naming.checkpoint_files(str(tmp_path / "m-3")) if ".data-" in f]
+    sizes = [os.path.getsize(f) for f in fastckpt.bundle.naming.checkpoint_files(str(tmp_path / "m-3")) if ".data-" in f]
     assert sum(sizes) < 4 * size[1] * 4 + 4096  # no bytes of the victim left past the new data
     assert not os.path.exists(tmp_path / "m-1.index")
     _assert_clean(tmp_path)
@@ -150,8 +150,8 @@ def test_a_reader_meeting_a_file_being_rewritten_waits_then_says_so(tmp_path, mo
     import functools
     import time
 
-    from fastckpt import files as files_mod
-    from fastckpt.locking import claim_exclusive, release_lock
+    from fastckpt.bundle import files as files_mod
+    from fastckpt.storage.locking import claim_exclusive, release_lock
     fastckpt.write_bundle(str(tmp_path / "m"), _state(1))
     fd = claim_exclusive(str(tmp_path / "m.data-00000-of-00001"))
     assert fd is not None

@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, strategies as st
 
 import fastckpt
-from fastckpt.objectgraph import (OBJECT_GRAPH_KEY, TrackableObject, encode_object_graph, object_paths,
+from fastckpt.structure.objectgraph import (OBJECT_GRAPH_KEY, TrackableObject, encode_object_graph, object_paths,
                                   parse_object_graph)
 
 
@@ -75,7 +75,7 @@ def test_hostile_shapes_cost_little(tmp_path):
     work, and a DataLossError rather than a crash for the deep one."""
     import time
 
-    from fastckpt.objectgraph import object_tree
+    from fastckpt.structure.objectgraph import object_tree
     n = 200
     diamonds = [TrackableObject(children=[(i + 1, "a"), (i + 1, "b")]) for i in range(n)]
     diamonds.append(TrackableObject(attributes=[("VARIABLE_VALUE", "", "k")]))

@@ -3,13 +3,13 @@
 import pytest
 from hypothesis import given, strategies as st
 
-from fastckpt.slices import _signed_num_increasing, decode_slice_key, encode_slice_key
+from fastckpt.bundle.slices import signed_num_increasing, decode_slice_key, encode_slice_key
 
 
 @pytest.mark.parametrize("v,hexed", [(0, "80"), (2, "82"), (-1, "7f"), (64, "c040"), (8191, "dfff"),
                                      (8192, "e02000"), (70000000, "f42c1d80"), (-65, "3fbf")])
 def test_signed_num_increasing(v, hexed):
-    assert _signed_num_increasing(v).hex() == hexed
+    assert signed_num_increasing(v).hex() == hexed
 
 
 def test_spec_example_key():
@@ -25,5 +25,5 @@ def test_roundtrip(name, extents):
 
 @given(st.integers(-2**63, 2**63 - 1), st.integers(-2**63, 2**63 - 1))
 def test_order_preserving(a, b):
-    ea, eb = _signed_num_increasing(a), _signed_num_increasing(b)
+    ea, eb = signed_num_increasing(a), signed_num_increasing(b)
     assert (a < b) == (ea < eb)

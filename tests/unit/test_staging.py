@@ -10,7 +10,7 @@ from hypothesis.extra import numpy as hnp
 
 import fastckpt
 from fastckpt import _core
-from fastckpt.writer import c_order_chunks
+from fastckpt.bundle.writer import c_order_chunks
 from tests.helpers.roundtrip import assert_bit_equal
 
 

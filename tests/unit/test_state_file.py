@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import fastckpt
-from fastckpt.state import (CheckpointState, format_checkpoint_state, parse_checkpoint_state,
+from fastckpt.directory.state import (CheckpointState, format_checkpoint_state, parse_checkpoint_state,
                             update_checkpoint_state)
 
 MANAGER_TEXT = """model_checkpoint_path: "ckpt-4"

@@ -1,0 +1,111 @@
+"""File names of a checkpoint (TensorFlow's naming, byte for byte)."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, List, Union
+from urllib.parse import unquote, urlsplit
+
+from fastckpt._version import __version__
+from fastckpt.errors import InvalidArgumentError
+
+__all__ = ["index_filename", "data_filename", "resolve_prefix", "checkpoint_files",
+           "step_suffix", "PathLike", "local_path"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_DATA_SUFFIX = re.compile(r"\.data-\d{5,}-of-\d{5,}$")
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://")
+
+
+def local_path(path: Any, what: str = "path") -> str:
+    """``path`` (str, bytes or ``os.PathLike``) as a local file-system path.
+
+    ``file://`` URLs become the path they name (``file:///abs/x``,
+    ``file://localhost/abs/x``, percent-escapes decoded). Any other URL
+    (``s3://``, ``gs://``, ``hdfs://``, ``http://``...) is refused with
+    :class:`InvalidArgumentError`: fastckpt reads and writes local paths
+    only, and a URL taken for a relative directory would write the
+    checkpoint to ``./s3:/bucket/...`` on a disk that goes away with the VM.
+    """
+    try:
+        p = os.fspath(path)
+    except TypeError:
+        raise InvalidArgumentError(f"{what} must be a str or os.PathLike, got {type(path).__name__}") from None
+    if not isinstance(p, str):
+        p = os.fsdecode(p)
+    m = _URL.match(p)
+    if m is None:
+        return p
+    scheme = m.group(1).lower()
+    if scheme == "file":
+        parts = urlsplit(p)
+        if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+            raise InvalidArgumentError(f"{what} {p!r}: only file:///path and file://localhost/path URLs name local files")
+        return unquote(parts.path)
+    raise InvalidArgumentError(f"{what} {p!r} is a URL ({scheme}://): fastckpt {__version__} reads and writes local "
+                               "paths only (object stores are not supported yet); nothing was read or written")
+
+
+def index_filename(prefix: str) -> str:
+    """``PREFIX.index``."""
+    return prefix + ".index"
+
+
+def data_filename(prefix: str, shard: int, num_shards: int) -> str:
+    """``PREFIX.data-SSSSS-of-NNNNN`` (each number at least 5 digits)."""
+    return f"{prefix}.data-{shard:05d}-of-{num_shards:05d}"
+
+
+def checkpoint_files(prefix: str) -> List[str]:
+    """The files of checkpoint ``prefix`` that exist: ``.index``, every
+    ``.data-SSSSS-of-NNNNN`` and ``.meta`` (matched exactly, no globbing)."""
+    directory = os.path.dirname(prefix) or "."
+    base = os.path.basename(prefix)
+    pattern = re.compile(re.escape(base) + r"(\.index|\.meta|\.data-\d{5,}-of-\d{5,})\Z")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return [os.path.join(os.path.dirname(prefix), n) for n in sorted(names) if pattern.match(n)]
+
+
+def step_suffix(global_step: Any) -> str:
+    """The decimal text of a global step: an int, a 0-d integer array or a
+    framework scalar (not a bool); :class:`InvalidArgumentError` otherwise."""
+    import operator
+
+    if isinstance(global_step, bool):
+        raise InvalidArgumentError(f"global_step must be an integer, got {global_step!r}")
+    try:
+        return str(operator.index(global_step))
+    except TypeError:
+        pass
+    try:  # a 0-d array or a framework scalar
+        import numpy as np
+
+        arr = np.asarray(global_step)
+        if arr.ndim == 0 and arr.dtype.kind in "iu":
+            return str(int(arr))
+    except Exception:
+        pass
+    raise InvalidArgumentError(f"global_step must be an integer, got {global_step!r}")
+
+
+def resolve_prefix(path: PathLike) -> str:
+    """The checkpoint prefix of ``path``.
+
+    Accepts the prefix itself and, since users often pass them, the path of
+    its ``.index`` or of one of its data files (``X.index`` and
+    ``X.data-00000-of-00001`` both give ``X``) when the literal path is not a
+    prefix itself. No globbing: ``[`` in directory names is just a character.
+    """
+    p = local_path(path)
+    if os.path.exists(index_filename(p)):
+        return p
+    for stripped in (p[: -len(".index")] if p.endswith(".index") else None,
+                     _DATA_SUFFIX.sub("", p) if _DATA_SUFFIX.search(p) else None):
+        if stripped and os.path.exists(index_filename(stripped)):
+            return stripped
+    return p

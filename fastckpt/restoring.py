@@ -1,0 +1,129 @@
+"""The one restore path: a checkpoint back in the structure it was saved
+in (the structure record), as TensorFlow 2's object tree, or as a flat dict;
+into live objects (``into=``) or fresh; from one process or every process of
+a communicator. The bundle reader below knows nothing of structure."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Mapping, MutableMapping, Optional, Tuple
+
+import numpy as np
+
+from fastckpt.bundle.frameworks import is_array, to_numpy
+from fastckpt.bundle.naming import PathLike
+from fastckpt.bundle.reader import CheckpointReader
+from fastckpt.bundle.readplan import find_entry
+from fastckpt.bundle.slices import Shard
+from fastckpt.collective import agreed
+from fastckpt.comm import as_communicator
+from fastckpt.directory.locate import open_checkpoint
+from fastckpt.directory.state import latest_checkpoint
+from fastckpt.errors import InvalidArgumentError, NotFoundError
+from fastckpt.structure.objectgraph import OBJECT_GRAPH_KEY, restore_object_tree
+from fastckpt.structure.tree import leaf_targets, read_record, unflatten
+
+__all__ = ["restore_structure", "read_meta", "restore_latest"]
+
+
+def read_meta(prefix: PathLike) -> Dict[str, Any]:
+    """The structure record (``structure``, ``leaves`` with dtype and shape,
+    ``metadata``) of a checkpoint written by :func:`fastckpt.save`, checked
+    against the index, reading no other tensor. Raises
+    :class:`NotFoundError` when the checkpoint has none (TensorFlow's, or a
+    flat dict of arrays saved without metadata)."""
+    with CheckpointReader(prefix) as reader:
+        record = read_record(reader)
+    if record is None:
+        raise NotFoundError(f"checkpoint {reader.prefix!r} has no structure record (not written by fastckpt's "
+                            "save from nested state or with metadata)")
+    return record
+
+
+def restore_structure(prefix: PathLike, into: Optional[Any] = None, *, verify: bool = True,
+                      threads: Optional[int] = None, comm: Any = None, timeout: Optional[float] = None) -> Any:
+    """Read checkpoint ``prefix`` (a prefix, or a directory: its latest
+    checkpoint) back in the structure it was saved in, every leaf of the
+    type it had (PyTorch, JAX and TensorFlow tensors as tensors of their
+    framework when it is installed); checkpoints without a structure record
+    come back as TensorFlow wrote them: a TensorFlow 2 checkpoint as the
+    object tree of its object graph (:mod:`fastckpt.structure.objectgraph`), any other
+    as a flat dict.
+
+    With ``into`` (the saved structure or part of it, or a flat dict), its
+    arrays and tensors are filled in place, and the whole restored structure
+    is returned with ``into``'s own objects in their places: the non-array
+    leaves (ints, strings, None) and the tensors ``into`` lacks (an
+    optimizer's state before its first step) come from the checkpoint.
+    Shapes and dtypes are checked before anything is read; an array of
+    ``into`` that the checkpoint does not hold is an error.
+
+    :class:`~fastckpt.Shard` leaves of ``into`` are filled with their region
+    of the global tensor, whatever slicing the checkpoint was saved with.
+    With ``comm``, every process restores its own part and they agree that
+    all succeeded (a failure anywhere raises everywhere).
+    """
+    if comm is None:
+        return open_checkpoint(prefix, lambda p: _restore_from(p, into, verify, threads))
+    communicator = as_communicator(comm, timeout)
+    assert communicator is not None
+    communicator.begin()
+    return agreed(communicator, "restoring",
+                  lambda: open_checkpoint(prefix, lambda p: _restore_from(p, into, verify, threads)))
+
+
+def _restore_from(prefix: str, into: Optional[Any], verify: bool, threads: Optional[int]) -> Any:
+    with CheckpointReader(prefix, verify=verify, threads=threads) as reader:
+        record = read_record(reader)
+        if record is None:  # a TensorFlow checkpoint: its object tree (TensorFlow 2), or a flat dict
+            if reader.has_tensor(OBJECT_GRAPH_KEY):
+                return restore_object_tree(reader, into)
+            return _restore_flat(reader, into)
+        tree, leaves = record["structure"], record["leaves"]
+        if into is None:
+            return unflatten(tree, reader.read(list(leaves)), leaves)
+        targets, owners = leaf_targets(tree, into)
+        fresh = reader.read([n for n in leaves if n not in targets])
+        _fill(reader, targets)
+        return unflatten(tree, fresh, leaves, owners)
+
+
+def _fill(reader: Any, targets: Mapping[str, Any]) -> None:
+    """Fill arrays in place (checked before anything is read), and Shards'
+    local parts with their region of the global tensor."""
+    parts = {n: t for n, t in targets.items() if isinstance(t, Shard)}
+    for name, part in parts.items():  # checked before any read, like the whole ones
+        stored = tuple(find_entry(reader.index, reader.prefix, name)[1].shape)
+        if tuple(part.global_shape) != stored:
+            raise InvalidArgumentError(f"into: {name!r} is a Shard of global shape {list(part.global_shape)}, "
+                                       f"the checkpoint's tensor has shape {list(stored)}")
+    reader.read(into={n: t for n, t in targets.items() if n not in parts})
+    for name, part in parts.items():
+        local = to_numpy(part.local)
+        if local.flags.c_contiguous and local.flags.writeable:
+            reader.read_region(name, part.offset, part.shape, out=local)
+        else:
+            np.copyto(local, reader.read_region(name, part.offset, part.shape))
+
+
+def _restore_flat(reader: Any, into: Optional[Any]) -> Dict[str, Any]:
+    if into is None:
+        return reader.read()
+    if not isinstance(into, Mapping):
+        raise InvalidArgumentError(f"into: this checkpoint holds a flat dict of tensors, not a {type(into).__name__}")
+    targets: MutableMapping[str, Any] = {k: v if isinstance(v, Shard) else to_numpy(v) for k, v in into.items()
+                                         if is_array(v) or isinstance(v, Shard)}
+    fresh = reader.read([n for n in reader.tensor_names() if n not in targets])
+    _fill(reader, targets)
+    return {n: into[n] if n in targets else fresh[n] for n in reader.tensor_names()}
+
+
+def restore_latest(directory: str, into: Any, threads: Optional[int]) -> Optional[Tuple[str, Any]]:
+    """Restore the directory's latest checkpoint into ``into``: its prefix and
+    the restored structure (None without one), even while saves replace it."""
+    if not os.path.isdir(directory) or latest_checkpoint(directory) is None:
+        return None
+
+    def use(prefix: str) -> Tuple[str, Any]:
+        return prefix, restore_structure(prefix, into=into, threads=threads)
+    return open_checkpoint(directory, use)

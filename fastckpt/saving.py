@@ -1,0 +1,174 @@
+"""The one save path: ``fastckpt.save``, ``Saver.save`` and
+``CheckpointManager.save`` all flatten the state once
+(:func:`flatten_state`) and hand it to :func:`write_checkpoint` with one
+checked :class:`SaveOptions` record and a :class:`Listing` (what the
+directory's state file does with the new checkpoint)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional
+
+import numpy as np
+
+from fastckpt.bundle.naming import PathLike, local_path
+from fastckpt.bundle.reader import CheckpointReader
+from fastckpt.bundle.slices import Shard
+from fastckpt.bundle.writer import check_options, compression_setting
+from fastckpt.collective import LocalCommunicator, agreed, save_collective
+from fastckpt.comm import Communicator
+from fastckpt.directory.commit import committer, recover_directory, save_checkpoint
+from fastckpt.directory.locate import open_checkpoint
+from fastckpt.directory.retention import Retention
+from fastckpt.errors import InvalidArgumentError
+from fastckpt.structure.objectgraph import object_graph_tensors, template_tensors
+from fastckpt.structure.tree import flatten, non_tensor_values, with_structure_record
+
+__all__ = ["SaveOptions", "Listing", "FlatState", "flatten_state", "object_graph_state", "write_checkpoint",
+           "check_flag", "resolve_options"]
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """``value`` if it is a bool, else :class:`InvalidArgumentError` naming ``name``."""
+    if type(value) is not bool:
+        raise InvalidArgumentError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class SaveOptions:
+    """How a checkpoint is written, checked when it is made.
+
+    ``durable``: fsync data, index and directory before the checkpoint is
+    named. ``num_shards``: data files of a one-process save.
+    ``alignment``: tensor offsets rounded up to this many bytes.
+    ``threads``: writer threads (None: the machine's cores).
+    ``compression="zstd"`` with ``compression_level`` (-7..22): byte-plane
+    zstd frames (:func:`fastckpt.write_bundle`). ``recycle``: rewrite the
+    data files of the checkpoint retention drops instead of new ones.
+    """
+
+    durable: bool = True
+    num_shards: int = 1
+    alignment: int = 1
+    threads: Optional[int] = None
+    compression: Optional[str] = None
+    compression_level: int = 1
+    recycle: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "durable", bool(self.durable))
+        check_flag(self.recycle, "recycle")
+        check_options(self.num_shards, self.alignment, self.threads)
+        compression_setting(self.compression, self.compression_level)
+
+    @property
+    def zstd_level(self) -> Optional[int]:
+        """The zstd level, or None for payloads stored as they are."""
+        return compression_setting(self.compression, self.compression_level)
+
+    def replace(self, **changes: Any) -> "SaveOptions":
+        """A copy with ``changes``, checked again."""
+        return dataclasses.replace(self, **changes)
+
+
+_DEFAULTS = SaveOptions()
+
+
+def resolve_options(options: Optional[SaveOptions], **given: Any) -> SaveOptions:
+    """``options``, or the record the keyword arguments make; both at once is
+    an error unless the keywords are all at their defaults."""
+    if options is None:
+        return SaveOptions(**given)
+    if not isinstance(options, SaveOptions):
+        raise InvalidArgumentError(f"options must be a fastckpt.SaveOptions, got {type(options).__name__}")
+    changed = [k for k, v in given.items() if v != getattr(_DEFAULTS, k)]
+    if changed:
+        raise InvalidArgumentError(f"pass either options= or {', '.join(changed)}, not both")
+    return options
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What the directory's state file does with a new checkpoint: list it
+    in ``state_name`` and apply ``retain`` (``write_state=True``), or
+    nothing (``fastckpt.save``: the checkpoint is renamed into place)."""
+
+    retain: Any = dataclasses.field(default_factory=Retention)
+    state_name: str = "checkpoint"
+    write_state: bool = True
+
+
+class FlatState(NamedTuple):
+    """A state flattened once: tensors by joined path, the tree (None for a
+    flat dict of arrays without metadata), the metadata, and ``extra``
+    tensors stored beside the structure record (a TensorFlow 2 object graph)."""
+
+    leaves: Mapping[str, Any]
+    tree: Any
+    metadata: Any = None
+    extra: Optional[Mapping[str, Any]] = None
+
+
+def flatten_state(state: Any, metadata: Any, comm: Optional[Communicator] = None) -> FlatState:
+    """``state`` flattened: a plain dict of numpy arrays with no metadata
+    needs no structure record (it restores as the same flat dict). With
+    ``comm``, a state one process cannot flatten fails on every process."""
+    if comm is not None:
+        return agreed(comm, "describing the state", lambda: flatten_state(state, metadata))
+    if (metadata is None and type(state) is dict and all(type(v) is np.ndarray for v in state.values())
+            and all(type(k) is str for k in state)):
+        return FlatState(state, None, None)
+    if isinstance(state, Mapping) and not state:
+        return FlatState({}, {"dict": []} if metadata is not None else None, metadata)
+    leaves, tree = flatten(state)
+    return FlatState(leaves, tree, metadata)
+
+
+def object_graph_state(state: Any, metadata: Any, template: Optional[PathLike]) -> FlatState:
+    """The tensors to save for ``object_graph=True`` (or ``template``): a
+    TensorFlow 2 object graph of the state (or the template's keys)."""
+    flat = flatten_state(state, None)
+    if template is not None:
+        if metadata is not None:
+            raise InvalidArgumentError("a save with template= stores the template's keys only: no metadata")
+        values = non_tensor_values(flat.tree)
+        if values:
+            raise InvalidArgumentError(f"template=: the state holds non-tensor values ({', '.join(values[:5])}); "
+                                       "a TensorFlow 2 checkpoint holds only variables")
+        def use(prefix: str) -> Dict[str, Any]:
+            with CheckpointReader(prefix) as reader:
+                return template_tensors(flat.leaves, reader)
+        return FlatState(open_checkpoint(local_path(template, "template"), use), None)
+    leaves, tree, extra = object_graph_tensors(flat.leaves, flat.tree)
+    return FlatState(leaves, tree, metadata, extra)
+
+
+def write_checkpoint(flat: FlatState, prefix: str, options: SaveOptions, listing: Listing,
+                     comm: Optional[Communicator] = None) -> List[str]:
+    """Write ``flat`` as checkpoint ``prefix`` and list it; returns the
+    prefixes listed afterwards. One process (the commit of
+    :mod:`fastckpt.directory.commit`), or every process of ``comm`` (which
+    the caller has begun) -- also one process whose state holds
+    :class:`~fastckpt.Shard` parts (:mod:`fastckpt.collective`)."""
+    if comm is None and not any(isinstance(v, Shard) for v in flat.leaves.values()):
+        tensors: Dict[str, Any] = dict(with_structure_record(flat.leaves, flat.tree, flat.metadata))
+        if flat.extra:
+            tensors.update(flat.extra)
+        return save_checkpoint(prefix, tensors, retain=listing.retain, durable=options.durable,
+                               num_shards=options.num_shards, alignment=options.alignment, threads=options.threads,
+                               state_name=listing.state_name, write_state=listing.write_state,
+                               zstd_level=options.zstd_level, recycle=options.recycle)
+    if options.num_shards != 1:
+        raise InvalidArgumentError("a checkpoint saved by several processes has one data file per process: "
+                                   "num_shards must be 1")
+    if options.recycle:
+        raise InvalidArgumentError("recycle=True is for one-process saves: with comm= every process writes new files")
+    def prepare(directory: str) -> Any:
+        return recover_directory(directory, listing.state_name, durable=options.durable, tidy_state=False)
+    return save_collective((flat.leaves, flat.tree), prefix, comm if comm is not None else LocalCommunicator(),
+                           metadata=flat.metadata, durable=options.durable, alignment=options.alignment,
+                           zstd_level=options.zstd_level, threads=options.threads,
+                           commit=committer(prefix, listing.retain, listing.state_name, listing.write_state),
+                           prepare_directory=prepare if listing.write_state else None)

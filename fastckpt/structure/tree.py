@@ -1,0 +1,525 @@
+"""Nested state and its structure record.
+
+``save`` accepts nested dicts, lists and tuples of arrays and scalars; each
+leaf is stored under its joined path (``"layer/0/kernel"``). The tree, each
+leaf's dtype and shape, and the caller's metadata are recorded as JSON in
+one more tensor of the bundle, ``_FASTCKPT_STRUCTURE`` (uint8), in the
+spirit of TensorFlow 2's ``_CHECKPOINTABLE_OBJECT_GRAPH``: the bundle's
+checksums and atomic commit cover it, and TensorFlow reads it as an
+ordinary tensor. On reading, the record is checked strictly against the
+index (every leaf present, with its dtype and shape) before it is trusted.
+Framework tensors (PyTorch, JAX, TensorFlow) are taken as they are, through
+their numpy views, and never imported unless the caller passes them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import OrderedDict
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
+
+import numpy as np
+
+from fastckpt.errors import DataLossError, InvalidArgumentError, UnsupportedError
+from fastckpt.bundle.frameworks import dtensor_part, framework_of, from_numpy, is_array, is_dtensor, to_numpy
+from fastckpt.bundle.lazy import LazyTensor
+from fastckpt.bundle.dtypes import DT_VARIANT, numpy_dtype
+from fastckpt.bundle.naming import index_filename
+from fastckpt.bundle.reader import CheckpointReader
+from fastckpt.bundle.readplan import name_of
+from fastckpt.bundle.slices import Shard
+
+__all__ = ["flatten", "unflatten", "leaf_targets", "with_structure_record", "parse_structure_record", "read_record",
+           "non_tensor_values", "STRUCTURE_KEY"]
+
+STRUCTURE_KEY = "_FASTCKPT_STRUCTURE"
+RECORD_FORMAT = "fastckpt.structure"
+RECORD_VERSION = 2  # 2: non-array leaves in the record, typed keys, "as"
+_BIG_INT_BITS = 12_000  # ints this long are stored in hex (Python limits decimal conversion to 4,300 digits)
+MAX_SHARED = 100_000  # nodes walked again through containers that appear more than once (a DAG of lists)
+MAX_DEPTH = 256
+_PYTHON_TYPES = {"bool": bool, "int": int, "float": float, "complex": complex}
+_MISSING = object()
+
+
+# ---- flatten: state -> tensors + tree ----------------------------------------------------
+#
+# Tree nodes (JSON):
+#   {"dict": [[key, node], ...]}  (+ "type": "OrderedDict")  keys: str, int, bool, None, float
+#   {"list": [node, ...]}  {"tuple": [node, ...]}
+#   {"leaf": name}  a tensor of the bundle (+ "as": torch|jax|tensorflow|scalar|bytes for what
+#                   it was; version 1 wrote "python": bool|int|float|complex for Python scalars)
+#   {"value": v}    None, bool, int (any size) or str, kept in the record itself
+#   {"float": hex}  {"complex": [hex, hex]}  exact, NaN and infinities included
+
+_KEY_TYPES = (str, int, float, bool, type(None))
+_AS_KINDS = ("torch", "jax", "tensorflow", "scalar", "bytes")
+
+
+def _where(path: List[str]) -> str:
+    return "/".join(path) or "<root>"
+
+
+def _check_key(k: Any, path: List[str]) -> None:
+    if type(k) not in _KEY_TYPES:
+        raise InvalidArgumentError(f"dict keys must be str, int, float, bool or None, found "
+                                   f"{type(k).__name__} {k!r:.40} at {_where(path)}")
+    if k == "":
+        raise InvalidArgumentError(f"empty dict key at {_where(path)}")
+    if type(k) is float and not math.isfinite(k):
+        raise InvalidArgumentError(f"dict key {k!r} at {_where(path)} is not a finite number")
+
+
+def _value_node(x: Any) -> Optional[Dict[str, Any]]:
+    """The record node of a non-array leaf, or None if ``x`` is not one."""
+    if type(x) is int and x.bit_length() > _BIG_INT_BITS:  # beyond what JSON numbers carry here: hex
+        return {"int": hex(x)}
+    if x is None or type(x) in (bool, int, str):
+        return {"value": x}
+    if type(x) is float:
+        return {"float": x.hex()}
+    if type(x) is complex:
+        return {"complex": [x.real.hex(), x.imag.hex()]}
+    return None
+
+
+def flatten(state: Any, sep: str = "/") -> Tuple[Dict[str, Any], Any]:
+    """``(name -> array, tree)`` of a nested state. Arrays (numpy arrays and
+    scalars, framework tensors as numpy views, ``bytes`` as uint8) become
+    tensors named by their joined path; other leaves (None, bool, int,
+    float, complex, str) live in ``tree``, a JSON-able description of the
+    nesting that keeps every Python type."""
+    leaves: Dict[str, Any] = {}
+    seen: Set[int] = set()  # containers met so far, and those on the way to the current one
+    above: Set[int] = set()
+    repeated = [0, 0]  # containers met again being walked; nodes walked inside them
+
+    def walk(x: Any, path: List[str]) -> Any:
+        if len(path) > MAX_DEPTH:
+            raise InvalidArgumentError(f"the state is nested deeper than {MAX_DEPTH} levels")
+        if repeated[0]:
+            repeated[1] += 1
+            if repeated[1] > MAX_SHARED:
+                raise InvalidArgumentError(f"the state shares containers so much that its tree has over "
+                                           f"{MAX_SHARED} repeated nodes (at {_where(path)})")
+        if not isinstance(x, (Mapping, list, tuple)):
+            return walk_leaf(x, path)
+        key = id(x)
+        if key in above:
+            raise InvalidArgumentError(f"the state contains itself at {_where(path)}")
+        again = key in seen
+        seen.add(key)
+        above.add(key)
+        repeated[0] += again
+        try:
+            return walk_container(x, path)
+        finally:
+            above.discard(key)
+            repeated[0] -= again
+
+    def walk_container(x: Any, path: List[str]) -> Any:
+        if isinstance(x, Mapping):
+            items = []
+            for k, v in x.items():
+                _check_key(k, path)
+                items.append([k, walk(v, path + [str(k)])])
+            node: Dict[str, Any] = {"dict": items}
+            if isinstance(x, OrderedDict):
+                node["type"] = "OrderedDict"
+            return node
+        kind = "list" if isinstance(x, list) else "tuple"
+        return {kind: [walk(v, path + [str(i)]) for i, v in enumerate(x)]}
+
+    def walk_leaf(x: Any, path: List[str]) -> Any:
+        if not path:
+            raise InvalidArgumentError("the state must be a dict, list or tuple, not a single array")
+        value = _value_node(x)
+        if value is not None:
+            return value
+        return {"leaf": add_leaf(x, path)}
+
+    def add_leaf(x: Any, path: List[str]) -> str:
+        name = sep.join(path)
+        if is_dtensor(x):  # PyTorch DTensor: this process's part, as a Shard (or the replica)
+            x = dtensor_part(x)
+        if name in leaves:
+            raise InvalidArgumentError(f"two leaves have the same name {name!r} (keys that print alike, "
+                                       "such as 1 and '1', or 'a/b' beside 'a' -> 'b')")
+        fw = framework_of(x)
+        if isinstance(x, Shard):  # one process's part of a global tensor (fastckpt.collective)
+            leaves[name] = x
+            if framework_of(x.local) is not None:
+                as_kinds[name] = framework_of(x.local)  # type: ignore[assignment]
+        elif fw is not None:
+            leaves[name] = to_numpy(x)
+            as_kinds[name] = fw
+        elif isinstance(x, np.ndarray):
+            leaves[name] = x
+        elif isinstance(x, np.generic):
+            leaves[name] = np.asarray(x)
+            as_kinds[name] = "scalar"
+        elif isinstance(x, (bytes, bytearray, memoryview)):
+            leaves[name] = np.frombuffer(bytes(x), np.uint8)
+            as_kinds[name] = "bytes"
+        else:
+            raise InvalidArgumentError(
+                f"cannot save {type(x).__module__}.{type(x).__qualname__} at {name}: a state holds dicts, "
+                "lists, tuples, arrays and tensors, None, bool, int, float, complex, str and bytes")
+        return name
+
+    as_kinds: Dict[str, str] = {}
+    tree = walk(state, [])
+    if as_kinds:
+        _tag_leaves(tree, as_kinds)
+    return leaves, tree
+
+
+def _tag_leaves(tree: Any, as_kinds: Mapping[str, str]) -> None:
+    """Add ``"as"`` to the leaf nodes of the tensors that were not numpy arrays."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        leaf = node.get("leaf")
+        if leaf is not None:
+            if leaf in as_kinds:
+                node["as"] = as_kinds[leaf]
+        elif "dict" in node:
+            stack.extend(v for _, v in node["dict"])
+        else:
+            stack.extend(node.get("list", node.get("tuple", ())))
+
+
+# ---- unflatten: tensors + tree -> state ----------------------------------------------------
+
+def _leaf_value(node: Mapping[str, Any], value: Any, dtype_text: Optional[str]) -> Any:
+    """A tensor as the type it was saved as."""
+    py = node.get("python")
+    if py is not None:  # version 1: Python scalars were tensors
+        return _PYTHON_TYPES[py](value.item())
+    kind = node.get("as")
+    if kind is None:
+        if value.dtype.kind == "O" and dtype_text and dtype_text[1:2] in ("U", "S"):
+            return _text_array(value, dtype_text)
+        return value
+    if kind == "scalar":
+        return value[()]
+    if kind == "bytes":
+        return value.tobytes()
+    return from_numpy(value, kind)
+
+
+def _text_array(value: np.ndarray, dtype_text: str) -> np.ndarray:
+    """A numpy ``U``/``S`` array back from the bytes TensorFlow stores."""
+    if dtype_text[1] == "U":
+        return np.array([b.decode("utf-8", "surrogateescape") for b in value.reshape(-1)],
+                        dtype=dtype_text).reshape(value.shape)
+    return value.astype(dtype_text)
+
+
+def _node_value(node: Mapping[str, Any]) -> Any:
+    if "value" in node:
+        return node["value"]
+    if "int" in node:
+        return int(node["int"], 16)
+    if "float" in node:
+        return float.fromhex(node["float"])
+    re_, im = node["complex"]
+    return complex(float.fromhex(re_), float.fromhex(im))
+
+
+def unflatten(tree: Any, leaves: Mapping[str, Any], dtypes: Optional[Mapping[str, Any]] = None,
+              given: Optional[Mapping[str, Any]] = None) -> Any:
+    """Rebuild the nested state from ``tree`` (checked by
+    :func:`parse_structure_record`) and ``name -> array``. ``given`` maps
+    leaf names to the objects to put in their place (the caller's tensors,
+    restored in place)."""
+    given = given or {}
+    dtypes = dtypes or {}
+
+    def build(node: Any) -> Any:
+        if "dict" in node:
+            items = [(k, build(v)) for k, v in node["dict"]]
+            return OrderedDict(items) if node.get("type") == "OrderedDict" else dict(items)
+        if "list" in node:
+            return [build(v) for v in node["list"]]
+        if "tuple" in node:
+            return tuple(build(v) for v in node["tuple"])
+        name = node.get("leaf")
+        if name is None:
+            return _node_value(node)
+        if name in given:
+            return given[name]
+        if name not in leaves:
+            raise DataLossError(f"the structure names tensor {name!r}, which the checkpoint lacks")
+        info = dtypes.get(name)
+        return _leaf_value(node, leaves[name], info.get("dtype") if isinstance(info, dict) else None)
+    return build(tree)
+
+
+def leaf_targets(tree: Any, into: Any) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+    """Pair ``into``'s arrays with the tree's tensors: ``(name -> numpy
+    array to fill in place, name -> the caller's object)``. Framework
+    tensors become numpy views sharing their memory. Arrays of ``into``
+    that the checkpoint does not hold, or holds as something other than a
+    tensor, are an error (they would silently stay as they are)."""
+    targets: Dict[str, np.ndarray] = {}
+    owners: Dict[str, Any] = {}
+    extra: List[str] = []
+
+    def walk(t: Any, x: Any, path: List[str]) -> None:
+        if "dict" in t:
+            if not isinstance(x, Mapping):
+                raise InvalidArgumentError(f"into: expected a dict at {_where(path)}, found {type(x).__name__}")
+            known = {}
+            for k, v in t["dict"]:
+                known[k] = v
+                if k in x:
+                    walk(v, x[k], path + [str(k)])
+            extra.extend(_array_paths({k: v for k, v in x.items() if k not in known}, path))
+        elif "list" in t or "tuple" in t:
+            items = t.get("list", t.get("tuple"))
+            if not isinstance(x, (list, tuple)) or len(x) != len(items):
+                raise InvalidArgumentError(f"into: expected a sequence of {len(items)} at {_where(path)}")
+            for i, (v, y) in enumerate(zip(items, x)):
+                walk(v, y, path + [str(i)])
+        elif "leaf" in t and "python" not in t and t.get("as") not in ("scalar", "bytes"):
+            given = x
+            if is_dtensor(x):  # its local part is filled in place
+                x = dtensor_part(x)
+            if isinstance(x, Shard):  # a region of the global tensor, read in place of x.local
+                targets[t["leaf"]] = x  # type: ignore[assignment]
+                owners[t["leaf"]] = given
+            elif is_array(x):
+                targets[t["leaf"]] = to_numpy(x)
+                owners[t["leaf"]] = given
+        elif is_array(x) and not isinstance(x, np.generic):
+            extra.append(_where(path) + " (the checkpoint holds a value there, not a tensor)")
+    walk(tree, into, [])
+    if extra:
+        raise InvalidArgumentError("into: the checkpoint has nothing to restore into " + ", ".join(extra[:10])
+                                   + (f" and {len(extra) - 10} more" if len(extra) > 10 else ""))
+    return targets, owners
+
+
+def _array_paths(x: Any, path: List[str]) -> List[str]:
+    """Paths of the arrays inside ``x``."""
+    if isinstance(x, Mapping):
+        return [p for k, v in x.items() for p in _array_paths(v, path + [str(k)])]
+    if isinstance(x, (list, tuple)):
+        return [p for i, v in enumerate(x) for p in _array_paths(v, path + [str(i)])]
+    return [_where(path)] if is_array(x) and not isinstance(x, np.generic) else []
+
+
+# ---- the structure record ---------------------------------------------------------------
+
+def with_structure_record(leaves: Mapping[str, Any], tree: Any, metadata: Any) -> Mapping[str, Any]:
+    """``leaves`` plus the structure record tensor (none for a flat dict of
+    arrays without metadata: it restores as it is)."""
+    if STRUCTURE_KEY in leaves:
+        raise InvalidArgumentError(f"the tensor name {STRUCTURE_KEY!r} is reserved for fastckpt's structure record")
+    if tree is None:
+        return leaves
+    table = {n: {"dtype": str(_dtype_of(v).newbyteorder("=")), "shape": list(np.shape(v) if not
+                                                                           isinstance(v, LazyTensor) else v.shape)}
+             for n, v in leaves.items()}
+    out = dict(leaves)
+    out[STRUCTURE_KEY] = record_tensor(tree, table, metadata)
+    return out
+
+
+def _dtype_of(v: Any) -> np.dtype:
+    return v.dtype if isinstance(v, LazyTensor) else np.asarray(v).dtype
+
+
+def record_tensor(tree: Any, table: Mapping[str, Any], metadata: Any) -> np.ndarray:
+    """The structure record as the uint8 tensor stored in the bundle:
+    ``tree``, the leaf table (name -> dtype text and shape) and ``metadata``."""
+    record = {
+        "format": RECORD_FORMAT,
+        "version": RECORD_VERSION,
+        "structure": tree,
+        "leaves": dict(table),
+        "metadata": metadata,
+    }
+    try:
+        text = json.dumps(record, ensure_ascii=True, allow_nan=False)  # ASCII: any str, surrogates too
+    except (TypeError, ValueError) as e:
+        raise InvalidArgumentError(f"metadata must be JSON-serialisable: {e}") from None
+    except RecursionError:
+        raise InvalidArgumentError("the state or its metadata is nested too deeply") from None
+    return np.frombuffer(text.encode("utf-8", "surrogateescape"), np.uint8)
+
+
+def _corrupt(where: str, why: str) -> DataLossError:
+    return DataLossError(f"{where}: structure record is corrupt: {why}")
+
+
+def _check_value(node: Dict[str, Any]) -> bool:
+    """True if ``node`` is a well-formed value node."""
+    if len(node) != 1:
+        return False
+    if "value" in node:
+        return node["value"] is None or type(node["value"]) in (bool, int, str)
+    if "int" in node:
+        return type(node["int"]) is str and re.fullmatch(r"-?0x[0-9a-f]+", node["int"]) is not None
+    texts = [node["float"]] if "float" in node else node.get("complex")
+    if type(texts) is not list or len(texts) != (1 if "float" in node else 2):
+        return False
+    try:
+        [float.fromhex(t) for t in texts]
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def _check_leaf_node(node: Dict[str, Any]) -> bool:
+    leaf, py, kind = node["leaf"], node.get("python"), node.get("as")
+    if type(leaf) is not str or len(node) != 1 + ("python" in node) + ("as" in node):
+        return False
+    if py is not None and (type(py) is not str or py not in _PYTHON_TYPES or kind is not None):
+        return False
+    return kind is None or (type(kind) is str and kind in _AS_KINDS)
+
+
+def _check_dict(node: Dict[str, Any], children: Any, where: str) -> None:
+    if len(node) != 1 + ("type" in node) or node.get("type", "OrderedDict") != "OrderedDict":
+        raise _corrupt(where, f"unknown node {node!r:.80}")
+    keys = set()
+    for kv in children:
+        if (type(kv) is not list or len(kv) != 2 or type(kv[0]) not in _KEY_TYPES or kv[0] == ""
+                or (type(kv[0]) is float and not math.isfinite(kv[0]))):
+            raise _corrupt(where, "a dict node is not a list of [key, node] pairs")
+        keys.add(kv[0])
+    if len(keys) != len(children):
+        raise _corrupt(where, "a dict node repeats a key")
+
+
+def _check_tree(tree: Any, where: str) -> List[str]:
+    """The tensor names of a structure tree, after checking every node's
+    shape (iteratively: no depth limit of the interpreter's stack applies)."""
+    names: List[str] = []
+    stack = [(tree, 0)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, depth = pop()
+        if type(node) is not dict:
+            raise _corrupt(where, f"a node is {type(node).__name__}, not an object")
+        if depth > MAX_DEPTH:
+            raise _corrupt(where, f"nested deeper than {MAX_DEPTH}")
+        if "leaf" in node:
+            if not _check_leaf_node(node):
+                raise _corrupt(where, f"bad leaf node {node!r:.80}")
+            names.append(node["leaf"])
+            continue
+        children = node.get("dict", node.get("list", node.get("tuple", _MISSING)))
+        if children is _MISSING:
+            if not _check_value(node):
+                raise _corrupt(where, f"unknown node {node!r:.80}")
+            continue
+        if type(children) is not list:
+            raise _corrupt(where, f"unknown node {node!r:.80}")
+        if "dict" in node:
+            _check_dict(node, children, where)
+            for kv in children:
+                push((kv[1], depth + 1))
+        else:
+            if len(node) != 1:
+                raise _corrupt(where, f"unknown node {node!r:.80}")
+            for child in children:
+                push((child, depth + 1))
+    if len(set(names)) != len(names):
+        raise _corrupt(where, "two leaves name the same tensor")
+    return names
+
+
+def parse_structure_record(raw: bytes, index_shapes: Mapping[str, Any], index_dtypes: Mapping[str, Any],
+                           where: str) -> Dict[str, Any]:
+    """The structure record from its bytes, checked against the index: the
+    tree is well formed, and every leaf it names is a tensor of the
+    checkpoint with the dtype and shape the record says."""
+    try:
+        record = json.loads(bytes(raw).decode("utf-8", "surrogateescape"))
+    except (ValueError, RecursionError) as e:
+        raise _corrupt(where, f"not JSON: {str(e)[:80]}") from None
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        raise _corrupt(where, "not a fastckpt structure record")
+    version = record.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise _corrupt(where, f"bad version {version!r}")
+    if version > RECORD_VERSION:
+        raise UnsupportedError(f"{where}: structure record version {version} is newer than this fastckpt reads")
+    leaves = record.get("leaves")
+    if not isinstance(leaves, dict) or "structure" not in record:
+        raise _corrupt(where, "no structure or leaves")
+    names = _check_tree(record["structure"], where)
+    if set(names) != set(leaves):
+        raise _corrupt(where, "the tree and the leaf table name different tensors")
+    for name in names:
+        _check_leaf(name, leaves[name], index_shapes, index_dtypes, where)
+    return record
+
+
+_DTYPE_TEXT: Dict[np.dtype, str] = {}
+
+
+def _dtype_text(dt: np.dtype) -> str:
+    """How the record writes a dtype (``str`` of its native form), cached."""
+    text = _DTYPE_TEXT.get(dt)
+    if text is None:
+        text = _DTYPE_TEXT[dt] = str(dt.newbyteorder("="))
+    return text
+
+
+def _check_leaf(name: str, info: Any, shapes: Mapping[str, Any], dtypes: Mapping[str, Any], where: str) -> None:
+    if name not in shapes:
+        raise _corrupt(where, f"it names tensor {name!r}, which the checkpoint lacks")
+    if not isinstance(info, dict) or not isinstance(info.get("shape"), list):
+        raise _corrupt(where, f"bad entry for leaf {name!r}")
+    if tuple(info["shape"]) != tuple(shapes[name]):
+        raise _corrupt(where, f"leaf {name!r} has shape {list(shapes[name])} in the index, "
+                              f"{info['shape']} in the record")
+    want = dtypes[name]
+    if want.kind == "O" or info.get("dtype") == _dtype_text(want):
+        return  # the common case: the text save wrote, without parsing it
+    try:
+        got = np.dtype(str(info.get("dtype")))
+    except TypeError:
+        import ml_dtypes  # noqa: F401  (registers bfloat16 & co. with numpy)
+        try:
+            got = np.dtype(str(info.get("dtype")))
+        except TypeError:
+            raise _corrupt(where, f"leaf {name!r} has an unknown dtype {info.get('dtype')!r:.40}") from None
+    if got.newbyteorder("=") != want.newbyteorder("="):
+        raise _corrupt(where, f"leaf {name!r} is {want} in the index, {got} in the record")
+
+
+def read_record(reader: CheckpointReader) -> Optional[Dict[str, Any]]:
+    """The structure record fastckpt's ``save`` stored in the bundle open in
+    ``reader`` (checked against its index), or None when it has none."""
+    if not reader.has_tensor(STRUCTURE_KEY):
+        return None
+    raw = reader.read([STRUCTURE_KEY])[STRUCTURE_KEY]
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise DataLossError(f"{reader.prefix}: structure record is corrupt: "
+                            f"tensor {STRUCTURE_KEY} is {raw.dtype} {list(raw.shape)}, not uint8 bytes")
+    shapes, dtypes = {}, {}
+    for key, entry in reader.entries():  # one pass over the index
+        if key[:1] != b"\x00":
+            name = name_of(key)
+            shapes[name] = entry.shape
+            dtypes[name] = numpy_dtype(entry.dtype) if entry.dtype != DT_VARIANT else np.dtype(object)
+    return parse_structure_record(raw.tobytes(), shapes, dtypes, index_filename(reader.prefix))
+
+
+def non_tensor_values(tree: Any, path: str = "") -> List[str]:
+    """Paths of the non-tensor leaves of a structure tree."""
+    if not isinstance(tree, dict):
+        return []
+    for kind in ("dict", "list", "tuple"):
+        if kind in tree:
+            items = tree[kind] if kind != "dict" else [(k, v) for k, v in tree[kind]]
+            pairs = items if kind == "dict" else list(enumerate(items))
+            return [p for k, v in pairs for p in non_tensor_values(v, f"{path}/{k}" if path else str(k))]
+    return [] if "leaf" in tree else [path or "<root>"]
