@@ -17,7 +17,9 @@ out = {}
 into = {k: np.empty_like(v) for k, v in state.items()} if kind != "nested" else {}
 durable = kind == "big"
 saver = fastckpt.Saver(max_to_keep=2, durable=False)
+mgr = fastckpt.CheckpointManager(os.path.join(d, "mgr"), max_to_keep=2, durable=False)
 for r in range(3):
+    t = time.perf_counter(); mgr.save(state, r); out.setdefault("manager save", []).append(time.perf_counter() - t)
     t = time.perf_counter(); p = saver.save(state, os.path.join(d, "m"), global_step=r); out.setdefault("save", []).append(time.perf_counter() - t)
     if durable:
         t = time.perf_counter(); fastckpt.Saver(max_to_keep=2, durable=True).save(state, os.path.join(d, "dur"), global_step=r); out.setdefault("durable save", []).append(time.perf_counter() - t)

@@ -12,6 +12,7 @@ FASTCKPT_HYPOTHESIS=dev (default; fast), ci (the deep tier's default), deep (lon
 
 import os
 import subprocess
+from typing import Dict
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # quiet TensorFlow
 
@@ -91,6 +92,14 @@ def counts():
 
 
 def pytest_terminal_summary(terminalreporter):
+    skipped = terminalreporter.stats.get("skipped", [])
+    if skipped:
+        reasons: Dict[str, int] = {}
+        for report in skipped:
+            reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
+            reasons[reason.replace("Skipped: ", "")] = reasons.get(reason.replace("Skipped: ", ""), 0) + 1
+        terminalreporter.write_line(f"fastckpt: {len(skipped)} tests skipped: " + "; ".join(
+            f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])))
     if _DEEP_LEFT_OUT:
         terminalreporter.write_line(f"fastckpt: {len(_DEEP_LEFT_OUT)} deep-tier tests not run (every kill point, "
                                     "the MPI and gloo engines, memory-measured hostile inputs): "

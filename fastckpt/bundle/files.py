@@ -14,6 +14,7 @@ from fastckpt import _core
 from fastckpt.errors import CheckpointError, CheckpointIOError, DataLossError, NotFoundError
 from fastckpt.storage.locking import lock_for_reading, open_regular
 from fastckpt.bundle.naming import data_filename
+from fastckpt.storage import local
 
 __all__ = ["DataFiles", "crc32c_of_range", "read_range"]
 
@@ -29,7 +30,7 @@ def crc32c_of_range(fd: int, offset: int, size: int, what: str) -> int:
     while at < size:
         n = min(len(buf), size - at)
         view = memoryview(buf)[:n]
-        got = os.preadv(fd, [view], offset + at)
+        got = local.pread_into(fd, view, offset + at)
         if got <= 0:
             raise DataLossError(f"{what}: the file ends at byte {offset + at}, before the tensor's end "
                                 f"{offset + size} (truncated while being read?)")
@@ -43,7 +44,7 @@ def read_range(fd: int, offset: int, size: int, what: str) -> bytearray:
     out = bytearray(size)
     at = 0
     while at < size:
-        got = os.preadv(fd, [memoryview(out)[at:]], offset + at)
+        got = local.pread_into(fd, memoryview(out)[at:], offset + at)
         if got <= 0:
             raise DataLossError(f"{what}: the file ends before the tensor's end (truncated while being read?)")
         at += got
@@ -81,11 +82,11 @@ class DataFiles:
                         from None
                 raise CheckpointIOError(e.errno or 0, f"cannot open {path}: {e.strerror}", path) from e
             if not lock_for_reading(fd):
-                os.close(fd)
+                local.close(fd)
                 raise NotFoundError(f"data file {path} of checkpoint {self.prefix!r} is being rewritten by a save "
                                     "that recycles it (the checkpoint was retired)")
             self._fds[shard] = fd
-            self._sizes[shard] = os.fstat(fd).st_size
+            self._sizes[shard] = local.fd_size(fd)
         return self._fds[shard], self._sizes[shard]
 
     def open_all(self) -> None:
@@ -102,7 +103,7 @@ class DataFiles:
         caught here)."""
         fd, file_size = self.open(shard)
         if fresh:
-            file_size = os.fstat(fd).st_size
+            file_size = local.fd_size(fd)
         if offset + size > file_size:
             raise DataLossError(
                 f"{self.path(shard)}: tensor {name!r} needs bytes {offset}..{offset + size} "
@@ -114,10 +115,10 @@ class DataFiles:
         if shard not in self._maps:
             fd, size = self.open(shard)
             try:
-                self._maps[shard] = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else None
+                self._maps[shard] = local.map_read(fd, size) if size else None
             except ValueError:  # the file shrank since it was opened
                 raise DataLossError(f"{self.path(shard)}: the file is shorter than when it was opened "
-                                    f"({os.fstat(fd).st_size} < {size} bytes): it was truncated") from None
+                                    f"({local.fd_size(fd)} < {size} bytes): it was truncated") from None
         return self._maps[shard]
 
     def missing(self) -> Tuple[int, Set[int]]:
@@ -128,7 +129,7 @@ class DataFiles:
         directory = os.path.dirname(self.prefix) or "."
         pattern = re.compile(re.escape(os.path.basename(self.prefix)) + r"\.data-(\d{5,})-of-" + f"{n:05d}" + r"\Z")
         try:
-            present = {int(m.group(1)) for m in map(pattern.match, os.listdir(directory)) if m}
+            present = {int(m.group(1)) for m in map(pattern.match, local.listdir(directory)) if m}
         except OSError:
             present = set()
         count = n - len({s for s in present if s < n})
@@ -152,7 +153,7 @@ class DataFiles:
         self._sizes = {}
         for fd in fds.values():
             try:
-                os.close(fd)
+                local.close(fd)
             except OSError:
                 pass
 

@@ -4,7 +4,6 @@ plain tensors, ``readplan.py`` for the rest) → parallel reads → checksums.""
 
 from __future__ import annotations
 
-import os
 from typing import (Any, Callable, Dict, Iterator, List, Mapping, MutableMapping, Optional, Sequence,
                     Tuple, Union)
 
@@ -20,18 +19,15 @@ from fastckpt.storage.fileio import open_file, read_fd
 from fastckpt.bundle.readplan import ReadPlan, advise_willneed, find_entry, name_of
 from fastckpt.bundle.records import Extent, IndexEntry
 from fastckpt.bundle.regions import TensorSlice, read_region
+from fastckpt.storage import local
 
-__all__ = ["CheckpointReader", "read_index_header", "read_index_fd", "file_id"]
+__all__ = ["CheckpointReader", "read_index_header", "read_index_fd"]
 
 # Data files opened with the index (a consistent generation); beyond this
 # many shards they are opened on first use.
 EAGER_SHARDS = 1024
 
 _FIXED_DTYPES = fixed_width_dtypes()
-
-
-def file_id(st: os.stat_result) -> Tuple[int, int, int]:
-    return (st.st_dev, st.st_ino, st.st_mtime_ns)
 
 
 _FOOTER = 48
@@ -43,10 +39,10 @@ def read_index_fd(fd: int, path: str) -> bytes:
     footer proved it a table whose index block ends at the footer, as
     TensorFlow writes it: a large file that is no index (sparse, or any
     other file) is refused after reading 48 bytes, not loaded into memory."""
-    size = os.fstat(fd).st_size
+    size = local.fd_size(fd)
     if size < _FOOTER:
         raise DataLossError(f"{path}: {size} bytes is too short to be a checkpoint index")
-    foot = os.pread(fd, _FOOTER, size - _FOOTER)
+    foot = local.pread(fd, _FOOTER, size - _FOOTER)
     if len(foot) != _FOOTER or foot[40:] != _MAGIC:
         raise DataLossError(f"{path} is not a checkpoint index (bad magic number)")
     handles, at = [], 0
@@ -70,7 +66,7 @@ def _read_index(prefix: str) -> "_core.Index":
     try:
         return _core.Index(read_index_fd(fd, path), path)
     finally:
-        os.close(fd)
+        local.close(fd)
 
 
 def read_index_header(prefix: str) -> int:
@@ -112,18 +108,15 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             # inode) under the name proves no save replaced it meanwhile.
             fd = open_file(path, f"no checkpoint at {self._prefix}")
             try:
-                ident = file_id(os.fstat(fd))
+                ident = local.fd_identity(fd)
                 self._index = _core.Index(read_index_fd(fd, path), path)
                 self._files = DataFiles(self._prefix, self.num_shards)
                 if self.num_shards > EAGER_SHARDS:
                     return
                 self._files.open_all()
-                try:
-                    now = file_id(os.stat(path))
-                except OSError:
-                    now = None
+                now = local.identity(path)
             finally:
-                os.close(fd)
+                local.close(fd)
             if now == ident:
                 return
             self.close()

@@ -9,7 +9,6 @@ import contextlib
 import errno
 import os
 import secrets
-import shutil
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
@@ -25,6 +24,7 @@ from fastckpt.storage.fsutil import (check_name_fits, default_threads, ensure_di
 from fastckpt.storage.locking import create_locked_temp, release_lock
 from fastckpt.bundle.naming import PathLike, checkpoint_files, data_filename, index_filename, local_path
 from fastckpt.bundle.slices import SliceKey
+from fastckpt.storage import local
 
 __all__ = ["write_bundle", "plan_bundle", "StagedBundle", "stage_bundle", "install_bundle",
            "install_plain", "write_part", "write_staged_index", "compression_setting", "check_options", "STAGE_PREFIX", "MAX_SHARDS"]
@@ -221,8 +221,7 @@ class StagedBundle:
     def remove(self) -> None:
         """Delete whatever is left of the staged files (index first)."""
         for path in self.files():
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            local.delete_quietly(path)
 
     def close(self) -> None:
         """Release the locks (the files themselves stay)."""
@@ -306,11 +305,9 @@ def _data_fd(staged: StagedBundle, shard: int, path: str) -> int:
 
 
 def _write_all(fd: int, data: bytes, durable: bool) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+    local.write_all(fd, data)
     if durable:
-        os.fsync(fd)
+        local.fsync(fd)
 
 
 def _write_converted(plan: "_core.WritePlan", fds: List[int], finals: List[str], nthreads: int,
@@ -373,11 +370,11 @@ def _write_data(tensors: Mapping[Any, Any], staged: StagedBundle, alignment: int
             plan.set_ready(i, np.ascontiguousarray(source, dtype=source.dtype.newbyteorder("<")))
         plan.write_compressed(fds, level, ZSTD_CHUNK, nthreads, finals)
         for shard in reused:  # a recycled file keeps no bytes past the new data
-            os.ftruncate(fds[shard], plan.shard_sizes[shard])
+            local.truncate(fds[shard], plan.shard_sizes[shard])
     else:
         for shard, (fd, size) in enumerate(zip(fds, plan.shard_sizes)):
             if size or shard in reused:  # a recycled file shrinks or grows to the new size
-                os.ftruncate(fd, size)
+                local.truncate(fd, size)
         plan.write(fds, nthreads, durable, finals)
         if plan.staged:
             _write_converted(plan, fds, finals, nthreads, durable, staging_bytes)
@@ -398,20 +395,19 @@ def _place(src: str, dst: str, link: bool) -> None:
     link (a copy where links are not supported) renamed over ``dst``, so
     ``src`` stays complete meanwhile."""
     if not link:
-        os.replace(src, dst)
+        local.replace(src, dst)
         return
     tmp = os.path.join(os.path.dirname(dst), ".fclink-" + secrets.token_hex(8))
     try:
         try:
-            os.link(src, tmp)
+            local.link(src, tmp)
         except OSError as e:
             if e.errno not in _NO_LINK:
                 raise
-            shutil.copyfile(src, tmp, follow_symlinks=False)
-        os.replace(tmp, dst)
+            local.copy(src, tmp)
+        local.replace(tmp, dst)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        local.delete_quietly(tmp)
         raise
 
 
@@ -428,15 +424,14 @@ def install_bundle(staged: StagedBundle, prefix: str, *, link: bool) -> None:
     ``link=True`` keeps the staged files complete meanwhile (a state file
     may list them)."""
     index = index_filename(prefix)
-    if os.path.lexists(index):
-        os.unlink(index)
+    if local.exists(index):
+        local.delete(index)
     finals = final_files(prefix, staged.num_shards)
     for src, dst in zip(staged.data_files() + [index_filename(staged.prefix)], finals):
         _place(src, dst, link)
     for stale in set(checkpoint_files(prefix)) - set(finals):
         if not stale.endswith(".meta"):
-            with contextlib.suppress(OSError):
-                os.unlink(stale)
+            local.delete_quietly(stale)
     if staged.durable:
         fsync_dir(os.path.dirname(prefix) or ".")
 
@@ -447,10 +442,9 @@ def install_plain(staged: StagedBundle, prefix: str) -> None:
     try:
         install_bundle(staged, prefix, link=False)
     except BaseException as e:
-        if not os.path.lexists(index_filename(prefix)):
+        if not local.exists(index_filename(prefix)):
             for f in final_files(prefix, staged.num_shards)[:-1]:
-                with contextlib.suppress(OSError):
-                    os.unlink(f)
+                local.delete_quietly(f)
         if isinstance(e, OSError):
             raise io_error(e, f"writing checkpoint {prefix!r}") from e
         raise

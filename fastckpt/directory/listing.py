@@ -17,6 +17,7 @@ from fastckpt.bundle.writer import STAGE_PREFIX
 from fastckpt.directory.retention import Entry
 from fastckpt.directory.state import checkpoint_exists, read_checkpoint_state, state_path, update_checkpoint_state
 from fastckpt.errors import DataLossError
+from fastckpt.storage import local
 
 __all__ = ["norm", "inside", "remove_checkpoint", "Listed", "read_listed", "write_state", "deletable", "RetainFn",
            "STAGED_NAME"]
@@ -45,7 +46,7 @@ def remove_checkpoint(prefix: str, *, meta: bool = True) -> None:
     files.sort(key=lambda f: not f.endswith(".index"))
     for f in files:
         try:
-            os.unlink(f)
+            local.delete(f)
         except FileNotFoundError:
             pass
         except OSError as e:
@@ -82,7 +83,7 @@ def read_listed(directory: str, state_name: str) -> Listed:
         if not checkpoint_exists(p):
             continue
         ts = stamps[i] if len(stamps) == len(st.all_model_checkpoint_paths) and i < len(stamps) else \
-            os.path.getmtime(index_filename(p))
+            local.mtime(index_filename(p))
         seen.pop(norm(p), None)
         seen[norm(p)] = (p, ts)
     return Listed(list(seen.values()), st.last_preserved_timestamp, st.pending, st.deleting, True)
@@ -92,7 +93,7 @@ def write_state(directory: str, state_name: str, entries: Sequence[Entry], prese
                  pending: Sequence[Tuple[str, str]] = (), deleting: Sequence[str] = ()) -> None:
     if not entries:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(state_path(directory, state_name))
+            local.delete(state_path(directory, state_name))
         return
     update_checkpoint_state(directory, entries[-1][0], [p for p, _ in entries],
                             all_model_checkpoint_timestamps=[ts for _, ts in entries],

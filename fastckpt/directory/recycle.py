@@ -24,7 +24,6 @@ sizes) and commits exactly as a save of new files does.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from typing import Any, List, Optional, Tuple
@@ -36,6 +35,7 @@ from fastckpt.errors import CheckpointError
 from fastckpt.storage.locking import claim_exclusive, directory_lock, release_lock
 from fastckpt.bundle.naming import checkpoint_files, data_filename, index_filename
 from fastckpt.bundle.writer import StagedBundle, new_stage_prefix
+from fastckpt.storage import local
 
 __all__ = ["stage_recycling", "victim_data_files"]
 
@@ -78,13 +78,13 @@ def stage_recycling(prefix: str, directory: str, state_name: str, retain: Any, n
             remaining = [e for e in listed.entries if norm(e[0]) != norm(victim)]
             write_state(directory, state_name, remaining, listed.preserved, durable,
                          deleting=list(listed.deleting) + [victim])
-            os.unlink(index_filename(victim))
+            local.delete(index_filename(victim))
             for shard, (path, fd) in enumerate(fds):
                 if shard < num_shards:
-                    os.rename(path, data_filename(staged.prefix, shard, num_shards))
+                    local.rename(path, data_filename(staged.prefix, shard, num_shards))
                     staged.recycled[shard] = fd
                 else:
-                    os.unlink(path)  # beyond the new shard count (its lock goes with the others)
+                    local.delete(path)  # beyond the new shard count (its lock goes with the others)
         except BaseException:
             staged.recycled.clear()
             staged.remove()
@@ -99,7 +99,7 @@ def _claim(paths: List[str]) -> List[Any]:
     out: List[Tuple[str, int]] = []
     for path in paths:
         fd = claim_exclusive(path)
-        if fd is None or os.fstat(fd).st_nlink != 1:
+        if fd is None or local.fd_links(fd) != 1:
             if fd is not None:
                 release_lock(fd)
             for _, held in out:

@@ -5,7 +5,6 @@ complete, so no reader ever sees half a file."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
@@ -16,6 +15,7 @@ from fastckpt import _core
 from fastckpt.storage.fsutil import default_threads, ensure_directory, fsync_dir, io_error
 from fastckpt.storage.locking import create_locked_temp, release_lock
 from fastckpt.bundle.writer import STAGING_BYTES, c_order_chunks
+from fastckpt.storage import local
 
 __all__ = ["replace_all", "chunks_of", "write_at"]
 
@@ -79,13 +79,13 @@ def replace_all(files: Sequence[Tuple[str, Callable[[Any], Any]]], durable: bool
         for path, write in files:
             tmp, fd = _temp(path)
             done.append((tmp, path, fd))
-            with os.fdopen(os.dup(fd), "wb") as fh:
+            with local.open_binary(local.dup(fd), "wb") as fh:
                 write(fh)
                 fh.flush()
                 if durable:
-                    os.fsync(fh.fileno())
+                    local.fsync(fh.fileno())
         for tmp, path, _ in done:
-            os.replace(tmp, path)
+            local.replace(tmp, path)
         path = ""
         if durable:
             for d in {os.path.dirname(p) or "." for _, p, _ in done}:
@@ -94,7 +94,6 @@ def replace_all(files: Sequence[Tuple[str, Callable[[Any], Any]]], durable: bool
         raise io_error(e, f"writing {path or files[0][0]}") from e
     finally:
         for tmp, _, fd in done:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            local.delete_quietly(tmp)
             release_lock(fd)
     return [p for p, _ in files]

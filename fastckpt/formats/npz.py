@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import lzma
 import mmap
-import os
 import struct
 import zipfile
 import zlib
@@ -21,6 +20,7 @@ from fastckpt.errors import DataLossError, InvalidArgumentError, UnsupportedErro
 from fastckpt.bundle.lazy import LazyTensor, guarded_copy
 from fastckpt.formats.source import Source, open_input, tensors_only
 from fastckpt.formats.files import chunks_of, replace_all
+from fastckpt.storage import local
 
 __all__ = ["open_npz", "write_npz"]
 
@@ -35,9 +35,9 @@ def open_npz(path: str) -> Source:
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, OverflowError) as e:
         fh.close()
         raise DataLossError(f"{path} is not an npz archive: {e}") from None
-    size = os.fstat(fh.fileno()).st_size
+    size = local.fd_size(fh.fileno())
     try:
-        m = mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ) if size else None
+        m = local.map_read(fh.fileno()) if size else None
     except (OSError, ValueError) as e:
         zf.close()
         fh.close()

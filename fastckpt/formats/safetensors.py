@@ -21,6 +21,7 @@ from fastckpt.errors import DataLossError, InvalidArgumentError
 from fastckpt.bundle.lazy import LazyTensor
 from fastckpt.formats.source import open_input, Source, tensors_only
 from fastckpt.formats.files import replace_all, write_at
+from fastckpt.storage import local
 
 __all__ = ["open_safetensors", "write_safetensors", "SAFETENSORS_DTYPES"]
 
@@ -63,7 +64,7 @@ def open_safetensors(path: str) -> Source:
     except BaseException:
         _close(maps)
         raise
-    info = {"data_files": len(files), "file_bytes": sum(os.path.getsize(f) for f in files), "compression": None,
+    info = {"data_files": len(files), "file_bytes": sum(local.size(f) for f in files), "compression": None,
             "format_version": "safetensors", "dtypes": {n: _NAME_OF.get(t.dtype, str(t.dtype))
                                                          for n, t in tensors.items()}}
     return Source("safetensors", path, tensors, metadata=metadata or None, info=info, close=lambda: _close(maps))
@@ -80,9 +81,9 @@ def _close(maps: List[Any]) -> None:
 
 def _files_of(path: str) -> Tuple[List[str], Optional[Dict[str, str]]]:
     index = None
-    if os.path.isdir(path):
-        found = sorted(n for n in os.listdir(path) if n.endswith(".safetensors.index.json"))
-        singles = sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
+    if local.is_dir(path):
+        found = sorted(n for n in local.listdir(path) if n.endswith(".safetensors.index.json"))
+        singles = sorted(n for n in local.listdir(path) if n.endswith(".safetensors"))
         if len(found) == 1:
             index = os.path.join(path, found[0])
         elif len(singles) == 1 and not found:
@@ -92,7 +93,7 @@ def _files_of(path: str) -> Tuple[List[str], Optional[Dict[str, str]]]:
                                        "name the one to read")
     elif path.endswith(".index.json"):
         index = path
-    elif not os.path.exists(path) and os.path.exists(path[:-len(".safetensors")] + ".safetensors.index.json"):
+    elif not local.present(path) and local.present(path[:-len(".safetensors")] + ".safetensors.index.json"):
         index = path[:-len(".safetensors")] + ".safetensors.index.json"
     if index is None:
         return [path], None
@@ -129,7 +130,7 @@ def _json(raw: bytes) -> Any:
 def _map(path: str) -> Tuple[Optional[mmap.mmap], Dict[str, Any], int]:
     """The file mapped read-only, its parsed header, and where data starts."""
     with open_input(path) as fh:
-        size = os.fstat(fh.fileno()).st_size
+        size = local.fd_size(fh.fileno())
         head = fh.read(8)
         if len(head) < 8:
             raise DataLossError(f"{path} is not a safetensors file: {size} bytes")
@@ -142,7 +143,7 @@ def _map(path: str) -> Tuple[Optional[mmap.mmap], Dict[str, Any], int]:
             raise DataLossError(f"{path}: the safetensors header is not JSON: {type(e).__name__}: {e}") from None
         if not isinstance(header, dict):
             raise DataLossError(f"{path}: the safetensors header is not a JSON object")
-        m = mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ) if size > 8 + n else None
+        m = local.map_read(fh.fileno()) if size > 8 + n else None
     meta = header.get("__metadata__")
     if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
         raise DataLossError(f"{path}: __metadata__ must map strings to strings")

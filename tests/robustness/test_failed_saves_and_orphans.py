@@ -53,7 +53,7 @@ def test_state_write_failure_at_either_commit_write_rolls_back(tmp_path, monkeyp
     saver = fastckpt.Saver(max_to_keep=2)
     saver.save(SMALL, str(d / "m"), global_step=1)
     before, state_before = files(d), (d / "checkpoint").read_text()
-    real = fastckpt.directory.commit.update_checkpoint_state
+    real = fastckpt.directory.listing.update_checkpoint_state
     calls = {"n": 0}
 
     def failing(*a, **k):
@@ -61,7 +61,7 @@ def test_state_write_failure_at_either_commit_write_rolls_back(tmp_path, monkeyp
         if calls["n"] == which:
             raise fastckpt.CheckpointIOError(errno.ENOSPC, "injected: no space", "checkpoint")
         return real(*a, **k)
-    monkeypatch.setattr(fastckpt.directory.commit, "update_checkpoint_state", failing)
+    monkeypatch.setattr(fastckpt.directory.listing, "update_checkpoint_state", failing)
     with pytest.raises(fastckpt.CheckpointIOError, match="injected"):
         saver.save(SMALL, str(d / "m"), global_step=2)
     assert files(d) == before
@@ -72,7 +72,7 @@ def test_failed_resave_keeps_the_old_contents(tmp_path, monkeypatch):
     d = tmp_path / "run"
     saver = fastckpt.Saver(max_to_keep=2)
     saver.save(SMALL, str(d / "m"), global_step=1)
-    real = fastckpt.directory.commit.update_checkpoint_state
+    real = fastckpt.directory.listing.update_checkpoint_state
     calls = {"n": 0}
 
     def failing(*a, **k):
@@ -80,7 +80,7 @@ def test_failed_resave_keeps_the_old_contents(tmp_path, monkeypatch):
         if calls["n"] == 1:
             raise fastckpt.CheckpointIOError(errno.EIO, "injected", "checkpoint")
         return real(*a, **k)
-    monkeypatch.setattr(fastckpt.directory.commit, "update_checkpoint_state", failing)
+    monkeypatch.setattr(fastckpt.directory.listing, "update_checkpoint_state", failing)
     with pytest.raises(fastckpt.CheckpointIOError):
         saver.save({"w": SMALL["w"] * 2}, str(d / "m"), global_step=1)
     assert_bit_equal(fastckpt.restore(fastckpt.latest_checkpoint(str(d)))["w"], SMALL["w"])

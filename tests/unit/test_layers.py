@@ -181,6 +181,56 @@ def test_top_folder_is_small_and_every_module_has_a_layer():
         layer_of(m)
 
 
+# The storage seam: file-system calls live in fastckpt/storage only. The
+# benchmark measures raw file I/O as its baseline, and the command line
+# points its own stdout at /dev/null when a pipe closes: neither is a byte of
+# a checkpoint.
+SEAM_EXEMPT = ("fastckpt/storage/", "fastckpt/bench/")
+SEAM_EXEMPT_FUNCTIONS = {"_silence_stdout"}  # cli.py
+OS_FILE_CALLS = {"open", "replace", "rename", "link", "symlink", "unlink", "remove", "rmdir", "mkdir", "makedirs",
+                 "listdir", "scandir", "read", "write", "pread", "pwrite", "preadv", "pwritev", "readv", "writev",
+                 "fsync", "fdatasync", "ftruncate", "truncate", "stat", "lstat", "fstat", "close", "lseek", "fdopen",
+                 "dup", "dup2", "utime", "posix_fallocate", "sendfile", "copy_file_range", "statvfs", "readlink"}
+PATH_FILE_CALLS = {"exists", "lexists", "isdir", "isfile", "islink", "getsize", "getmtime", "samefile", "realpath"}
+
+
+def file_system_calls(path: pathlib.Path) -> List[str]:
+    """``os`` file calls, ``os.path`` queries of the disk, ``open()``,
+    ``mmap.mmap`` and ``shutil`` calls in one module."""
+    found = []
+    tree = ast.parse(path.read_text())
+    exempt = {id(n) for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef) and fn.name in SEAM_EXEMPT_FUNCTIONS
+              for n in ast.walk(fn)}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or id(node) in exempt:
+            continue
+        f = node.func
+        text = ast.unparse(f)
+        if (isinstance(f, ast.Name) and f.id == "open") or text in ("mmap.mmap", "io.open") or \
+                text.startswith("shutil.") or \
+                (text.startswith("os.") and text.count(".") == 1 and text[3:] in OS_FILE_CALLS) or \
+                (text.startswith("os.path.") and text[8:] in PATH_FILE_CALLS):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {text}()")
+    return found
+
+
+def test_every_file_system_call_goes_through_storage():
+    found = [c for p in sorted(PACKAGE.rglob("*.py"))
+             if not str(p.relative_to(ROOT)).startswith(SEAM_EXEMPT)
+             for c in file_system_calls(p)]
+    assert not found, "file-system calls outside fastckpt/storage:\n" + "\n".join(found)
+
+
+def test_the_seam_check_sees_a_direct_call(tmp_path):
+    module = ROOT / "tests" / "unit" / "_seam_probe.py"
+    module.write_text("import os\nos.unlink('x')\nos.path.exists('y')\nopen('z')\nos.path.join('a', 'b')\n")
+    try:
+        found = file_system_calls(module)
+    finally:
+        module.unlink()
+    assert [c.rsplit(": ", 1)[1] for c in found] == ["os.unlink()", "os.path.exists()", "open()"]
+
+
 def test_the_check_catches_a_loop_and_a_hidden_import(tmp_path):
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert find_cycle(graph) == ["a", "b", "c", "a"]
@@ -211,7 +261,8 @@ def test_structure_package_keeps_the_old_module_names():
 if __name__ == "__main__":  # python3 -m tests.unit.test_layers
     problems = 0
     for check in (test_no_import_loop, test_no_fastckpt_import_inside_a_function, test_imports_run_downward,
-                  test_no_private_name_imported_across_modules, test_top_folder_is_small_and_every_module_has_a_layer):
+                  test_no_private_name_imported_across_modules, test_top_folder_is_small_and_every_module_has_a_layer,
+                  test_every_file_system_call_goes_through_storage):
         try:
             check()
             print(f"ok    {check.__name__}")
