@@ -137,6 +137,7 @@ def test_readme_is_a_front_page():
     assert size <= 10 * 1024, f"README.md is {size} bytes"
 
 
+@pytest.mark.no_sanitizer  # Sphinx drives no C code
 def test_docs_build_with_warnings_as_errors(tmp_path):
     pytest.importorskip("sphinx", reason="the test extra installs sphinx")
     pytest.importorskip("myst_parser", reason="the test extra installs myst-parser")
