@@ -3,7 +3,7 @@ place: python setup.py build_ext --inplace), side by side in one run:
 processes alternate between the trees, 5 rounds per workload, min and
 median of each.
 
-    python benchmarks/ab_compare.py /path/to/before /path/to/after [rounds]
+    python benchmarks/ab_compare.py /path/to/before /path/to/after [rounds] [small,nested,big]
 
 Prints the markdown table the changelog quotes."""
 import json, os, statistics, subprocess, sys
@@ -11,7 +11,8 @@ before, after = sys.argv[1], sys.argv[2]
 rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
 sample = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ab_sample.py")
 res = {}
-for kind in ("small", "nested", "big"):
+kinds = sys.argv[4].split(",") if len(sys.argv) > 4 else ["small", "nested", "big"]
+for kind in kinds:
     for r in range(rounds):
         pair = (("before", before), ("after", after))
         for v, pp in pair if r % 2 == 0 else pair[::-1]:

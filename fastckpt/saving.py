@@ -153,9 +153,9 @@ def write_checkpoint(flat: FlatState, prefix: str, options: SaveOptions, listing
     the caller has begun) -- also one process whose state holds
     :class:`~fastckpt.Shard` parts (:mod:`fastckpt.collective`)."""
     if comm is None and not any(isinstance(v, Shard) for v in flat.leaves.values()):
-        tensors: Dict[str, Any] = dict(with_structure_record(flat.leaves, flat.tree, flat.metadata))
+        tensors = with_structure_record(flat.leaves, flat.tree, flat.metadata)
         if flat.extra:
-            tensors.update(flat.extra)
+            tensors = {**tensors, **flat.extra}
         return save_checkpoint(prefix, tensors, retain=listing.retain, durable=options.durable,
                                num_shards=options.num_shards, alignment=options.alignment, threads=options.threads,
                                state_name=listing.state_name, write_state=listing.write_state,

@@ -496,7 +496,7 @@ def write_bundle(
     (64 MiB); string tensors are encoded whole.
 
     ``compression="zstd"`` stores every numeric tensor compressed: split
-    into byte planes, in chunks of 4 MiB compressed with zstd at
+    into byte planes, in chunks of 1 MiB (``ZSTD_CHUNK``) compressed with zstd at
     ``compression_level`` on the C threads (chunks that do not shrink are
     stored as they are). Every fastckpt reader reads it transparently;
     TensorFlow refuses it by its header (a fastckpt extension).

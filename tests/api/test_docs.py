@@ -146,3 +146,11 @@ def test_docs_build_with_warnings_as_errors(tmp_path):
                           str(ROOT / "docs"), str(tmp_path / "html")], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-4000:]
     assert (tmp_path / "html" / "api.html").read_text().count("fastckpt.CheckpointManager") > 0
+
+
+def test_the_zstd_chunk_size_is_the_one_documented():
+    from fastckpt.bundle.writer import ZSTD_CHUNK, write_bundle
+
+    assert ZSTD_CHUNK == 1 << 20
+    assert "1 MiB chunks" in (ROOT / "docs" / "guides" / "compression.md").read_text()
+    assert "chunks of 1 MiB" in write_bundle.__doc__
