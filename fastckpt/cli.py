@@ -25,7 +25,7 @@ from fastckpt.formats.convert import convert
 from fastckpt.formats.diff import diff
 from fastckpt.formats.inspect import inspect_checkpoint, summary_lines
 from fastckpt.verify import verify_path
-from fastckpt.storage import local
+from fastckpt.storage import fs
 
 __all__ = ["main"]
 
@@ -35,7 +35,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.dir is not None:
         args.dir = local_path(args.dir, "--dir")
-        if not local.is_dir(args.dir):
+        if not fs.is_dir(args.dir):
             raise NotFoundError(f"--dir {args.dir} is not a directory")
     if args.rounds is None:  # a --loop round is K saves of each case: fewer rounds by default
         args.rounds = 3 if args.loop is not None else 5
@@ -100,7 +100,7 @@ def _ls(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
 
     path = args.path
-    if not (local.is_dir(path) and local.exists(os.path.join(path, "checkpoint"))):
+    if not (fs.is_dir(path) and fs.exists(os.path.join(path, "checkpoint"))):
         find_checkpoint(path)  # not found, or several without a state file: exit 2 with the reason
     reports = verify_path(path, threads=args.threads, progress=_progress())
     _progress_done()
@@ -119,7 +119,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _gc(args: argparse.Namespace) -> int:
     args.directory = local_path(args.directory, "directory")
-    if not local.is_dir(args.directory):
+    if not fs.is_dir(args.directory):
         raise NotFoundError(f"{args.directory} is not a directory")
     report = collect_garbage(args.directory, dry_run=args.dry_run)
     for p in report.finished:

@@ -41,7 +41,7 @@ from fastckpt.bundle.naming import index_filename
 from fastckpt.bundle.slices import Shard, SliceKey, encode_slice_key, first_overlap
 from fastckpt.structure.tree import STRUCTURE_KEY, record_tensor
 from fastckpt.bundle.writer import STAGE_PREFIX, StagedBundle, check_prefix, write_part, write_staged_index
-from fastckpt.storage import local
+from fastckpt.storage import fs
 
 __all__ = ["save_collective", "merge_records", "full_entries", "Layout", "plan_layout", "LocalCommunicator"]
 
@@ -399,7 +399,7 @@ def _commit_on_root(raws: Optional[List[Any]], parts: Any, staged_prefix: str, s
         write_staged_index(staged, merge_records(raws, parts, min_consumer))
         return commit(staged)
     except BaseException as e:  # every process hears of it
-        if not local.exists(index_filename(staged_prefix)):
+        if not fs.exists(index_filename(staged_prefix)):
             staged.remove()  # the merge failed; a failed commit cleaned up (or kept for recovery) itself
         return e
     finally:

@@ -31,7 +31,7 @@ from fastckpt.directory.state import get_checkpoint_state, latest_checkpoint
 from fastckpt.errors import InvalidArgumentError
 from fastckpt.restoring import restore_latest, restore_structure
 from fastckpt.saving import FlatState, Listing, SaveOptions, flatten_state, resolve_options, write_checkpoint
-from fastckpt.storage import local
+from fastckpt.storage import fs
 
 __all__ = ["CheckpointManager"]
 
@@ -104,14 +104,14 @@ class CheckpointManager:
     @property
     def latest_checkpoint(self) -> Optional[str]:
         """Prefix of the newest complete checkpoint, or None."""
-        if not local.is_dir(self._directory):
+        if not fs.is_dir(self._directory):
             return None
         return latest_checkpoint(self._directory)
 
     @property
     def checkpoints(self) -> List[str]:
         """Prefixes of the kept checkpoints, oldest first."""
-        if not local.is_dir(self._directory):
+        if not fs.is_dir(self._directory):
             return []
         st = get_checkpoint_state(self._directory)
         return list(st.all_model_checkpoint_paths) if st else []

@@ -21,7 +21,7 @@ from fastckpt.directory.state import latest_checkpoint
 from fastckpt.errors import InvalidArgumentError, NotFoundError
 from fastckpt.structure.objectgraph import OBJECT_GRAPH_KEY, restore_object_tree
 from fastckpt.structure.tree import leaf_targets, read_record, unflatten
-from fastckpt.storage import local
+from fastckpt.storage import fs
 
 __all__ = ["restore_structure", "read_meta", "restore_latest"]
 
@@ -121,7 +121,7 @@ def _restore_flat(reader: Any, into: Optional[Any]) -> Dict[str, Any]:
 def restore_latest(directory: str, into: Any, threads: Optional[int]) -> Optional[Tuple[str, Any]]:
     """Restore the directory's latest checkpoint into ``into``: its prefix and
     the restored structure (None without one), even while saves replace it."""
-    if not local.is_dir(directory) or latest_checkpoint(directory) is None:
+    if not fs.is_dir(directory) or latest_checkpoint(directory) is None:
         return None
 
     def use(prefix: str) -> Tuple[str, Any]:

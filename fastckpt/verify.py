@@ -25,7 +25,7 @@ from fastckpt.directory.locate import find_checkpoint, open_checkpoint
 from fastckpt.bundle.records import IndexEntry
 from fastckpt.bundle.slices import decode_slice_key
 from fastckpt.directory.state import get_checkpoint_state, readable_prefix
-from fastckpt.storage import local
+from fastckpt.storage import fs
 
 __all__ = ["VerifyReport", "verify_checkpoint", "verify_path"]
 
@@ -136,7 +136,7 @@ def verify_path(path: PathLike, threads: Optional[int] = None,
     the only checkpoint of a directory without a state file."""
     p = local_path(path)
     try:
-        st = get_checkpoint_state(p) if local.is_dir(p) else None
+        st = get_checkpoint_state(p) if fs.is_dir(p) else None
         if st is None:  # a prefix, or a directory holding one checkpoint and no state file
             return [verify_checkpoint(find_checkpoint(p), threads, progress)]
     except CheckpointError as e:

@@ -14,7 +14,7 @@ from fastckpt import _core
 from fastckpt.errors import CheckpointError, CheckpointIOError, DataLossError, NotFoundError
 from fastckpt.storage.locking import lock_for_reading, open_regular
 from fastckpt.bundle.naming import data_filename
-from fastckpt.storage import local
+from fastckpt.storage import fs, local
 
 __all__ = ["DataFiles", "crc32c_of_range", "read_range"]
 
@@ -129,7 +129,7 @@ class DataFiles:
         directory = os.path.dirname(self.prefix) or "."
         pattern = re.compile(re.escape(os.path.basename(self.prefix)) + r"\.data-(\d{5,})-of-" + f"{n:05d}" + r"\Z")
         try:
-            present = {int(m.group(1)) for m in map(pattern.match, local.listdir(directory)) if m}
+            present = {int(m.group(1)) for m in map(pattern.match, fs.listdir(directory)) if m}
         except OSError:
             present = set()
         count = n - len({s for s in present if s < n})

@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlsplit
 
 from fastckpt._version import __version__
 from fastckpt.errors import InvalidArgumentError
-from fastckpt.storage import local
+from fastckpt.storage import fs
 
 __all__ = ["index_filename", "data_filename", "resolve_prefix", "checkpoint_files",
            "step_suffix", "PathLike", "local_path"]
@@ -66,7 +66,7 @@ def checkpoint_files(prefix: str) -> List[str]:
     base = os.path.basename(prefix)
     pattern = re.compile(re.escape(base) + r"(\.index|\.meta|\.data-\d{5,}-of-\d{5,})\Z")
     try:
-        names = local.listdir(directory)
+        names = fs.listdir(directory)
     except OSError:
         return []
     return [os.path.join(os.path.dirname(prefix), n) for n in sorted(names) if pattern.match(n)]
@@ -103,10 +103,10 @@ def resolve_prefix(path: PathLike) -> str:
     prefix itself. No globbing: ``[`` in directory names is just a character.
     """
     p = local_path(path)
-    if local.present(index_filename(p)):
+    if fs.present(index_filename(p)):
         return p
     for stripped in (p[: -len(".index")] if p.endswith(".index") else None,
                      _DATA_SUFFIX.sub("", p) if _DATA_SUFFIX.search(p) else None):
-        if stripped and local.present(index_filename(stripped)):
+        if stripped and fs.present(index_filename(stripped)):
             return stripped
     return p

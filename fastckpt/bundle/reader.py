@@ -19,7 +19,7 @@ from fastckpt.storage.fileio import open_file, read_fd
 from fastckpt.bundle.readplan import ReadPlan, advise_willneed, find_entry, name_of
 from fastckpt.bundle.records import Extent, IndexEntry
 from fastckpt.bundle.regions import TensorSlice, read_region
-from fastckpt.storage import local
+from fastckpt.storage import fs, local
 
 __all__ = ["CheckpointReader", "read_index_header", "read_index_fd"]
 
@@ -114,7 +114,7 @@ class CheckpointReader(Mapping[str, np.ndarray]):
                 if self.num_shards > EAGER_SHARDS:
                     return
                 self._files.open_all()
-                now = local.identity(path)
+                now = fs.identity(path)
             finally:
                 local.close(fd)
             if now == ident:

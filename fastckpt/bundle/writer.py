@@ -24,7 +24,7 @@ from fastckpt.storage.fsutil import (check_name_fits, default_threads, ensure_di
 from fastckpt.storage.locking import create_locked_temp, release_lock
 from fastckpt.bundle.naming import PathLike, checkpoint_files, data_filename, index_filename, local_path
 from fastckpt.bundle.slices import SliceKey
-from fastckpt.storage import local
+from fastckpt.storage import fs, local
 
 __all__ = ["write_bundle", "plan_bundle", "StagedBundle", "stage_bundle", "install_bundle",
            "install_plain", "write_part", "write_staged_index", "compression_setting", "check_options", "STAGE_PREFIX", "MAX_SHARDS"]
@@ -221,7 +221,7 @@ class StagedBundle:
     def remove(self) -> None:
         """Delete whatever is left of the staged files (index first)."""
         for path in self.files():
-            local.delete_quietly(path)
+            fs.delete_quietly(path)
 
     def close(self) -> None:
         """Release the locks (the files themselves stay)."""
@@ -395,19 +395,19 @@ def _place(src: str, dst: str, link: bool) -> None:
     link (a copy where links are not supported) renamed over ``dst``, so
     ``src`` stays complete meanwhile."""
     if not link:
-        local.replace(src, dst)
+        fs.replace(src, dst)
         return
     tmp = os.path.join(os.path.dirname(dst), ".fclink-" + secrets.token_hex(8))
     try:
         try:
-            local.link(src, tmp)
+            fs.link(src, tmp)
         except OSError as e:
             if e.errno not in _NO_LINK:
                 raise
-            local.copy(src, tmp)
-        local.replace(tmp, dst)
+            fs.copy(src, tmp)
+        fs.replace(tmp, dst)
     except BaseException:
-        local.delete_quietly(tmp)
+        fs.delete_quietly(tmp)
         raise
 
 
@@ -424,14 +424,14 @@ def install_bundle(staged: StagedBundle, prefix: str, *, link: bool) -> None:
     ``link=True`` keeps the staged files complete meanwhile (a state file
     may list them)."""
     index = index_filename(prefix)
-    if local.exists(index):
-        local.delete(index)
+    if fs.exists(index):
+        fs.delete(index)
     finals = final_files(prefix, staged.num_shards)
     for src, dst in zip(staged.data_files() + [index_filename(staged.prefix)], finals):
         _place(src, dst, link)
     for stale in set(checkpoint_files(prefix)) - set(finals):
         if not stale.endswith(".meta"):
-            local.delete_quietly(stale)
+            fs.delete_quietly(stale)
     if staged.durable:
         fsync_dir(os.path.dirname(prefix) or ".")
 
@@ -442,9 +442,9 @@ def install_plain(staged: StagedBundle, prefix: str) -> None:
     try:
         install_bundle(staged, prefix, link=False)
     except BaseException as e:
-        if not local.exists(index_filename(prefix)):
+        if not fs.exists(index_filename(prefix)):
             for f in final_files(prefix, staged.num_shards)[:-1]:
-                local.delete_quietly(f)
+                fs.delete_quietly(f)
         if isinstance(e, OSError):
             raise io_error(e, f"writing checkpoint {prefix!r}") from e
         raise

@@ -46,7 +46,7 @@ from fastckpt.directory.retention import Entry
 from fastckpt.directory.state import state_path
 from fastckpt.storage.fsutil import ensure_directory, io_error
 from fastckpt.storage.locking import directory_lock
-from fastckpt.storage import local
+from fastckpt.storage import fs
 
 __all__ = ["save_checkpoint", "commit_checkpoint", "committer"]
 
@@ -120,7 +120,7 @@ def commit_checkpoint(staged: StagedBundle, prefix: str, directory: str, state_n
         listed = read_listed(directory, state_name)
         original = listed.entries
         others = [(p, ts) for p, ts in original if norm(p) != norm(prefix)]
-        existed = local.exists(index_filename(prefix))
+        existed = fs.exists(index_filename(prefix))
         now = time.time()
         if existed:  # about to be hidden: the staged bundle stands in for it
             during = others + [(staged.prefix, now)]

@@ -17,7 +17,7 @@ from fastckpt.bundle.writer import STAGE_PREFIX
 from fastckpt.directory.retention import Entry
 from fastckpt.directory.state import checkpoint_exists, read_checkpoint_state, state_path, update_checkpoint_state
 from fastckpt.errors import DataLossError
-from fastckpt.storage import local
+from fastckpt.storage import fs
 
 __all__ = ["norm", "inside", "remove_checkpoint", "Listed", "read_listed", "write_state", "deletable", "RetainFn",
            "STAGED_NAME"]
@@ -46,7 +46,7 @@ def remove_checkpoint(prefix: str, *, meta: bool = True) -> None:
     files.sort(key=lambda f: not f.endswith(".index"))
     for f in files:
         try:
-            local.delete(f)
+            fs.delete(f)
         except FileNotFoundError:
             pass
         except OSError as e:
@@ -83,7 +83,7 @@ def read_listed(directory: str, state_name: str) -> Listed:
         if not checkpoint_exists(p):
             continue
         ts = stamps[i] if len(stamps) == len(st.all_model_checkpoint_paths) and i < len(stamps) else \
-            local.mtime(index_filename(p))
+            fs.mtime(index_filename(p))
         seen.pop(norm(p), None)
         seen[norm(p)] = (p, ts)
     return Listed(list(seen.values()), st.last_preserved_timestamp, st.pending, st.deleting, True)
@@ -93,7 +93,7 @@ def write_state(directory: str, state_name: str, entries: Sequence[Entry], prese
                  pending: Sequence[Tuple[str, str]] = (), deleting: Sequence[str] = ()) -> None:
     if not entries:
         with contextlib.suppress(FileNotFoundError):
-            local.delete(state_path(directory, state_name))
+            fs.delete(state_path(directory, state_name))
         return
     update_checkpoint_state(directory, entries[-1][0], [p for p, _ in entries],
                             all_model_checkpoint_timestamps=[ts for _, ts in entries],

@@ -12,7 +12,7 @@ from fastckpt.bundle.naming import PathLike, index_filename, local_path, resolve
 from fastckpt.bundle.reader import CheckpointReader
 from fastckpt.directory.state import latest_checkpoint, readable_prefix, state_path
 from fastckpt.errors import DataLossError, InvalidArgumentError, NotFoundError
-from fastckpt.storage import local
+from fastckpt.storage import fs
 
 __all__ = ["read_bundle", "load_checkpoint", "list_variables", "open_checkpoint", "find_checkpoint", "no_checkpoint"]
 
@@ -63,8 +63,8 @@ def find_checkpoint(path: PathLike) -> str:
     checkpoint, the complete staged bundle standing in for it is returned
     (:func:`fastckpt.directory.state.readable_prefix`)."""
     p = local_path(path)
-    if local.is_dir(p):
-        if local.exists(state_path(p, None)):
+    if fs.is_dir(p):
+        if fs.exists(state_path(p, None)):
             for _ in range(100):  # the latest may be retired between naming and finding it: name it again
                 latest = latest_checkpoint(p)
                 if latest is None:
@@ -73,7 +73,7 @@ def find_checkpoint(path: PathLike) -> str:
                 if found is not None:
                     return found
             raise no_checkpoint(p)
-        found_all = sorted(n[:-len(".index")] for n in local.listdir(p)
+        found_all = sorted(n[:-len(".index")] for n in fs.listdir(p)
                            if n.endswith(".index") and not n.startswith(".fcsave-"))
         if len(found_all) > 1:
             raise InvalidArgumentError(f"{p} holds {len(found_all)} checkpoints and no state file naming the latest: "
@@ -108,7 +108,7 @@ def open_checkpoint(path: PathLike, use: Callable[[str], T]) -> T:
 
 
 def _index_id(prefix: str) -> Optional[Tuple[int, int, int]]:
-    return local.identity(index_filename(prefix))
+    return fs.identity(index_filename(prefix))
 
 
 def list_variables(dir_or_prefix: PathLike) -> List[Tuple[str, List[int]]]:

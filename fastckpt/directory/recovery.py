@@ -17,7 +17,7 @@ from fastckpt.directory.listing import STAGED_NAME, deletable, inside, norm, rea
 from fastckpt.directory.state import state_path
 from fastckpt.errors import CheckpointError
 from fastckpt.storage.locking import clean_leftovers, directory_lock, is_leftover
-from fastckpt.storage import local
+from fastckpt.storage import fs
 
 __all__ = ["recover_directory", "collect_garbage", "GarbageReport", "staged_bundle"]
 
@@ -47,7 +47,7 @@ def recover_directory(directory: str, state_name: str = "checkpoint", *, durable
             return recover_directory(directory, state_name, durable=durable, locked=True, tidy_state=tidy_state,
                                      keep=keep)
     listed = read_listed(directory, state_name)
-    if not listed.exists and local.exists(state_path(directory, state_name)):
+    if not listed.exists and fs.exists(state_path(directory, state_name)):
         return [], []  # unreadable state file: touch nothing it might list
     finished: List[str] = []
     entries = list(listed.entries)
@@ -97,7 +97,7 @@ def collect_garbage(directory: str, state_name: str = "checkpoint", *, dry_run: 
     if not dry_run:
         report.finished, report.removed = recover_directory(directory, state_name)
     try:
-        names = sorted(local.listdir(directory))
+        names = sorted(fs.listdir(directory))
     except OSError:
         names = []
     report.leftovers = [os.path.join(directory, n) for n in names if is_leftover(n)]

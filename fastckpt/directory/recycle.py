@@ -35,7 +35,7 @@ from fastckpt.errors import CheckpointError
 from fastckpt.storage.locking import claim_exclusive, directory_lock, release_lock
 from fastckpt.bundle.naming import checkpoint_files, data_filename, index_filename
 from fastckpt.bundle.writer import StagedBundle, new_stage_prefix
-from fastckpt.storage import local
+from fastckpt.storage import fs, local
 
 __all__ = ["stage_recycling", "victim_data_files"]
 
@@ -78,13 +78,13 @@ def stage_recycling(prefix: str, directory: str, state_name: str, retain: Any, n
             remaining = [e for e in listed.entries if norm(e[0]) != norm(victim)]
             write_state(directory, state_name, remaining, listed.preserved, durable,
                          deleting=list(listed.deleting) + [victim])
-            local.delete(index_filename(victim))
+            fs.delete(index_filename(victim))
             for shard, (path, fd) in enumerate(fds):
                 if shard < num_shards:
-                    local.rename(path, data_filename(staged.prefix, shard, num_shards))
+                    fs.rename(path, data_filename(staged.prefix, shard, num_shards))
                     staged.recycled[shard] = fd
                 else:
-                    local.delete(path)  # beyond the new shard count (its lock goes with the others)
+                    fs.delete(path)  # beyond the new shard count (its lock goes with the others)
         except BaseException:
             staged.recycled.clear()
             staged.remove()

@@ -15,7 +15,7 @@ from fastckpt.errors import CheckpointIOError, DataLossError, InvalidArgumentErr
 from fastckpt.storage.fsutil import write_text_atomic
 from fastckpt.bundle.naming import PathLike, index_filename, local_path
 from fastckpt.storage.fileio import read_regular
-from fastckpt.storage import local
+from fastckpt.storage import fs
 
 __all__ = [
     "CheckpointState",
@@ -312,7 +312,7 @@ def get_checkpoint_state(
 
 def checkpoint_exists(prefix: str) -> bool:
     """True if ``prefix.index`` exists (its literal path: no globbing)."""
-    return local.is_file(index_filename(prefix))
+    return fs.is_file(index_filename(prefix))
 
 
 def _staged_for(st: Optional[CheckpointState], prefix: str) -> Optional[str]:

@@ -15,7 +15,7 @@ from fastckpt.directory.locate import find_checkpoint, open_checkpoint
 from fastckpt.structure.tree import STRUCTURE_KEY, read_record, with_structure_record
 from fastckpt.bundle.writer import final_files, write_bundle
 from fastckpt.formats.source import Source
-from fastckpt.storage import local
+from fastckpt.storage import fs
 
 __all__ = ["open_bundle", "write_tf", "bundle_tensors"]
 
@@ -39,7 +39,7 @@ def open_bundle(path: str, *, verify: bool = True) -> Source:
 
 
 def _prefix_of(path: str) -> str:
-    if local.is_dir(path) and local.exists(os.path.join(path, "checkpoint")):
+    if fs.is_dir(path) and fs.exists(os.path.join(path, "checkpoint")):
         return str(open_checkpoint(path, lambda p: p))
     return find_checkpoint(path)
 
@@ -58,8 +58,8 @@ def _lazy(reader: CheckpointReader, name: str) -> LazyTensor:
 
 
 def _info(reader: CheckpointReader, record: Any) -> Dict[str, Any]:
-    sizes = [local.size(reader.files.path(s)) for s in range(reader.num_shards)]
-    return {"data_files": reader.num_shards, "file_bytes": sum(sizes) + local.size(reader.prefix + ".index"),
+    sizes = [fs.size(reader.files.path(s)) for s in range(reader.num_shards)]
+    return {"data_files": reader.num_shards, "file_bytes": sum(sizes) + fs.size(reader.prefix + ".index"),
             "compression": "zstd" if reader.index.compressed else None,
             "format_version": "TensorFlow bundle V2" + (" (fastckpt zstd extension)" if reader.index.compressed
                                                         else ""),

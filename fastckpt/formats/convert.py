@@ -32,7 +32,7 @@ from fastckpt.storage.fsutil import ensure_directory
 from fastckpt.bundle.naming import PathLike, checkpoint_files
 from fastckpt.bundle.writer import stage_bundle
 from fastckpt.formats.bundle import bundle_tensors
-from fastckpt.storage import local
+from fastckpt.storage import fs
 
 __all__ = ["convert", "cast_floats"]
 
@@ -96,8 +96,8 @@ def _is_float(dt: np.dtype) -> bool:
 
 def _refuse_same(source: Source, dst: str, fmt: str) -> None:
     """Writing over the checkpoint being read would destroy it mid-read."""
-    theirs = {local.real_path(p) for p in _files_of_source(source)}
-    ours = {local.real_path(p) for p in ([dst] if fmt != "tf" else checkpoint_files(dst) + [dst + ".index"])}
+    theirs = {fs.real_path(p) for p in _files_of_source(source)}
+    ours = {fs.real_path(p) for p in ([dst] if fmt != "tf" else checkpoint_files(dst) + [dst + ".index"])}
     if theirs & ours:
         raise InvalidArgumentError(f"{dst} is the checkpoint being converted: write to another path")
 
@@ -105,8 +105,8 @@ def _refuse_same(source: Source, dst: str, fmt: str) -> None:
 def _files_of_source(source: Source) -> List[str]:
     if source.format == "tf":
         return checkpoint_files(source.path) + [source.path + ".index"]
-    if local.is_dir(source.path):
-        return [os.path.join(source.path, n) for n in local.listdir(source.path)]
+    if fs.is_dir(source.path):
+        return [os.path.join(source.path, n) for n in fs.listdir(source.path)]
     return [source.path]
 
 

@@ -15,7 +15,7 @@ from fastckpt import _core
 from fastckpt.storage.fsutil import default_threads, ensure_directory, fsync_dir, io_error
 from fastckpt.storage.locking import create_locked_temp, release_lock
 from fastckpt.bundle.writer import STAGING_BYTES, c_order_chunks
-from fastckpt.storage import local
+from fastckpt.storage import fs, local
 
 __all__ = ["replace_all", "chunks_of", "write_at"]
 
@@ -85,7 +85,7 @@ def replace_all(files: Sequence[Tuple[str, Callable[[Any], Any]]], durable: bool
                 if durable:
                     local.fsync(fh.fileno())
         for tmp, path, _ in done:
-            local.replace(tmp, path)
+            fs.replace(tmp, path)
         path = ""
         if durable:
             for d in {os.path.dirname(p) or "." for _, p, _ in done}:
@@ -94,6 +94,6 @@ def replace_all(files: Sequence[Tuple[str, Callable[[Any], Any]]], durable: bool
         raise io_error(e, f"writing {path or files[0][0]}") from e
     finally:
         for tmp, _, fd in done:
-            local.delete_quietly(tmp)
+            fs.delete_quietly(tmp)
             release_lock(fd)
     return [p for p, _ in files]

@@ -13,7 +13,7 @@ from fastckpt.formats.npz import open_npz, write_npz
 from fastckpt.formats.safetensors import open_safetensors, write_safetensors
 from fastckpt.formats.source import Source, check_format, checked_path, detect_format
 from fastckpt.formats.torchfile import open_torch, write_torch
-from fastckpt.storage import local
+from fastckpt.storage import fs
 
 __all__ = ["open_source", "write_as"]
 
@@ -45,8 +45,8 @@ def _open(p: str, fmt: str, verify: bool) -> Source:
 def _exists(path: str, fmt: str) -> bool:
     """``path`` exists -- or, for safetensors, names shards through their index."""
     shards = fmt == "safetensors" and path.endswith(".safetensors") and \
-        local.present(path[:-len(".safetensors")] + ".safetensors.index.json")
-    return local.present(path) or shards
+        fs.present(path[:-len(".safetensors")] + ".safetensors.index.json")
+    return fs.present(path) or shards
 
 
 def write_as(fmt: str, dst: str, source: Source, *, num_shards: int = 1, compression: Optional[str] = None,

@@ -21,7 +21,7 @@ from fastckpt.errors import DataLossError, InvalidArgumentError
 from fastckpt.bundle.lazy import LazyTensor
 from fastckpt.formats.source import open_input, Source, tensors_only
 from fastckpt.formats.files import replace_all, write_at
-from fastckpt.storage import local
+from fastckpt.storage import fs, local
 
 __all__ = ["open_safetensors", "write_safetensors", "SAFETENSORS_DTYPES"]
 
@@ -64,7 +64,7 @@ def open_safetensors(path: str) -> Source:
     except BaseException:
         _close(maps)
         raise
-    info = {"data_files": len(files), "file_bytes": sum(local.size(f) for f in files), "compression": None,
+    info = {"data_files": len(files), "file_bytes": sum(fs.size(f) for f in files), "compression": None,
             "format_version": "safetensors", "dtypes": {n: _NAME_OF.get(t.dtype, str(t.dtype))
                                                          for n, t in tensors.items()}}
     return Source("safetensors", path, tensors, metadata=metadata or None, info=info, close=lambda: _close(maps))
@@ -81,9 +81,9 @@ def _close(maps: List[Any]) -> None:
 
 def _files_of(path: str) -> Tuple[List[str], Optional[Dict[str, str]]]:
     index = None
-    if local.is_dir(path):
-        found = sorted(n for n in local.listdir(path) if n.endswith(".safetensors.index.json"))
-        singles = sorted(n for n in local.listdir(path) if n.endswith(".safetensors"))
+    if fs.is_dir(path):
+        found = sorted(n for n in fs.listdir(path) if n.endswith(".safetensors.index.json"))
+        singles = sorted(n for n in fs.listdir(path) if n.endswith(".safetensors"))
         if len(found) == 1:
             index = os.path.join(path, found[0])
         elif len(singles) == 1 and not found:
@@ -93,7 +93,7 @@ def _files_of(path: str) -> Tuple[List[str], Optional[Dict[str, str]]]:
                                        "name the one to read")
     elif path.endswith(".index.json"):
         index = path
-    elif not local.present(path) and local.present(path[:-len(".safetensors")] + ".safetensors.index.json"):
+    elif not fs.present(path) and fs.present(path[:-len(".safetensors")] + ".safetensors.index.json"):
         index = path[:-len(".safetensors")] + ".safetensors.index.json"
     if index is None:
         return [path], None

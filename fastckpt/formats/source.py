@@ -14,7 +14,7 @@ from fastckpt.bundle.naming import PathLike, local_path
 from fastckpt.structure.objectgraph import OBJECT_GRAPH_KEY
 from fastckpt.structure.tree import STRUCTURE_KEY, non_tensor_values
 from fastckpt.storage.fileio import open_file
-from fastckpt.storage import local
+from fastckpt.storage import fs, local
 
 __all__ = ["Source", "FORMATS", "detect_format", "open_input", "checked_path", "tensors_only", "check_format"]
 
@@ -52,8 +52,8 @@ def detect_format(path: PathLike, *, existing: bool = True) -> str:
     suffix = os.path.splitext(base)[1].lower()
     if suffix in _SUFFIXES and not (suffix == ".json" and not p.endswith(".safetensors.index.json")):
         return _SUFFIXES[suffix]
-    if existing and local.is_dir(p):
-        names = local.listdir(p)
+    if existing and fs.is_dir(p):
+        names = fs.listdir(p)
         if any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names) and not any(
                 n.endswith(".index") or n == "checkpoint" for n in names):
             return "safetensors"

@@ -23,7 +23,7 @@ from fastckpt.structure.tree import flatten, unflatten
 from fastckpt.formats.source import Source, open_input
 from fastckpt.structure.objectgraph import OBJECT_GRAPH_KEY
 from fastckpt.formats.files import replace_all
-from fastckpt.storage import local
+from fastckpt.storage import fs
 
 __all__ = ["open_torch", "write_torch"]
 
@@ -79,7 +79,7 @@ def open_torch(path: str) -> Source:
         leaves, tree = flatten(obj)
     check = _crc_check(path) if zipped else (lambda: None)
     tensors = {n: _lazy(path, n, a, zipped, check) for n, a in leaves.items()}
-    info = {"data_files": 1, "file_bytes": local.size(path), "compression": None,
+    info = {"data_files": 1, "file_bytes": fs.size(path), "compression": None,
             "format_version": "PyTorch zip" if zipped else "PyTorch legacy",
             "dtypes": {n: str(t.dtype) for n, t in tensors.items()}}
     return Source("torch", path, tensors, tree=tree, info=info)

@@ -3,7 +3,12 @@ creates, renames or deletes, goes through this package -- the layers above
 call no file-system function themselves (``tests/unit/test_layers.py``
 checks the source for it).
 
-- :mod:`fastckpt.storage.local`: the primitives -- what is there
+- :mod:`fastckpt.storage.fs`: the interface for names, which the layers
+  above call (``fs.exists``, ``fs.listdir``, ``fs.delete``, ``fs.replace``,
+  ``fs.link``, ...): each call asks ``fs.backend(path)`` for the
+  implementation that holds the path -- the local file system today, an
+  object store as another implementation of the same ``Storage`` protocol.
+- :mod:`fastckpt.storage.local`: the local implementation -- what is there
   (``exists``, ``present``, ``is_dir``, ``listdir``, ``size``, ``identity``),
   what changes it (``delete``, ``replace``, ``rename``, ``link``, ``copy``),
   and descriptors (``pread_into``, ``write_all``, ``fsync``, ``truncate``,
