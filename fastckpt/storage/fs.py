@@ -1,16 +1,17 @@
 """The storage interface the layers above call for names: each function
 asks :func:`backend` which implementation holds ``path`` and delegates to
 it. Local paths are :mod:`fastckpt.storage.local`'s; an object store is
-another module or object with these functions, chosen here by the path's
-scheme, without a change in the layers that call them. (URLs are refused
-before they get here until an object store is implemented:
-:func:`fastckpt.bundle.naming.local_path`.)"""
+another object with these functions (:class:`fastckpt.storage.s3.S3Storage`
+for ``s3://`` URLs), chosen here by the path's scheme, without a change in
+the layers that call them. (The public API still refuses URLs,
+:func:`fastckpt.bundle.naming.local_path`, until every layer's use of an
+object store is built and tested.)"""
 
 from __future__ import annotations
 
 from typing import List, Optional, Protocol, Tuple
 
-from fastckpt.storage import local
+from fastckpt.storage import local, s3
 
 __all__ = ["Storage", "backend", "exists", "present", "is_dir", "is_file", "listdir", "size", "mtime", "identity",
            "delete", "delete_quietly", "replace", "rename", "link", "copy", "real_path"]
@@ -37,7 +38,10 @@ class Storage(Protocol):
 
 
 def backend(path: str) -> Storage:
-    """The implementation that holds ``path``: the local file system."""
+    """The implementation that holds ``path``: an object store for
+    ``s3://`` URLs, else the local file system."""
+    if path.startswith(s3.SCHEME):
+        return s3.default_s3()
     return local  # a module is an implementation: it has the protocol's functions
 
 
