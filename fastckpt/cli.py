@@ -80,7 +80,6 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
-
     with load_checkpoint(args.path) as r:
         rows = [(name, dtype_name(r.index.entry(r.index.find(key)).dtype), list(entry.shape))
                 for key, entry in r.entries() if key[:1] != b"\x00"
@@ -98,8 +97,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-
-    path = args.path
+    path = local_path(args.path)
     if not (fs.is_dir(path) and fs.exists(os.path.join(path, "checkpoint"))):
         find_checkpoint(path)  # not found, or several without a state file: exit 2 with the reason
     reports = verify_path(path, threads=args.threads, progress=_progress())

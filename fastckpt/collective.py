@@ -39,7 +39,7 @@ from fastckpt.bundle.frameworks import to_numpy
 from fastckpt.storage.fsutil import default_threads, ensure_directory
 from fastckpt.bundle.naming import index_filename
 from fastckpt.bundle.slices import Shard, SliceKey, encode_slice_key, first_overlap
-from fastckpt.structure.tree import STRUCTURE_KEY, record_tensor
+from fastckpt.structure.record import STRUCTURE_KEY, record_tensor
 from fastckpt.bundle.writer import STAGE_PREFIX, StagedBundle, check_prefix, write_part, write_staged_index
 from fastckpt.storage import fs
 

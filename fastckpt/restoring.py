@@ -20,7 +20,8 @@ from fastckpt.directory.locate import open_checkpoint
 from fastckpt.directory.state import latest_checkpoint
 from fastckpt.errors import InvalidArgumentError, NotFoundError
 from fastckpt.structure.objectgraph import OBJECT_GRAPH_KEY, restore_object_tree
-from fastckpt.structure.tree import leaf_targets, read_record, unflatten
+from fastckpt.structure.tree import leaf_targets, unflatten
+from fastckpt.structure.record import read_record
 from fastckpt.storage import fs
 
 __all__ = ["restore_structure", "read_meta", "restore_latest"]

@@ -23,7 +23,8 @@ from fastckpt.directory.locate import open_checkpoint
 from fastckpt.directory.retention import Retention
 from fastckpt.errors import InvalidArgumentError
 from fastckpt.structure.objectgraph import object_graph_tensors, template_tensors
-from fastckpt.structure.tree import flatten, non_tensor_values, with_structure_record
+from fastckpt.structure.tree import flatten, non_tensor_values
+from fastckpt.structure.record import with_structure_record
 
 __all__ = ["SaveOptions", "Listing", "FlatState", "flatten_state", "object_graph_state", "write_checkpoint",
            "check_flag", "resolve_options"]

@@ -20,7 +20,7 @@ from fastckpt.errors import CheckpointError
 from fastckpt.bundle.files import crc32c_of_range, read_range
 from fastckpt.bundle.naming import PathLike, local_path
 from fastckpt.bundle.reader import CheckpointReader
-from fastckpt.structure.tree import read_record
+from fastckpt.structure.record import read_record
 from fastckpt.directory.locate import find_checkpoint, open_checkpoint
 from fastckpt.bundle.records import IndexEntry
 from fastckpt.bundle.slices import decode_slice_key

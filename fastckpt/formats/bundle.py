@@ -12,7 +12,7 @@ from fastckpt.errors import UnsupportedError
 from fastckpt.bundle.lazy import LazyTensor
 from fastckpt.bundle.reader import CheckpointReader
 from fastckpt.directory.locate import find_checkpoint, open_checkpoint
-from fastckpt.structure.tree import STRUCTURE_KEY, read_record, with_structure_record
+from fastckpt.structure.record import STRUCTURE_KEY, read_record, with_structure_record
 from fastckpt.bundle.writer import final_files, write_bundle
 from fastckpt.formats.source import Source
 from fastckpt.storage import fs

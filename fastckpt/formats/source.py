@@ -12,7 +12,8 @@ from fastckpt.errors import InvalidArgumentError
 from fastckpt.bundle.lazy import LazyTensor
 from fastckpt.bundle.naming import PathLike, local_path
 from fastckpt.structure.objectgraph import OBJECT_GRAPH_KEY
-from fastckpt.structure.tree import STRUCTURE_KEY, non_tensor_values
+from fastckpt.structure.tree import non_tensor_values
+from fastckpt.structure.record import STRUCTURE_KEY
 from fastckpt.storage.fileio import open_file
 from fastckpt.storage import fs, local
 

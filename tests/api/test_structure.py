@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fastckpt
-from fastckpt.structure.tree import STRUCTURE_KEY
+from fastckpt.structure.record import STRUCTURE_KEY
 from tests.helpers.roundtrip import assert_bit_equal
 
 NESTED = {

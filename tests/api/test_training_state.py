@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import fastckpt
-from fastckpt.structure.tree import STRUCTURE_KEY
+from fastckpt.structure.record import STRUCTURE_KEY
 
 
 def assert_exact(a, b, path="<root>"):

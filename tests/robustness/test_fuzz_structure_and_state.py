@@ -11,7 +11,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import fastckpt
-from fastckpt.structure.tree import STRUCTURE_KEY, parse_structure_record, unflatten
+from fastckpt.structure.tree import unflatten
+from fastckpt.structure.record import STRUCTURE_KEY, parse_structure_record
 
 EXAMPLES = int(os.environ.get("FASTCKPT_FUZZ_EXAMPLES", "1500"))
 fuzz = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
