@@ -76,6 +76,7 @@ fastckpt.latest_checkpoint(3)
 
 
 @pytest.mark.no_sanitizer
+@pytest.mark.deep  # 20 s of mypy in a scratch project; test_mypy_clean checks the package itself in the default tier
 def test_a_user_project_gets_fastckpts_types_from_an_editable_install(tmp_path):
     """mypy, run from another directory, finds the installed fastckpt and
     its types (an editable install puts a plain path in its .pth)."""
