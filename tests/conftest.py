@@ -71,6 +71,22 @@ def small_tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(d)], capture_output=True)
 
 
+@pytest.fixture
+def progress(request):
+    """``progress("text")`` prints a line on the terminal at once, through
+    the output capture: long deep-tier tests say what they are doing, so the
+    CI log has no silence longer than a step."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+
+    def say(text):
+        if reporter is None or capture is None:
+            return
+        with capture.global_and_fixture_disabled():  # past the capture of the running test
+            reporter.write_line(f"  [{request.node.name}] {text}")
+    return say
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3-compatible server (SeaweedFS, ``weed mini``) on free ports

@@ -26,7 +26,7 @@ def _mem_available():
 
 
 @pytest.mark.slow
-def test_single_5gib_tensor_roundtrip(tmp_path):
+def test_single_5gib_tensor_roundtrip(tmp_path, progress):
     size = 5 * GIB
     if _mem_available() < 3 * size:
         pytest.skip(f"needs {3 * size / GIB:.0f} GiB of free memory, has {_mem_available() / GIB:.1f}")
@@ -35,13 +35,16 @@ def test_single_5gib_tensor_roundtrip(tmp_path):
     n = size // 4
     x = np.arange(n, dtype=np.uint32).view(np.float32)  # every bit pattern, NaNs included
     x[n - 1] = 1.5
+    progress("writing 5 GiB")
     prefix = fastckpt.write_bundle(str(tmp_path / "huge"), {"w": x, "after": np.arange(3, dtype=np.int8)})
+    progress("reading it back")
     assert os.path.getsize(prefix + ".data-00000-of-00001") == size + 3
     got = fastckpt.read_bundle(prefix)
     assert got["w"].shape == (n,) and got["w"].dtype == np.float32
     assert np.array_equal(got["w"].view(np.uint32), x.view(np.uint32))
     assert got["after"].tolist() == [0, 1, 2]
     del got
+    progress("mapping it")
     with fastckpt.load_checkpoint(prefix) as r:  # zero-copy view, CRC over the mapping
         view = r["w"]
         assert view[n - 1] == 1.5 and view.view(np.uint32)[123456789] == 123456789

@@ -92,12 +92,22 @@ def big(tmp_path_factory):
         shutil.rmtree(d, ignore_errors=True)
 
 
-def _run(tmp_path, steps):
-    return subprocess.run([sys.executable, "-c", CHILD.format(limit=LIMIT), str(tmp_path), ";".join(steps)],
-                          capture_output=True, text=True, timeout=1800, cwd=os.getcwd())
+def _run(tmp_path, steps, say=lambda line: None):
+    """Run the steps in the limited child; its progress lines are passed to ``say`` as they come."""
+    with open(os.path.join(str(tmp_path), "child.err"), "w+") as err:  # a file: a full pipe would block the child
+        child = subprocess.Popen([sys.executable, "-c", CHILD.format(limit=LIMIT), str(tmp_path), ";".join(steps)],
+                                 stdout=subprocess.PIPE, stderr=err, text=True, cwd=os.getcwd())
+        out = []
+        assert child.stdout is not None
+        for line in child.stdout:
+            out.append(line)
+            say(line.rstrip())
+        child.wait(timeout=1800)
+        err.seek(0)
+        return subprocess.CompletedProcess(child.args, child.returncode, "".join(out), err.read())
 
 
-def test_a_checkpoint_four_times_the_memory_limit_converts_through_every_format(big):
+def test_a_checkpoint_four_times_the_memory_limit_converts_through_every_format(big, progress):
     tmp_path = big
     assert os.path.getsize(tmp_path / "big.data-00000-of-00001") == TENSORS * ELEMENTS * 4 == 4 * LIMIT
     steps = list(STEPS)
@@ -106,7 +116,7 @@ def test_a_checkpoint_four_times_the_memory_limit_converts_through_every_format(
         steps += TORCH_STEPS
     except ImportError:
         pass
-    r = _run(tmp_path, steps)
+    r = _run(tmp_path, steps, progress)
     assert r.returncode == 0 and r.stdout.endswith("ok\n"), r.stdout + r.stderr
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".fc")]  # no temporaries left
 
