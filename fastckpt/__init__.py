@@ -44,6 +44,7 @@ from fastckpt.restoring import restore_structure as restore
 from fastckpt.saver import Saver, save
 from fastckpt.saving import SaveOptions
 from fastckpt.verify import VerifyReport, verify_checkpoint, verify_path
+from fastckpt.storage.s3 import configure as configure_s3
 
 # Modules of fastckpt 0.5 and earlier, before the layers became folders:
 # ``import fastckpt.reader`` and ``from fastckpt.state import ...`` keep working.
@@ -95,6 +96,7 @@ __all__ = [
     "CheckpointReader",
     "CheckpointState",
     "ConflictError",
+    "configure_s3",
     "GarbageReport",
     "DataLossError",
     "Diff",

@@ -77,6 +77,43 @@ cdef class WritePlan:
         """The offset of tensor ``i`` in its data file."""
         return self.entries[i].offset
 
+    def __len__(self):
+        return self.n
+
+    def size(self, Py_ssize_t i):
+        """The payload size of tensor ``i`` in bytes (as planned)."""
+        self._check(i)
+        return self.items[i].len
+
+    def is_ready(self, Py_ssize_t i):
+        """True if tensor ``i``'s payload is in memory as it is written (not
+        a staged source that must be converted first)."""
+        self._check(i)
+        return bool(self.ready[i])
+
+    def payload(self, Py_ssize_t i):
+        """Tensor ``i``'s payload as a read-only 1-D uint8 array over its
+        own memory (no copy; the array keeps the plan, and so the source,
+        alive). Only for ready tensors."""
+        cdef cnp.npy_intp dim
+        cdef cnp.ndarray arr
+        self._check(i)
+        if not self.ready[i]:
+            raise InvalidArgumentError(f"tensor {self.names[i]!r} has no payload in memory (it is staged)")
+        dim = <cnp.npy_intp>self.items[i].len
+        if dim == 0:
+            return cnp.PyArray_ZEROS(1, &dim, cnp.NPY_UINT8, 0)
+        arr = cnp.PyArray_SimpleNewFromData(1, &dim, cnp.NPY_UINT8, <void *>self.items[i].buf)
+        Py_INCREF(self)
+        cnp.PyArray_SetBaseObject(arr, self)
+        cnp.PyArray_CLEARFLAGS(arr, cnp.NPY_ARRAY_WRITEABLE)
+        return arr
+
+    cdef int _check(self, Py_ssize_t i) except -1:
+        if i < 0 or i >= self.n:
+            raise IndexError(f"tensor number {i} is not in the plan ({self.n} tensors)")
+        return 0
+
     def set_crc(self, Py_ssize_t i, uint32_t crc):
         """The CRC32C (unmasked) of staged tensor ``i``'s payload."""
         self.items[i].crc = crc

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import numpy as np
 
 from fastckpt.bundle.frameworks import to_numpy
-from fastckpt.bundle.naming import PathLike, local_path, step_suffix
+from fastckpt.bundle.naming import PathLike, is_url, step_suffix, storage_path
 from fastckpt.bundle.slices import Shard
 from fastckpt.bundle.writer import STAGE_PREFIX
 from fastckpt.comm import as_communicator
@@ -63,7 +63,8 @@ class CheckpointManager:
                  threads: Optional[int] = None, comm: Any = None, timeout: Optional[float] = None,
                  compression: Optional[str] = None, compression_level: int = 1, recycle: bool = False,
                  options: Optional[SaveOptions] = None) -> None:
-        d = local_path(directory, "directory")
+        d = storage_path(directory, "directory")
+        d = d.rstrip("/") if is_url(d) else d
         if not isinstance(d, str) or not d:
             raise InvalidArgumentError(f"directory must be a path, got {directory!r}")
         if not isinstance(checkpoint_name, str) or not checkpoint_name or os.sep in checkpoint_name:

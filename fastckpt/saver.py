@@ -7,7 +7,7 @@ import logging
 import os
 from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Sequence
 
-from fastckpt.bundle.naming import PathLike, local_path, step_suffix
+from fastckpt.bundle.naming import PathLike, step_suffix, storage_path
 from fastckpt.comm import as_communicator
 from fastckpt.directory.locate import read_bundle
 from fastckpt.directory.retention import Retention
@@ -98,8 +98,8 @@ class Saver:
         """
         if save_path is None:
             raise InvalidArgumentError("save_path must not be None")
-        base = local_path(save_path, "save_path")
-        if not isinstance(base, str) or not base or base.endswith(os.sep):
+        base = storage_path(save_path, "save_path")
+        if not isinstance(base, str) or not base or base.endswith(os.sep) or base.endswith("/"):
             raise InvalidArgumentError(f"save_path must be a file path prefix, got {save_path!r}")
         prefix = base if global_step is None else f"{base}-{step_suffix(global_step)}"
         if global_step is None and os.path.basename(base) == (latest_filename or "checkpoint"):
@@ -153,7 +153,7 @@ def save(state: Any, prefix: PathLike, *, metadata: Any = None, durable: bool = 
     wait for the slowest process. ``compression="zstd"``: see
     :func:`fastckpt.write_bundle`. ``options`` (a :class:`SaveOptions`)
     replaces the keyword arguments ``durable`` to ``compression_level``."""
-    p = local_path(prefix, "prefix")
+    p = storage_path(prefix, "prefix")
     opts = resolve_options(options, durable=durable, num_shards=num_shards, alignment=alignment, threads=threads,
                     compression=compression, compression_level=compression_level)
     communicator = as_communicator(comm, timeout)

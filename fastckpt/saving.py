@@ -12,13 +12,14 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional
 
 import numpy as np
 
-from fastckpt.bundle.naming import PathLike, local_path
+from fastckpt.bundle.naming import PathLike, is_url, local_path
 from fastckpt.bundle.reader import CheckpointReader
 from fastckpt.bundle.slices import Shard
 from fastckpt.bundle.writer import check_options, compression_setting
 from fastckpt.collective import LocalCommunicator, agreed, save_collective
 from fastckpt.comm import Communicator
 from fastckpt.directory.commit import committer, recover_directory, save_checkpoint
+from fastckpt.directory.objectcommit import save_object_checkpoint
 from fastckpt.directory.locate import open_checkpoint
 from fastckpt.directory.retention import Retention
 from fastckpt.errors import InvalidArgumentError
@@ -157,6 +158,14 @@ def write_checkpoint(flat: FlatState, prefix: str, options: SaveOptions, listing
         tensors = with_structure_record(flat.leaves, flat.tree, flat.metadata)
         if flat.extra:
             tensors = {**tensors, **flat.extra}
+        if is_url(prefix):
+            if options.recycle:
+                raise InvalidArgumentError(f"{prefix}: recycle=True rewrites local files in place; an object "
+                                           "store has no such thing (save without recycle)")
+            return save_object_checkpoint(prefix, tensors, retain=listing.retain, num_shards=options.num_shards,
+                                          alignment=options.alignment, threads=options.threads,
+                                          state_name=listing.state_name, write_state=listing.write_state,
+                                          zstd_level=options.zstd_level)
         return save_checkpoint(prefix, tensors, retain=listing.retain, durable=options.durable,
                                num_shards=options.num_shards, alignment=options.alignment, threads=options.threads,
                                state_name=listing.state_name, write_state=listing.write_state,

@@ -98,6 +98,21 @@ def s3_server(tmp_path_factory):
         yield server
 
 
+@pytest.fixture
+def s3_dir(s3_server, monkeypatch):
+    """A fresh ``s3://`` directory on the test server, with fastckpt (and any
+    child process, through the environment) pointed at the server."""
+    import uuid
+
+    import fastckpt
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
+    fastckpt.configure_s3()  # from the environment just set
+    yield f"s3://{s3_server.bucket}/t-{uuid.uuid4().hex[:12]}"
+    monkeypatch.undo()
+    fastckpt.configure_s3()
+
+
 @pytest.fixture(scope="session")
 def ctx():
     """A forkserver context whose children have numpy, fastckpt and the

@@ -14,7 +14,7 @@ import numpy as np
 
 from fastckpt import _core
 from fastckpt.errors import DataLossError
-from fastckpt.bundle.files import read_range
+from fastckpt.bundle.files import Handle, pread_into, read_range
 
 __all__ = ["restore_frame", "verify_frame", "check_claim", "WINDOW"]
 
@@ -43,7 +43,7 @@ def _scratch(n: int, name: str = "buf") -> np.ndarray:
 Window = Tuple[np.ndarray, bytes, int, int, int]
 
 
-def _windows(fd: int, offset: int, size: int, raw_len: int, itemsize: int, what: str,
+def _windows(fd: Handle, offset: int, size: int, raw_len: int, itemsize: int, what: str,
              raw_window: Optional[int] = None) -> Iterator[Window]:
     """The frame's chunks, read a window at a time into the reused scratch:
     (stored bytes, their length words, chunk size, raw start, raw end). A
@@ -66,7 +66,8 @@ def _windows(fd: int, offset: int, size: int, raw_len: int, itemsize: int, what:
             stored += spans[j]
             j += 1
         buf = _scratch(stored)
-        _core.io_run([fd], [at], [buf], None, write=False, threads=1, describe=lambda i: what)
+        if pread_into(fd, buf.data, at) != len(buf):
+            raise DataLossError(f"{what}: the file ends before the compressed frame's end (truncated?)")
         yield buf, table[4 * c:4 * j], chunk_raw, c * chunk_raw, min(j * chunk_raw, raw_len)
         c, at = j, at + stored
 
@@ -79,7 +80,7 @@ def _checked(crc: Optional[int], expected: Optional[int], what: str) -> int:
     return crc
 
 
-def restore_frame(fd: int, offset: int, size: int, out: np.ndarray, itemsize: int, threads: int,
+def restore_frame(fd: Handle, offset: int, size: int, out: np.ndarray, itemsize: int, threads: int,
                   expected: Optional[int], what: str) -> int:
     """Restore the frame of ``size`` bytes at ``offset`` into ``out`` (the
     raw bytes, a C-contiguous uint8 view), checking the CRC32C of what was
@@ -91,7 +92,7 @@ def restore_frame(fd: int, offset: int, size: int, out: np.ndarray, itemsize: in
     return _checked(crc, expected, what)
 
 
-def verify_frame(fd: int, offset: int, size: int, count: int, itemsize: int, threads: int,
+def verify_frame(fd: Handle, offset: int, size: int, count: int, itemsize: int, threads: int,
                  expected: Optional[int], what: str) -> int:
     """Check the frame of ``count`` elements of ``itemsize`` bytes as
     :func:`restore_frame` does, into a reused raw scratch of at most

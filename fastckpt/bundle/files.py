@@ -1,6 +1,9 @@
 """The data files of one bundle: descriptors, sizes, memory maps, range
 checks and checksums read with ``pread`` -- one home for the reader and
-``verify`` alike."""
+``verify`` alike. A bundle in an object store has :class:`ObjectDataFiles`
+instead, whose handles (:class:`RemoteFile`) read by ranged GETs of the
+object versions the index was opened with; every function here that takes
+a descriptor takes such a handle too."""
 
 from __future__ import annotations
 
@@ -8,20 +11,63 @@ import errno
 import mmap
 import os
 import re
-from typing import Dict, Optional, Set, Tuple
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union, cast
+
+import numpy as np
 
 from fastckpt import _core
-from fastckpt.errors import CheckpointError, CheckpointIOError, DataLossError, NotFoundError
+from fastckpt.errors import CheckpointError, CheckpointIOError, ConflictError, DataLossError, NotFoundError
 from fastckpt.storage.locking import lock_for_reading, open_regular
 from fastckpt.bundle.naming import data_filename
 from fastckpt.storage import fs, local
+from fastckpt.storage.s3 import PART_BYTES, PARTS_IN_FLIGHT, ObjectInfo
 
-__all__ = ["DataFiles", "crc32c_of_range", "read_range"]
+__all__ = ["DataFiles", "ObjectDataFiles", "RemoteFile", "Handle", "crc32c_of_range", "read_range", "pread_into"]
 
 _CHUNK = 8 << 20
 
 
-def crc32c_of_range(fd: int, offset: int, size: int, what: str) -> int:
+@dataclass(frozen=True)
+class RemoteFile:
+    """A data object as the reader opened it: URL, size, and the ETag of
+    that version (a ranged read of any other version fails)."""
+
+    url: str
+    size: int
+    etag: str
+    storage: Any
+
+    def pread_into(self, view: memoryview, offset: int) -> int:
+        """Fill ``view`` from ``offset`` (fewer bytes at the object's end)."""
+        n = max(0, min(view.nbytes, self.size - offset))
+        if n:
+            try:
+                self.storage.read_into(self.url, offset, view[:n], self.etag)
+            except ConflictError:
+                raise DataLossError(f"{self.url} was replaced while the checkpoint was being read "
+                                    "(a save rewrote it): read the checkpoint again") from None
+            except FileNotFoundError:
+                raise NotFoundError(f"{self.url} was deleted while the checkpoint was being read "
+                                    "(retention, or a save replacing it)") from None
+            except OSError as e:
+                raise CheckpointIOError(e.errno or errno.EIO, f"cannot read {self.url}: {e.strerror or e}",
+                                        self.url) from e
+        return n
+
+
+Handle = Union[int, RemoteFile]
+
+
+def pread_into(handle: Handle, view: memoryview, offset: int) -> int:
+    """``pread`` into ``view`` from a local descriptor or a data object."""
+    if isinstance(handle, RemoteFile):
+        return handle.pread_into(view, offset)
+    return local.pread_into(handle, view, offset)
+
+
+def crc32c_of_range(fd: Handle, offset: int, size: int, what: str) -> int:
     """CRC32C of a file's bytes read by ``pread`` in chunks (constant memory;
     a file that shrank gives :class:`DataLossError`, never a signal)."""
     crc = 0
@@ -30,7 +76,7 @@ def crc32c_of_range(fd: int, offset: int, size: int, what: str) -> int:
     while at < size:
         n = min(len(buf), size - at)
         view = memoryview(buf)[:n]
-        got = local.pread_into(fd, view, offset + at)
+        got = pread_into(fd, view, offset + at)
         if got <= 0:
             raise DataLossError(f"{what}: the file ends at byte {offset + at}, before the tensor's end "
                                 f"{offset + size} (truncated while being read?)")
@@ -39,12 +85,12 @@ def crc32c_of_range(fd: int, offset: int, size: int, what: str) -> int:
     return crc
 
 
-def read_range(fd: int, offset: int, size: int, what: str) -> bytearray:
+def read_range(fd: Handle, offset: int, size: int, what: str) -> bytearray:
     """``size`` bytes at ``offset``, read with ``pread``."""
     out = bytearray(size)
     at = 0
     while at < size:
-        got = local.pread_into(fd, memoryview(out)[at:], offset + at)
+        got = pread_into(fd, memoryview(out)[at:], offset + at)
         if got <= 0:
             raise DataLossError(f"{what}: the file ends before the tensor's end (truncated while being read?)")
         at += got
@@ -55,6 +101,8 @@ class DataFiles:
     """The ``num_shards`` data files of the bundle ``prefix``, each opened on
     first use (or all at once with :meth:`open_all`) and kept open, so what
     was opened stays one generation even if the checkpoint is replaced."""
+
+    remote = False
 
     def __init__(self, prefix: str, num_shards: int) -> None:
         self.prefix = prefix
@@ -157,6 +205,13 @@ class DataFiles:
             except OSError:
                 pass
 
+    def read_many(self, fds: Sequence[Handle], offsets: Sequence[int], buffers: Sequence[Any],
+                  crcs: Optional[Sequence[Optional[int]]], threads: int, describe: Callable[[int], str]) -> None:
+        """Fill every buffer from its descriptor at its offset, in parallel
+        (checking the CRC32C of those with a ``crcs`` entry)."""
+        _core.io_run(cast(List[int], list(fds)), list(offsets), list(buffers), None if crcs is None else list(crcs), write=False,
+                     threads=threads, describe=describe)
+
     def descriptors(self) -> Optional[Tuple[list, list]]:
         """(descriptors, sizes) of every shard, opening them all; None if one
         cannot be opened (the caller takes a path that reports it)."""
@@ -169,3 +224,102 @@ class DataFiles:
         except CheckpointError:
             return None
         return fds, sizes
+
+
+class ObjectDataFiles:
+    """The data objects of a bundle in an object store, as listed when its
+    index was read (one generation: each read names the object version it
+    listed). The reader's interface of :class:`DataFiles`; reads are ranged
+    GETs in parallel (:meth:`read_many`), no maps, no descriptors."""
+
+    remote = True
+
+    def __init__(self, prefix: str, num_shards: int, objects: Dict[int, ObjectInfo], storage: Any) -> None:
+        self.prefix = prefix
+        self.num_shards = num_shards
+        self._objects = objects
+        self._storage = storage
+
+    def path(self, shard: int) -> str:
+        """``PREFIX.data-SSSSS-of-NNNNN``."""
+        return data_filename(self.prefix, shard, self.num_shards)
+
+    def open(self, shard: int) -> Tuple[RemoteFile, int]:
+        """(handle, size) of a data object; :class:`NotFoundError` when missing."""
+        info = self._objects.get(shard)
+        if info is None:
+            raise NotFoundError(f"data file {self.path(shard)} of checkpoint {self.prefix!r} is missing")
+        return RemoteFile(info.url, info.size, info.etag, self._storage), info.size
+
+    def open_all(self) -> None:
+        """Nothing to open: the objects were listed with the index."""
+
+    def check_range(self, name: str, shard: int, offset: int, size: int, fresh: bool = False) -> RemoteFile:
+        """The object's handle, after checking that the tensor's bytes lie inside it."""
+        handle, file_size = self.open(shard)
+        if offset + size > file_size:
+            raise DataLossError(
+                f"{self.path(shard)}: tensor {name!r} needs bytes {offset}..{offset + size} "
+                f"but the object has {file_size} bytes (truncated?)")
+        return handle
+
+    def mapping(self, shard: int) -> None:
+        """Objects are not mapped."""
+        return None
+
+    def missing(self) -> Tuple[int, Set[int]]:
+        """(how many data objects are missing, which)."""
+        gone = {s for s in range(self.num_shards) if s not in self._objects} if self.num_shards <= 1 << 16 else set()
+        count = self.num_shards - len([s for s in self._objects if s < self.num_shards])
+        return count, gone if count else set()
+
+    def close(self) -> None:
+        """Nothing is held open."""
+
+    def descriptors(self) -> None:
+        """No descriptors: the C read planner is for local files."""
+        return None
+
+    def read_many(self, handles: Sequence[Handle], offsets: Sequence[int], buffers: Sequence[Any],
+                  crcs: Optional[Sequence[Optional[int]]], threads: int, describe: Callable[[int], str]) -> None:
+        """Fill every buffer from its handle at its offset: ranged GETs of
+        at most ``PART_BYTES``, ``PARTS_IN_FLIGHT`` at once, straight into
+        the buffers; each buffer whose ``crcs`` entry is set has its
+        CRC32C checked (pieces checksummed as they land, then combined)."""
+        tasks: List[Tuple[int, int, memoryview]] = []
+        views = []
+        for i, buf in enumerate(buffers):
+            flat: Any = buf.reshape(-1).view(np.uint8) if isinstance(buf, np.ndarray) else buf
+            view = memoryview(flat).cast("B")
+            views.append(view)
+            for start in range(0, view.nbytes, PART_BYTES):
+                tasks.append((i, start, view[start:start + PART_BYTES]))
+        piece_crcs: Dict[Tuple[int, int], int] = {}
+        if crcs is None:
+            crcs = [None] * len(buffers)
+
+        def fetch(task: Tuple[int, int, memoryview]) -> None:
+            i, start, view = task
+            if pread_into(handles[i], view, offsets[i] + start) != view.nbytes:
+                raise DataLossError(f"{describe(i)}: the object ends before the tensor's end")
+            if crcs[i] is not None:  # type: ignore[index]
+                piece_crcs[(i, start)] = _core.crc32c(view)
+
+        if len(tasks) == 1:
+            fetch(tasks[0])
+        elif tasks:
+            with ThreadPoolExecutor(max_workers=max(1, min(PARTS_IN_FLIGHT, len(tasks))),
+                                    thread_name_prefix="fastckpt-get") as pool:
+                for _ in pool.map(fetch, tasks):
+                    pass
+        for i, view in enumerate(views):
+            expected = crcs[i]
+            if expected is None:
+                continue
+            crc = 0
+            for start in range(0, view.nbytes, PART_BYTES):
+                piece = piece_crcs[(i, start)]
+                crc = piece if start == 0 else _core.crc32c_combine(crc, piece, min(PART_BYTES, view.nbytes - start))
+            if crc != expected:
+                raise DataLossError(f"{describe(i)}: checksum does not match: stored {_core.mask_crc(expected)} "
+                                    f"vs. calculated {_core.mask_crc(crc)}")

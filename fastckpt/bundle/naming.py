@@ -12,7 +12,7 @@ from fastckpt.errors import InvalidArgumentError
 from fastckpt.storage import fs
 
 __all__ = ["index_filename", "data_filename", "resolve_prefix", "checkpoint_files",
-           "step_suffix", "PathLike", "local_path"]
+           "step_suffix", "PathLike", "local_path", "storage_path", "is_url"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -47,6 +47,40 @@ def local_path(path: Any, what: str = "path") -> str:
         return unquote(parts.path)
     raise InvalidArgumentError(f"{what} {p!r} is a URL ({scheme}://): fastckpt {__version__} reads and writes local "
                                "paths only (object stores are not supported yet); nothing was read or written")
+
+
+def is_url(path: str) -> bool:
+    """True for an object-store URL (``s3://...``) fastckpt reads and writes."""
+    return path.startswith("s3://")
+
+
+def storage_path(path: Any, what: str = "path") -> str:
+    """``path`` as a name fastckpt can read and write: a local path (as
+    :func:`local_path` makes it) or an ``s3://bucket/key`` URL (checked: a
+    bucket, no empty or dot segments in the key). Other schemes are refused
+    with one line, never taken as a local directory."""
+    try:
+        p = os.fspath(path)
+    except TypeError:
+        raise InvalidArgumentError(f"{what} must be a str or os.PathLike, got {type(path).__name__}") from None
+    if not isinstance(p, str):
+        p = os.fsdecode(p)
+    m = _URL.match(p)
+    if m is None or m.group(1).lower() != "s3":
+        if m is not None and m.group(1).lower() != "file":
+            raise InvalidArgumentError(f"{what} {p!r} is a URL ({m.group(1).lower()}://): fastckpt {__version__} "
+                                       "reads and writes local paths and s3:// URLs; nothing was read or written")
+        return local_path(p, what)
+    rest = p[len(m.group(0)):]
+    bucket, _, key = rest.partition("/")
+    if m.group(0) != "s3://":
+        raise InvalidArgumentError(f"{what} {p!r}: write the scheme as s3:// (lower case)")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{1,62}", bucket):
+        raise InvalidArgumentError(f"{what} {p!r}: {bucket!r} is not a bucket name (s3://BUCKET/key/prefix)")
+    segments = key.rstrip("/").split("/") if key.rstrip("/") else []
+    if any(seg in ("", ".", "..") for seg in segments) or "?" in key or "#" in key:
+        raise InvalidArgumentError(f"{what} {p!r}: the key must not hold empty, '.' or '..' segments, '?' or '#'")
+    return p
 
 
 def index_filename(prefix: str) -> str:
@@ -102,7 +136,7 @@ def resolve_prefix(path: PathLike) -> str:
     ``X.data-00000-of-00001`` both give ``X``) when the literal path is not a
     prefix itself. No globbing: ``[`` in directory names is just a character.
     """
-    p = local_path(path)
+    p = storage_path(path)
     if fs.present(index_filename(p)):
         return p
     for stripped in (p[: -len(".index")] if p.endswith(".index") else None,

@@ -11,17 +11,18 @@ import numpy as np
 
 from fastckpt import _core
 from fastckpt.bundle.dtypes import DT_STRING, DT_VARIANT, fixed_width_dtypes, numpy_dtype
-from fastckpt.errors import CheckpointError, DataLossError, InvalidArgumentError, TensorNotFoundError
-from fastckpt.bundle.files import DataFiles, crc32c_of_range
-from fastckpt.storage.fsutil import default_threads, gc_paused
-from fastckpt.bundle.naming import PathLike, index_filename, resolve_prefix
+from fastckpt.errors import CheckpointError, DataLossError, InvalidArgumentError, NotFoundError, TensorNotFoundError
+from fastckpt.bundle.files import DataFiles, ObjectDataFiles, crc32c_of_range
+from fastckpt.storage.fsutil import default_threads, gc_paused, io_error
+from fastckpt.bundle.naming import PathLike, data_filename, index_filename, is_url, resolve_prefix
 from fastckpt.storage.fileio import open_file, read_fd
 from fastckpt.bundle.readplan import ReadPlan, advise_willneed, find_entry, name_of
 from fastckpt.bundle.records import Extent, IndexEntry
 from fastckpt.bundle.regions import TensorSlice, read_region
 from fastckpt.storage import fs, local
+from fastckpt.storage.s3 import ObjectInfo
 
-__all__ = ["CheckpointReader", "read_index_header", "read_index_fd"]
+__all__ = ["CheckpointReader", "read_index_header", "read_index_fd", "check_index_footer"]
 
 # Data files opened with the index (a consistent generation); beyond this
 # many shards they are opened on first use.
@@ -40,9 +41,15 @@ def read_index_fd(fd: int, path: str) -> bytes:
     TensorFlow writes it: a large file that is no index (sparse, or any
     other file) is refused after reading 48 bytes, not loaded into memory."""
     size = local.fd_size(fd)
+    check_index_footer(local.pread(fd, _FOOTER, size - _FOOTER) if size >= _FOOTER else b"", size, path)
+    return read_fd(fd, path)
+
+
+def check_index_footer(foot: bytes, size: int, path: str) -> None:
+    """Refuse what is not a table whose index block ends at its footer
+    (``foot``: the last 48 bytes of the ``size`` bytes of ``path``)."""
     if size < _FOOTER:
         raise DataLossError(f"{path}: {size} bytes is too short to be a checkpoint index")
-    foot = local.pread(fd, _FOOTER, size - _FOOTER)
     if len(foot) != _FOOTER or foot[40:] != _MAGIC:
         raise DataLossError(f"{path} is not a checkpoint index (bad magic number)")
     handles, at = [], 0
@@ -56,7 +63,6 @@ def read_index_fd(fd: int, path: str) -> bytes:
     if handles[2] + handles[3] + 5 != size - _FOOTER:
         raise DataLossError(f"{path}: the index block ({handles[3]} bytes at {handles[2]}) does not end where the "
                             f"footer begins ({size - _FOOTER}): not a checkpoint index, or damaged")
-    return read_fd(fd, path)
 
 
 def _read_index(prefix: str) -> "_core.Index":
@@ -91,7 +97,7 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         self._prefix = resolve_prefix(prefix)
         self._verify = bool(verify)
         self._threads = threads if threads is not None else default_threads()
-        self._files = DataFiles(self._prefix, 0)
+        self._files: Union[DataFiles, ObjectDataFiles] = DataFiles(self._prefix, 0)
         self._verified: set = set()
         self._names: Optional[List[str]] = None
         self._open_generation()
@@ -102,6 +108,9 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         this checkpoint hides the index before it touches any data file),
         start again, so index and data always belong together."""
         path = index_filename(self._prefix)
+        if is_url(path):
+            self._open_objects(path)
+            return
         for _ in range(20):
             # The index stays open until the data files are: while it is
             # open its inode cannot be reused, so an unchanged (device,
@@ -122,6 +131,37 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             self.close()
         raise DataLossError(f"checkpoint {self._prefix!r} keeps being replaced while it is opened")
 
+    def _open_objects(self, path: str) -> None:
+        """:meth:`_open_generation` in an object store: the index read with
+        its ETag, the data objects listed with theirs (each later read asks
+        for exactly that version), the index's ETag checked again after."""
+        storage = fs.object_store(path)
+        for _ in range(20):
+            try:
+                data, etag = storage.read_with_etag(path)
+            except FileNotFoundError:
+                raise NotFoundError(f"no checkpoint at {self._prefix}: {path} does not exist") from None
+            except OSError as e:
+                raise io_error(e, f"reading {path}") from e
+            check_index_footer(data[-_FOOTER:], len(data), path)
+            self._index = _core.Index(data, path)
+            try:
+                listed = storage.list_objects(self._prefix + ".data-")
+                now = storage.etag(path)
+            except OSError as e:
+                raise io_error(e, f"listing the data files of {self._prefix}") from e
+            n = self.num_shards
+            names = {data_filename(self._prefix, s, n): s for s in range(n)} if n <= 1 << 16 else None
+            objects: Dict[int, ObjectInfo] = {}
+            for info in listed:
+                shard = names.get(info.url) if names is not None else _shard_of(info.url, self._prefix, n)
+                if shard is not None:
+                    objects[shard] = info
+            self._files = ObjectDataFiles(self._prefix, n, objects, storage)
+            if now == etag:
+                return
+        raise DataLossError(f"checkpoint {self._prefix!r} keeps being replaced while it is opened")
+
     # -- files -------------------------------------------------------------------
     @property
     def prefix(self) -> str:
@@ -134,7 +174,7 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         return int(self._index.num_shards)
 
     @property
-    def files(self) -> DataFiles:
+    def files(self) -> Union[DataFiles, ObjectDataFiles]:
         """The bundle's data files (descriptors, sizes, maps, range checks)."""
         return self._files
 
@@ -209,7 +249,7 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         key, (dtype, shape, shard, offset, size, crc, slices) = self._entry(tensor)
         name = name_of(key)
         npdt = numpy_dtype(dtype) if dtype not in (DT_STRING, DT_VARIANT) else None
-        if (npdt is None or slices or self._index.big_endian or self._index.compressed
+        if (npdt is None or slices or self._files.remote or self._index.big_endian or self._index.compressed
                 or (size and offset % npdt.alignment)):
             return self.read([name])[name]
         fd = self._files.check_range(name, shard, offset, size, fresh=True)
@@ -389,3 +429,17 @@ def _shared_buffers(into: Mapping[str, Any], names: Sequence[str]) -> Dict[str, 
         else:
             head, reach = cur, max(reach, cur[1])
     return aliases
+
+
+def _shard_of(url: str, prefix: str, num_shards: int) -> Optional[int]:
+    """The shard number of a data object's URL, or None if it is not one of
+    ``prefix``'s ``num_shards`` data files."""
+    tail = url[len(prefix):]
+    suffix = f"-of-{num_shards:05d}"
+    if not tail.startswith(".data-") or not tail.endswith(suffix):
+        return None
+    digits = tail[len(".data-"):-len(suffix)]
+    if not digits.isdigit() or len(digits) < 5:
+        return None
+    shard = int(digits)
+    return shard if shard < num_shards and data_filename(prefix, shard, num_shards) == url else None

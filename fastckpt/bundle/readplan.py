@@ -15,7 +15,7 @@ from fastckpt import _core
 from fastckpt.bundle.compressed import check_claim, restore_frame
 from fastckpt.bundle.dtypes import DT_STRING, DT_VARIANT, dtype_name, numpy_dtype
 from fastckpt.errors import DataLossError, InvalidArgumentError, TensorNotFoundError, UnsupportedError
-from fastckpt.bundle.files import DataFiles
+from fastckpt.bundle.files import DataFiles, Handle, ObjectDataFiles
 from fastckpt.bundle.records import Extent, IndexEntry
 from fastckpt.bundle.slices import encode_slice_key, first_overlap, slice_region, slice_shape
 
@@ -59,7 +59,7 @@ class _Pending:
     """Reads queued for one io_run, and what to do with each afterwards."""
 
     def __init__(self) -> None:
-        self.fds: List[int] = []
+        self.fds: List[Handle] = []
         self.offsets: List[int] = []
         self.buffers: List[Any] = []
         self.crcs: List[Optional[int]] = []
@@ -71,7 +71,8 @@ class _Pending:
 class ReadPlan:
     """Reads queued for one parallel ``io_run`` over a bundle's data files."""
 
-    def __init__(self, index: "_core.Index", files: DataFiles, prefix: str, verify: bool, threads: int = 1) -> None:
+    def __init__(self, index: "_core.Index", files: Union[DataFiles, ObjectDataFiles], prefix: str, verify: bool,
+                 threads: int = 1) -> None:
         self._index, self._files, self._prefix, self._verify = index, files, prefix, verify
         self.threads = threads
         self.pending = _Pending()
@@ -81,9 +82,14 @@ class ReadPlan:
         pending, self.pending = self.pending, _Pending()
         try:
             if pending.buffers:
-                _prefetch(pending)
-                _core.io_run(pending.fds, pending.offsets, pending.buffers, pending.crcs, write=False, threads=threads,
-                             describe=lambda i: f"{self._files.path(pending.shards[i])}: tensor {pending.names[i]!r}")
+                describe = lambda i: f"{self._files.path(pending.shards[i])}: tensor {pending.names[i]!r}"  # noqa: E731
+                if self._files.remote:
+                    self._files.read_many(pending.fds, pending.offsets, pending.buffers, pending.crcs, threads,
+                                          describe)
+                else:  # (the kernel reads ahead while the threads copy)
+                    _prefetch(pending)
+                    self._files.read_many(pending.fds, pending.offsets, pending.buffers, pending.crcs, threads,
+                                          describe)
             for finish in pending.after:
                 finish()
         finally:
@@ -145,7 +151,7 @@ class ReadPlan:
             raise InvalidArgumentError(f"into[{name!r}] is read-only")
         return arr
 
-    def _queue_payload(self, name: str, dtype: int, shape: Tuple[int, ...], fd: int, shard: int,
+    def _queue_payload(self, name: str, dtype: int, shape: Tuple[int, ...], fd: Handle, shard: int,
                        offset: int, size: int, crc: Optional[int], target: Optional[np.ndarray],
                        pending: _Pending, deliver: Optional[Callable[[np.ndarray], None]] = None) -> None:
         if self._verify and crc is None:
@@ -189,7 +195,7 @@ class ReadPlan:
         self._add(pending, name, shard, fd, offset, dest, expected)
         pending.after.append(finish_fixed)
 
-    def _queue_frame(self, name: str, shard: int, fd: int, offset: int, size: int, expected: Optional[int],
+    def _queue_frame(self, name: str, shard: int, fd: Handle, offset: int, size: int, expected: Optional[int],
                      target: np.ndarray, pending: _Pending) -> None:
         """A compressed payload: after the other reads, restored into the
         target window by window (``compressed.restore_frame``), its raw CRC
@@ -209,7 +215,7 @@ class ReadPlan:
         pending.after.append(finish)
 
     @staticmethod
-    def _add(p: _Pending, name: str, shard: int, fd: int, offset: int, buf: Any, crc: Optional[int]) -> None:
+    def _add(p: _Pending, name: str, shard: int, fd: Handle, offset: int, buf: Any, crc: Optional[int]) -> None:
         p.fds.append(fd)
         p.offsets.append(offset)
         p.buffers.append(buf)
@@ -245,6 +251,8 @@ def _prefetch(pending: _Pending) -> None:
     (a no-op for pages already cached)."""
     spans: Dict[int, List[int]] = {}
     for fd, off, buf in zip(pending.fds, pending.offsets, pending.buffers):
+        if not isinstance(fd, int):
+            continue
         end = off + memoryview(buf).nbytes if not isinstance(buf, np.ndarray) else off + buf.nbytes
         lo_hi = spans.setdefault(fd, [off, end])
         lo_hi[0] = min(lo_hi[0], off)

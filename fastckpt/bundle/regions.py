@@ -20,7 +20,7 @@ from fastckpt import _core
 from fastckpt.bundle.compressed import restore_frame
 from fastckpt.bundle.dtypes import DT_STRING, DT_VARIANT, numpy_dtype
 from fastckpt.errors import DataLossError, InvalidArgumentError, UnsupportedError
-from fastckpt.bundle.files import read_range
+from fastckpt.bundle.files import Handle, read_range
 from fastckpt.bundle.readplan import find_entry, name_of
 
 __all__ = ["read_region", "TensorSlice"]
@@ -95,7 +95,7 @@ def _copy_part(reader: Any, name: str, want: Box, box: Tuple[Tuple[int, int], ..
                 restore_frame(fd, e.offset, e.size, whole.reshape(-1).view(np.uint8), npdt.itemsize, reader.threads,
                               crc, what)
         else:
-            _core.io_run([fd], [e.offset], [whole], [crc], write=False, threads=1, describe=lambda i: what)
+            reader.files.read_many([fd], [e.offset], [whole], [crc], 1, lambda i: what)
         if not direct:
             out[dest] = whole[tuple(slice(l, l + n) for l, n in zip(local, inter))]
         return
@@ -103,16 +103,23 @@ def _copy_part(reader: Any, name: str, want: Box, box: Tuple[Tuple[int, int], ..
     if reader.index.compressed:
         out[dest] = _restore_runs(fd, e, stored, starts, run, inter, npdt, what)
         return
+    if reader.files.remote:  # one ranged read of the span the runs lie in, not one request per run
+        first, end = int(starts.min()), int(starts.max()) + run
+        span = np.empty(end - first, npdt)
+        reader.files.read_many([fd], [e.offset + first * npdt.itemsize], [span], None, reader.threads,
+                               lambda i: what)
+        picks = (starts - first)[:, None] + np.arange(run)[None, :]
+        out[dest] = span[picks.reshape(-1)].reshape(inter)
+        return
     tmp = np.empty(inter, npdt)
     flat = tmp.reshape(-1)
     offsets = (e.offset + starts * npdt.itemsize).tolist()
     buffers: List[Any] = [flat[i * run:(i + 1) * run] for i in range(len(offsets))]
-    _core.io_run([fd] * len(offsets), offsets, buffers, None, write=False, threads=reader.threads,
-                 describe=lambda i: what)
+    reader.files.read_many([fd] * len(offsets), offsets, buffers, None, reader.threads, lambda i: what)
     out[dest] = tmp
 
 
-def _restore_runs(fd: int, e: Any, stored: Tuple[int, ...], starts: np.ndarray, run: int,
+def _restore_runs(fd: Handle, e: Any, stored: Tuple[int, ...], starts: np.ndarray, run: int,
                   inter: Tuple[int, ...], npdt: np.dtype, what: str) -> np.ndarray:
     """The runs of a compressed entry, from only the chunks that hold them:
     the frame's header and chunk table, then those chunks' stored bytes."""

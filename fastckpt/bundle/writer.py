@@ -22,11 +22,13 @@ from fastckpt.bundle.lazy import LazyTensor
 from fastckpt.storage.fsutil import (check_name_fits, default_threads, ensure_directory, fsync_all, fsync_dir, gc_paused,
                      io_error)
 from fastckpt.storage.locking import create_locked_temp, release_lock
-from fastckpt.bundle.naming import PathLike, checkpoint_files, data_filename, index_filename, local_path
+from fastckpt.bundle.chunks import STAGING_BYTES, c_order_chunks
+from fastckpt.bundle.naming import PathLike, checkpoint_files, data_filename, index_filename, is_url, storage_path
+from fastckpt.bundle.upload import upload_data
 from fastckpt.bundle.slices import SliceKey
 from fastckpt.storage import fs, local
 
-__all__ = ["write_bundle", "plan_bundle", "StagedBundle", "stage_bundle", "install_bundle",
+__all__ = ["write_bundle", "plan_bundle", "check_no_compression", "STAGING_BYTES", "c_order_chunks", "StagedBundle", "stage_bundle", "install_bundle",
            "install_plain", "write_part", "write_staged_index", "compression_setting", "check_options", "STAGE_PREFIX", "MAX_SHARDS"]
 
 Name = Union[str, bytes]
@@ -110,26 +112,6 @@ def _prepare(name: Any, value: Any) -> Prepared:
     if big or not arr.flags.c_contiguous:
         return key, text, enum, shape, None, arr.nbytes, None, arr
     return key, text, enum, shape, arr, arr.nbytes, None, None
-
-
-STAGING_BYTES = 64 << 20
-
-
-def c_order_chunks(arr: np.ndarray, max_bytes: int) -> Iterator[np.ndarray]:
-    """C-contiguous little-endian pieces of ``arr`` of at most ``max_bytes``
-    (or one row's worth) whose bytes, in order, are ``arr`` in C order."""
-    le = arr.dtype.newbyteorder("<")
-    if arr.nbytes <= max_bytes or arr.ndim == 0:
-        yield np.ascontiguousarray(arr, dtype=le)
-        return
-    row = arr.nbytes // arr.shape[0]
-    if row <= max_bytes:
-        step = max(1, max_bytes // max(row, 1))
-        for i in range(0, arr.shape[0], step):
-            yield np.ascontiguousarray(arr[i:i + step], dtype=le)
-    else:
-        for i in range(arr.shape[0]):
-            yield from c_order_chunks(arr[i], max_bytes)
 
 
 _LITTLE = np.little_endian
@@ -453,13 +435,41 @@ def install_plain(staged: StagedBundle, prefix: str) -> None:
         staged.close()
 
 
+def _upload_replacing(prefix: str, plan: "_core.WritePlan", num_shards: int) -> None:
+    """Write the bundle ``prefix`` to its object store: an existing index
+    goes first (never an old index over new data), then the data objects,
+    the index last. As locally, replacing a bundle this way is not atomic."""
+    storage = fs.object_store(prefix)
+    try:
+        storage.delete_quietly(index_filename(prefix))
+        upload_data(storage, plan, [data_filename(prefix, s, num_shards) for s in range(num_shards)])
+        storage.put(index_filename(prefix), plan.index(num_shards))
+    except OSError as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise io_error(e, f"writing checkpoint {prefix!r}") from e
+
+
+def check_no_compression(zstd_level: Optional[int], prefix: str) -> None:
+    """Compressed bundles are written to local paths only, for now."""
+    if zstd_level is not None:
+        raise UnsupportedError(f"{prefix}: compression='zstd' is not available for object stores yet "
+                               "(save without compression, or to a local path)")
+
+
 def check_prefix(prefix: Any, num_shards: int = 1) -> str:
     """``prefix`` as a str path, checked: non-empty, not a directory path,
     and its files' names fit the file system."""
-    p = local_path(prefix, "prefix") if prefix is not None else None
+    p = storage_path(prefix, "prefix") if prefix is not None else None
     if not isinstance(p, str) or not p or p.endswith(os.sep) or os.path.basename(p) in (".", ".."):
         raise InvalidArgumentError(f"prefix must be a non-empty file path prefix, got {prefix!r}")
     n = num_shards if isinstance(num_shards, int) and 0 < num_shards <= MAX_SHARDS else 1
+    if is_url(p):
+        if "/" not in p[len("s3://"):] or p.endswith("/"):
+            raise InvalidArgumentError(f"prefix {p!r} names no key: s3://BUCKET/dir/name")
+        if len(data_filename(p, n - 1, n).split("/", 3)[3].encode()) > 1024:
+            raise InvalidArgumentError(f"prefix {p!r}: its object keys would be longer than S3's 1024 bytes")
+        return p
     check_name_fits(index_filename(p))
     check_name_fits(data_filename(p, n - 1, n))  # the longest data file name
     return p
@@ -507,6 +517,10 @@ def write_bundle(
     """
     p = check_prefix(prefix, num_shards)
     level = compression_setting(compression, compression_level)
+    if is_url(p):
+        check_no_compression(level, p)
+        _upload_replacing(p, plan_for(tensors, num_shards, alignment, None), num_shards)
+        return p
     directory = os.path.dirname(p)
     ensure_directory(directory)
     staged = stage_bundle(directory or ".", tensors, alignment=alignment, num_shards=num_shards,

@@ -10,16 +10,17 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from fastckpt.bundle.naming import checkpoint_files, index_filename
 from fastckpt.bundle.writer import STAGE_PREFIX
 from fastckpt.directory.retention import Entry
-from fastckpt.directory.state import checkpoint_exists, read_checkpoint_state, state_path, update_checkpoint_state
+from fastckpt.directory.state import (CheckpointState, checkpoint_exists, norm_path, read_checkpoint_state, state_path,
+                                      update_checkpoint_state)
 from fastckpt.errors import DataLossError
 from fastckpt.storage import fs
 
-__all__ = ["norm", "inside", "remove_checkpoint", "Listed", "read_listed", "write_state", "deletable", "RetainFn",
+__all__ = ["norm", "inside", "remove_checkpoint", "Listed", "read_listed", "listed_from", "write_state", "deletable", "RetainFn",
            "STAGED_NAME"]
 
 log = logging.getLogger("fastckpt")
@@ -30,13 +31,14 @@ STAGED_NAME = re.compile(re.escape(STAGE_PREFIX) + r"[0-9a-f]{16}\Z")
 
 
 def norm(path: str) -> str:
-    return os.path.normpath(os.path.abspath(path))
+    """A path made comparable (:func:`~fastckpt.directory.state.norm_path`)."""
+    return norm_path(path)
 
 
 def inside(prefix: str, directory: str) -> bool:
     """True if checkpoint ``prefix`` lies directly in ``directory`` (after
     normalising ``.``, ``..`` and duplicate separators)."""
-    return os.path.dirname(norm(prefix)) == norm(directory)
+    return os.path.dirname(norm(prefix)) == norm(directory).rstrip("/")
 
 
 def remove_checkpoint(prefix: str, *, meta: bool = True) -> None:
@@ -72,6 +74,11 @@ def read_listed(directory: str, state_name: str) -> Listed:
     except DataLossError as e:  # corrupt: it is rewritten (an I/O error is raised instead)
         log.warning("ignoring unreadable checkpoint state in %s: %s", directory, e)
         return Listed()
+    return listed_from(st)
+
+
+def listed_from(st: Optional[CheckpointState]) -> Listed:
+    """:func:`read_listed` of a state already read."""
     if st is None:
         return Listed()
     stamps = st.all_model_checkpoint_timestamps

@@ -8,11 +8,12 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Dict, List, MutableMapping, Optional, Sequence, Tuple, TypeVar
 
-from fastckpt.bundle.naming import PathLike, index_filename, local_path, resolve_prefix
+from fastckpt.bundle.naming import PathLike, index_filename, storage_path, resolve_prefix
 from fastckpt.bundle.reader import CheckpointReader
 from fastckpt.directory.state import latest_checkpoint, readable_prefix, state_path
-from fastckpt.errors import DataLossError, InvalidArgumentError, NotFoundError
+from fastckpt.errors import CheckpointError, DataLossError, InvalidArgumentError, NotFoundError
 from fastckpt.storage import fs
+from fastckpt.storage.fsutil import io_error
 
 __all__ = ["read_bundle", "load_checkpoint", "list_variables", "open_checkpoint", "find_checkpoint", "no_checkpoint"]
 
@@ -62,7 +63,18 @@ def find_checkpoint(path: PathLike) -> str:
     them; none: :class:`NotFoundError`. While a commit replaces the
     checkpoint, the complete staged bundle standing in for it is returned
     (:func:`fastckpt.directory.state.readable_prefix`)."""
-    p = local_path(path)
+    p = storage_path(path)
+    try:
+        return _find(p)
+    except OSError as e:
+        if isinstance(e, CheckpointError):
+            raise
+        if isinstance(e, FileNotFoundError):  # an object store's missing bucket
+            raise NotFoundError(f"no checkpoint at {p}: {e.strerror or e}") from None
+        raise io_error(e, f"looking for a checkpoint at {p}") from e
+
+
+def _find(p: str) -> str:
     if fs.is_dir(p):
         if fs.exists(state_path(p, None)):
             for _ in range(100):  # the latest may be retired between naming and finding it: name it again

@@ -10,10 +10,11 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
-from fastckpt.bundle.naming import checkpoint_files, local_path
+from fastckpt.bundle.naming import checkpoint_files, is_url, local_path, storage_path
 from fastckpt.bundle.reader import read_index_header
 from fastckpt.bundle.writer import STAGE_PREFIX, StagedBundle, install_bundle
 from fastckpt.directory.listing import STAGED_NAME, deletable, inside, norm, read_listed, remove_checkpoint, write_state
+from fastckpt.directory.objectcommit import LEASE_PREFIX, recover_objects
 from fastckpt.directory.state import state_path
 from fastckpt.errors import CheckpointError
 from fastckpt.storage.locking import clean_leftovers, directory_lock, is_leftover
@@ -92,6 +93,8 @@ def collect_garbage(directory: str, state_name: str = "checkpoint", *, dry_run: 
     ``dry_run``): finish pending commits, remove files of dead writers.
     Complete checkpoints the state file does not list are reported in
     ``unlisted``, never deleted (they may be the user's)."""
+    if is_url(os.fspath(directory)):
+        return _collect_objects(storage_path(directory, "directory").rstrip("/"), state_name, dry_run)
     directory = local_path(directory, "directory")
     report = GarbageReport(directory)
     if not dry_run:
@@ -107,4 +110,21 @@ def collect_garbage(directory: str, state_name: str = "checkpoint", *, dry_run: 
             p = os.path.join(directory, n[:-len(".index")])
             if norm(p) not in listed:
                 report.unlisted.append(p)
+    return report
+
+
+def _collect_objects(directory: str, state_name: str, dry_run: bool) -> GarbageReport:
+    """:func:`collect_garbage` in an object store: the saves whose owners
+    died are finished or undone (``finished``: the names they were
+    writing); leftovers are staged bundles and leases of saves still
+    presumed running."""
+    report = GarbageReport(directory)
+    if not dry_run:
+        report.finished = recover_objects(directory, state_name)
+    names = sorted(fs.listdir(directory))
+    report.leftovers = [f"{directory}/{n}" for n in names if n.startswith((STAGE_PREFIX, LEASE_PREFIX))]
+    listed = {norm(p) for p, _ in read_listed(directory, state_name).entries}
+    report.unlisted = [f"{directory}/{n[:-len('.index')]}" for n in names
+                       if n.endswith(".index") and not n.startswith(STAGE_PREFIX)
+                       and norm(f"{directory}/{n[:-len('.index')]}") not in listed]
     return report

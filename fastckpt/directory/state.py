@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from fastckpt.errors import CheckpointIOError, DataLossError, InvalidArgumentError
 from fastckpt.storage.fsutil import write_text_atomic
-from fastckpt.bundle.naming import PathLike, index_filename, local_path
+from fastckpt.bundle.naming import PathLike, index_filename, is_url, local_path, storage_path
 from fastckpt.storage.fileio import read_regular
 from fastckpt.storage import fs
 
@@ -24,6 +24,10 @@ __all__ = [
     "latest_checkpoint",
     "readable_prefix",
     "update_checkpoint_state",
+    "state_text",
+    "norm_path",
+    "state_directory",
+    "read_state_object",
     "parse_checkpoint_state",
     "format_checkpoint_state",
 ]
@@ -251,8 +255,10 @@ def read_checkpoint_state(
     A state file that cannot be read or parsed, or that names no checkpoint,
     raises :class:`DataLossError` (a ``ValueError``) naming the file.
     """
-    d = local_path(checkpoint_dir, "checkpoint_dir")
+    d = state_directory(checkpoint_dir)
     path = state_path(d, latest_filename)
+    if is_url(path):
+        return read_state_object(d, latest_filename)[0]
     try:
         raw = read_regular(path)
     except FileNotFoundError:
@@ -263,13 +269,39 @@ def read_checkpoint_state(
         if e.errno in (errno.EINVAL, errno.ELOOP, errno.ENXIO):
             raise DataLossError(f"checkpoint state file {path} is not a regular file") from None
         raise CheckpointIOError(e.errno or 0, f"cannot read checkpoint state file {path}: {e.strerror}", path) from e
+    return _parsed(raw, d, path)
+
+
+def state_directory(checkpoint_dir: PathLike) -> str:
+    """A checkpoint directory as a checked local path or ``s3://`` URL
+    (without a trailing ``/``)."""
+    d = storage_path(checkpoint_dir, "checkpoint_dir")
+    return d.rstrip("/") if is_url(d) else d
+
+
+def read_state_object(d: str, latest_filename: Optional[str] = None) -> Tuple[Optional[CheckpointState], Optional[str]]:
+    """The state object of the object-store directory ``d`` as
+    :func:`read_checkpoint_state` reads a state file, with the ETag of the
+    version read (what a conditional write replaces); ``(None, None)``
+    without one."""
+    path = state_path(d, latest_filename)
+    try:
+        raw, etag = fs.object_store(path).read_with_etag(path)
+    except FileNotFoundError:
+        return None, None
+    except OSError as e:
+        raise CheckpointIOError(e.errno or errno.EIO, f"cannot read checkpoint state {path}: {e}", path) from e
+    return _parsed(raw, d, path), etag
+
+
+def _parsed(raw: bytes, d: str, path: str) -> CheckpointState:
     try:
         st = parse_checkpoint_state(raw.decode("utf-8", "surrogateescape"))
     except ValueError as e:
         raise DataLossError(f"checkpoint state file {path} is corrupt: {e}") from None
     if not st.model_checkpoint_path:
         raise DataLossError(f"Invalid checkpoint state loaded from {d}: {path} names no model_checkpoint_path")
-    join = lambda p: p if os.path.isabs(p) else os.path.join(d, p)  # noqa: E731
+    join = lambda p: p if os.path.isabs(p) or is_url(p) else os.path.join(d, p)  # noqa: E731
     st.model_checkpoint_path = join(st.model_checkpoint_path)
     st.all_model_checkpoint_paths = [join(p) for p in st.all_model_checkpoint_paths]
     st.pending = [(join(a), join(b)) for a, b in st.pending]
@@ -277,17 +309,25 @@ def read_checkpoint_state(
     return st
 
 
+def norm_path(path: str) -> str:
+    """A checkpoint path made comparable: absolute and normalised (an
+    ``s3://`` URL as it is: its keys are checked to hold no dot segments)."""
+    if is_url(path):
+        return path
+    return os.path.normpath(os.path.abspath(path))
+
+
 def _final_names(st: CheckpointState) -> CheckpointState:
     """``st`` with every staged bundle a pending commit lists replaced by the
     name it is being committed as (each name once, the later entry kept,
     timestamps kept parallel)."""
-    final = {os.path.normpath(a): b for a, b in st.pending}
+    final = {norm_path(a): b for a, b in st.pending}
 
     def rename(p: str) -> str:
-        return final.get(os.path.normpath(p), p)
+        return final.get(norm_path(p), p)
     paths = [rename(p) for p in st.all_model_checkpoint_paths]
     stamps = list(st.all_model_checkpoint_timestamps)
-    keep = [i for i, p in enumerate(paths) if all(os.path.normpath(q) != os.path.normpath(p) for q in paths[i + 1:])]
+    keep = [i for i, p in enumerate(paths) if all(norm_path(q) != norm_path(p) for q in paths[i + 1:])]
     return CheckpointState(rename(st.model_checkpoint_path), [paths[i] for i in keep],
                            [stamps[i] for i in keep] if len(stamps) == len(paths) else stamps,
                            st.last_preserved_timestamp, list(st.pending), list(st.deleting))
@@ -321,7 +361,7 @@ def _staged_for(st: Optional[CheckpointState], prefix: str) -> Optional[str]:
     no checkpoint until its commit ends)."""
     if st is None:
         return None
-    norm = lambda p: os.path.normpath(os.path.abspath(p))  # noqa: E731
+    norm = norm_path
     listed = {norm(p) for p in st.all_model_checkpoint_paths + [st.model_checkpoint_path]}
     for staged, final in st.pending:
         if norm(final) == norm(prefix) and norm(staged) in listed and checkpoint_exists(staged):
@@ -385,6 +425,9 @@ def latest_checkpoint(checkpoint_dir: PathLike, latest_filename: Optional[str] =
 
 def _relative_to(path: str, directory: str) -> str:
     """``path`` relative to ``directory`` when it lies inside it, else absolute."""
+    if is_url(directory) or is_url(path):
+        head = directory.rstrip("/") + "/"
+        return path[len(head):] if path.startswith(head) and len(path) > len(head) else path
     ap, ad = os.path.abspath(path), os.path.abspath(directory)
     if os.path.dirname(ap) == ad or ap.startswith(ad.rstrip(os.sep) + os.sep):
         return os.path.relpath(ap, ad)
@@ -411,11 +454,39 @@ def update_checkpoint_state(
     (when ``durable``) and renamed over the state file, so readers see the
     old or the new state, never a mix.
     """
-    d = local_path(save_dir, "save_dir")
+    d = storage_path(save_dir, "save_dir")
+    path = state_path(d, latest_filename)
+    text = state_text(d, model_checkpoint_path, all_model_checkpoint_paths,
+                      all_model_checkpoint_timestamps=all_model_checkpoint_timestamps,
+                      last_preserved_timestamp=last_preserved_timestamp, latest_filename=latest_filename,
+                      pending=pending, deleting=deleting)
+    if is_url(path):
+        try:
+            fs.object_store(path).put(path, text.encode("utf-8", "surrogateescape"))
+        except OSError as e:
+            raise CheckpointIOError(e.errno or errno.EIO, f"cannot write checkpoint state {path}: {e}", path) from e
+    else:
+        write_text_atomic(path, text, durable)
+    return path
+
+
+def state_text(
+    d: str,
+    model_checkpoint_path: str,
+    all_model_checkpoint_paths: Optional[Sequence[str]] = None,
+    *,
+    all_model_checkpoint_timestamps: Optional[Sequence[float]] = None,
+    last_preserved_timestamp: Optional[float] = None,
+    latest_filename: Optional[str] = None,
+    pending: Sequence[Tuple[str, str]] = (),
+    deleting: Sequence[str] = (),
+) -> str:
+    """The text of the state file of directory ``d`` (checked arguments as
+    :func:`update_checkpoint_state` takes them)."""
     path = state_path(d, latest_filename)
     if not model_checkpoint_path:
         raise InvalidArgumentError("model_checkpoint_path must not be empty")
-    if os.path.abspath(model_checkpoint_path) == os.path.abspath(path):
+    if norm_path(model_checkpoint_path) == norm_path(path):
         raise InvalidArgumentError(
             f"Save path {model_checkpoint_path!r} conflicts with path used for checkpoint state")
     paths = list(all_model_checkpoint_paths or [])
@@ -435,5 +506,4 @@ def update_checkpoint_state(
         [(_relative_to(a, d), _relative_to(b, d)) for a, b in pending],
         [_relative_to(p, d) for p in deleting],
     )
-    write_text_atomic(path, format_checkpoint_state(st), durable)
-    return path
+    return format_checkpoint_state(st)

@@ -13,7 +13,7 @@ from typing import List, Optional, Protocol, Tuple
 
 from fastckpt.storage import local, s3
 
-__all__ = ["Storage", "backend", "exists", "present", "is_dir", "is_file", "listdir", "size", "mtime", "identity",
+__all__ = ["Storage", "backend", "object_store", "exists", "present", "is_dir", "is_file", "listdir", "size", "mtime", "identity",
            "delete", "delete_quietly", "replace", "rename", "link", "copy", "real_path"]
 
 
@@ -43,6 +43,14 @@ def backend(path: str) -> Storage:
     if path.startswith(s3.SCHEME):
         return s3.default_s3()
     return local  # a module is an implementation: it has the protocol's functions
+
+
+def object_store(path: str) -> s3.S3Storage:
+    """The object store holding the URL ``path`` (what object stores add to
+    the interface: conditional writes, ranged reads, streamed uploads)."""
+    if not path.startswith(s3.SCHEME):
+        raise ValueError(f"not an object-store URL: {path!r}")
+    return s3.default_s3()
 
 
 def exists(path: str) -> bool:

@@ -177,3 +177,14 @@ def real_path(path: str) -> str:
 def open_binary(fd: int, mode: str = "rb", *, closefd: bool = True) -> BinaryIO:
     """A buffered file object over ``fd``."""
     return os.fdopen(fd, mode, closefd=closefd)  # type: ignore[return-value]
+
+
+def process_start_time(pid: int) -> Optional[str]:
+    """The start time of process ``pid`` on this host, in clock ticks since
+    boot (tells a running process from a new one under a reused pid), or
+    None when no such process runs (or the system has no ``/proc``)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None

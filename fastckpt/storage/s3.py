@@ -28,14 +28,29 @@ from __future__ import annotations
 
 import errno
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from fastckpt.errors import ConflictError
+from fastckpt.errors import ConflictError, InvalidArgumentError
 
-__all__ = ["S3Storage", "split_url", "SCHEME", "default_s3"]
+__all__ = ["S3Storage", "ObjectInfo", "split_url", "SCHEME", "default_s3", "configure", "PART_BYTES",
+           "PARTS_IN_FLIGHT"]
 
 SCHEME = "s3://"
 _RETRIES = {"mode": "standard", "max_attempts": 8}
+PART_BYTES = 16 << 20  # one part of a multipart upload, one ranged GET: the unit of memory in flight
+PARTS_IN_FLIGHT = 8  # parts uploaded (or ranges fetched) at once
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object of a listing: its URL, size, ETag and last-modified time."""
+
+    url: str
+    size: int
+    etag: str
+    mtime: float
 
 
 def split_url(url: str) -> Tuple[str, str]:
@@ -59,7 +74,9 @@ def _as_os_error(e: Exception, url: str) -> OSError:
     if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
         return ConflictError(errno.EEXIST, text, url)
     if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403") or status == 403:
-        return PermissionError(errno.EACCES, text, url)
+        return PermissionError(errno.EACCES, f"{text}: access denied (check the credentials: AWS_ACCESS_KEY_ID/"
+                                             "AWS_SECRET_ACCESS_KEY, AWS_PROFILE or configure_s3(), and the bucket's "
+                                             "policy)", url)
     if code in ("QuotaExceeded", "EntityTooLarge") or status == 507:
         return OSError(errno.ENOSPC, text, url)
     return OSError(errno.EIO, text, url)
@@ -87,7 +104,8 @@ class S3Storage:
                     options = dict(self._options)
                     config = Config(**{"retries": dict(_RETRIES), "max_pool_connections": 32,
                                        **options.pop("config", {})})
-                    self._client = boto3.session.Session().client("s3", config=config, **options)
+                    session = boto3.session.Session(profile_name=options.pop("profile_name", None))
+                    self._client = session.client("s3", config=config, **options)
         return self._client
 
     def _call(self, url: str, method: str, **kwargs: Any) -> Any:
@@ -247,15 +265,204 @@ class S3Storage:
         """The URL itself (an object store has no links to resolve)."""
         return path
 
+    # ---- what object stores add: listings with metadata, streams, ranges into memory --------
+    def list_objects(self, prefix: str) -> List[ObjectInfo]:
+        """Every object whose URL starts with ``prefix`` (any depth)."""
+        bucket, key = split_url(prefix)
+        found: List[ObjectInfo] = []
+        token: Dict[str, str] = {}
+        while True:
+            out = self._call(prefix, "list_objects_v2", Bucket=bucket, Prefix=key, **token)
+            found += [ObjectInfo(f"{SCHEME}{bucket}/{o['Key']}", int(o["Size"]), str(o["ETag"]),
+                                 float(o["LastModified"].timestamp())) for o in out.get("Contents", [])]
+            if not out.get("IsTruncated"):
+                return found
+            token = {"ContinuationToken": out["NextContinuationToken"]}
+
+    def read_into(self, path: str, offset: int, view: memoryview, etag: Optional[str] = None) -> None:
+        """Fill ``view`` with the object's bytes from ``offset`` (one ranged
+        GET, streamed into the memory given: no copy). ``etag``: only from
+        that version of the object (another under the name:
+        :class:`ConflictError`). A short object is ``OSError(EIO)``."""
+        size = view.nbytes
+        if size <= 0:
+            return
+        bucket, key = split_url(path)
+        condition = {"IfMatch": etag} if etag is not None else {}
+        out = self._call(path, "get_object", Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + size - 1}",
+                         **condition)
+        body = out["Body"]
+        at = 0
+        try:
+            while at < size:
+                try:
+                    got = body.readinto(view[at:])
+                except Exception as e:  # a connection dropped mid-body: the caller may fetch it again
+                    raise OSError(errno.EIO, f"{path}: reading bytes {offset + at}.. failed: {e}", path) from e
+                if not got:
+                    raise OSError(errno.EIO, f"{path}: asked for {size} bytes at {offset}, got {at} "
+                                             "(the object is shorter)", path)
+                at += got
+        finally:
+            body.close()
+
+    def put_stream(self, path: str, pieces: Iterable[Any], total: int, *, part_bytes: int = PART_BYTES,
+                   in_flight: int = PARTS_IN_FLIGHT) -> str:
+        """Write the object ``path`` from ``pieces`` (buffers whose bytes, in
+        order, are the object's ``total`` bytes): one request when it fits
+        a part, else a multipart upload of ``part_bytes`` parts, ``in_flight``
+        of them at once from a pool of ``in_flight + 1`` reused buffers --
+        the memory a stream of any size holds. The object appears whole or
+        not at all (an upload that fails is aborted). Returns its ETag."""
+        if total <= part_bytes:
+            data = bytearray(total)
+            stream = _Stream(pieces)
+            got = stream.fill(memoryview(data))
+            if got != total or stream.more():
+                raise OSError(errno.EIO, f"{path}: the stream held other than the {total} bytes announced "
+                                         f"({got}{'+' if got == total else ''})", path)
+            return self.put(path, bytes(data))
+        bucket, key = split_url(path)
+        upload_id = self._call(path, "create_multipart_upload", Bucket=bucket, Key=key)["UploadId"]
+        try:
+            parts = self._upload_parts(path, bucket, key, upload_id, _Stream(pieces), total, part_bytes, in_flight)
+            out = self._call(path, "complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id,
+                             MultipartUpload={"Parts": parts})
+            return str(out["ETag"])
+        except BaseException:
+            try:
+                self._call(path, "abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+            except Exception:
+                pass  # left for the store's lifecycle rules or `fastckpt gc`
+            raise
+
+    def _upload_parts(self, path: str, bucket: str, key: str, upload_id: str, stream: "_Stream", total: int,
+                      part_bytes: int, in_flight: int) -> List[Dict[str, Any]]:
+        free = [bytearray(part_bytes) for _ in range(in_flight + 1)]
+        running: Dict[Future, Tuple[int, bytearray]] = {}
+        etags: Dict[int, str] = {}
+        sent = 0
+
+        def send(number: int, data: Any) -> str:
+            out = self._call(path, "upload_part", Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                             Body=data)
+            return str(out["ETag"])
+
+        def reap(block: bool) -> None:
+            if not running:
+                return
+            done, _ = wait(list(running), return_when=FIRST_EXCEPTION, timeout=None if block else 0)
+            for f in done:
+                number, buf = running.pop(f)
+                etags[number] = f.result()  # raises the part's error
+                free.append(buf)
+
+        with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="fastckpt-upload") as pool:
+            try:
+                number = 0
+                while sent < total:
+                    while not free:
+                        reap(True)
+                    buf = free.pop()
+                    n = stream.fill(memoryview(buf)[:min(part_bytes, total - sent)])
+                    if n == 0:
+                        break
+                    number += 1
+                    sent += n
+                    running[pool.submit(send, number, buf if n == part_bytes else bytes(buf[:n]))] = (number, buf)
+                    reap(False)
+                while running:
+                    reap(True)
+            except BaseException:
+                for f in running:
+                    f.cancel()
+                raise
+        if sent != total or stream.more():
+            raise OSError(errno.EIO, f"{path}: the stream held other than the {total} bytes announced", path)
+        return [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
+
+    def abort_uploads(self, prefix: str, older_than: float) -> int:
+        """Abort the unfinished multipart uploads of keys under ``prefix``
+        begun before the time ``older_than``; returns how many."""
+        bucket, key = split_url(prefix)
+        count = 0
+        token: Dict[str, str] = {}
+        while True:
+            out = self._call(prefix, "list_multipart_uploads", Bucket=bucket, Prefix=key, **token)
+            for u in out.get("Uploads", []):
+                if u["Initiated"].timestamp() < older_than:
+                    try:
+                        self._call(prefix, "abort_multipart_upload", Bucket=bucket, Key=u["Key"],
+                                   UploadId=u["UploadId"])
+                        count += 1
+                    except FileNotFoundError:
+                        pass
+            if not out.get("IsTruncated"):
+                return count
+            token = {"KeyMarker": out.get("NextKeyMarker", ""), "UploadIdMarker": out.get("NextUploadIdMarker", "")}
+
+
+class _Stream:
+    """Buffers read in order, cut to fill destinations of any size."""
+
+    def __init__(self, pieces: Iterable[Any]) -> None:
+        self._pieces = iter(pieces)
+        self._rest: Optional[memoryview] = None
+
+    def fill(self, dest: memoryview) -> int:
+        """Copy the next bytes into ``dest`` until it is full or the pieces
+        end (a piece that does not fit is split); returns the bytes copied."""
+        at, size = 0, dest.nbytes
+        while at < size:
+            if self._rest is None:
+                piece = next(self._pieces, None)
+                if piece is None:
+                    break
+                self._rest = memoryview(piece).cast("B")
+            n = min(self._rest.nbytes, size - at)
+            dest[at:at + n] = self._rest[:n]
+            at += n
+            self._rest = self._rest[n:] if n < self._rest.nbytes else None
+        return at
+
+    def more(self) -> bool:
+        """True if any non-empty piece is left."""
+        while self._rest is None or not self._rest.nbytes:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return False
+            self._rest = memoryview(piece).cast("B")
+        return True
+
 
 _DEFAULT: Optional[S3Storage] = None
 _DEFAULT_LOCK = threading.Lock()
 
 
 def default_s3() -> S3Storage:
-    """The process's :class:`S3Storage` configured from the environment."""
+    """The process's :class:`S3Storage`: configured from the environment
+    (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``...), or by :func:`configure`."""
     global _DEFAULT
     with _DEFAULT_LOCK:
         if _DEFAULT is None:
             _DEFAULT = S3Storage()
         return _DEFAULT
+
+
+def configure(**storage_options: Any) -> None:
+    """Use these boto3 client arguments (``endpoint_url``,
+    ``aws_access_key_id``, ``aws_secret_access_key``, ``region_name``,
+    ``profile_name``..., ``config``: botocore ``Config`` arguments) for every
+    ``s3://`` name from now on; no arguments: back to the environment's."""
+    global _DEFAULT
+    storage = S3Storage(**storage_options)
+    try:
+        storage.client  # made now (no request is sent), so a bad argument fails here, not at the first save
+    except TypeError as e:
+        raise InvalidArgumentError(f"storage options: {e}") from None
+    except Exception as e:
+        if type(e).__module__.startswith(("botocore", "boto3")):
+            raise InvalidArgumentError(f"storage options: {e}") from None
+        raise
+    with _DEFAULT_LOCK:
+        _DEFAULT = storage

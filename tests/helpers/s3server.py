@@ -94,16 +94,28 @@ def _wait_ready(server: S3Server, deadline: float = 60.0) -> None:
         if server.process.poll() is not None:
             raise RuntimeError(f"weed mini exited with {server.process.returncode}: "
                                + open(os.path.join(server.directory, "weed.log"), errors="replace").read()[-2000:])
-        try:
-            urllib.request.urlopen(f"{server.endpoint}/{server.bucket}", timeout=2)
+        if _bucket_answers(server):
             return
-        except urllib.error.HTTPError as e:
-            if e.code in (403, 401):
-                return
-        except OSError:
-            pass
         time.sleep(0.2)
     raise RuntimeError("weed mini did not answer within 60 s")
+
+
+def _bucket_answers(server: S3Server) -> bool:
+    """True once a signed HEAD of the bucket succeeds (the server is up
+    and has made the bucket: an anonymous 403 comes earlier than that)."""
+    import boto3
+    import botocore.config
+    import botocore.exceptions
+
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=server.endpoint, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+        region_name="us-east-1", config=botocore.config.Config(retries={"max_attempts": 1}, connect_timeout=2,
+                                                               read_timeout=5))
+    try:
+        client.head_bucket(Bucket=server.bucket)
+        return True
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+        return False
 
 
 @contextlib.contextmanager

@@ -171,8 +171,3 @@ def test_faults_beyond_the_retries_are_one_clear_error(s3_server, base):
 def test_the_names_interface_picks_the_implementation_by_scheme():
     assert isinstance(fs.backend("s3://bucket/key"), S3Storage)
     assert fs.backend("/tmp/x") is local and fs.backend("relative/x") is local
-
-
-def test_the_public_api_still_refuses_urls_until_object_stores_are_done(tmp_path):
-    with pytest.raises(fastckpt.InvalidArgumentError):
-        fastckpt.save({"w": __import__("numpy").ones(2)}, "s3://bucket/ckpt")
