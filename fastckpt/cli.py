@@ -17,7 +17,7 @@ from typing import Any, Callable, List, Optional
 
 from fastckpt._version import __version__
 from fastckpt.bundle.dtypes import dtype_name
-from fastckpt.bundle.naming import local_path
+from fastckpt.bundle.naming import local_path, storage_path
 from fastckpt.directory.locate import find_checkpoint, load_checkpoint
 from fastckpt.directory.recovery import collect_garbage
 from fastckpt.errors import CheckpointError, InvalidArgumentError, NotFoundError
@@ -43,7 +43,11 @@ def _bench(args: argparse.Namespace) -> int:
         args.size, args.tensors, args.rounds = 64 << 20, 64, 1
     out = (lambda line: None) if args.json else print
     results: Any
-    if args.compression is not None:
+    if args.url is not None:
+        from fastckpt.bench.s3 import run_s3_bench
+        results = run_s3_bench(args.url, size=args.size, tensors=args.tensors, dtype=args.dtype, rounds=args.rounds,
+                               out=out)
+    elif args.compression is not None:
         for module, hint in (("torch", "pip install torch==2.13.0"), ("zstandard", "pip install zstandard")):
             try:
                 __import__(module)
@@ -97,7 +101,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    path = local_path(args.path)
+    path = storage_path(args.path)
     if not (fs.is_dir(path) and fs.exists(os.path.join(path, "checkpoint"))):
         find_checkpoint(path)  # not found, or several without a state file: exit 2 with the reason
     reports = verify_path(path, threads=args.threads, progress=_progress())
@@ -116,7 +120,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    args.directory = local_path(args.directory, "directory")
+    args.directory = storage_path(args.directory, "directory")
     if not fs.is_dir(args.directory):
         raise NotFoundError(f"{args.directory} is not a directory")
     report = collect_garbage(args.directory, dry_run=args.dry_run)
@@ -243,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="interleaved rounds; medians are quoted (default 5; --loop: 3)")
     b.add_argument("--dir", default=None,
                    help="an existing directory for the files (default: the system temp dir)")
+    b.add_argument("--url", default=None, metavar="s3://BUCKET/PREFIX",
+                   help="time saves and restores to this object-store prefix instead, against the raw limit, "
+                        "torch.save + upload and torch DCP + s3fs (credentials and endpoint from the AWS_* "
+                        "variables); objects it writes are deleted afterwards")
     b.add_argument("--threads", type=_positive, default=None, help="fastckpt threads (default: all cores)")
     b.add_argument("--async", dest="async_save", action="store_true",
                    help="measure CheckpointManager.save(blocking=False): time the caller is blocked vs a memory copy")

@@ -33,14 +33,17 @@ import numpy as np
 
 from fastckpt import _core
 from fastckpt.comm import Communicator, PeerError
-from fastckpt.errors import InvalidArgumentError
+from fastckpt.errors import CheckpointError, InvalidArgumentError
 from fastckpt.bundle.dtypes import dtype_enum
 from fastckpt.bundle.frameworks import to_numpy
-from fastckpt.storage.fsutil import default_threads, ensure_directory
-from fastckpt.bundle.naming import index_filename
+from fastckpt.storage.fsutil import default_threads, ensure_directory, io_error
+from fastckpt.bundle.naming import data_filename, index_filename
+from fastckpt.bundle.upload import upload_data
+from fastckpt.directory.objectcommit import ObjectSave
 from fastckpt.bundle.slices import Shard, SliceKey, encode_slice_key, first_overlap
 from fastckpt.structure.record import STRUCTURE_KEY, record_tensor
-from fastckpt.bundle.writer import STAGE_PREFIX, StagedBundle, check_prefix, write_part, write_staged_index
+from fastckpt.bundle.writer import (STAGE_PREFIX, StagedBundle, check_prefix, plan_bundle, write_part,
+                                    write_staged_index)
 from fastckpt.storage import fs
 
 __all__ = ["save_collective", "merge_records", "full_entries", "Layout", "plan_layout", "LocalCommunicator"]
@@ -292,13 +295,15 @@ def _raise_first(step: str, results: List[Any], mine: Optional[BaseException]) -
 def save_collective(flat: Tuple[Mapping[str, Any], Any], prefix: str, comm: Communicator, *, metadata: Any = None,
                     commit: Callable[[StagedBundle], List[str]], durable: bool = True, alignment: int = 1,
                     threads: Optional[int] = None, prepare_directory: Optional[Callable[[str], Any]] = None,
-                    zstd_level: Optional[int] = None) -> List[str]:
+                    zstd_level: Optional[int] = None, objects: Optional[ObjectSave] = None) -> List[str]:
     """Save this process's part of the state, flattened (``(leaves, tree)``), from every process of ``comm`` as one checkpoint
     ``prefix``; ``commit(staged)`` (run on rank 0 only) makes the staged
     bundle the checkpoint and returns the listed prefixes. Returns them on
     every process. Four collectives: the descriptions (all-gather), the
     staged name (broadcast), the index records (gather), the outcome
-    (broadcast)."""
+    (broadcast). ``objects``: the checkpoint goes to an object store, each
+    process uploading its own data object, rank 0 committing through
+    :class:`~fastckpt.directory.objectcommit.ObjectSave` (``commit`` unused)."""
     rank, size = comm.rank, comm.size
 
     def local() -> Tuple[Mapping[str, Any], Dict[str, Desc], Any]:
@@ -324,7 +329,11 @@ def save_collective(flat: Tuple[Mapping[str, Any], Any], prefix: str, comm: Comm
         threads = max(1, default_threads() // sum(1 for _, _, h in everyone if h == host))
     lay = plan_layout(descs)  # the same on every process: so is any error it raises
     directory = os.path.dirname(os.path.abspath(prefix))
-    named = comm.broadcast(_stage_name(directory, prepare_directory) if rank == 0 else None)
+    if objects is not None:
+        directory = os.path.dirname(prefix)
+        named = comm.broadcast(_object_target(objects) if rank == 0 else None)
+    else:
+        named = comm.broadcast(_stage_name(directory, prepare_directory) if rank == 0 else None)
     if isinstance(named, Failed):
         raise PeerError(f"preparing {directory!r} on rank 0 failed: {named.text}; nothing was saved")
     part = StagedBundle(named, size, durable, only=rank, zstd_level=zstd_level)
@@ -333,16 +342,22 @@ def save_collective(flat: Tuple[Mapping[str, Any], Any], prefix: str, comm: Comm
         mine[STRUCTURE_KEY] = record_tensor(merged, lay.table, metadata)
     error = None
     try:
-        records: Any = write_part(part, mine, alignment=alignment, threads=threads)
-    except BaseException as e:  # write_part removed what it wrote
+        if objects is not None:
+            records: Any = _upload_part(objects, named, rank, size, mine, alignment)
+        else:
+            records = write_part(part, mine, alignment=alignment, threads=threads)
+    except BaseException as e:  # write_part removed what it wrote (an upload: aborted)
         error, records = e, _failed(rank, e)
     got = comm.gather(records)  # index records only, never data
     result: Any = None
     try:
         if rank == 0:
             assert got is not None
-            result = _commit_on_root(got, full_entries(lay, descs), named, size, durable, commit,
-                                     0 if zstd_level is None else _core.ZSTD_MIN_CONSUMER)
+            if objects is not None:
+                result = _commit_objects(got, full_entries(lay, descs), named, objects)
+            else:
+                result = _commit_on_root(got, full_entries(lay, descs), named, size, durable, commit,
+                                         0 if zstd_level is None else _core.ZSTD_MIN_CONSUMER)
         outcome = _hear_outcome(comm, result, prefix)
     finally:
         part.close()  # rank 0's commit has renamed or removed every part by now
@@ -351,7 +366,7 @@ def save_collective(flat: Tuple[Mapping[str, Any], Any], prefix: str, comm: Comm
     if isinstance(result, BaseException):
         raise result
     if isinstance(outcome, Failed):
-        if outcome.text.startswith("write:"):
+        if outcome.text.startswith("write:") and objects is None:
             part.remove()
         raise PeerError(f"saving {prefix!r} failed on rank {outcome.rank}: {outcome.text}; "
                         "the previous checkpoint stays the latest")
@@ -382,6 +397,42 @@ def _stage_name(directory: str, prepare_directory: Optional[Callable[[str], Any]
         return os.path.join(directory, STAGE_PREFIX + secrets.token_hex(8))
     except BaseException as e:
         return _failed(0, e)
+
+
+def _object_target(objects: ObjectSave) -> Any:
+    """On rank 0: the object-store save begun, the prefix its data objects go under (or the failure)."""
+    try:
+        return objects.begin()
+    except BaseException as e:
+        return _failed(0, e)
+
+
+def _upload_part(objects: ObjectSave, target: str, rank: int, size: int, tensors: Mapping[str, Any],
+                 alignment: int) -> List[Tuple[bytes, bytes]]:
+    """This process's data object, uploaded; its index records."""
+    plan = plan_bundle(tensors, 1, alignment)
+    try:
+        upload_data(objects.storage, plan, [data_filename(target, rank, size)])
+    except OSError as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise io_error(e, f"writing {data_filename(target, rank, size)!r}") from e
+    records: List[Tuple[bytes, bytes]] = plan.records(rank)
+    return records
+
+
+def _commit_objects(raws: Optional[List[Any]], parts: Any, target: str, objects: ObjectSave) -> Any:
+    """:func:`_commit_on_root` for an object store."""
+    assert raws is not None
+    failed = [r for r in raws if isinstance(r, Failed)]
+    if failed:
+        objects.abort()
+        return Failed(failed[0].rank, f"write: {failed[0].text}"
+                      + (f" (and on {len(failed) - 1} more)" if len(failed) > 1 else ""))
+    try:
+        return objects.commit(target, merge_records(raws, parts, 0))
+    except BaseException as e:  # every process hears of it (commit undid what it could)
+        return e
 
 
 def _commit_on_root(raws: Optional[List[Any]], parts: Any, staged_prefix: str, size: int, durable: bool,

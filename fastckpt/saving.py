@@ -15,11 +15,11 @@ import numpy as np
 from fastckpt.bundle.naming import PathLike, is_url, local_path
 from fastckpt.bundle.reader import CheckpointReader
 from fastckpt.bundle.slices import Shard
-from fastckpt.bundle.writer import check_options, compression_setting
+from fastckpt.bundle.writer import check_no_compression, check_options, compression_setting
 from fastckpt.collective import LocalCommunicator, agreed, save_collective
 from fastckpt.comm import Communicator
 from fastckpt.directory.commit import committer, recover_directory, save_checkpoint
-from fastckpt.directory.objectcommit import save_object_checkpoint
+from fastckpt.directory.objectcommit import ObjectSave, save_object_checkpoint
 from fastckpt.directory.locate import open_checkpoint
 from fastckpt.directory.retention import Retention
 from fastckpt.errors import InvalidArgumentError
@@ -175,10 +175,16 @@ def write_checkpoint(flat: FlatState, prefix: str, options: SaveOptions, listing
                                    "num_shards must be 1")
     if options.recycle:
         raise InvalidArgumentError("recycle=True is for one-process saves: with comm= every process writes new files")
+    objects = None
+    if is_url(prefix):
+        check_no_compression(options.zstd_level, prefix)
+        objects = ObjectSave(prefix, listing.retain, comm.size if comm is not None else 1, listing.state_name,
+                             listing.write_state)
+
     def prepare(directory: str) -> Any:
         return recover_directory(directory, listing.state_name, durable=options.durable, tidy_state=False)
     return save_collective((flat.leaves, flat.tree), prefix, comm if comm is not None else LocalCommunicator(),
                            metadata=flat.metadata, durable=options.durable, alignment=options.alignment,
                            zstd_level=options.zstd_level, threads=options.threads,
                            commit=committer(prefix, listing.retain, listing.state_name, listing.write_state),
-                           prepare_directory=prepare if listing.write_state else None)
+                           prepare_directory=prepare if listing.write_state else None, objects=objects)

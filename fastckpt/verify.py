@@ -18,7 +18,7 @@ from fastckpt.bundle.compressed import verify_frame
 from fastckpt.bundle.dtypes import DT_STRING, DT_VARIANT, dtype_name, numpy_dtype
 from fastckpt.errors import CheckpointError
 from fastckpt.bundle.files import crc32c_of_range, read_range
-from fastckpt.bundle.naming import PathLike, local_path
+from fastckpt.bundle.naming import PathLike, storage_path
 from fastckpt.bundle.reader import CheckpointReader
 from fastckpt.structure.record import read_record
 from fastckpt.directory.locate import find_checkpoint, open_checkpoint
@@ -71,7 +71,7 @@ def verify_checkpoint(prefix: PathLike, threads: Optional[int] = None,
     record fastckpt's ``save`` stores. Data is read with ``pread`` in
     chunks, so a file that shrinks meanwhile is reported, never a signal;
     memory stays constant except for string tensors, read whole."""
-    report = VerifyReport(local_path(prefix, "prefix"))
+    report = VerifyReport(storage_path(prefix, "prefix"))
     try:  # while a commit replaces it, the staged bundle listed in its place
         reader = open_checkpoint(report.prefix, lambda p: CheckpointReader(p, threads=threads))
     except CheckpointError as e:
@@ -134,7 +134,7 @@ def verify_path(path: PathLike, threads: Optional[int] = None,
     """Verify a checkpoint prefix, or every checkpoint a directory's state
     file lists (a listed checkpoint that is missing is a problem too), or
     the only checkpoint of a directory without a state file."""
-    p = local_path(path)
+    p = storage_path(path)
     try:
         st = get_checkpoint_state(p) if fs.is_dir(p) else None
         if st is None:  # a prefix, or a directory holding one checkpoint and no state file

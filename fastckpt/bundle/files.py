@@ -43,8 +43,14 @@ class RemoteFile:
         """Fill ``view`` from ``offset`` (fewer bytes at the object's end)."""
         n = max(0, min(view.nbytes, self.size - offset))
         if n:
+            self.read_segments([(offset, view[:n])])
+        return n
+
+    def read_segments(self, segments: List[Tuple[int, memoryview]]) -> None:
+        """Fill each ``(offset, view)`` (in order, inside the object) by one request."""
+        if segments:
             try:
-                self.storage.read_into(self.url, offset, view[:n], self.etag)
+                self.storage.read_segments(self.url, segments, self.etag)
             except ConflictError:
                 raise DataLossError(f"{self.url} was replaced while the checkpoint was being read "
                                     "(a save rewrote it): read the checkpoint again") from None
@@ -54,7 +60,6 @@ class RemoteFile:
             except OSError as e:
                 raise CheckpointIOError(e.errno or errno.EIO, f"cannot read {self.url}: {e.strerror or e}",
                                         self.url) from e
-        return n
 
 
 Handle = Union[int, RemoteFile]
@@ -286,29 +291,45 @@ class ObjectDataFiles:
         at most ``PART_BYTES``, ``PARTS_IN_FLIGHT`` at once, straight into
         the buffers; each buffer whose ``crcs`` entry is set has its
         CRC32C checked (pieces checksummed as they land, then combined)."""
-        tasks: List[Tuple[int, int, memoryview]] = []
+        part = int(getattr(self._storage, "part_bytes", PART_BYTES))
+        pieces: List[Tuple[RemoteFile, int, int, int, memoryview]] = []  # (object, offset, buffer, start, view)
         views = []
         for i, buf in enumerate(buffers):
             flat: Any = buf.reshape(-1).view(np.uint8) if isinstance(buf, np.ndarray) else buf
             view = memoryview(flat).cast("B")
             views.append(view)
-            for start in range(0, view.nbytes, PART_BYTES):
-                tasks.append((i, start, view[start:start + PART_BYTES]))
+            handle = handles[i]
+            if not isinstance(handle, RemoteFile):
+                raise TypeError("object data files read through RemoteFile handles")
+            if offsets[i] + view.nbytes > handle.size:
+                raise DataLossError(f"{describe(i)}: the object ends before the tensor's end")
+            for start in range(0, view.nbytes, part):
+                pieces.append((handle, offsets[i] + start, i, start, view[start:start + part]))
+        # neighbouring pieces of one object share a request (up to a part's bytes, gaps under 64 KiB)
+        pieces.sort(key=lambda p: (p[0].url, p[1]))
+        tasks: List[List[Tuple[RemoteFile, int, int, int, memoryview]]] = []
+        for p in pieces:
+            last = tasks[-1] if tasks else None
+            if last is not None and last[-1][0].url == p[0].url and 0 <= p[1] - (last[-1][1] + last[-1][4].nbytes) \
+                    <= 1 << 16 and p[1] + p[4].nbytes - last[0][1] <= part:
+                last.append(p)
+            else:
+                tasks.append([p])
         piece_crcs: Dict[Tuple[int, int], int] = {}
         if crcs is None:
             crcs = [None] * len(buffers)
 
-        def fetch(task: Tuple[int, int, memoryview]) -> None:
-            i, start, view = task
-            if pread_into(handles[i], view, offsets[i] + start) != view.nbytes:
-                raise DataLossError(f"{describe(i)}: the object ends before the tensor's end")
-            if crcs[i] is not None:  # type: ignore[index]
-                piece_crcs[(i, start)] = _core.crc32c(view)
+        def fetch(task: List[Tuple[RemoteFile, int, int, int, memoryview]]) -> None:
+            task[0][0].read_segments([(offset, view) for _, offset, _, _, view in task])
+            for _, _, i, start, view in task:
+                if crcs[i] is not None:  # type: ignore[index]
+                    piece_crcs[(i, start)] = _core.crc32c(view)
 
         if len(tasks) == 1:
             fetch(tasks[0])
         elif tasks:
-            with ThreadPoolExecutor(max_workers=max(1, min(PARTS_IN_FLIGHT, len(tasks))),
+            in_flight = int(getattr(self._storage, "parts_in_flight", PARTS_IN_FLIGHT))
+            with ThreadPoolExecutor(max_workers=max(1, min(in_flight, len(tasks))),
                                     thread_name_prefix="fastckpt-get") as pool:
                 for _ in pool.map(fetch, tasks):
                     pass
@@ -317,9 +338,9 @@ class ObjectDataFiles:
             if expected is None:
                 continue
             crc = 0
-            for start in range(0, view.nbytes, PART_BYTES):
+            for start in range(0, view.nbytes, part):
                 piece = piece_crcs[(i, start)]
-                crc = piece if start == 0 else _core.crc32c_combine(crc, piece, min(PART_BYTES, view.nbytes - start))
+                crc = piece if start == 0 else _core.crc32c_combine(crc, piece, min(part, view.nbytes - start))
             if crc != expected:
                 raise DataLossError(f"{describe(i)}: checksum does not match: stored {_core.mask_crc(expected)} "
                                     f"vs. calculated {_core.mask_crc(crc)}")

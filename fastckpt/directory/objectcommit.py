@@ -36,15 +36,17 @@ dead save's unfinished multipart uploads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
 import secrets
 import socket
+import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Mapping, Optional, Tuple
 
 from fastckpt.bundle.naming import checkpoint_files, data_filename, index_filename
 from fastckpt.bundle.reader import CheckpointReader
@@ -57,7 +59,7 @@ from fastckpt.errors import CheckpointError, CheckpointIOError, ConflictError
 from fastckpt.storage import fs, local
 from fastckpt.storage.s3 import S3Storage
 
-__all__ = ["save_object_checkpoint", "recover_objects", "LEASE_PREFIX", "LEASE_SECONDS", "Lease"]
+__all__ = ["save_object_checkpoint", "ObjectSave", "recover_objects", "LEASE_PREFIX", "LEASE_SECONDS", "Lease"]
 
 log = logging.getLogger("fastckpt")
 
@@ -84,7 +86,13 @@ class Lease:
                            "started": self.started, "since": self.since, "deleting": list(self.deleting)}).encode()
 
     def alive(self, now: float, lease_seconds: float) -> bool:
-        """True while the owner may still be saving."""
+        """True while the owner may still be saving (this process: while
+        that save runs; another on this host: while it runs; another host:
+        for ``lease_seconds``)."""
+        if self.host == socket.gethostname() and self.pid == os.getpid() \
+                and self.started == local.process_start_time(self.pid):
+            with _ACTIVE_LOCK:
+                return self.url in _ACTIVE
         if self.host == socket.gethostname() and self.started is not None:
             return local.process_start_time(self.pid) == self.started
         return now - self.since < lease_seconds
@@ -99,18 +107,30 @@ class Lease:
             return None
 
 
+_ACTIVE: set = set()  # the leases of this process's saves in progress
+_ACTIVE_LOCK = threading.Lock()
+
+
 def _new_lease(directory: str, final: str, staged: Optional[str]) -> Lease:
     return Lease(f"{directory}/{LEASE_PREFIX}{secrets.token_hex(8)}", final, staged, socket.gethostname(),
                  os.getpid(), local.process_start_time(os.getpid()), time.time())
 
 
-def _update_state(storage: S3Storage, directory: str, state_name: str,
-                  change: Callable[[List[Entry], float], Optional[Tuple[List[Entry], float, List[str]]]]
-                  ) -> Tuple[List[Entry], List[str]]:
+Change = Callable[[List[Entry], float], Optional[Tuple[List[Entry], float, List[str]]]]
+
+
+def _update_state(storage: S3Storage, directory: str, state_name: str, change: Change,
+                  pending: Optional[Tuple[str, str]] = None, done: Optional[str] = None,
+                  before_write: Optional[Callable[[List[str]], None]] = None) -> Tuple[List[Entry], List[str]]:
     """Read the state object, ``change(entries, preserved)`` →
     ``(entries, preserved, dropped)`` (None: leave it), write it back only
     if nobody wrote it meanwhile; on a lost race, again. Returns the
-    entries written and what was dropped."""
+    entries written and what was dropped. ``pending``: a (staged, final)
+    record to add (readers then name the staged bundle by its final name);
+    ``done``: the staged prefix whose record goes. Other writers' records
+    stay while their staged bundle is listed. ``before_write(dropped)``
+    runs before each write (to record what will be deleted, so a save
+    killed after the write leaves recovery the list)."""
     path = state_path(directory, state_name)
     for attempt in range(_ATTEMPTS):
         st, etag = read_state_object(directory, state_name)
@@ -119,13 +139,18 @@ def _update_state(storage: S3Storage, directory: str, state_name: str,
         if changed is None:
             return listed.entries, []
         entries, preserved, dropped = changed
+        names = {norm(p) for p, _ in entries}
+        records = [(a, b) for a, b in listed.pending if norm(a) in names and a not in (done, (pending or ("",))[0])]
+        records += [pending] if pending is not None else []
         try:
             if not entries:  # (retention keeps at least the newest: nothing to write)
                 return entries, dropped
             text = state_text(directory, entries[-1][0], [p for p, _ in entries],
                               all_model_checkpoint_timestamps=[ts for _, ts in entries],
-                              last_preserved_timestamp=preserved, latest_filename=state_name)
+                              last_preserved_timestamp=preserved, latest_filename=state_name, pending=records)
             data = text.encode("utf-8", "surrogateescape")
+            if before_write is not None:
+                before_write(dropped)
             if etag is None:
                 storage.put(path, data, if_new=True)
             else:
@@ -154,6 +179,89 @@ def _num_shards_of(prefix: str) -> int:
         return reader.num_shards
 
 
+class ObjectSave:
+    """One save into an object-store directory, in the steps of the module
+    docstring: :meth:`begin` (recovery, the lease, where the data goes),
+    then the data objects are written (by this process, or by every process
+    of a many-process save, each its own), then :meth:`commit` with the
+    index (or :meth:`abort`). Without ``write_state`` the bundle is only
+    written: an old index of the name first removed, the new one last."""
+
+    def __init__(self, prefix: str, retain: RetainFn, num_shards: int, state_name: str = "checkpoint",
+                 write_state: bool = True, lease_seconds: float = LEASE_SECONDS) -> None:
+        check_prefix(prefix, num_shards)
+        self.prefix, self.retain, self.num_shards = prefix, retain, num_shards
+        self.state_name, self.write_state, self.lease_seconds = state_name, write_state, lease_seconds
+        self.storage = fs.object_store(prefix)
+        self.directory = os.path.dirname(prefix)
+        state_path(self.directory, state_name)  # validates the name
+        self.lease: Optional[Lease] = None
+
+    def begin(self) -> str:
+        """Make ready; returns the prefix the data objects go under."""
+        with _mapped_errors(self.prefix):
+            if not self.write_state:
+                self.storage.delete_quietly(index_filename(self.prefix))  # never an old index over new data
+                return self.prefix
+            recover_objects(self.directory, self.state_name, lease_seconds=self.lease_seconds)
+            existed = checkpoint_exists(self.prefix)
+            staged = f"{self.directory}/{STAGE_PREFIX}{secrets.token_hex(8)}" if existed else None
+            self.lease = _new_lease(self.directory, self.prefix, staged)
+            with _ACTIVE_LOCK:
+                _ACTIVE.add(self.lease.url)
+            try:
+                self.storage.put(self.lease.url, self.lease.body(), if_new=True)
+            except BaseException:
+                self._release()
+                raise
+            return staged or self.prefix
+
+    def data_urls(self, target: str) -> List[str]:
+        """The data objects' URLs under ``target``."""
+        return [data_filename(target, s, self.num_shards) for s in range(self.num_shards)]
+
+    def commit(self, target: str, index: bytes) -> List[str]:
+        """Write the index, then list the checkpoint; returns the listed prefixes."""
+        try:
+            with _mapped_errors(self.prefix):
+                self.storage.put(index_filename(target), index)
+                if self.lease is None:
+                    return []
+                return _commit(self.storage, self.lease, self.directory, self.state_name, self.retain,
+                               self.num_shards)
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self._release()
+
+    def abort(self) -> None:
+        """The save failed before its commit: what it wrote goes (never a
+        listed checkpoint; recovery finishes what this cannot)."""
+        if self.lease is not None:
+            _undo_new(self.storage, self.lease, self.directory, self.state_name)
+        else:
+            for f in self.data_urls(self.prefix):
+                with contextlib.suppress(OSError):
+                    self.storage.delete_quietly(f)
+        self._release()
+
+    def _release(self) -> None:
+        if self.lease is not None:
+            with _ACTIVE_LOCK:
+                _ACTIVE.discard(self.lease.url)
+
+
+@contextlib.contextmanager
+def _mapped_errors(prefix: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointIOError(e.errno or 0, f"saving checkpoint {prefix!r}: {e.strerror or e}", prefix) from e
+
+
 def save_object_checkpoint(prefix: str, tensors: Mapping[Any, Any], *, retain: RetainFn, num_shards: int = 1,
                            alignment: int = 1, threads: Optional[int] = None, state_name: str = "checkpoint",
                            write_state: bool = True, zstd_level: Optional[int] = None,
@@ -165,37 +273,16 @@ def save_object_checkpoint(prefix: str, tensors: Mapping[Any, Any], *, retain: R
     check_prefix(prefix, num_shards)
     check_no_compression(zstd_level, prefix)
     check_options(num_shards, alignment, threads)
-    storage = fs.object_store(prefix)
-    directory = os.path.dirname(prefix)
-    state_path(directory, state_name)  # validates the name
     plan = plan_for(tensors, num_shards, alignment, None)
+    save = ObjectSave(prefix, retain, num_shards, state_name, write_state, lease_seconds)
+    target = save.begin()
     try:
-        if write_state:
-            recover_objects(directory, state_name, lease_seconds=lease_seconds)
-        existed = checkpoint_exists(prefix)
-        if not write_state:
-            if existed:
-                storage.delete(index_filename(prefix))  # never an old index over new data
-            _write(storage, plan, prefix, num_shards)
-            return []
-        staged = f"{directory}/{STAGE_PREFIX}{secrets.token_hex(8)}" if existed else None
-        lease = _new_lease(directory, prefix, staged)
-        storage.put(lease.url, lease.body(), if_new=True)
-        try:
-            _write(storage, plan, staged or prefix, num_shards)
-        except BaseException:
-            _undo_new(storage, lease, directory, state_name)
-            raise
-        return _commit(storage, lease, directory, state_name, retain, num_shards)
-    except OSError as e:
-        if isinstance(e, CheckpointError):
-            raise
-        raise CheckpointIOError(e.errno or 0, f"saving checkpoint {prefix!r}: {e.strerror or e}", prefix) from e
-
-
-def _write(storage: S3Storage, plan: Any, prefix: str, num_shards: int) -> None:
-    upload_data(storage, plan, [data_filename(prefix, s, num_shards) for s in range(num_shards)])
-    storage.put(index_filename(prefix), plan.index(num_shards))
+        with _mapped_errors(prefix):
+            upload_data(save.storage, plan, save.data_urls(target))
+    except BaseException:
+        save.abort()
+        raise
+    return save.commit(target, plan.index(num_shards))
 
 
 def _undo_new(storage: S3Storage, lease: Lease, directory: str, state_name: str) -> None:
@@ -204,8 +291,9 @@ def _undo_new(storage: S3Storage, lease: Lease, directory: str, state_name: str)
         target = lease.staged or lease.final
         st, _ = read_state_object(directory, state_name)
         listed = {norm(p) for p, _ in listed_from(st).entries}
-        if norm(target) not in listed:
-            remove_checkpoint(target)
+        if norm(target) in listed or norm(lease.final) in listed and lease.staged is None:
+            return  # committed (or standing in): the lease stays for recovery to finish the rest
+        remove_checkpoint(target)
         storage.delete_quietly(lease.url)
     except Exception as e:  # the original error is the one to raise; recovery finishes this
         log.warning("could not remove what a failed save wrote to %s: %s", lease.final, e)
@@ -220,7 +308,7 @@ def _commit(storage: S3Storage, lease: Lease, directory: str, state_name: str, r
         def stand_in(entries: List[Entry], preserved: float) -> Tuple[List[Entry], float, List[str]]:
             others = [(p, ts) for p, ts in entries if norm(p) != norm(prefix)]
             return others + [(staged, now)], preserved, []
-        _update_state(storage, directory, state_name, stand_in)
+        _update_state(storage, directory, state_name, stand_in, pending=(staged, prefix))
         _copy_bundle(storage, staged, prefix, num_shards)
 
     def list_new(entries: List[Entry], preserved: float) -> Tuple[List[Entry], float, List[str]]:
@@ -228,10 +316,12 @@ def _commit(storage: S3Storage, lease: Lease, directory: str, state_name: str, r
         kept, doomed, kept_preserved = retain(others + [(prefix, now)], preserved)
         return kept, kept_preserved, deletable(doomed, [p for p, _ in kept], directory)
 
-    kept, doomed = _update_state(storage, directory, state_name, list_new)
-    if doomed:
-        lease.deleting = tuple(doomed)
-        storage.put(lease.url, lease.body())
+    def record(dropped: List[str]) -> None:
+        if tuple(dropped) != lease.deleting:
+            lease.deleting = tuple(dropped)
+            storage.put(lease.url, lease.body())
+
+    kept, _ = _update_state(storage, directory, state_name, list_new, done=staged, before_write=record)
     _finish(storage, lease)
     return [p for p, _ in kept]
 
@@ -276,6 +366,8 @@ def recover_objects(directory: str, state_name: str = "checkpoint", *,
 def _recover(storage: S3Storage, lease: Lease, directory: str, state_name: str) -> None:
     st, _ = read_state_object(directory, state_name)
     listed = {norm(p) for p, _ in listed_from(st).entries}
+    # what the save meant to drop goes only if the state object no longer lists it (the write may not have happened)
+    lease.deleting = tuple(p for p in lease.deleting if norm(p) not in listed)
     if lease.staged is not None and norm(lease.staged) in listed and checkpoint_exists(lease.staged):
         # a replacement listed staged: finish it (the staged bundle is the checkpoint's contents)
         shards = _num_shards_of(lease.staged)
@@ -286,7 +378,7 @@ def _recover(storage: S3Storage, lease: Lease, directory: str, state_name: str) 
                 return None
             return [(lease.final if norm(p) == norm(lease.staged or "") else p, ts) for p, ts in entries], \
                 preserved, []
-        _update_state(storage, directory, state_name, rename)
+        _update_state(storage, directory, state_name, rename, done=lease.staged)
     elif norm(lease.final) not in listed and lease.staged is None:
         remove_checkpoint(lease.final)  # a new name never listed: it never was a checkpoint
     _finish(storage, lease)

@@ -11,7 +11,7 @@ from fastckpt.errors import CheckpointError, InvalidArgumentError, NotFoundError
 from fastckpt.formats.bundle import open_bundle, write_tf
 from fastckpt.formats.npz import open_npz, write_npz
 from fastckpt.formats.safetensors import open_safetensors, write_safetensors
-from fastckpt.formats.source import Source, check_format, checked_path, detect_format
+from fastckpt.formats.source import Source, check_format, check_reachable, checked_path, detect_format
 from fastckpt.formats.torchfile import open_torch, write_torch
 from fastckpt.storage import fs
 
@@ -22,6 +22,7 @@ def open_source(path: PathLike, fmt: Optional[str] = None, *, verify: bool = Tru
     """Open the checkpoint at ``path`` (in format ``fmt``, or detected)."""
     p = checked_path(path)
     fmt = check_format(fmt) if fmt else detect_format(p)
+    check_reachable(p, fmt)
     if fmt != "tf" and not _exists(p, fmt):
         raise NotFoundError(f"no {fmt} checkpoint at {p}: it does not exist")
     try:
@@ -55,6 +56,7 @@ def write_as(fmt: str, dst: str, source: Source, *, num_shards: int = 1, compres
     files written. Every writer writes under private names and renames
     into place last, so ``dst`` is never half written."""
     fmt = check_format(fmt)
+    check_reachable(dst, fmt)
     if type(num_shards) is not int or not 1 <= num_shards <= 99999:
         raise InvalidArgumentError(f"num_shards must be an int in 1..99999, got {num_shards!r}")
     if compression is not None and fmt != "tf":

@@ -8,9 +8,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Dict
 
-from fastckpt.errors import InvalidArgumentError
+from fastckpt.errors import InvalidArgumentError, UnsupportedError
 from fastckpt.bundle.lazy import LazyTensor
-from fastckpt.bundle.naming import PathLike, local_path
+from fastckpt.bundle.naming import PathLike, is_url, storage_path
 from fastckpt.structure.objectgraph import OBJECT_GRAPH_KEY
 from fastckpt.structure.tree import non_tensor_values
 from fastckpt.structure.record import STRUCTURE_KEY
@@ -48,12 +48,12 @@ class Source:
 def detect_format(path: PathLike, *, existing: bool = True) -> str:
     """The format of ``path``: from its suffix, else (for a source) from
     what is there; a path without a known suffix is a TensorFlow prefix."""
-    p = local_path(path)
+    p = storage_path(path)
     base = p[:-len(".index.json")] if p.endswith(".index.json") else p
     suffix = os.path.splitext(base)[1].lower()
     if suffix in _SUFFIXES and not (suffix == ".json" and not p.endswith(".safetensors.index.json")):
         return _SUFFIXES[suffix]
-    if existing and fs.is_dir(p):
+    if existing and not is_url(p) and fs.is_dir(p):
         names = fs.listdir(p)
         if any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names) and not any(
                 n.endswith(".index") or n == "checkpoint" for n in names):
@@ -69,8 +69,17 @@ def open_input(path: str) -> BinaryIO:
 
 
 def checked_path(path: Any, what: str = "path") -> str:
-    """``path`` as a str, or :class:`InvalidArgumentError`."""
-    return local_path(path, what)
+    """``path`` as a str (a local path or an ``s3://`` URL), or
+    :class:`InvalidArgumentError`."""
+    return storage_path(path, what)
+
+
+def check_reachable(path: str, fmt: str) -> None:
+    """Object stores hold TensorFlow bundles; the single-file formats are
+    read and written on local paths (:class:`UnsupportedError` at once)."""
+    if is_url(path) and fmt != "tf":
+        raise UnsupportedError(f"{path}: {fmt} files are read and written on local paths; an s3:// URL names "
+                               "a TensorFlow bundle (convert it there, or to a local file)")
 
 
 def tensors_only(source: Source, fmt: str) -> Dict[str, LazyTensor]:

@@ -21,7 +21,10 @@ Endpoint and credentials come as the ecosystem passes them
 ``AWS_REGION``, profiles), or as ``storage_options`` (boto3 client
 arguments: ``endpoint_url``, ``aws_access_key_id``, ``region_name``...;
 ``config``: botocore ``Config`` arguments, e.g. ``{"retries": {"max_attempts": 3}}``;
-by default 8 attempts in botocore's standard retry mode).
+by default 8 attempts in botocore's standard retry mode), plus fastckpt's
+own ``part_bytes`` (16 MiB: one uploaded part, one ranged GET) and
+``parts_in_flight`` (8): a save or restore holds at most
+``(parts_in_flight + 1) * part_bytes`` of buffers beyond the state itself.
 """
 
 from __future__ import annotations
@@ -82,12 +85,29 @@ def _as_os_error(e: Exception, url: str) -> OSError:
     return OSError(errno.EIO, text, url)
 
 
+def _no_continue_for_empty_bodies(params: Dict[str, Any], **kwargs: Any) -> None:
+    """No ``Expect: 100-continue`` on an empty body: servers answer such a
+    request at once, and botocore then reads that answer as the next
+    request's (here: a 60 s stall and a retry after every empty object)."""
+    from botocore.utils import determine_content_length
+
+    body = params.get("body")
+    if "Expect" in params.get("headers", {}) and body is not None and determine_content_length(body) == 0:
+        del params["headers"]["Expect"]
+
+
 class S3Storage:
     """The storage interface for ``s3://`` names, over one boto3 client
     (thread-safe; created on first use)."""
 
     def __init__(self, **storage_options: Any) -> None:
-        self._options = dict(storage_options)
+        options = dict(storage_options)
+        self.part_bytes = int(options.pop("part_bytes", PART_BYTES))
+        self.parts_in_flight = int(options.pop("parts_in_flight", PARTS_IN_FLIGHT))
+        if not 5 << 20 <= self.part_bytes <= 5 << 30 or not 1 <= self.parts_in_flight <= 256:
+            raise InvalidArgumentError(f"part_bytes must be 5 MiB..5 GiB and parts_in_flight 1..256, got "
+                                       f"{self.part_bytes} and {self.parts_in_flight}")
+        self._options = options
         self._client: Any = None
         self._lock = threading.Lock()
 
@@ -105,7 +125,10 @@ class S3Storage:
                     config = Config(**{"retries": dict(_RETRIES), "max_pool_connections": 32,
                                        **options.pop("config", {})})
                     session = boto3.session.Session(profile_name=options.pop("profile_name", None))
-                    self._client = session.client("s3", config=config, **options)
+                    client = session.client("s3", config=config, **options)
+                    # (after botocore's own handler at this level, which adds the header)
+                    client.meta.events.register_last("before-call.s3", _no_continue_for_empty_bodies)
+                    self._client = client
         return self._client
 
     def _call(self, url: str, method: str, **kwargs: Any) -> Any:
@@ -242,6 +265,12 @@ class S3Storage:
         sb, sk = split_url(src)
         db, dk = split_url(dst)
         try:
+            self._call(dst, "copy_object", Bucket=db, Key=dk, CopySource={"Bucket": sb, "Key": sk})
+            return
+        except OSError as e:
+            if e.errno != errno.EIO:  # (an object over 5 GB needs a multipart copy: below)
+                raise
+        try:
             self.client.copy({"Bucket": sb, "Key": sk}, db, dk)  # multipart beyond 5 GB
         except Exception as e:
             if type(e).__module__.startswith(("botocore", "boto3", "s3transfer")):
@@ -306,14 +335,49 @@ class S3Storage:
         finally:
             body.close()
 
-    def put_stream(self, path: str, pieces: Iterable[Any], total: int, *, part_bytes: int = PART_BYTES,
-                   in_flight: int = PARTS_IN_FLIGHT) -> str:
+    def read_segments(self, path: str, segments: List[Tuple[int, memoryview]], etag: Optional[str] = None) -> None:
+        """Fill each ``(offset, view)`` of ``segments`` (in offset order, not
+        overlapping) from one ranged GET spanning them all, streamed into
+        the views; the bytes between them are read and dropped (small gaps:
+        one request instead of many). Errors as :meth:`read_into`."""
+        if len(segments) == 1:
+            self.read_into(path, segments[0][0], segments[0][1], etag)
+            return
+        first, end = segments[0][0], segments[-1][0] + segments[-1][1].nbytes
+        bucket, key = split_url(path)
+        condition = {"IfMatch": etag} if etag is not None else {}
+        out = self._call(path, "get_object", Bucket=bucket, Key=key, Range=f"bytes={first}-{end - 1}", **condition)
+        body = out["Body"]
+        scratch = memoryview(bytearray(1 << 16))
+        at = first
+        try:
+            for offset, view in segments:
+                for target, n in ((None, offset - at), (view, view.nbytes)):
+                    got_total = 0
+                    while got_total < n:
+                        dest = target[got_total:] if target is not None else scratch[:min(len(scratch), n - got_total)]
+                        try:
+                            got = body.readinto(dest)
+                        except Exception as e:
+                            raise OSError(errno.EIO, f"{path}: reading bytes {at + got_total}.. failed: {e}", path) from e
+                        if not got:
+                            raise OSError(errno.EIO, f"{path}: the object ends at {at + got_total}, before {end}", path)
+                        got_total += got
+                    at += n
+        finally:
+            body.close()
+
+    def put_stream(self, path: str, pieces: Iterable[Any], total: int, *, part_bytes: Optional[int] = None,
+                   in_flight: Optional[int] = None) -> str:
         """Write the object ``path`` from ``pieces`` (buffers whose bytes, in
         order, are the object's ``total`` bytes): one request when it fits
         a part, else a multipart upload of ``part_bytes`` parts, ``in_flight``
         of them at once from a pool of ``in_flight + 1`` reused buffers --
         the memory a stream of any size holds. The object appears whole or
-        not at all (an upload that fails is aborted). Returns its ETag."""
+        not at all (an upload that fails is aborted). Returns its ETag.
+        (Defaults: the storage's ``part_bytes`` and ``parts_in_flight``.)"""
+        part_bytes = self.part_bytes if part_bytes is None else part_bytes
+        in_flight = self.parts_in_flight if in_flight is None else in_flight
         if total <= part_bytes:
             data = bytearray(total)
             stream = _Stream(pieces)

@@ -104,6 +104,24 @@ def test_four_processes_write_one_checkpoint_tensorflow_reads(tmp_path, engine):
         assert (list(got) == list(v)) if v.dtype == object else np.asarray(got).tobytes() == v.tobytes(), k
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_four_processes_write_one_checkpoint_to_an_object_store(s3_server, s3_dir, engine, tmp_path):
+    """Every process uploads its own data object; rank 0 merges the index
+    and commits through the state object; restored onto 4 and onto 3."""
+    results, codes, err = run(engine, 4, "save", s3_dir, env=s3_server.env)
+    assert codes in ([0], [0] * 4) and len(results) == 4, err[-3000:]
+    from fastckpt.storage.s3 import default_s3
+    assert sorted(default_s3().listdir(s3_dir)) == ["ckpt.data-0000%d-of-00004" % i for i in range(4)] + ["ckpt.index"]
+    assert_global(f"{s3_dir}/ckpt")
+    results, codes, err = run(engine, 3, "restore", s3_dir, "cols", env=s3_server.env)
+    assert codes in ([0], [0] * 3) and len(results) == 3, err[-3000:]
+    results, codes, err = run(engine, 2, "raise", s3_dir, env=s3_server.env)  # a manager; step 2 fails on rank 1
+    assert codes in ([0], [0] * 2) and all(r["error"] for r in results), err[-3000:]
+    assert fastckpt.latest_checkpoint(s3_dir) == f"{s3_dir}/ckpt-1"
+    names = default_s3().listdir(s3_dir)
+    assert not any(n.startswith(("ckpt-2", ".fcsave-", ".fcpending-")) for n in names), names
+
+
 @pytest.mark.deep
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("n", [1, 3, 4])

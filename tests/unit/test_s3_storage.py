@@ -171,3 +171,15 @@ def test_faults_beyond_the_retries_are_one_clear_error(s3_server, base):
 def test_the_names_interface_picks_the_implementation_by_scheme():
     assert isinstance(fs.backend("s3://bucket/key"), S3Storage)
     assert fs.backend("/tmp/x") is local and fs.backend("relative/x") is local
+
+
+def test_an_empty_object_does_not_stall_the_next_request(s3, base):
+    """botocore sends ``Expect: 100-continue`` with an empty body too; the
+    server answers at once and botocore took that answer for the next
+    request's, which then waited 60 s for a reply and was retried."""
+    import time
+    start = time.monotonic()
+    for body in (b"", b"x", b"", b"after"):
+        s3.put(f"{base}/empty", body)
+    assert s3.read_bytes(f"{base}/empty") == b"after"
+    assert time.monotonic() - start < 10
