@@ -38,11 +38,10 @@ from fastckpt.bundle.dtypes import dtype_enum
 from fastckpt.bundle.frameworks import to_numpy
 from fastckpt.storage.fsutil import default_threads, ensure_directory, io_error
 from fastckpt.bundle.naming import data_filename, index_filename
-from fastckpt.bundle.upload import upload_data
 from fastckpt.directory.objectcommit import ObjectSave
 from fastckpt.bundle.slices import Shard, SliceKey, encode_slice_key, first_overlap
 from fastckpt.structure.record import STRUCTURE_KEY, record_tensor
-from fastckpt.bundle.writer import (STAGE_PREFIX, StagedBundle, check_prefix, plan_bundle, write_part,
+from fastckpt.bundle.writer import (STAGE_PREFIX, StagedBundle, check_prefix, plan_bundle, upload_plan, write_part,
                                     write_staged_index)
 from fastckpt.storage import fs
 
@@ -343,7 +342,7 @@ def save_collective(flat: Tuple[Mapping[str, Any], Any], prefix: str, comm: Comm
     error = None
     try:
         if objects is not None:
-            records: Any = _upload_part(objects, named, rank, size, mine, alignment)
+            records: Any = _upload_part(objects, named, rank, size, mine, alignment, zstd_level, threads)
         else:
             records = write_part(part, mine, alignment=alignment, threads=threads)
     except BaseException as e:  # write_part removed what it wrote (an upload: aborted)
@@ -354,7 +353,8 @@ def save_collective(flat: Tuple[Mapping[str, Any], Any], prefix: str, comm: Comm
         if rank == 0:
             assert got is not None
             if objects is not None:
-                result = _commit_objects(got, full_entries(lay, descs), named, objects)
+                result = _commit_objects(got, full_entries(lay, descs), named, objects,
+                                         0 if zstd_level is None else _core.ZSTD_MIN_CONSUMER)
             else:
                 result = _commit_on_root(got, full_entries(lay, descs), named, size, durable, commit,
                                          0 if zstd_level is None else _core.ZSTD_MIN_CONSUMER)
@@ -408,11 +408,11 @@ def _object_target(objects: ObjectSave) -> Any:
 
 
 def _upload_part(objects: ObjectSave, target: str, rank: int, size: int, tensors: Mapping[str, Any],
-                 alignment: int) -> List[Tuple[bytes, bytes]]:
+                 alignment: int, zstd_level: Optional[int], threads: Optional[int]) -> List[Tuple[bytes, bytes]]:
     """This process's data object, uploaded; its index records."""
-    plan = plan_bundle(tensors, 1, alignment)
+    plan = plan_bundle(tensors, 1, alignment if zstd_level is None else 1)
     try:
-        upload_data(objects.storage, plan, [data_filename(target, rank, size)])
+        upload_plan(objects.storage, plan, [data_filename(target, rank, size)], zstd_level, threads)
     except OSError as e:
         if isinstance(e, CheckpointError):
             raise
@@ -421,7 +421,8 @@ def _upload_part(objects: ObjectSave, target: str, rank: int, size: int, tensors
     return records
 
 
-def _commit_objects(raws: Optional[List[Any]], parts: Any, target: str, objects: ObjectSave) -> Any:
+def _commit_objects(raws: Optional[List[Any]], parts: Any, target: str, objects: ObjectSave,
+                    min_consumer: int) -> Any:
     """:func:`_commit_on_root` for an object store."""
     assert raws is not None
     failed = [r for r in raws if isinstance(r, Failed)]
@@ -430,7 +431,7 @@ def _commit_objects(raws: Optional[List[Any]], parts: Any, target: str, objects:
         return Failed(failed[0].rank, f"write: {failed[0].text}"
                       + (f" (and on {len(failed) - 1} more)" if len(failed) > 1 else ""))
     try:
-        return objects.commit(target, merge_records(raws, parts, 0))
+        return objects.commit(target, merge_records(raws, parts, min_consumer))
     except BaseException as e:  # every process hears of it (commit undid what it could)
         return e
 

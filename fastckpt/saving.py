@@ -15,7 +15,7 @@ import numpy as np
 from fastckpt.bundle.naming import PathLike, is_url, local_path
 from fastckpt.bundle.reader import CheckpointReader
 from fastckpt.bundle.slices import Shard
-from fastckpt.bundle.writer import check_no_compression, check_options, compression_setting
+from fastckpt.bundle.writer import check_options, compression_setting
 from fastckpt.collective import LocalCommunicator, agreed, save_collective
 from fastckpt.comm import Communicator
 from fastckpt.directory.commit import committer, recover_directory, save_checkpoint
@@ -177,7 +177,6 @@ def write_checkpoint(flat: FlatState, prefix: str, options: SaveOptions, listing
         raise InvalidArgumentError("recycle=True is for one-process saves: with comm= every process writes new files")
     objects = None
     if is_url(prefix):
-        check_no_compression(options.zstd_level, prefix)
         objects = ObjectSave(prefix, listing.retain, comm.size if comm is not None else 1, listing.state_name,
                              listing.write_state)
 

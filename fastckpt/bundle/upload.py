@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Iterator, List, Mapping
 
+import numpy as np
+
 from fastckpt import _core
 from fastckpt.bundle.chunks import STAGING_BYTES, c_order_chunks
 from fastckpt.bundle.lazy import LazyTensor
+from fastckpt.storage import local
 
-__all__ = ["upload_data", "CRC_PIECE"]
+__all__ = ["upload_data", "upload_compressed", "CRC_PIECE"]
 
 CRC_PIECE = 8 << 20  # a ready payload is checksummed (and handed to the upload) in pieces of this size
 _ZEROS = bytes(1 << 20)
@@ -70,3 +73,32 @@ def upload_data(storage: Any, plan: "_core.WritePlan", urls: List[str]) -> None:
     for shard, items in enumerate(_shard_items(plan, len(urls))):
         total = int(plan.shard_sizes[shard])
         storage.put_stream(urls[shard], _pieces(plan, items, sources, total), total)
+
+
+def upload_compressed(storage: Any, plan: "_core.WritePlan", urls: List[str], level: int, chunk: int,
+                      threads: int) -> None:
+    """Compress every payload (byte planes + zstd, on the C threads) into an
+    unlinked temporary file per shard (local disk, not memory: the sizes
+    are known only once compressed), then stream each file into its
+    object. Sets the plan's offsets, sizes and CRCs."""
+    for i, source in plan.staged:
+        if isinstance(source, LazyTensor):
+            source = source.array()
+        plan.set_ready(i, np.ascontiguousarray(source, dtype=source.dtype.newbyteorder("<")))
+    fds: List[int] = []
+    try:
+        for _ in urls:
+            fds.append(local.temp_fd())
+        plan.write_compressed(fds, level, chunk, threads, urls)
+        for fd, url, size in zip(fds, urls, plan.shard_sizes):
+            mapped = local.map_read(fd, int(size)) if size else None
+            try:
+                view = memoryview(mapped) if mapped is not None else memoryview(b"")
+                storage.put_stream(url, (view[at:at + CRC_PIECE] for at in range(0, int(size), CRC_PIECE)), int(size))
+                view.release()
+            finally:
+                if mapped is not None:
+                    mapped.close()
+    finally:
+        for fd in fds:
+            local.close(fd)

@@ -24,11 +24,11 @@ from fastckpt.storage.fsutil import (check_name_fits, default_threads, ensure_di
 from fastckpt.storage.locking import create_locked_temp, release_lock
 from fastckpt.bundle.chunks import STAGING_BYTES, c_order_chunks
 from fastckpt.bundle.naming import PathLike, checkpoint_files, data_filename, index_filename, is_url, storage_path
-from fastckpt.bundle.upload import upload_data
+from fastckpt.bundle.upload import upload_compressed, upload_data
 from fastckpt.bundle.slices import SliceKey
 from fastckpt.storage import fs, local
 
-__all__ = ["write_bundle", "plan_bundle", "check_no_compression", "STAGING_BYTES", "c_order_chunks", "StagedBundle", "stage_bundle", "install_bundle",
+__all__ = ["write_bundle", "plan_bundle", "upload_plan", "STAGING_BYTES", "c_order_chunks", "StagedBundle", "stage_bundle", "install_bundle",
            "install_plain", "write_part", "write_staged_index", "compression_setting", "check_options", "STAGE_PREFIX", "MAX_SHARDS"]
 
 Name = Union[str, bytes]
@@ -435,26 +435,33 @@ def install_plain(staged: StagedBundle, prefix: str) -> None:
         staged.close()
 
 
-def _upload_replacing(prefix: str, plan: "_core.WritePlan", num_shards: int) -> None:
+def upload_plan(storage: Any, plan: "_core.WritePlan", urls: List[str], zstd_level: Optional[int],
+                threads: Optional[int]) -> bytes:
+    """Write the plan's data objects (compressed at ``zstd_level``, or
+    streamed from the arrays); returns the index (for the shard count of
+    ``urls``)."""
+    if zstd_level is None:
+        upload_data(storage, plan, urls)
+        return plan.index(len(urls))
+    upload_compressed(storage, plan, urls, zstd_level, ZSTD_CHUNK, check_options(1, 1, threads))
+    return plan.index(len(urls), _core.ZSTD_MIN_CONSUMER)
+
+
+def _upload_replacing(prefix: str, plan: "_core.WritePlan", num_shards: int, zstd_level: Optional[int],
+                      threads: Optional[int]) -> None:
     """Write the bundle ``prefix`` to its object store: an existing index
     goes first (never an old index over new data), then the data objects,
     the index last. As locally, replacing a bundle this way is not atomic."""
     storage = fs.object_store(prefix)
     try:
         storage.delete_quietly(index_filename(prefix))
-        upload_data(storage, plan, [data_filename(prefix, s, num_shards) for s in range(num_shards)])
-        storage.put(index_filename(prefix), plan.index(num_shards))
+        index = upload_plan(storage, plan, [data_filename(prefix, s, num_shards) for s in range(num_shards)],
+                            zstd_level, threads)
+        storage.put(index_filename(prefix), index)
     except OSError as e:
         if isinstance(e, CheckpointError):
             raise
         raise io_error(e, f"writing checkpoint {prefix!r}") from e
-
-
-def check_no_compression(zstd_level: Optional[int], prefix: str) -> None:
-    """Compressed bundles are written to local paths only, for now."""
-    if zstd_level is not None:
-        raise UnsupportedError(f"{prefix}: compression='zstd' is not available for object stores yet "
-                               "(save without compression, or to a local path)")
 
 
 def check_prefix(prefix: Any, num_shards: int = 1) -> str:
@@ -518,8 +525,7 @@ def write_bundle(
     p = check_prefix(prefix, num_shards)
     level = compression_setting(compression, compression_level)
     if is_url(p):
-        check_no_compression(level, p)
-        _upload_replacing(p, plan_for(tensors, num_shards, alignment, None), num_shards)
+        _upload_replacing(p, plan_for(tensors, num_shards, alignment, level), num_shards, level, threads)
         return p
     directory = os.path.dirname(p)
     ensure_directory(directory)

@@ -50,8 +50,7 @@ from typing import Any, Callable, Iterator, List, Mapping, Optional, Tuple
 
 from fastckpt.bundle.naming import checkpoint_files, data_filename, index_filename
 from fastckpt.bundle.reader import CheckpointReader
-from fastckpt.bundle.upload import upload_data
-from fastckpt.bundle.writer import STAGE_PREFIX, check_no_compression, check_options, check_prefix, plan_for
+from fastckpt.bundle.writer import STAGE_PREFIX, check_options, check_prefix, plan_for, upload_plan
 from fastckpt.directory.listing import RetainFn, deletable, listed_from, norm, remove_checkpoint
 from fastckpt.directory.retention import Entry
 from fastckpt.directory.state import checkpoint_exists, read_state_object, state_path, state_text
@@ -271,18 +270,17 @@ def save_object_checkpoint(prefix: str, tensors: Mapping[Any, Any], *, retain: R
     returns the listed prefixes. Without ``write_state`` the bundle is only
     written (data objects, then the index)."""
     check_prefix(prefix, num_shards)
-    check_no_compression(zstd_level, prefix)
     check_options(num_shards, alignment, threads)
-    plan = plan_for(tensors, num_shards, alignment, None)
+    plan = plan_for(tensors, num_shards, alignment, zstd_level)
     save = ObjectSave(prefix, retain, num_shards, state_name, write_state, lease_seconds)
     target = save.begin()
     try:
         with _mapped_errors(prefix):
-            upload_data(save.storage, plan, save.data_urls(target))
+            index = upload_plan(save.storage, plan, save.data_urls(target), zstd_level, threads)
     except BaseException:
         save.abort()
         raise
-    return save.commit(target, plan.index(num_shards))
+    return save.commit(target, index)
 
 
 def _undo_new(storage: S3Storage, lease: Lease, directory: str, state_name: str) -> None:

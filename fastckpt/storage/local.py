@@ -188,3 +188,17 @@ def process_start_time(pid: int) -> Optional[str]:
             return f.read().rsplit(b")", 1)[1].split()[19].decode()
     except (OSError, IndexError):
         return None
+
+
+def temp_fd() -> int:
+    """A descriptor of a new, already unlinked, temporary file (in
+    ``TMPDIR``): space on disk that goes when it is closed."""
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="fastckpt-")
+    try:
+        os.unlink(path)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
