@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional
 
 import numpy as np
 
-from fastckpt.bundle.naming import PathLike, is_url, local_path
+from fastckpt.bundle.naming import PathLike, is_url, storage_path
 from fastckpt.bundle.reader import CheckpointReader
 from fastckpt.bundle.slices import Shard
 from fastckpt.bundle.writer import check_options, compression_setting
@@ -142,7 +142,7 @@ def object_graph_state(state: Any, metadata: Any, template: Optional[PathLike]) 
         def use(prefix: str) -> Dict[str, Any]:
             with CheckpointReader(prefix) as reader:
                 return template_tensors(flat.leaves, reader)
-        return FlatState(open_checkpoint(local_path(template, "template"), use), None)
+        return FlatState(open_checkpoint(storage_path(template, "template"), use), None)
     leaves, tree, extra = object_graph_tensors(flat.leaves, flat.tree)
     return FlatState(leaves, tree, metadata, extra)
 

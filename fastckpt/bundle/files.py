@@ -51,8 +51,8 @@ class RemoteFile:
         if segments:
             try:
                 self.storage.read_segments(self.url, segments, self.etag)
-            except ConflictError:
-                raise DataLossError(f"{self.url} was replaced while the checkpoint was being read "
+            except ConflictError:  # (what was opened is gone: the reading functions find the checkpoint again)
+                raise NotFoundError(f"{self.url} was replaced while the checkpoint was being read "
                                     "(a save rewrote it): read the checkpoint again") from None
             except FileNotFoundError:
                 raise NotFoundError(f"{self.url} was deleted while the checkpoint was being read "

@@ -26,9 +26,10 @@ def local_path(path: Any, what: str = "path") -> str:
     ``file://`` URLs become the path they name (``file:///abs/x``,
     ``file://localhost/abs/x``, percent-escapes decoded). Any other URL
     (``s3://``, ``gs://``, ``hdfs://``, ``http://``...) is refused with
-    :class:`InvalidArgumentError`: fastckpt reads and writes local paths
-    only, and a URL taken for a relative directory would write the
-    checkpoint to ``./s3:/bucket/...`` on a disk that goes away with the VM.
+    :class:`InvalidArgumentError`: a URL taken for a relative directory
+    would write to ``./s3:/bucket/...`` on a disk that goes away with the
+    VM. (:func:`storage_path` is the check of the functions that take
+    ``s3://`` URLs too.)
     """
     try:
         p = os.fspath(path)
@@ -45,8 +46,11 @@ def local_path(path: Any, what: str = "path") -> str:
         if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
             raise InvalidArgumentError(f"{what} {p!r}: only file:///path and file://localhost/path URLs name local files")
         return unquote(parts.path)
+    if scheme == "s3":
+        raise InvalidArgumentError(f"{what} {p!r} is a URL (s3://): this takes a local path (object-store URLs "
+                                   "go to the functions that read and write checkpoints); nothing was read or written")
     raise InvalidArgumentError(f"{what} {p!r} is a URL ({scheme}://): fastckpt {__version__} reads and writes local "
-                               "paths only (object stores are not supported yet); nothing was read or written")
+                               "paths and s3:// URLs; nothing was read or written")
 
 
 def is_url(path: str) -> bool:

@@ -30,6 +30,7 @@ own ``part_bytes`` (16 MiB: one uploaded part, one ranged GET) and
 from __future__ import annotations
 
 import errno
+import hashlib
 import threading
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -207,8 +208,8 @@ class S3Storage:
         meta = self.head(path)
         if meta is None:
             return None
-        return (hash(str(meta["ETag"])), int(meta["ContentLength"]),
-                int(meta["LastModified"].timestamp() * 1e9))
+        digest = int.from_bytes(hashlib.sha1(str(meta["ETag"]).encode()).digest()[:8], "little")  # stable across processes
+        return (digest, int(meta["ContentLength"]), int(meta["LastModified"].timestamp() * 1e9))
 
     # ---- reading ------------------------------------------------------------------------
     def read_bytes(self, path: str) -> bytes:
@@ -250,9 +251,9 @@ class S3Storage:
         return str(out["ETag"])
 
     def delete(self, path: str) -> None:
-        """Delete the object (``FileNotFoundError`` if there is none, as locally)."""
-        if self.head(path) is None:
-            raise FileNotFoundError(errno.ENOENT, f"{path}: no such object", path)
+        """Delete the object: one request. (Unlike a local delete, a missing
+        object is no error: S3 does not say whether there was one, and
+        asking first would cost a request and still race.)"""
         self.delete_quietly(path)
 
     def delete_quietly(self, path: str) -> None:

@@ -42,8 +42,12 @@ def what_examples_leave_to_the_reader(code: str):
     return ns
 
 
-def run_page(page: pathlib.Path, directory: pathlib.Path, ns=None):
+def run_page(page: pathlib.Path, directory: pathlib.Path, ns=None, bucket=None):
+    """Every Python block of ``page`` in order, in one namespace; a page's
+    ``s3://my-bucket/`` is ``bucket`` (a fresh prefix on the test server)."""
     blocks = python_blocks(page)
+    if bucket is not None:
+        blocks = [b.replace("s3://my-bucket/", bucket.rstrip("/") + "/") for b in blocks]
     code_all = "\n".join(blocks)
     ns = what_examples_leave_to_the_reader(code_all) if ns is None else ns
     for code in blocks:
@@ -56,9 +60,10 @@ WITH_EXAMPLES = [p for p in PAGES if python_blocks(p)]
 
 
 @pytest.mark.parametrize("page", WITH_EXAMPLES, ids=[str(p.relative_to(ROOT)) for p in WITH_EXAMPLES])
-def test_examples_run(page, tmp_path, monkeypatch):
+def test_examples_run(page, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
-    run_page(page, tmp_path)
+    bucket = request.getfixturevalue("s3_dir") if "s3://my-bucket/" in page.read_text(encoding="utf-8") else None
+    run_page(page, tmp_path, bucket=bucket)
 
 
 def test_every_page_with_examples_is_run():

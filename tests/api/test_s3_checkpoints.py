@@ -127,6 +127,16 @@ def test_resaving_a_step_replaces_it_and_leaves_nothing_staged(s3_dir):
     assert objects(s3_dir) == ["checkpoint", "m-1.data-00000-of-00001", "m-1.index"]
 
 
+def test_a_reader_never_mixes_two_versions_of_a_replaced_checkpoint(s3_dir):
+    saver = fastckpt.Saver()
+    saver.save({"w": np.zeros(1000)}, f"{s3_dir}/m", global_step=1)
+    reader = fastckpt.load_checkpoint(f"{s3_dir}/m-1")  # pins the versions of the objects it listed
+    saver.save({"w": np.ones(1000)}, f"{s3_dir}/m", global_step=1)
+    with pytest.raises(fastckpt.NotFoundError, match="replaced while the checkpoint was being read"):
+        reader.get_tensor("w")
+    assert fastckpt.load_checkpoint(f"{s3_dir}/m-1").get_tensor("w")[0] == 1.0
+
+
 def test_load_checkpoint_reads_only_the_tensor_asked_for(s3_dir, monkeypatch):
     big = {f"t{i}": np.full(1 << 18, i, np.float32) for i in range(8)}  # 8 x 1 MiB
     fastckpt.write_bundle(f"{s3_dir}/lazy", big)
@@ -258,3 +268,32 @@ def test_tensorflow_reads_a_checkpoint_fetched_from_the_bucket(s3_dir, tmp_path)
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("\n")[-2] == "tf-3 66.0 [b'x', b'yz']"
+
+
+def test_every_command_works_on_a_url(s3_server, s3_dir, tmp_path):
+    fastckpt.CheckpointManager(s3_dir, max_to_keep=2).save({"w": np.arange(6.0), "b": np.ones(2)}, 1)
+    fastckpt.CheckpointManager(s3_dir, max_to_keep=2).save({"w": np.arange(6.0) + 1, "b": np.ones(2)}, 2)
+    env = dict(os.environ, **s3_server.env)
+
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", "fastckpt", *args], capture_output=True, text=True, env=env,
+                           timeout=300)
+        return r.returncode, r.stdout
+    assert cli("ls", s3_dir) == (0, f"{s3_dir}/ckpt-2: 2 tensors in 1 data file(s)\n  b  float64  [2]\n"
+                                    "  w  float64  [6]\n")
+    code, out = cli("verify", s3_dir)
+    assert code == 0 and out.endswith("2 of 2 checkpoint(s) OK\n")
+    code, out = cli("diff", f"{s3_dir}/ckpt-1", f"{s3_dir}/ckpt-2")
+    assert code == 1 and "different  w" in out
+    assert cli("inspect", s3_dir)[0] == 0
+    assert cli("convert", s3_dir, str(tmp_path / "m.safetensors"))[0] == 0
+    assert cli("convert", str(tmp_path / "m.safetensors"), f"{s3_dir}-conv/m")[0] == 0
+    assert fastckpt.restore(f"{s3_dir}-conv/m")["w"].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    code, out = cli("gc", s3_dir)
+    assert code == 0 and "removed 0" in out
+    code, out = cli("bench", "--url", f"{s3_dir}-bench", "--size", "8MiB", "--tensors", "4", "--rounds", "1",
+                    "--json")
+    import json
+    results = json.loads(out)["results"]
+    assert {"raw put (one multipart upload)", "fastckpt save", "fastckpt restore into arrays"} <= set(results)
+    assert default_s3().list_objects(f"{s3_dir}-bench/") == []  # the bench deletes what it wrote

@@ -193,6 +193,6 @@ def test_kill_at_every_mutating_syscall(tmp_path, shim, counted, counts, variant
 
 @pytest.mark.parametrize("variant", ["durable", "fast-compressed"])
 def test_kill_at_sampled_syscalls(tmp_path, shim, counted, counts, variant):
-    """The default tier: every 9th kill point of two sequences (the deep tier kills at all of them)."""
+    """The default tier: every 13th kill point of two sequences (the deep tier kills at all of them)."""
     _, total = counted(variant)
-    kill_at(range(1 + len(variant) % 9, total + 1, 9), variant, counted, shim, tmp_path, counts)
+    kill_at(range(1 + len(variant) % 13, total + 1, 13), variant, counted, shim, tmp_path, counts)

@@ -115,9 +115,15 @@ def test_four_processes_write_one_checkpoint_to_an_object_store(s3_server, s3_di
     assert_global(f"{s3_dir}/ckpt")
     results, codes, err = run(engine, 3, "restore", s3_dir, "cols", env=s3_server.env)
     assert codes in ([0], [0] * 3) and len(results) == 3, err[-3000:]
+
+
+@pytest.mark.deep
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_failing_process_commits_nothing_to_an_object_store(s3_server, s3_dir, engine):
     results, codes, err = run(engine, 2, "raise", s3_dir, env=s3_server.env)  # a manager; step 2 fails on rank 1
     assert codes in ([0], [0] * 2) and all(r["error"] for r in results), err[-3000:]
     assert fastckpt.latest_checkpoint(s3_dir) == f"{s3_dir}/ckpt-1"
+    from fastckpt.storage.s3 import default_s3
     names = default_s3().listdir(s3_dir)
     assert not any(n.startswith(("ckpt-2", ".fcsave-", ".fcpending-")) for n in names), names
 
