@@ -291,9 +291,43 @@ def test_every_command_works_on_a_url(s3_server, s3_dir, tmp_path):
     assert fastckpt.restore(f"{s3_dir}-conv/m")["w"].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     code, out = cli("gc", s3_dir)
     assert code == 0 and "removed 0" in out
-    code, out = cli("bench", "--url", f"{s3_dir}-bench", "--size", "8MiB", "--tensors", "4", "--rounds", "1",
-                    "--json")
+
+
+@pytest.mark.deep
+def test_bench_url_measures_and_cleans_up(s3_server, s3_dir):
+    env = dict(os.environ, **s3_server.env)
+    r = subprocess.run([sys.executable, "-m", "fastckpt", "bench", "--url", f"{s3_dir}-bench", "--size", "8MiB",
+                        "--tensors", "4", "--rounds", "1", "--json"], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
     import json
-    results = json.loads(out)["results"]
+    results = json.loads(r.stdout)["results"]
     assert {"raw put (one multipart upload)", "fastckpt save", "fastckpt restore into arrays"} <= set(results)
     assert default_s3().list_objects(f"{s3_dir}-bench/") == []  # the bench deletes what it wrote
+
+
+def test_list_variables_and_update_checkpoint_state_on_a_url(s3_dir):
+    fastckpt.write_bundle(f"{s3_dir}/a", {"x": np.ones((2, 3)), "y": np.zeros(4)})
+    fastckpt.write_bundle(f"{s3_dir}/b", {"x": np.ones((2, 3))})
+    assert fastckpt.list_variables(f"{s3_dir}/a") == [("x", [2, 3]), ("y", [4])]
+    assert fastckpt.get_checkpoint_state(s3_dir) is None
+    fastckpt.update_checkpoint_state(s3_dir, f"{s3_dir}/b", [f"{s3_dir}/a", f"{s3_dir}/b"])
+    st = fastckpt.get_checkpoint_state(s3_dir)
+    assert st.model_checkpoint_path == f"{s3_dir}/b" and st.all_model_checkpoint_paths == [f"{s3_dir}/a", f"{s3_dir}/b"]
+    assert default_s3().read_bytes(f"{s3_dir}/checkpoint").startswith(b'model_checkpoint_path: "b"\n')
+    assert [r.ok for r in fastckpt.verify_path(s3_dir)] == [True, True]
+    assert fastckpt.collect_garbage(s3_dir).unlisted == []
+
+
+def test_credentials_from_a_profile(s3_server, s3_dir, tmp_path, monkeypatch):
+    from tests.helpers.s3server import ACCESS_KEY, SECRET_KEY
+    (tmp_path / "credentials").write_text(f"[fc]\naws_access_key_id = {ACCESS_KEY}\n"
+                                          f"aws_secret_access_key = {SECRET_KEY}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_PROFILE", "fc")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    fastckpt.configure_s3()
+    fastckpt.save({"w": np.ones(3)}, f"{s3_dir}/p")
+    fastckpt.configure_s3(profile_name="fc")
+    assert fastckpt.restore(f"{s3_dir}/p")["w"].tolist() == [1.0, 1.0, 1.0]
