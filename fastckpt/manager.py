@@ -32,6 +32,7 @@ from fastckpt.errors import InvalidArgumentError
 from fastckpt.restoring import restore_latest, restore_structure
 from fastckpt.saving import FlatState, Listing, SaveOptions, flatten_state, resolve_options, write_checkpoint
 from fastckpt.storage import fs
+from fastckpt.storage.s3 import using_storage
 
 __all__ = ["CheckpointManager"]
 
@@ -62,7 +63,9 @@ class CheckpointManager:
                  checkpoint_interval: Optional[int] = None, *, durable: bool = True,
                  threads: Optional[int] = None, comm: Any = None, timeout: Optional[float] = None,
                  compression: Optional[str] = None, compression_level: int = 1, recycle: bool = False,
-                 options: Optional[SaveOptions] = None) -> None:
+                 options: Optional[SaveOptions] = None, storage_options: Optional[Mapping[str, Any]] = None) -> None:
+        with using_storage(storage_options):  # checked now
+            self._storage_options = dict(storage_options) if storage_options else None
         d = storage_path(directory, "directory")
         d = d.rstrip("/") if is_url(d) else d
         if not isinstance(d, str) or not d:
@@ -83,7 +86,8 @@ class CheckpointManager:
             raise InvalidArgumentError("recycle=True is for one-process saves: with comm= every process writes "
                                        "new files")
         latest = self.latest_checkpoint
-        self._last_step: Optional[int] = self._step_of(latest) if latest else None
+        with using_storage(self._storage_options):
+            self._last_step: Optional[int] = self._step_of(latest) if latest else None
         self._thread: Optional[threading.Thread] = None
         self._future: Optional[concurrent.futures.Future] = None
         self._owner = os.getpid()  # the process whose thread runs the save in flight
@@ -105,17 +109,19 @@ class CheckpointManager:
     @property
     def latest_checkpoint(self) -> Optional[str]:
         """Prefix of the newest complete checkpoint, or None."""
-        if not fs.is_dir(self._directory):
-            return None
-        return latest_checkpoint(self._directory)
+        with using_storage(self._storage_options):
+            if not fs.is_dir(self._directory):
+                return None
+            return latest_checkpoint(self._directory)
 
     @property
     def checkpoints(self) -> List[str]:
         """Prefixes of the kept checkpoints, oldest first."""
-        if not fs.is_dir(self._directory):
-            return []
-        st = get_checkpoint_state(self._directory)
-        return list(st.all_model_checkpoint_paths) if st else []
+        with using_storage(self._storage_options):
+            if not fs.is_dir(self._directory):
+                return []
+            st = get_checkpoint_state(self._directory)
+            return list(st.all_model_checkpoint_paths) if st else []
 
     def _step_of(self, prefix: str) -> Optional[int]:
         """The step in a checkpoint's name; for a staged bundle a killed save
@@ -166,7 +172,8 @@ class CheckpointManager:
         return step == self._last_step or step < self._last_step + self._interval
 
     def _commit(self, prefix: str, flat: FlatState) -> None:
-        write_checkpoint(flat, prefix, self._options, Listing(self._retention), self._comm)
+        with using_storage(self._storage_options):  # (also in the background thread: a context of its own)
+            write_checkpoint(flat, prefix, self._options, Listing(self._retention), self._comm)
 
     def _snapshot(self, leaves: Mapping[str, Any]) -> Dict[str, Any]:
         """Copy every leaf into a host buffer reused from the last save when
@@ -225,6 +232,10 @@ class CheckpointManager:
         is :attr:`restored_step`.
         """
         self.wait()
+        with using_storage(self._storage_options):
+            return self._restore_or_initialize(state)
+
+    def _restore_or_initialize(self, state: Any) -> Any:
         if self._comm is None:
             found = restore_latest(self._directory, state, self._options.threads)
         else:  # rank 0 names the checkpoint, so that every process restores the same one
@@ -248,7 +259,8 @@ class CheckpointManager:
     @property
     def restored_step(self) -> Optional[int]:
         """The step the last :meth:`restore_or_initialize` restored, or None."""
-        return self._step_of(self._restored) if self._restored else None
+        with using_storage(self._storage_options):
+            return self._step_of(self._restored) if self._restored else None
 
     def __repr__(self) -> str:
         return f"<fastckpt.CheckpointManager {self._directory!r}: {len(self.checkpoints)} checkpoints>"

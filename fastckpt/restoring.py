@@ -23,26 +23,29 @@ from fastckpt.structure.objectgraph import OBJECT_GRAPH_KEY, restore_object_tree
 from fastckpt.structure.tree import leaf_targets, unflatten
 from fastckpt.structure.record import read_record
 from fastckpt.storage import fs
+from fastckpt.storage.s3 import using_storage
 
 __all__ = ["restore_structure", "read_meta", "restore_latest"]
 
 
-def read_meta(prefix: PathLike) -> Dict[str, Any]:
+def read_meta(prefix: PathLike, *, storage_options: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """The structure record (``structure``, ``leaves`` with dtype and shape,
     ``metadata``) of a checkpoint written by :func:`fastckpt.save`, checked
     against the index, reading no other tensor. Raises
     :class:`NotFoundError` when the checkpoint has none (TensorFlow's, or a
     flat dict of arrays saved without metadata)."""
-    with CheckpointReader(prefix) as reader:
-        record = read_record(reader)
-    if record is None:
-        raise NotFoundError(f"checkpoint {reader.prefix!r} has no structure record (not written by fastckpt's "
-                            "save from nested state or with metadata)")
-    return record
+    with using_storage(storage_options):
+        with CheckpointReader(prefix) as reader:
+            record = read_record(reader)
+        if record is None:
+            raise NotFoundError(f"checkpoint {reader.prefix!r} has no structure record (not written by fastckpt's "
+                                "save from nested state or with metadata)")
+        return record
 
 
 def restore_structure(prefix: PathLike, into: Optional[Any] = None, *, verify: bool = True,
-                      threads: Optional[int] = None, comm: Any = None, timeout: Optional[float] = None) -> Any:
+                      threads: Optional[int] = None, comm: Any = None, timeout: Optional[float] = None,
+                      storage_options: Optional[Mapping[str, Any]] = None) -> Any:
     """Read checkpoint ``prefix`` (a prefix, or a directory: its latest
     checkpoint) back in the structure it was saved in, every leaf of the
     type it had (PyTorch, JAX and TensorFlow tensors as tensors of their
@@ -64,13 +67,14 @@ def restore_structure(prefix: PathLike, into: Optional[Any] = None, *, verify: b
     With ``comm``, every process restores its own part and they agree that
     all succeeded (a failure anywhere raises everywhere).
     """
-    if comm is None:
-        return open_checkpoint(prefix, lambda p: _restore_from(p, into, verify, threads))
-    communicator = as_communicator(comm, timeout)
-    assert communicator is not None
-    communicator.begin()
-    return agreed(communicator, "restoring",
-                  lambda: open_checkpoint(prefix, lambda p: _restore_from(p, into, verify, threads)))
+    with using_storage(storage_options):
+        if comm is None:
+            return open_checkpoint(prefix, lambda p: _restore_from(p, into, verify, threads))
+        communicator = as_communicator(comm, timeout)
+        assert communicator is not None
+        communicator.begin()
+        return agreed(communicator, "restoring",
+                      lambda: open_checkpoint(prefix, lambda p: _restore_from(p, into, verify, threads)))
 
 
 def _restore_from(prefix: str, into: Optional[Any], verify: bool, threads: Optional[int]) -> Any:

@@ -13,6 +13,7 @@ from fastckpt.directory.locate import read_bundle
 from fastckpt.directory.retention import Retention
 from fastckpt.errors import InvalidArgumentError
 from fastckpt.saving import Listing, SaveOptions, flatten_state, resolve_options, object_graph_state, write_checkpoint
+from fastckpt.storage.s3 import using_storage
 
 __all__ = ["Saver", "save"]
 
@@ -53,7 +54,10 @@ class Saver:
         compression_level: int = 1,
         recycle: bool = False,
         options: Optional[SaveOptions] = None,
+        storage_options: Optional[Mapping[str, Any]] = None,
     ) -> None:
+        with using_storage(storage_options):  # checked now
+            self._storage_options = dict(storage_options) if storage_options else None
         self._options = resolve_options(options, durable=durable, num_shards=num_shards, alignment=alignment,
                                  threads=threads, compression=compression, compression_level=compression_level,
                                  recycle=recycle)
@@ -107,8 +111,10 @@ class Saver:
                 f"save_path {base!r} collides with the checkpoint state file name")
         if self._comm is not None:
             self._comm.begin()
-        listed = write_checkpoint(flatten_state(state, metadata, self._comm), prefix, self._options,
-                                  Listing(self._retention, latest_filename or "checkpoint", write_state), self._comm)
+        with using_storage(self._storage_options):
+            listed = write_checkpoint(flatten_state(state, metadata, self._comm), prefix, self._options,
+                                      Listing(self._retention, latest_filename or "checkpoint", write_state),
+                                      self._comm)
         if write_state:
             self._last = listed
         return prefix
@@ -125,13 +131,15 @@ class Saver:
         checkpoint): a dict of arrays, or ``into`` filled in place. Every tensor's checksum is verified unless ``verify=False``."""
         if save_path is None:
             raise InvalidArgumentError("Can't load save_path when it is None.")
-        return read_bundle(save_path, names, into=into, verify=verify, threads=self._options.threads)
+        return read_bundle(save_path, names, into=into, verify=verify, threads=self._options.threads,
+                           storage_options=self._storage_options)
 
 
 def save(state: Any, prefix: PathLike, *, metadata: Any = None, durable: bool = True, num_shards: int = 1,
          alignment: int = 1, threads: Optional[int] = None, comm: Any = None, timeout: Optional[float] = None,
          compression: Optional[str] = None, compression_level: int = 1, object_graph: bool = False,
-         template: Optional[PathLike] = None, options: Optional[SaveOptions] = None) -> str:
+         template: Optional[PathLike] = None, options: Optional[SaveOptions] = None,
+         storage_options: Optional[Mapping[str, Any]] = None) -> str:
     """Write ``state`` (flat or nested; see :meth:`Saver.save`) as checkpoint
     ``prefix``, with its structure record, without touching a state file.
 
@@ -153,17 +161,18 @@ def save(state: Any, prefix: PathLike, *, metadata: Any = None, durable: bool = 
     wait for the slowest process. ``compression="zstd"``: see
     :func:`fastckpt.write_bundle`. ``options`` (a :class:`SaveOptions`)
     replaces the keyword arguments ``durable`` to ``compression_level``."""
-    p = storage_path(prefix, "prefix")
-    opts = resolve_options(options, durable=durable, num_shards=num_shards, alignment=alignment, threads=threads,
-                    compression=compression, compression_level=compression_level)
-    communicator = as_communicator(comm, timeout)
-    if object_graph or template is not None:
-        if communicator is not None:
-            raise InvalidArgumentError("object_graph and template are for one process's save (comm=None)")
-        flat = object_graph_state(state, metadata, template)
-    else:
-        if communicator is not None:
-            communicator.begin()
-        flat = flatten_state(state, metadata, communicator)
-    write_checkpoint(flat, p, opts, Listing(write_state=False), communicator)
-    return p
+    with using_storage(storage_options):
+        p = storage_path(prefix, "prefix")
+        opts = resolve_options(options, durable=durable, num_shards=num_shards, alignment=alignment, threads=threads,
+                        compression=compression, compression_level=compression_level)
+        communicator = as_communicator(comm, timeout)
+        if object_graph or template is not None:
+            if communicator is not None:
+                raise InvalidArgumentError("object_graph and template are for one process's save (comm=None)")
+            flat = object_graph_state(state, metadata, template)
+        else:
+            if communicator is not None:
+                communicator.begin()
+            flat = flatten_state(state, metadata, communicator)
+        write_checkpoint(flat, p, opts, Listing(write_state=False), communicator)
+        return p

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Set
+from typing import Any, Callable, List, Mapping, Optional, Set
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from fastckpt.bundle.records import IndexEntry
 from fastckpt.bundle.slices import decode_slice_key
 from fastckpt.directory.state import get_checkpoint_state, readable_prefix
 from fastckpt.storage import fs
+from fastckpt.storage.s3 import using_storage
 
 __all__ = ["VerifyReport", "verify_checkpoint", "verify_path"]
 
@@ -65,38 +66,40 @@ def _display(key: bytes) -> str:
 
 
 def verify_checkpoint(prefix: PathLike, threads: Optional[int] = None,
-                      progress: Optional[Callable[[str], None]] = None) -> VerifyReport:
+                      progress: Optional[Callable[[str], None]] = None, *,
+                      storage_options: Optional[Mapping[str, Any]] = None) -> VerifyReport:
     """Check one checkpoint: its index (structure, block CRCs, every entry's
     consistency), its data files, every tensor's CRC32C, and the structure
     record fastckpt's ``save`` stores. Data is read with ``pread`` in
     chunks, so a file that shrinks meanwhile is reported, never a signal;
     memory stays constant except for string tensors, read whole."""
-    report = VerifyReport(storage_path(prefix, "prefix"))
-    try:  # while a commit replaces it, the staged bundle listed in its place
-        reader = open_checkpoint(report.prefix, lambda p: CheckpointReader(p, threads=threads))
-    except CheckpointError as e:
-        report.problems.append(str(e))
+    with using_storage(storage_options):
+        report = VerifyReport(storage_path(prefix, "prefix"))
+        try:  # while a commit replaces it, the staged bundle listed in its place
+            reader = open_checkpoint(report.prefix, lambda p: CheckpointReader(p, threads=threads))
+        except CheckpointError as e:
+            report.problems.append(str(e))
+            return report
+        if readable_prefix(report.prefix) != reader.prefix:  # a path of its index or a data file
+            report.prefix = reader.prefix
+        with reader:
+            count, missing = reader.files.missing()
+            if count:
+                report.problems.append(f"{count} of {reader.num_shards} data file(s) missing, the first "
+                                       f"{reader.files.path(min(missing))}")
+            for i, (key, entry) in enumerate(reader.entries()):
+                try:
+                    _verify_entry(reader, key, entry, missing, report)
+                except CheckpointError as e:
+                    report.problems.append(f"{_display(key)}: {e}")
+                if progress is not None and (i % 256 == 0 or entry.size > 1 << 24):
+                    progress(f"{report.prefix}: {report.bytes / 2**20:,.0f} MiB checked")
+            if not report.problems:
+                try:
+                    read_record(reader)
+                except CheckpointError as e:
+                    report.problems.append(str(e))
         return report
-    if readable_prefix(report.prefix) != reader.prefix:  # a path of its index or a data file
-        report.prefix = reader.prefix
-    with reader:
-        count, missing = reader.files.missing()
-        if count:
-            report.problems.append(f"{count} of {reader.num_shards} data file(s) missing, the first "
-                                   f"{reader.files.path(min(missing))}")
-        for i, (key, entry) in enumerate(reader.entries()):
-            try:
-                _verify_entry(reader, key, entry, missing, report)
-            except CheckpointError as e:
-                report.problems.append(f"{_display(key)}: {e}")
-            if progress is not None and (i % 256 == 0 or entry.size > 1 << 24):
-                progress(f"{report.prefix}: {report.bytes / 2**20:,.0f} MiB checked")
-        if not report.problems:
-            try:
-                read_record(reader)
-            except CheckpointError as e:
-                report.problems.append(str(e))
-    return report
 
 
 def _verify_entry(reader: CheckpointReader, key: bytes, entry: IndexEntry, missing: Set[int],
@@ -130,21 +133,23 @@ def _verify_entry(reader: CheckpointReader, key: bytes, entry: IndexEntry, missi
 
 
 def verify_path(path: PathLike, threads: Optional[int] = None,
-                progress: Optional[Callable[[str], None]] = None) -> List[VerifyReport]:
+                progress: Optional[Callable[[str], None]] = None, *,
+                storage_options: Optional[Mapping[str, Any]] = None) -> List[VerifyReport]:
     """Verify a checkpoint prefix, or every checkpoint a directory's state
     file lists (a listed checkpoint that is missing is a problem too), or
     the only checkpoint of a directory without a state file."""
-    p = storage_path(path)
-    try:
-        st = get_checkpoint_state(p) if fs.is_dir(p) else None
-        if st is None:  # a prefix, or a directory holding one checkpoint and no state file
-            return [verify_checkpoint(find_checkpoint(p), threads, progress)]
-    except CheckpointError as e:
-        return [VerifyReport(p, problems=[str(e)])]
-    reports = []
-    for prefix in dict.fromkeys(st.all_model_checkpoint_paths + [st.model_checkpoint_path]):
-        if readable_prefix(prefix) is None:
-            reports.append(VerifyReport(prefix, problems=[f"listed in {p}/checkpoint but {prefix}.index is missing"]))
-        else:
-            reports.append(verify_checkpoint(prefix, threads, progress))
-    return reports
+    with using_storage(storage_options):
+        p = storage_path(path)
+        try:
+            st = get_checkpoint_state(p) if fs.is_dir(p) else None
+            if st is None:  # a prefix, or a directory holding one checkpoint and no state file
+                return [verify_checkpoint(find_checkpoint(p), threads, progress)]
+        except CheckpointError as e:
+            return [VerifyReport(p, problems=[str(e)])]
+        reports = []
+        for prefix in dict.fromkeys(st.all_model_checkpoint_paths + [st.model_checkpoint_path]):
+            if readable_prefix(prefix) is None:
+                reports.append(VerifyReport(prefix, problems=[f"listed in {p}/checkpoint but {prefix}.index is missing"]))
+            else:
+                reports.append(verify_checkpoint(prefix, threads, progress))
+        return reports

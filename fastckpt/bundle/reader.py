@@ -20,7 +20,7 @@ from fastckpt.bundle.readplan import ReadPlan, advise_willneed, find_entry, name
 from fastckpt.bundle.records import Extent, IndexEntry
 from fastckpt.bundle.regions import TensorSlice, read_region
 from fastckpt.storage import fs, local
-from fastckpt.storage.s3 import ObjectInfo
+from fastckpt.storage.s3 import ObjectInfo, using_storage
 
 __all__ = ["CheckpointReader", "read_index_header", "read_index_fd", "check_index_footer"]
 
@@ -93,14 +93,16 @@ class CheckpointReader(Mapping[str, np.ndarray]):
     ``verify=False``.
     """
 
-    def __init__(self, prefix: PathLike, *, verify: bool = True, threads: Optional[int] = None):
-        self._prefix = resolve_prefix(prefix)
-        self._verify = bool(verify)
-        self._threads = threads if threads is not None else default_threads()
-        self._files: Union[DataFiles, ObjectDataFiles] = DataFiles(self._prefix, 0)
-        self._verified: set = set()
-        self._names: Optional[List[str]] = None
-        self._open_generation()
+    def __init__(self, prefix: PathLike, *, verify: bool = True, threads: Optional[int] = None,
+                 storage_options: Optional[Mapping[str, Any]] = None):
+        with using_storage(storage_options):  # (the data objects' handles keep the storage they were listed by)
+            self._prefix = resolve_prefix(prefix)
+            self._verify = bool(verify)
+            self._threads = threads if threads is not None else default_threads()
+            self._files: Union[DataFiles, ObjectDataFiles] = DataFiles(self._prefix, 0)
+            self._verified: set = set()
+            self._names: Optional[List[str]] = None
+            self._open_generation()
 
     def _open_generation(self) -> None:
         """Parse the index and open the data files it names, as one

@@ -27,6 +27,7 @@ from fastckpt.bundle.naming import PathLike, checkpoint_files, data_filename, in
 from fastckpt.bundle.upload import upload_compressed, upload_data
 from fastckpt.bundle.slices import SliceKey
 from fastckpt.storage import fs, local
+from fastckpt.storage.s3 import using_storage
 
 __all__ = ["write_bundle", "plan_bundle", "upload_plan", "STAGING_BYTES", "c_order_chunks", "StagedBundle", "stage_bundle", "install_bundle",
            "install_plain", "write_part", "write_staged_index", "compression_setting", "check_options", "STAGE_PREFIX", "MAX_SHARDS"]
@@ -493,6 +494,7 @@ def write_bundle(
     staging_bytes: int = STAGING_BYTES,
     compression: Optional[str] = None,
     compression_level: int = 1,
+    storage_options: Optional[Mapping[str, Any]] = None,
 ) -> str:
     """Write ``tensors`` (name → array) as the bundle ``prefix``.
 
@@ -522,14 +524,15 @@ def write_bundle(
     dtypes or options and :class:`CheckpointIOError` (an ``OSError``) when
     the disk fails; in both cases no partial file is left behind.
     """
-    p = check_prefix(prefix, num_shards)
-    level = compression_setting(compression, compression_level)
-    if is_url(p):
-        _upload_replacing(p, plan_for(tensors, num_shards, alignment, level), num_shards, level, threads)
+    with using_storage(storage_options):
+        p = check_prefix(prefix, num_shards)
+        level = compression_setting(compression, compression_level)
+        if is_url(p):
+            _upload_replacing(p, plan_for(tensors, num_shards, alignment, level), num_shards, level, threads)
+            return p
+        directory = os.path.dirname(p)
+        ensure_directory(directory)
+        staged = stage_bundle(directory or ".", tensors, alignment=alignment, num_shards=num_shards,
+                              threads=threads, durable=durable, staging_bytes=staging_bytes, zstd_level=level)
+        install_plain(staged, p)
         return p
-    directory = os.path.dirname(p)
-    ensure_directory(directory)
-    staged = stage_bundle(directory or ".", tensors, alignment=alignment, num_shards=num_shards,
-                          threads=threads, durable=durable, staging_bytes=staging_bytes, zstd_level=level)
-    install_plain(staged, p)
-    return p

@@ -6,7 +6,7 @@ again when a save replaces or retires it while it is being opened."""
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, List, MutableMapping, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Mapping, MutableMapping, Optional, Sequence, Tuple, TypeVar
 
 from fastckpt.bundle.naming import PathLike, index_filename, storage_path, resolve_prefix
 from fastckpt.bundle.reader import CheckpointReader
@@ -14,6 +14,7 @@ from fastckpt.directory.state import latest_checkpoint, readable_prefix, state_p
 from fastckpt.errors import CheckpointError, DataLossError, InvalidArgumentError, NotFoundError
 from fastckpt.storage import fs
 from fastckpt.storage.fsutil import io_error
+from fastckpt.storage.s3 import using_storage
 
 __all__ = ["read_bundle", "load_checkpoint", "list_variables", "open_checkpoint", "find_checkpoint", "no_checkpoint"]
 
@@ -25,6 +26,7 @@ def read_bundle(
     into: Optional[MutableMapping[str, Any]] = None,
     verify: bool = True,
     threads: Optional[int] = None,
+    storage_options: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Read tensors of the bundle ``prefix`` into a dict of numpy arrays.
 
@@ -35,16 +37,19 @@ def read_bundle(
     file and the tensor. String tensors come back as object arrays of
     ``bytes``.
     """
-    def read(p: str) -> Dict[str, Any]:
-        with CheckpointReader(p, verify=verify, threads=threads) as reader:
-            return reader.read(names, into=into)
-    return open_checkpoint(prefix, read)
+    with using_storage(storage_options):
+        def read(p: str) -> Dict[str, Any]:
+            with CheckpointReader(p, verify=verify, threads=threads) as reader:
+                return reader.read(names, into=into)
+        return open_checkpoint(prefix, read)
 
 
-def load_checkpoint(dir_or_prefix: PathLike, *, verify: bool = True) -> CheckpointReader:
+def load_checkpoint(dir_or_prefix: PathLike, *, verify: bool = True,
+                    storage_options: Optional[Mapping[str, Any]] = None) -> CheckpointReader:
     """A :class:`CheckpointReader` for a checkpoint path (see
     :func:`open_checkpoint`)."""
-    return open_checkpoint(dir_or_prefix, lambda p: CheckpointReader(p, verify=verify))
+    with using_storage(storage_options):
+        return open_checkpoint(dir_or_prefix, lambda p: CheckpointReader(p, verify=verify))
 
 
 T = TypeVar("T")
@@ -123,9 +128,11 @@ def _index_id(prefix: str) -> Optional[Tuple[int, int, int]]:
     return fs.identity(index_filename(prefix))
 
 
-def list_variables(dir_or_prefix: PathLike) -> List[Tuple[str, List[int]]]:
+def list_variables(dir_or_prefix: PathLike, *,
+                   storage_options: Optional[Mapping[str, Any]] = None) -> List[Tuple[str, List[int]]]:
     """Sorted ``(name, shape)`` pairs of a checkpoint, like ``tf.train.list_variables``."""
-    with load_checkpoint(dir_or_prefix) as reader:
-        shapes = reader.get_variable_to_shape_map()
-    return sorted(shapes.items())
+    with using_storage(storage_options):
+        with load_checkpoint(dir_or_prefix) as reader:
+            shapes = reader.get_variable_to_shape_map()
+        return sorted(shapes.items())
 

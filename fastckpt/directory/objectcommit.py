@@ -54,7 +54,7 @@ from fastckpt.bundle.writer import STAGE_PREFIX, check_options, check_prefix, pl
 from fastckpt.directory.listing import RetainFn, deletable, listed_from, norm, remove_checkpoint
 from fastckpt.directory.retention import Entry
 from fastckpt.directory.state import checkpoint_exists, read_state_object, state_path, state_text
-from fastckpt.errors import CheckpointError, CheckpointIOError, ConflictError
+from fastckpt.errors import CheckpointError, CheckpointIOError, ConflictError, DataLossError
 from fastckpt.storage import fs, local
 from fastckpt.storage.s3 import S3Storage
 
@@ -132,7 +132,11 @@ def _update_state(storage: S3Storage, directory: str, state_name: str, change: C
     killed after the write leaves recovery the list)."""
     path = state_path(directory, state_name)
     for attempt in range(_ATTEMPTS):
-        st, etag = read_state_object(directory, state_name)
+        try:
+            st, etag = read_state_object(directory, state_name)
+        except DataLossError as e:  # corrupt: rewritten (conditionally, as any other version), as locally
+            log.warning("ignoring unreadable checkpoint state in %s: %s", directory, e)
+            st, etag = None, storage.etag(path)
         listed = listed_from(st)
         changed = change(listed.entries, listed.preserved)
         if changed is None:
@@ -283,12 +287,20 @@ def save_object_checkpoint(prefix: str, tensors: Mapping[Any, Any], *, retain: R
     return save.commit(target, index)
 
 
+def _listed_names(directory: str, state_name: str) -> set:
+    """The checkpoints the state object lists (normalised); none when it is unreadable."""
+    try:
+        st, _ = read_state_object(directory, state_name)
+    except DataLossError:
+        return set()
+    return {norm(p) for p, _ in listed_from(st).entries}
+
+
 def _undo_new(storage: S3Storage, lease: Lease, directory: str, state_name: str) -> None:
     """A save failed before its commit: what it wrote goes (never a listed checkpoint)."""
     try:
         target = lease.staged or lease.final
-        st, _ = read_state_object(directory, state_name)
-        listed = {norm(p) for p, _ in listed_from(st).entries}
+        listed = _listed_names(directory, state_name)
         if norm(target) in listed or norm(lease.final) in listed and lease.staged is None:
             return  # committed (or standing in): the lease stays for recovery to finish the rest
         remove_checkpoint(target)
@@ -362,8 +374,7 @@ def recover_objects(directory: str, state_name: str = "checkpoint", *,
 
 
 def _recover(storage: S3Storage, lease: Lease, directory: str, state_name: str) -> None:
-    st, _ = read_state_object(directory, state_name)
-    listed = {norm(p) for p, _ in listed_from(st).entries}
+    listed = _listed_names(directory, state_name)
     # what the save meant to drop goes only if the state object no longer lists it (the write may not have happened)
     lease.deleting = tuple(p for p in lease.deleting if norm(p) not in listed)
     if lease.staged is not None and norm(lease.staged) in listed and checkpoint_exists(lease.staged):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from fastckpt.bundle.naming import checkpoint_files, is_url, local_path, storage_path
 from fastckpt.bundle.reader import read_index_header
@@ -19,6 +19,7 @@ from fastckpt.directory.state import state_path
 from fastckpt.errors import CheckpointError
 from fastckpt.storage.locking import clean_leftovers, directory_lock, is_leftover
 from fastckpt.storage import fs
+from fastckpt.storage.s3 import using_storage
 
 __all__ = ["recover_directory", "collect_garbage", "GarbageReport", "staged_bundle"]
 
@@ -88,29 +89,31 @@ class GarbageReport:
     unlisted: List[str] = field(default_factory=list)
 
 
-def collect_garbage(directory: str, state_name: str = "checkpoint", *, dry_run: bool = False) -> GarbageReport:
+def collect_garbage(directory: str, state_name: str = "checkpoint", *, dry_run: bool = False,
+                    storage_options: Optional[Mapping[str, Any]] = None) -> GarbageReport:
     """What the next save would clean up in ``directory``, done now (unless
     ``dry_run``): finish pending commits, remove files of dead writers.
     Complete checkpoints the state file does not list are reported in
     ``unlisted``, never deleted (they may be the user's)."""
-    if is_url(os.fspath(directory)):
-        return _collect_objects(storage_path(directory, "directory").rstrip("/"), state_name, dry_run)
-    directory = local_path(directory, "directory")
-    report = GarbageReport(directory)
-    if not dry_run:
-        report.finished, report.removed = recover_directory(directory, state_name)
-    try:
-        names = sorted(fs.listdir(directory))
-    except OSError:
-        names = []
-    report.leftovers = [os.path.join(directory, n) for n in names if is_leftover(n)]
-    listed = {norm(p) for p, _ in read_listed(directory, state_name).entries}
-    for n in names:
-        if n.endswith(".index") and not n.startswith(STAGE_PREFIX):
-            p = os.path.join(directory, n[:-len(".index")])
-            if norm(p) not in listed:
-                report.unlisted.append(p)
-    return report
+    with using_storage(storage_options):
+        if is_url(os.fspath(directory)):
+            return _collect_objects(storage_path(directory, "directory").rstrip("/"), state_name, dry_run)
+        directory = local_path(directory, "directory")
+        report = GarbageReport(directory)
+        if not dry_run:
+            report.finished, report.removed = recover_directory(directory, state_name)
+        try:
+            names = sorted(fs.listdir(directory))
+        except OSError:
+            names = []
+        report.leftovers = [os.path.join(directory, n) for n in names if is_leftover(n)]
+        listed = {norm(p) for p, _ in read_listed(directory, state_name).entries}
+        for n in names:
+            if n.endswith(".index") and not n.startswith(STAGE_PREFIX):
+                p = os.path.join(directory, n[:-len(".index")])
+                if norm(p) not in listed:
+                    report.unlisted.append(p)
+        return report
 
 
 def _collect_objects(directory: str, state_name: str, dry_run: bool) -> GarbageReport:

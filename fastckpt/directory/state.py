@@ -9,13 +9,14 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from fastckpt.errors import CheckpointIOError, DataLossError, InvalidArgumentError
 from fastckpt.storage.fsutil import write_text_atomic
 from fastckpt.bundle.naming import PathLike, index_filename, is_url, local_path, storage_path
 from fastckpt.storage.fileio import read_regular
 from fastckpt.storage import fs
+from fastckpt.storage.s3 import using_storage
 
 __all__ = [
     "CheckpointState",
@@ -334,7 +335,8 @@ def _final_names(st: CheckpointState) -> CheckpointState:
 
 
 def get_checkpoint_state(
-    checkpoint_dir: PathLike, latest_filename: Optional[str] = None
+    checkpoint_dir: PathLike, latest_filename: Optional[str] = None, *,
+    storage_options: Optional[Mapping[str, Any]] = None
 ) -> Optional[CheckpointState]:
     """The directory's checkpoint state, or ``None`` if it has no state file.
 
@@ -346,8 +348,9 @@ def get_checkpoint_state(
     names no checkpoint, raises :class:`DataLossError` (a ``ValueError``)
     naming the file, rather than being silently ignored.
     """
-    st = read_checkpoint_state(checkpoint_dir, latest_filename)
-    return None if st is None else _final_names(st)
+    with using_storage(storage_options):
+        st = read_checkpoint_state(checkpoint_dir, latest_filename)
+        return None if st is None else _final_names(st)
 
 
 def checkpoint_exists(prefix: str) -> bool:
@@ -396,7 +399,8 @@ def _state_or_none(directory: str, latest_filename: Optional[str]) -> Optional[C
         return None
 
 
-def latest_checkpoint(checkpoint_dir: PathLike, latest_filename: Optional[str] = None) -> Optional[str]:
+def latest_checkpoint(checkpoint_dir: PathLike, latest_filename: Optional[str] = None, *,
+                      storage_options: Optional[Mapping[str, Any]] = None) -> Optional[str]:
     """The prefix of the directory's latest checkpoint, or ``None``.
 
     ``None`` when there is no state file or the checkpoint it names has no
@@ -405,20 +409,21 @@ def latest_checkpoint(checkpoint_dir: PathLike, latest_filename: Optional[str] =
     checkpoint is listed: a state file that changes between reading it and
     checking its checkpoint (a commit finished) is read again.
     """
-    st = read_checkpoint_state(checkpoint_dir, latest_filename)
-    for _ in range(100):
-        if st is None:
-            return None
-        final = _final_names(st).model_checkpoint_path
-        if checkpoint_exists(final) or checkpoint_exists(st.model_checkpoint_path):
-            return final
-        again = read_checkpoint_state(checkpoint_dir, latest_filename)
-        if again == st:
-            break
-        st = again
-    if st is not None:
-        log.error("Couldn't match files for checkpoint %s", st.model_checkpoint_path)
-    return None
+    with using_storage(storage_options):
+        st = read_checkpoint_state(checkpoint_dir, latest_filename)
+        for _ in range(100):
+            if st is None:
+                return None
+            final = _final_names(st).model_checkpoint_path
+            if checkpoint_exists(final) or checkpoint_exists(st.model_checkpoint_path):
+                return final
+            again = read_checkpoint_state(checkpoint_dir, latest_filename)
+            if again == st:
+                break
+            st = again
+        if st is not None:
+            log.error("Couldn't match files for checkpoint %s", st.model_checkpoint_path)
+        return None
 
 
 # ---- writing ----------------------------------------------------------------------
@@ -445,6 +450,7 @@ def update_checkpoint_state(
     durable: bool = True,
     pending: Sequence[Tuple[str, str]] = (),
     deleting: Sequence[str] = (),
+    storage_options: Optional[Mapping[str, Any]] = None,
 ) -> str:
     """Atomically rewrite the directory's state file; returns its path.
 
@@ -454,20 +460,21 @@ def update_checkpoint_state(
     (when ``durable``) and renamed over the state file, so readers see the
     old or the new state, never a mix.
     """
-    d = storage_path(save_dir, "save_dir")
-    path = state_path(d, latest_filename)
-    text = state_text(d, model_checkpoint_path, all_model_checkpoint_paths,
-                      all_model_checkpoint_timestamps=all_model_checkpoint_timestamps,
-                      last_preserved_timestamp=last_preserved_timestamp, latest_filename=latest_filename,
-                      pending=pending, deleting=deleting)
-    if is_url(path):
-        try:
-            fs.object_store(path).put(path, text.encode("utf-8", "surrogateescape"))
-        except OSError as e:
-            raise CheckpointIOError(e.errno or errno.EIO, f"cannot write checkpoint state {path}: {e}", path) from e
-    else:
-        write_text_atomic(path, text, durable)
-    return path
+    with using_storage(storage_options):
+        d = storage_path(save_dir, "save_dir")
+        path = state_path(d, latest_filename)
+        text = state_text(d, model_checkpoint_path, all_model_checkpoint_paths,
+                          all_model_checkpoint_timestamps=all_model_checkpoint_timestamps,
+                          last_preserved_timestamp=last_preserved_timestamp, latest_filename=latest_filename,
+                          pending=pending, deleting=deleting)
+        if is_url(path):
+            try:
+                fs.object_store(path).put(path, text.encode("utf-8", "surrogateescape"))
+            except OSError as e:
+                raise CheckpointIOError(e.errno or errno.EIO, f"cannot write checkpoint state {path}: {e}", path) from e
+        else:
+            write_text_atomic(path, text, durable)
+        return path
 
 
 def state_text(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from typing import Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import ml_dtypes
 import numpy as np
@@ -33,6 +33,7 @@ from fastckpt.bundle.naming import PathLike, checkpoint_files
 from fastckpt.bundle.writer import stage_bundle
 from fastckpt.formats.bundle import bundle_tensors
 from fastckpt.storage import fs
+from fastckpt.storage.s3 import using_storage
 
 __all__ = ["convert", "cast_floats"]
 
@@ -43,7 +44,7 @@ SCRATCH_ABOVE = 256 << 20
 def convert(src: PathLike, dst: PathLike, *, src_format: Optional[str] = None, dst_format: Optional[str] = None,
             num_shards: int = 1, compression: Optional[str] = None, compression_level: int = 1,
             dtype: Optional[str] = None, durable: bool = False, threads: Optional[int] = None,
-            verify: bool = True) -> str:
+            verify: bool = True, storage_options: Optional[Mapping[str, Any]] = None) -> str:
     """Convert checkpoint ``src`` to ``dst``; formats come from the paths
     (``.safetensors`` / ``.safetensors.index.json``, ``.pt``/``.pth``/``.bin``,
     ``.npz``, anything else a TensorFlow prefix; a source directory: its
@@ -58,16 +59,17 @@ def convert(src: PathLike, dst: PathLike, *, src_format: Optional[str] = None, d
     that holds only tensors (safetensors, npz) refuses a source whose other
     values it would lose; TensorFlow 2's object graph is left out of them.
     Returns ``dst``."""
-    s, d = checked_path(src, "src"), checked_path(dst, "dst")
-    fmt_out = dst_format or detect_format(d, existing=False)
-    with open_source(s, src_format, verify=verify) as source:
-        _refuse_same(source, d, fmt_out)
-        if dtype is not None:
-            source.tensors = cast_floats(source.tensors, dtype)
-        with _bounded(source, fmt_out, compression, d, threads) as ready:
-            write_as(fmt_out, d, ready, num_shards=num_shards, compression=compression,
-                     compression_level=compression_level, durable=durable, threads=threads)
-    return d
+    with using_storage(storage_options):
+        s, d = checked_path(src, "src"), checked_path(dst, "dst")
+        fmt_out = dst_format or detect_format(d, existing=False)
+        with open_source(s, src_format, verify=verify) as source:
+            _refuse_same(source, d, fmt_out)
+            if dtype is not None:
+                source.tensors = cast_floats(source.tensors, dtype)
+            with _bounded(source, fmt_out, compression, d, threads) as ready:
+                write_as(fmt_out, d, ready, num_shards=num_shards, compression=compression,
+                         compression_level=compression_level, durable=durable, threads=threads)
+        return d
 
 
 def cast_floats(tensors: Dict[str, LazyTensor], dtype: str) -> Dict[str, LazyTensor]:

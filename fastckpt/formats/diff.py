@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from fastckpt.bundle.lazy import LazyTensor
 from fastckpt.formats.registry import open_source
 from fastckpt.bundle.lazy import guarded_copy
 from fastckpt.bundle.naming import PathLike
+from fastckpt.storage.s3 import using_storage
 
 __all__ = ["diff", "Diff", "TensorDiff"]
 
@@ -100,19 +101,20 @@ def _detail(t: TensorDiff) -> str:
 
 
 def diff(a: PathLike, b: PathLike, *, atol: float = 0.0, rtol: float = 0.0, a_format: Optional[str] = None,
-         b_format: Optional[str] = None) -> Diff:
+         b_format: Optional[str] = None, storage_options: Optional[Mapping[str, Any]] = None) -> Diff:
     """Compare checkpoints ``a`` and ``b`` (any supported formats; see
     :func:`fastckpt.convert`). A tensor is ``close`` when every element
     satisfies ``|a - b| <= atol + rtol * |b|``, as ``numpy.isclose``."""
-    if not all(type(x) in (int, float) and x >= 0 for x in (atol, rtol)):
-        raise InvalidArgumentError(f"atol and rtol must be non-negative numbers, got {atol!r} and {rtol!r}")
-    with open_source(a, a_format) as sa, open_source(b, b_format) as sb:
-        report = Diff(sa.path, sb.path, atol=float(atol), rtol=float(rtol))
-        report.only_in_a = [n for n in sa.tensors if n not in sb.tensors]
-        report.only_in_b = [n for n in sb.tensors if n not in sa.tensors]
-        for name in sorted(set(sa.tensors) & set(sb.tensors)):
-            report.tensors[name] = compare(sa.tensors[name], sb.tensors[name], atol, rtol)
-    return report
+    with using_storage(storage_options):
+        if not all(type(x) in (int, float) and x >= 0 for x in (atol, rtol)):
+            raise InvalidArgumentError(f"atol and rtol must be non-negative numbers, got {atol!r} and {rtol!r}")
+        with open_source(a, a_format) as sa, open_source(b, b_format) as sb:
+            report = Diff(sa.path, sb.path, atol=float(atol), rtol=float(rtol))
+            report.only_in_a = [n for n in sa.tensors if n not in sb.tensors]
+            report.only_in_b = [n for n in sb.tensors if n not in sa.tensors]
+            for name in sorted(set(sa.tensors) & set(sb.tensors)):
+                report.tensors[name] = compare(sa.tensors[name], sb.tensors[name], atol, rtol)
+        return report
 
 
 def compare(ta: LazyTensor, tb: LazyTensor, atol: float, rtol: float) -> TensorDiff:

@@ -7,24 +7,26 @@ graph and fastckpt's structure record)."""
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional
 
 from fastckpt.errors import InvalidArgumentError
 from fastckpt.formats.registry import open_source
 from fastckpt.formats.source import Source
 from fastckpt.bundle.naming import PathLike
 from fastckpt.structure.objectgraph import OBJECT_GRAPH_KEY, object_paths, parse_object_graph
+from fastckpt.storage.s3 import using_storage
 
 __all__ = ["inspect_checkpoint", "summary_lines"]
 
 
 def inspect_checkpoint(path: PathLike, fmt: Optional[str] = None, *, largest: int = 10,
-                       depth: int = 2) -> Dict[str, Any]:
+                       depth: int = 2, storage_options: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """The summary of checkpoint ``path`` as a JSON-able dict."""
-    if type(largest) is not int or largest < 0 or type(depth) is not int or depth < 1:
-        raise InvalidArgumentError(f"largest must be an int >= 0 and depth an int >= 1, got {largest!r}, {depth!r}")
-    with open_source(path, fmt) as source:
-        return _summary(source, largest, depth)
+    with using_storage(storage_options):
+        if type(largest) is not int or largest < 0 or type(depth) is not int or depth < 1:
+            raise InvalidArgumentError(f"largest must be an int >= 0 and depth an int >= 1, got {largest!r}, {depth!r}")
+        with open_source(path, fmt) as source:
+            return _summary(source, largest, depth)
 
 
 def _summary(source: Source, largest: int, depth: int) -> Dict[str, Any]:

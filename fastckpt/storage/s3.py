@@ -29,16 +29,18 @@ own ``part_bytes`` (16 MiB: one uploaded part, one ranged GET) and
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import errno
 import hashlib
 import threading
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from fastckpt.errors import ConflictError, InvalidArgumentError
 
-__all__ = ["S3Storage", "ObjectInfo", "split_url", "SCHEME", "default_s3", "configure", "PART_BYTES",
+__all__ = ["S3Storage", "ObjectInfo", "split_url", "SCHEME", "default_s3", "configure", "using_storage", "PART_BYTES",
            "PARTS_IN_FLIGHT"]
 
 SCHEME = "s3://"
@@ -502,16 +504,62 @@ class _Stream:
 
 _DEFAULT: Optional[S3Storage] = None
 _DEFAULT_LOCK = threading.Lock()
+_CURRENT: "contextvars.ContextVar[Optional[S3Storage]]" = contextvars.ContextVar("fastckpt_s3", default=None)
+_BY_OPTIONS: Dict[str, S3Storage] = {}
 
 
 def default_s3() -> S3Storage:
-    """The process's :class:`S3Storage`: configured from the environment
-    (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``...), or by :func:`configure`."""
+    """The :class:`S3Storage` for ``s3://`` names here: the one a call's
+    ``storage_options=`` chose (:func:`using_storage`), else the process's,
+    configured from the environment (``AWS_ENDPOINT_URL``,
+    ``AWS_ACCESS_KEY_ID``...) or by :func:`configure`."""
+    current = _CURRENT.get()
+    if current is not None:
+        return current
     global _DEFAULT
     with _DEFAULT_LOCK:
         if _DEFAULT is None:
             _DEFAULT = S3Storage()
         return _DEFAULT
+
+
+@contextlib.contextmanager
+def using_storage(storage_options: Optional[Mapping[str, Any]]) -> Iterator[None]:
+    """Within: ``s3://`` names use a storage made from ``storage_options``
+    (one per distinct set of options, kept for the process), as
+    :func:`configure` takes them; None or empty: no change."""
+    if not storage_options:
+        yield
+        return
+    if not isinstance(storage_options, Mapping):
+        raise InvalidArgumentError(f"storage_options must be a dict, got {type(storage_options).__name__}")
+    key = repr(sorted((str(k), repr(v)) for k, v in storage_options.items()))
+    with _DEFAULT_LOCK:
+        storage = _BY_OPTIONS.get(key)
+    if storage is None:
+        storage = _checked(dict(storage_options))
+        with _DEFAULT_LOCK:
+            storage = _BY_OPTIONS.setdefault(key, storage)
+    token = _CURRENT.set(storage)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
+
+
+def _checked(storage_options: Dict[str, Any]) -> S3Storage:
+    """A storage made from the options, its client made now (no request is
+    sent), so that a bad argument fails here, not at the first save."""
+    try:
+        storage = S3Storage(**storage_options)
+        storage.client
+    except TypeError as e:
+        raise InvalidArgumentError(f"storage options: {e}") from None
+    except Exception as e:
+        if type(e).__module__.startswith(("botocore", "boto3")):
+            raise InvalidArgumentError(f"storage options: {e}") from None
+        raise
+    return storage
 
 
 def configure(**storage_options: Any) -> None:
@@ -520,14 +568,6 @@ def configure(**storage_options: Any) -> None:
     ``profile_name``..., ``config``: botocore ``Config`` arguments) for every
     ``s3://`` name from now on; no arguments: back to the environment's."""
     global _DEFAULT
-    storage = S3Storage(**storage_options)
-    try:
-        storage.client  # made now (no request is sent), so a bad argument fails here, not at the first save
-    except TypeError as e:
-        raise InvalidArgumentError(f"storage options: {e}") from None
-    except Exception as e:
-        if type(e).__module__.startswith(("botocore", "boto3")):
-            raise InvalidArgumentError(f"storage options: {e}") from None
-        raise
+    storage = _checked(dict(storage_options))
     with _DEFAULT_LOCK:
         _DEFAULT = storage

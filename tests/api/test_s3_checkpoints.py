@@ -331,3 +331,58 @@ def test_credentials_from_a_profile(s3_server, s3_dir, tmp_path, monkeypatch):
     fastckpt.save({"w": np.ones(3)}, f"{s3_dir}/p")
     fastckpt.configure_s3(profile_name="fc")
     assert fastckpt.restore(f"{s3_dir}/p")["w"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_corrupt_state_object_is_named_by_readers_and_rewritten_by_the_next_saver_save(s3_dir):
+    mgr = fastckpt.CheckpointManager(s3_dir, max_to_keep=2)
+    mgr.save({"w": np.ones(2)}, 1)
+    default_s3().put(f"{s3_dir}/checkpoint", b"model_checkpoint_path: \x00\xff garbage {{{")
+    with pytest.raises(fastckpt.DataLossError, match=f"{s3_dir}/checkpoint"):
+        fastckpt.get_checkpoint_state(s3_dir)
+    with pytest.raises(fastckpt.DataLossError):  # a manager refuses to start on it, as on a local directory
+        fastckpt.CheckpointManager(s3_dir)
+    fastckpt.Saver().save({"w": np.zeros(2)}, f"{s3_dir}/ckpt", global_step=2)  # a Saver rewrites it, as locally
+    assert fastckpt.latest_checkpoint(s3_dir) == f"{s3_dir}/ckpt-2"
+    assert fastckpt.restore(s3_dir)["w"].tolist() == [0.0, 0.0]
+
+
+def test_storage_options_per_call_reach_every_api(s3_server, s3_dir, tmp_path, monkeypatch):
+    """With the process's default pointed at wrong credentials, every API
+    given ``storage_options=`` reaches the server with those instead."""
+    from tests.helpers.s3server import ACCESS_KEY, SECRET_KEY
+    opts = {"endpoint_url": s3_server.endpoint, "aws_access_key_id": ACCESS_KEY,
+            "aws_secret_access_key": SECRET_KEY, "region_name": "us-east-1"}
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    fastckpt.configure_s3(config={"retries": {"max_attempts": 1}})
+    with pytest.raises(fastckpt.CheckpointError, match="access denied"):
+        fastckpt.save({"w": np.ones(2)}, f"{s3_dir}/denied")
+    state = {"w": np.arange(4.0), "step": 3}
+    assert fastckpt.save(state, f"{s3_dir}/plain", metadata={"k": 1}, storage_options=opts) == f"{s3_dir}/plain"
+    assert fastckpt.restore(f"{s3_dir}/plain", storage_options=opts)["step"] == 3
+    assert fastckpt.read_meta(f"{s3_dir}/plain", storage_options=opts)["metadata"] == {"k": 1}
+    fastckpt.write_bundle(f"{s3_dir}/wb", {"x": np.ones(3)}, storage_options=opts)
+    assert fastckpt.read_bundle(f"{s3_dir}/wb", storage_options=opts)["x"].tolist() == [1.0] * 3
+    saver = fastckpt.Saver(max_to_keep=1, storage_options=opts)
+    saver.save(state, f"{s3_dir}/s/model", global_step=1)
+    assert saver.restore(f"{s3_dir}/s")["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    mgr = fastckpt.CheckpointManager(f"{s3_dir}/m", max_to_keep=2, storage_options=opts)
+    mgr.save(state, 1, blocking=False).result()  # the background thread uses them too
+    assert mgr.checkpoints == [f"{s3_dir}/m/ckpt-1"] and mgr.latest_checkpoint == f"{s3_dir}/m/ckpt-1"
+    fresh = {"w": np.empty(4), "step": 0}
+    assert fastckpt.CheckpointManager(f"{s3_dir}/m", storage_options=opts).restore_or_initialize(fresh)["step"] == 3
+    reader = fastckpt.load_checkpoint(f"{s3_dir}/m", storage_options=opts)
+    assert reader.get_tensor("w").tolist() == [0.0, 1.0, 2.0, 3.0]  # read after the call returned: same storage
+    assert fastckpt.CheckpointReader(f"{s3_dir}/wb", storage_options=opts)["x"].tolist() == [1.0] * 3
+    assert fastckpt.get_checkpoint_state(f"{s3_dir}/m", storage_options=opts).model_checkpoint_path == \
+        f"{s3_dir}/m/ckpt-1"
+    assert fastckpt.latest_checkpoint(f"{s3_dir}/m", storage_options=opts) == f"{s3_dir}/m/ckpt-1"
+    assert fastckpt.list_variables(f"{s3_dir}/wb", storage_options=opts) == [("x", [3])]
+    fastckpt.update_checkpoint_state(f"{s3_dir}/u", f"{s3_dir}/wb", storage_options=opts)
+    assert fastckpt.verify_checkpoint(f"{s3_dir}/wb", storage_options=opts).ok
+    assert [r.ok for r in fastckpt.verify_path(f"{s3_dir}/m", storage_options=opts)] == [True]
+    assert fastckpt.collect_garbage(f"{s3_dir}/m", storage_options=opts).leftovers == []
+    assert fastckpt.diff(f"{s3_dir}/wb", f"{s3_dir}/wb", storage_options=opts).equal
+    assert fastckpt.inspect_checkpoint(f"{s3_dir}/wb", storage_options=opts)["tensors"] == 1
+    fastckpt.convert(f"{s3_dir}/wb", str(tmp_path / "wb.safetensors"), storage_options=opts)
+    with pytest.raises(fastckpt.InvalidArgumentError, match="storage options"):
+        fastckpt.save(state, f"{s3_dir}/bad", storage_options={"no_such_option": 1})
