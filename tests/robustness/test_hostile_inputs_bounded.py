@@ -52,7 +52,8 @@ def peak_mib(script, timeout=300):
     return r.stdout, int(r.stdout.split("PEAK")[-1])
 
 
-@pytest.mark.parametrize("name", ["x.safetensors", pytest.param("x.npz", marks=pytest.mark.deep), "x.pt",
+@pytest.mark.parametrize("name", ["x.safetensors", pytest.param("x.npz", marks=pytest.mark.deep),
+                                  pytest.param("x.pt", marks=pytest.mark.deep),
                                   pytest.param("m.safetensors.index.json", marks=pytest.mark.deep), "x.index"])
 @pytest.mark.parametrize("kind", ["fifo", pytest.param("dev-zero", marks=pytest.mark.deep)])  # (a FIFO blocks, a device streams: both refused by the same regular-file check)
 def test_fifos_and_devices_are_refused_at_once(tmp_path, name, kind):

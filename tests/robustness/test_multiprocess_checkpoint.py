@@ -104,7 +104,8 @@ def test_four_processes_write_one_checkpoint_tensorflow_reads(tmp_path, engine):
         assert (list(got) == list(v)) if v.dtype == object else np.asarray(got).tobytes() == v.tobytes(), k
 
 
-@pytest.mark.parametrize("engine", [ENGINES[0], pytest.param("gloo", marks=[pytest.mark.deep, *ENGINES[1].marks])])
+@pytest.mark.deep
+@pytest.mark.parametrize("engine", ENGINES)
 def test_four_processes_write_one_checkpoint_to_an_object_store(s3_server, s3_dir, engine, tmp_path):
     """Every process uploads its own data object; rank 0 merges the index
     and commits through the state object; restored onto 4 and onto 3."""

@@ -184,3 +184,19 @@ def test_an_empty_object_does_not_stall_the_next_request(s3, base):
         s3.put(f"{base}/empty", body)
     assert s3.read_bytes(f"{base}/empty") == b"after"
     assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize("code, status, kind, errno_", [
+    ("QuotaExceeded", 507, OSError, 28), ("EntityTooLarge", 400, OSError, 28),
+    ("AccessDenied", 403, PermissionError, 13), ("NoSuchBucket", 404, FileNotFoundError, 2),
+    ("PreconditionFailed", 412, fastckpt.ConflictError, 17), ("InternalError", 500, OSError, 5),
+])
+def test_service_errors_become_the_oserrors_a_file_system_raises(s3_server, base, code, status, kind, errno_):
+    """Answers this server never gives (a full quota...), injected with botocore's own Stubber."""
+    from botocore.stub import Stubber
+    s3 = storage_for(s3_server.endpoint)
+    with Stubber(s3.client) as stub:
+        stub.add_client_error("put_object", service_error_code=code, http_status_code=status)
+        with pytest.raises(kind) as e:
+            s3.put(f"{base}/x", b"data")
+    assert e.value.errno == errno_ and f"{base}/x" in str(e.value) and code in str(e.value)
