@@ -421,15 +421,23 @@ def _upload_part(objects: ObjectSave, target: str, rank: int, size: int, tensors
     return records
 
 
+def _write_failure(raws: List[Any]) -> Optional[Failed]:
+    """The processes' failed writes reported as one (the first, and how many more), or None."""
+    failed = [r for r in raws if isinstance(r, Failed)]
+    if not failed:
+        return None
+    return Failed(failed[0].rank, f"write: {failed[0].text}"
+                  + (f" (and on {len(failed) - 1} more)" if len(failed) > 1 else ""))
+
+
 def _commit_objects(raws: Optional[List[Any]], parts: Any, target: str, objects: ObjectSave,
                     min_consumer: int) -> Any:
     """:func:`_commit_on_root` for an object store."""
     assert raws is not None
-    failed = [r for r in raws if isinstance(r, Failed)]
-    if failed:
+    failed = _write_failure(raws)
+    if failed is not None:
         objects.abort()
-        return Failed(failed[0].rank, f"write: {failed[0].text}"
-                      + (f" (and on {len(failed) - 1} more)" if len(failed) > 1 else ""))
+        return failed
     try:
         return objects.commit(target, merge_records(raws, parts, min_consumer))
     except BaseException as e:  # every process hears of it (commit undid what it could)
@@ -442,11 +450,10 @@ def _commit_on_root(raws: Optional[List[Any]], parts: Any, staged_prefix: str, s
     (a process's failed write, the others' parts removed, is reported as one)."""
     assert raws is not None
     staged = StagedBundle(staged_prefix, size, durable)
-    failed = [r for r in raws if isinstance(r, Failed)]
-    if failed:
+    failed = _write_failure(raws)
+    if failed is not None:
         staged.remove()
-        return Failed(failed[0].rank, f"write: {failed[0].text}"
-                      + (f" (and on {len(failed) - 1} more)" if len(failed) > 1 else ""))
+        return failed
     try:
         write_staged_index(staged, merge_records(raws, parts, min_consumer))
         return commit(staged)

@@ -20,6 +20,15 @@ _DATA_SUFFIX = re.compile(r"\.data-\d{5,}-of-\d{5,}$")
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://")
 
 
+def _as_str(path: Any, what: str) -> str:
+    """``path`` (str, bytes or ``os.PathLike``) as a str."""
+    try:
+        p = os.fspath(path)
+    except TypeError:
+        raise InvalidArgumentError(f"{what} must be a str or os.PathLike, got {type(path).__name__}") from None
+    return p if isinstance(p, str) else os.fsdecode(p)
+
+
 def local_path(path: Any, what: str = "path") -> str:
     """``path`` (str, bytes or ``os.PathLike``) as a local file-system path.
 
@@ -31,12 +40,7 @@ def local_path(path: Any, what: str = "path") -> str:
     VM. (:func:`storage_path` is the check of the functions that take
     ``s3://`` URLs too.)
     """
-    try:
-        p = os.fspath(path)
-    except TypeError:
-        raise InvalidArgumentError(f"{what} must be a str or os.PathLike, got {type(path).__name__}") from None
-    if not isinstance(p, str):
-        p = os.fsdecode(p)
+    p = _as_str(path, what)
     m = _URL.match(p)
     if m is None:
         return p
@@ -63,12 +67,7 @@ def storage_path(path: Any, what: str = "path") -> str:
     :func:`local_path` makes it) or an ``s3://bucket/key`` URL (checked: a
     bucket, no empty or dot segments in the key). Other schemes are refused
     with one line, never taken as a local directory."""
-    try:
-        p = os.fspath(path)
-    except TypeError:
-        raise InvalidArgumentError(f"{what} must be a str or os.PathLike, got {type(path).__name__}") from None
-    if not isinstance(p, str):
-        p = os.fsdecode(p)
+    p = _as_str(path, what)
     m = _URL.match(p)
     if m is None or m.group(1).lower() != "s3":
         if m is not None and m.group(1).lower() != "file":
