@@ -34,6 +34,7 @@ typedef struct {
     uint64_t off_in_item;
     uint64_t len;
     uint64_t file_off;
+    uint64_t h; /* FC_IO_DIGEST: XXH64 of the segment */
     uint32_t crc;
 } seg_t;
 
@@ -47,6 +48,8 @@ typedef struct {
     batch_t *batches;
     size_t nbatches;
     int is_write;
+    int hash_only;          /* FC_IO_HASH: checksums, no system call */
+    int digest;             /* FC_IO_DIGEST: each segment's XXH64 too */
     int uncached;           /* atomic: try RWF_DONTCACHE; cleared when refused */
     size_t next;            /* atomic */
     int stop;               /* atomic */
@@ -85,7 +88,9 @@ static void crc_batch(void *arg) {
     crc_args *a = (crc_args *)arg;
     for (size_t i = 0; i < a->b->count; i++) {
         seg_t *sg = &a->j->segs[a->b->first + i];
-        sg->crc = fc_crc32c_extend(0, (uint8_t *)a->j->items[sg->item].buf + sg->off_in_item, (size_t)sg->len);
+        const uint8_t *p = (const uint8_t *)a->j->items[sg->item].buf + sg->off_in_item;
+        sg->crc = fc_crc32c_extend(0, p, (size_t)sg->len);
+        if (a->j->digest) sg->h = fc_xxh64(p, (size_t)sg->len, 0);
     }
 }
 
@@ -118,6 +123,7 @@ static int run_batch(job_t *j, const batch_t *b, uint8_t **scratch) {
                          "the tensor's memory vanished while it was read (a mapped source file was truncated)");
             return -1;
         }
+        if (j->hash_only) return 0;
     }
     int fd = j->items[s[0].item].fd;
     uint64_t done = 0;
@@ -202,6 +208,7 @@ static seg_t *add_seg(job_t *j, size_t *nseg, size_t item, uint64_t off, uint64_
     s->len = len;
     s->file_off = j->items[item].file_off + off;
     s->crc = 0;
+    s->h = 0;
     j->batches[j->nbatches - 1].count++;
     return s;
 }
@@ -250,9 +257,45 @@ static size_t plan(job_t *j, size_t n, const size_t *order, uint64_t piece) {
     return nseg;
 }
 
+/* Each item's digest from its segments' (consecutive per item, in order). */
+static int combine_digests(job_t *j, size_t n, size_t nsegs, uint64_t piece, fc_status *st) {
+    uint64_t empty = fc_xxh64("", 0, 0);
+    for (size_t i = 0; i < n; i++) j->items[i].digest = empty;
+    uint8_t *buf = NULL;
+    size_t cap = 0;
+    for (size_t s = 0; s < nsegs;) {
+        size_t it = j->segs[s].item, e = s + 1;
+        while (e < nsegs && j->segs[e].item == it) e++;
+        if (j->items[it].len <= piece) {
+            j->items[it].digest = j->segs[s].h;
+        } else {
+            size_t need = (e - s) * 8;
+            if (need > cap) {
+                uint8_t *nb = (uint8_t *)realloc(buf, need);
+                if (!nb) {
+                    free(buf);
+                    return fc_fail(st, FC_NOMEM, "out of memory");
+                }
+                buf = nb;
+                cap = need;
+            }
+            for (size_t k = s; k < e; k++)
+                for (int b = 0; b < 8; b++) buf[(k - s) * 8 + (size_t)b] = (uint8_t)(j->segs[k].h >> (8 * b));
+            j->items[it].digest = fc_xxh64(buf, need, j->items[it].len);
+        }
+        s = e;
+    }
+    free(buf);
+    return FC_OK;
+}
+
 int fc_io_run(fc_io_item *items, size_t n, int mode, int nthreads, uint64_t piece,
               fc_status *st) {
+    int digest = (mode & FC_IO_DIGEST) != 0;
+    mode &= ~FC_IO_DIGEST;
     int is_write = mode != FC_IO_READ;
+    if (digest && !is_write) return fc_fail(st, FC_INVALID, "digests are computed by writes");
+    if (digest) piece = FC_DIGEST_BLOCK; /* the digest is defined by these pieces */
     if (piece == 0) piece = DEFAULT_PIECE;
     if (piece < 4096) piece = 4096;
     if (piece > (1u << 30)) piece = 1u << 30;
@@ -266,6 +309,8 @@ int fc_io_run(fc_io_item *items, size_t n, int mode, int nthreads, uint64_t piec
     memset(&j, 0, sizeof j);
     j.items = items;
     j.is_write = is_write;
+    j.hash_only = mode == FC_IO_HASH;
+    j.digest = digest;
     j.uncached = mode == FC_IO_WRITE_UNCACHED;
     fc_status_clear(&j.err);
     size_t *order = (size_t *)malloc((n ? n : 1) * sizeof(size_t));
@@ -331,6 +376,7 @@ int fc_io_run(fc_io_item *items, size_t n, int mode, int nthreads, uint64_t piec
             }
         }
         free(acc);
+        if (rc == FC_OK && digest) rc = combine_digests(&j, n, nsegs, piece, st);
     }
     free(order);
     free(j.segs);

@@ -155,6 +155,21 @@ def iterate_table(data):
     return out
 
 
+def records_index(list records, int num_shards, int min_consumer=0):
+    """The .index of ``(key, serialized entry)`` records in any order (a
+    duplicate key is an :class:`InvalidArgumentError`)."""
+    records.sort(key=_record_key)
+    cdef Py_ssize_t i
+    for i in range(1, len(records)):
+        if records[i][0] == records[i - 1][0]:
+            raise InvalidArgumentError(f"duplicate tensor name {records[i][0].decode('utf-8', 'replace')!r}")
+    return build_table([(b"", encode_header(num_shards=num_shards, min_consumer=min_consumer))] + records)
+
+
+def _record_key(record):
+    return record[0]
+
+
 cdef bytes _index_bytes(fc_header *h, fc_buf *keys, uint32_t *key_off, uint32_t *key_len,
                         fc_entry_view *entries, size_t n, list names):
     """The .index built by the C core (the one index builder)."""
@@ -209,6 +224,21 @@ def build_index(int num_shards, list keys, list dtypes, list shapes, list shard_
     finally:
         free(key_off); free(key_len); free(entries); free(dims)
         fc_buf_free(&karena)
+
+
+cdef struct _span_t:
+    uintptr_t ptr  # where a payload's bytes are (each sorted by it, then by tensor number)
+    uint64_t len
+    Py_ssize_t i
+    Py_ssize_t canonical  # the earlier tensor whose very payload this is, or -1
+
+
+cdef int _span_less(const void *a, const void *b) noexcept nogil:
+    cdef const _span_t *x = <const _span_t *>a
+    cdef const _span_t *y = <const _span_t *>b
+    if x.ptr != y.ptr:
+        return -1 if x.ptr < y.ptr else 1
+    return -1 if x.i < y.i else (1 if x.i > y.i else 0)
 
 
 cdef class Index:
@@ -274,6 +304,49 @@ cdef class Index:
     def entry(self, Py_ssize_t i):
         """Entry ``i`` as an :class:`~fastckpt.records.IndexEntry`."""
         return _entry_tuple(&self.idx, self._at(i))
+
+    def shared(self):
+        """``(i, j)`` for every entry ``i`` that names the very bytes of an
+        earlier-sorted entry ``j`` (same data file, offset, size, dtype, shape
+        and checksum; size > 0): tied weights, written once."""
+        cdef _span_t *sp = <_span_t *>malloc((self.idx.n if self.idx.n else 1) * sizeof(_span_t))
+        cdef Py_ssize_t i, k, j, m = 0, run = 0
+        cdef fc_entry *e
+        cdef list pairs = []
+        if sp == NULL:
+            raise MemoryError()
+        try:
+            for i in range(<Py_ssize_t>self.idx.n):
+                e = &self.idx.entries[i]
+                if e.size > 0 and e.num_slices == 0 and e.key_len > 0:
+                    sp[m].ptr = <uintptr_t>e.offset  # the position; the shard is compared below
+                    sp[m].len, sp[m].i, sp[m].canonical = <uint64_t>e.size, i, -1
+                    m += 1
+            qsort(sp, <size_t>m, sizeof(_span_t), _span_less)
+            for k in range(1, m):
+                if sp[k].ptr != sp[run].ptr:
+                    run = k
+                    continue
+                for j in range(run, k):
+                    if sp[j].canonical < 0 and self._same_bytes(sp[j].i, sp[k].i):
+                        sp[k].canonical = sp[j].i
+                        pairs.append((sp[k].i, sp[j].i))
+                        break
+        finally:
+            free(sp)
+        return pairs
+
+    cdef bint _same_bytes(self, Py_ssize_t a, Py_ssize_t b):
+        cdef fc_entry *x = &self.idx.entries[a]
+        cdef fc_entry *y = &self.idx.entries[b]
+        cdef int32_t d
+        if (x.shard_id != y.shard_id or x.size != y.size or x.dtype != y.dtype or x.rank != y.rank
+                or x.has_crc != y.has_crc or x.crc32c != y.crc32c):
+            return False
+        for d in range(x.rank):
+            if self.idx.dims[x.dims_off + d] != self.idx.dims[y.dims_off + d]:
+                return False
+        return True
 
     cdef fc_entry *_at(self, Py_ssize_t i) except NULL:
         if i < 0 or <size_t>i >= self.idx.n:

@@ -47,6 +47,43 @@ def io_run(list fds, list offsets, list buffers, list crcs=None, *, bint write, 
 
 
 
+def digests(list buffers, int threads=1):
+    """``(crc32c, digest)`` of every buffer (unmasked CRC; the digest is the
+    one :meth:`WritePlan.write` computes with ``digests=True``), on up to
+    ``threads`` threads with the GIL released; nothing is written."""
+    cdef size_t n = len(buffers), i
+    cdef fc_io_item *items = <fc_io_item *>calloc((n if n else 1), sizeof(fc_io_item))
+    cdef fc_status st
+    cdef int rc
+    cdef uint64_t at = 0
+    cdef _Buffer hold
+    if items == NULL:
+        raise MemoryError()
+    held = []
+    fc_status_clear(&st)
+    try:
+        for i in range(n):
+            hold = _Buffer(buffers[i])
+            held.append(hold)
+            items[i].file_off = at  # (consecutive: small ones share a batch)
+            items[i].len = <uint64_t>hold.view.len
+            items[i].buf = hold.view.buf
+            at += items[i].len
+        with nogil:
+            rc = fc_io_run(items, n, FC_IO_HASH | FC_IO_DIGEST, threads, 0, &st)
+        if rc:
+            _raise(&st, "", None)
+        return [(items[i].crc, items[i].digest) for i in range(n)]
+    finally:
+        free(items)
+
+
+def xxh64(data, uint64_t seed=0):
+    """XXH64 of a buffer (the C core's, for tests)."""
+    cdef _Buffer b = _Buffer(data)
+    return fc_xxh64(b.view.buf, <size_t>b.view.len, seed)
+
+
 PACK_MAX_BYTES = 64 * 1024
 cdef int64_t _PACK_ALIGN = 64
 

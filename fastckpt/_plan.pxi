@@ -29,6 +29,7 @@ cdef class WritePlan:
     cdef list held
     cdef public list staged
     cdef public list shard_sizes
+    cdef public list extra  # index entries written by no payload of this plan: (key, tensor number | entry bytes)
 
     def __dealloc__(self):
         free(self.items); free(self.entries); free(self.dims); free(self.dims_off); free(self.key_off)
@@ -118,9 +119,10 @@ cdef class WritePlan:
         """The CRC32C (unmasked) of staged tensor ``i``'s payload."""
         self.items[i].crc = crc
 
-    def write(self, list fds, int threads, bint uncached, list paths):
-        """Write every ready payload to ``fds[shard]``, computing its CRC.
-        ``paths`` (per shard) name the file in errors."""
+    def write(self, list fds, int threads, bint uncached, list paths, bint digests=False):
+        """Write every ready payload to ``fds[shard]``, computing its CRC (and
+        with ``digests`` its digest: :meth:`digest`). ``paths`` (per shard)
+        name the file in errors."""
         cdef int *shard_fd = <int *>malloc((len(fds) if fds else 1) * sizeof(int))
         cdef size_t *which = NULL
         cdef fc_io_item *run = self.items
@@ -147,18 +149,26 @@ cdef class WritePlan:
                         m += 1
             fc_status_clear(&st)
             with nogil:
-                rc = fc_io_run(run, m, FC_IO_WRITE_UNCACHED if uncached else FC_IO_WRITE, threads, 0, &st)
+                rc = fc_io_run(run, m, (FC_IO_WRITE_UNCACHED if uncached else FC_IO_WRITE) | (FC_IO_DIGEST if digests else 0),
+                               threads, 0, &st)
             if rc:
                 _raise(&st, "", lambda k: f"tensor {self.names[which[k] if which else k]!r} in "
                                           f"{paths[self.entries[which[k] if which else k].shard_id]}")
             if which != NULL:
                 for i in range(<Py_ssize_t>m):
                     self.items[which[i]].crc = run[i].crc
+                    self.items[which[i]].digest = run[i].digest
         finally:
             free(shard_fd)
             free(which)
             if run != self.items:
                 free(run)
+
+    def digest(self, Py_ssize_t i):
+        """Ready tensor ``i``'s payload digest (``fc_payload_digest``: XXH64 per
+        1 MiB piece), after a :meth:`write` with ``digests=True``."""
+        self._check(i)
+        return self.items[i].digest
 
     def set_ready(self, Py_ssize_t i, payload):
         """Give staged tensor ``i`` its payload (a C-contiguous little-endian
@@ -210,10 +220,56 @@ cdef class WritePlan:
         finally:
             free(w)
 
+    def shared_payloads(self):
+        """``(i, j)`` for every tensor ``i`` whose payload is the very memory of
+        an earlier tensor ``j``'s (the same address, byte count, dtype and
+        shape: tied weights, one array under two names). Memory that only
+        overlaps (a slice, a reshaped or re-typed view) is not shared: each
+        such tensor is written as its own copy."""
+        cdef _span_t *sp = <_span_t *>malloc((self.n if self.n else 1) * sizeof(_span_t))
+        cdef Py_ssize_t i, k, j, m = 0, run = 0
+        cdef list pairs = []
+        if sp == NULL:
+            raise MemoryError()
+        try:
+            for i in range(self.n):
+                if self.ready[i] and not self.preset[i] and self.items[i].len:  # (strings are encoded anew)
+                    sp[m].ptr, sp[m].len, sp[m].i, sp[m].canonical = <uintptr_t>self.items[i].buf, self.items[i].len, i, -1
+                    m += 1
+            qsort(sp, <size_t>m, sizeof(_span_t), _span_less)
+            for k in range(1, m):
+                if sp[k].ptr != sp[run].ptr:
+                    run = k
+                    continue
+                for j in range(run, k):
+                    if sp[j].canonical < 0 and sp[j].len == sp[k].len and self._same_shape(sp[j].i, sp[k].i):
+                        sp[k].canonical = sp[j].i
+                        pairs.append((sp[k].i, sp[j].i))
+                        break
+        finally:
+            free(sp)
+        return pairs
+
+    cdef bint _same_shape(self, Py_ssize_t a, Py_ssize_t b):
+        cdef int32_t d
+        if self.entries[a].dtype != self.entries[b].dtype or self.entries[a].rank != self.entries[b].rank:
+            return False
+        for d in range(self.entries[a].rank):
+            if self.dims[self.dims_off[a] + d] != self.dims[self.dims_off[b] + d]:
+                return False
+        return True
+
+    def key(self, Py_ssize_t i):
+        """The key (bytes) of tensor ``i``."""
+        self._check(i)
+        return PyBytes_FromStringAndSize(<const char *>self.keys.p + self.key_off[i], self.key_len[i])
+
     def records(self, int shard_id):
         """``(key, serialized entry)`` of every tensor, its data file numbered
-        ``shard_id`` (after every payload is written): one process's part of
-        an index that several processes' records make up."""
+        ``shard_id`` (-1: each its planned one), after every payload is
+        written, and of every :attr:`extra` entry (a tensor number stands for
+        that tensor's entry under another key: tied weights): one process's
+        part of an index that several processes' records make up."""
         cdef fc_buf out
         cdef fc_status st
         cdef Py_ssize_t i
@@ -225,7 +281,8 @@ cdef class WritePlan:
                 self.entries[i].dims = self.dims + self.dims_off[i]
                 self.entries[i].crc32c = fc_crc_mask(self.preset_crc[i] if self.preset[i] else self.items[i].crc)
                 self.entries[i].has_crc = 1
-                self.entries[i].shard_id = shard_id
+                if shard_id >= 0:
+                    self.entries[i].shard_id = shard_id
                 out.len = 0
                 if fc_encode_entry(&out, &self.entries[i], &st):
                     _raise(&st, f"the entry of tensor {self.names[i]!r}")
@@ -233,6 +290,8 @@ cdef class WritePlan:
                             PyBytes_FromStringAndSize(<const char *>out.p, out.len)))
         finally:
             fc_buf_free(&out)
+        for key, ref in self.extra or ():
+            res.append((key, res[ref][1] if isinstance(ref, int) else ref))
         return res
 
     def index(self, int num_shards, int min_consumer=0):
@@ -240,6 +299,8 @@ cdef class WritePlan:
         compressed payloads has ``min_consumer=ZSTD_MIN_CONSUMER``."""
         cdef fc_header h
         cdef Py_ssize_t i
+        if self.extra:
+            return records_index(self.records(-1), num_shards, min_consumer)
         for i in range(self.n):
             self.entries[i].dims = self.dims + self.dims_off[i]  # the arena no longer moves
             self.entries[i].crc32c = fc_crc_mask(self.preset_crc[i] if self.preset[i] else self.items[i].crc)
@@ -271,7 +332,7 @@ def plan_write(tensors, dict enums, int num_shards, int64_t alignment, prepare):
     cdef _Buffer hold
     cdef bytes key
     p._alloc(n)
-    p.names, p.held, p.staged = [], [], []
+    p.names, p.held, p.staged, p.extra = [], [], [], []
     items = tensors.items() if type(tensors) is dict else list(tensors.items())
     for name, value in items:
         if i >= n:

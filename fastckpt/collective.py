@@ -92,19 +92,27 @@ def agreed(comm: Communicator, step: str, fn: Callable[[], T]) -> T:
 
 # ---- the layout: who writes what --------------------------------------------------------
 
-Desc = Tuple[Any, ...]  # ("whole", dtype, shape, nbytes) or ("part", dtype, global_shape, offset, shape)
+Desc = Tuple[Any, ...]  # ("whole", dtype, shape, nbytes, tied to) or ("part", dtype, global_shape, offset, shape)
 
 
 def describe(leaves: Mapping[str, Any]) -> Dict[str, Desc]:
-    """This process's leaves, as the other processes need to see them."""
+    """This process's leaves, as the other processes need to see them (a
+    whole array that is the very array of an earlier name names it: tied
+    weights, which one process then writes once)."""
     out: Dict[str, Desc] = {}
+    seen: Dict[Tuple[Any, ...], str] = {}
     for name, v in leaves.items():
         if isinstance(v, Shard):
             arr = to_numpy(v.local)
             out[name] = ("part", _dtype_text(arr.dtype), v.global_shape, v.offset, tuple(arr.shape))
         else:
             arr = np.asarray(v)
-            out[name] = ("whole", _dtype_text(arr.dtype), tuple(arr.shape), int(arr.nbytes))
+            same = (arr.__array_interface__["data"][0], arr.dtype.str, arr.shape, arr.strides) \
+                if arr.nbytes and arr.dtype.kind not in "OSU" else None
+            tied = seen.get(same) if same is not None else None
+            if same is not None and tied is None:
+                seen[same] = name
+            out[name] = ("whole", _dtype_text(arr.dtype), tuple(arr.shape), int(arr.nbytes), tied)
     return out
 
 
@@ -130,6 +138,7 @@ def plan_layout(descs: List[Dict[str, Desc]]) -> Layout:
     the holder with the fewest bytes so far, names in sorted order."""
     lay = Layout()
     load = [0] * len(descs)
+    group_owner: Dict[str, int] = {}
     holders: Dict[str, List[int]] = {}
     for rank, d in enumerate(descs):
         for name in d:
@@ -146,8 +155,12 @@ def plan_layout(descs: List[Dict[str, Desc]]) -> Layout:
                     raise InvalidArgumentError(
                         f"replica {name!r} differs between processes: rank {ranks[0]} has {np.dtype(first[1])} "
                         f"{list(first[2])}, rank {r} has {np.dtype(descs[r][name][1])} {list(descs[r][name][2])}")
-            owner = min(ranks, key=lambda r: (load[r], r))
-            load[owner] += first[3]
+            group = first[4] or name  # tied names: one writer, who writes the bytes once
+            owner = group_owner.get(group, -1)
+            if owner not in ranks:
+                owner = min(ranks, key=lambda r: (load[r], r))
+                load[owner] += first[3]
+                group_owner.setdefault(group, owner)
             lay.owners[name] = owner
             lay.table[name] = {"dtype": str(np.dtype(first[1]).newbyteorder("=")), "shape": list(first[2])}
         elif not math.prod(first[2]):  # no elements: written whole, by one process

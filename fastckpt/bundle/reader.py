@@ -102,6 +102,7 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             self._files: Union[DataFiles, ObjectDataFiles] = DataFiles(self._prefix, 0)
             self._verified: set = set()
             self._names: Optional[List[str]] = None
+            self._tied: Optional[Dict[str, str]] = None
             self._open_generation()
 
     def _open_generation(self) -> None:
@@ -335,6 +336,23 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             aliases = _shared_buffers(into, names)
             if aliases:  # one buffer under several names (tied weights): filled once, the others compared
                 return self._read_aliased(names, into, aliases)
+        if into is None and self.tied_names():
+            wanted = self.tensor_names() if names is None else list(names)
+            tied = self.tied_names()
+            first: Dict[str, str] = {}
+            same: Dict[str, str] = {}
+            for n in wanted:  # each group of tied names read through the first of them asked for
+                group = tied.get(n, n)
+                if group in first:
+                    same[n] = first[group]
+                else:
+                    first[group] = n
+            if same:  # tied weights: one array under every name, read once
+                got = self._read([n for n in wanted if n not in same], None)
+                return {n: got[same.get(n, n)] for n in wanted}
+        return self._read(names, into)
+
+    def _read(self, names: Optional[Sequence[str]], into: Optional[MutableMapping[str, Any]]) -> Dict[str, Any]:
         out: Dict[str, Any] = {} if into is None else into  # type: ignore[assignment]
         plan = self._plan()
 
@@ -348,6 +366,13 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             queue(self.tensor_names() if names is None else names)
         plan.run(self._threads)
         return out
+
+    def tied_names(self) -> Dict[str, str]:
+        """Names whose entries name the very bytes of another entry (tied
+        weights written once): name -> the name read in its place."""
+        if self._tied is None:
+            self._tied = {name_of(self._index.key(i)): name_of(self._index.key(j)) for i, j in self._index.shared()}
+        return self._tied
 
     def _read_aliased(self, names: Sequence[str], into: MutableMapping[str, Any],
                       aliases: Dict[str, str]) -> Dict[str, Any]:

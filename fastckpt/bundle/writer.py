@@ -123,12 +123,38 @@ def plan_bundle(tensors: Mapping[Any, Any], num_shards: int = 1, alignment: int 
     key, dtype, shape, shard and offset. Tensors are cut into
     ``num_shards`` contiguous runs of about equal byte size; within a shard
     each starts where the previous one ended, padded up to a multiple of
-    ``alignment`` (as TensorFlow's ``data_alignment`` does)."""
+    ``alignment`` (as TensorFlow's ``data_alignment`` does). A tensor whose
+    memory is the very memory of an earlier one (tied weights) is planned
+    once and named twice in the index."""
     if not isinstance(tensors, Mapping):
         raise InvalidArgumentError(
             f"tensors must be a mapping of name to array, got {type(tensors).__name__}")
     with gc_paused():
-        return _core.plan_write(tensors, _FAST_ENUMS, num_shards, alignment, _prepare)
+        plan = _core.plan_write(tensors, _FAST_ENUMS, num_shards, alignment, _prepare)
+        shared = plan.shared_payloads()
+        first: Dict[int, int] = {}
+        for i, source in plan.staged:  # one source object under two names (a tied tensor converted)
+            j = first.setdefault(id(source), i)
+            if j != i:
+                shared.append((i, j))
+        if not shared:
+            return plan
+        return _plan_once(tensors, plan, dict(shared), num_shards, alignment)
+
+
+def _plan_once(tensors: Mapping[Any, Any], plan: "_core.WritePlan", alias_of: Dict[int, int], num_shards: int,
+               alignment: int) -> "_core.WritePlan":
+    """The plan of ``tensors`` where a tensor that is the very memory of an
+    earlier one (``alias_of``: tensor number -> the earlier one's, from
+    ``plan``) is written once: its name gets an index entry naming the
+    same bytes (TensorFlow reads it as it reads any entry)."""
+    kept = [i for i in range(len(plan)) if i not in alias_of]
+    number = {old: new for new, old in enumerate(kept)}
+    items = list(tensors.items())
+    unique = {items[i][0]: items[i][1] for i in kept}
+    once = _core.plan_write(unique, _FAST_ENUMS, num_shards, alignment, _prepare)
+    once.extra = [(plan.key(i), number[j]) for i, j in alias_of.items()]
+    return once
 
 
 ZSTD_CHUNK = 1 << 20  # raw bytes per compressed chunk: a tensor of a few MiB keeps every thread busy

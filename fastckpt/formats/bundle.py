@@ -30,12 +30,15 @@ def open_bundle(path: str, *, verify: bool = True) -> Source:
     try:
         record = read_record(reader)
         tensors = {name: _lazy(reader, name) for name in reader.tensor_names() if name != STRUCTURE_KEY}
+        tied = {n: first for n, first in reader.tied_names().items() if n in tensors and first in tensors}
+        for name, first in tied.items():
+            tensors[name] = tensors[first]
         info = _info(reader, record)
     except BaseException:
         reader.close()
         raise
     return Source("tf", reader.prefix, tensors, tree=record["structure"] if record else None,
-                  metadata=record.get("metadata") if record else None, info=info, close=reader.close)
+                  metadata=record.get("metadata") if record else None, info=info, close=reader.close, tied=tied)
 
 
 def _prefix_of(path: str) -> str:

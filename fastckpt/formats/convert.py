@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
 import ml_dtypes
 import numpy as np
@@ -35,7 +35,7 @@ from fastckpt.formats.bundle import bundle_tensors
 from fastckpt.storage import fs
 from fastckpt.storage.s3 import using_storage
 
-__all__ = ["convert", "cast_floats"]
+__all__ = ["convert", "cast_floats", "each_once"]
 
 # Decoded bytes above which a whole-file destination goes through a temporary plain bundle.
 SCRATCH_ABOVE = 256 << 20
@@ -80,9 +80,18 @@ def cast_floats(tensors: Dict[str, LazyTensor], dtype: str) -> Dict[str, LazyTen
         raise InvalidArgumentError(f"unknown dtype {dtype!r}") from None
     if not _is_float(target):
         raise InvalidArgumentError(f"--dtype casts floating-point tensors: {dtype!r} is not a floating-point dtype")
+    return each_once(tensors, lambda t: _cast(t, target) if _is_float(t.dtype) and t.dtype != target else t)
+
+
+def each_once(tensors: Dict[str, LazyTensor], change: Callable[[LazyTensor], LazyTensor]) -> Dict[str, LazyTensor]:
+    """``change`` applied to every tensor, once per tensor object: tied names
+    (one :class:`LazyTensor` under two names) stay one."""
+    made: Dict[int, LazyTensor] = {}
     out: Dict[str, LazyTensor] = {}
     for name, t in tensors.items():
-        out[name] = _cast(t, target) if _is_float(t.dtype) and t.dtype != target else t
+        if id(t) not in made:
+            made[id(t)] = change(t)
+        out[name] = made[id(t)]
     return out
 
 
@@ -125,7 +134,7 @@ def _bounded(source: Source, fmt: str, compression: Optional[str], dst: str,
     decoded into a temporary plain bundle beside ``dst`` and mapped back."""
     if fmt == "torch":  # torch.save reads every value itself: each in memory of its own, or a private scratch
         if sum(t.nbytes for t in source.tensors.values()) <= SCRATCH_ABOVE:
-            yield dataclasses.replace(source, tensors={n: _owned(t) for n, t in source.tensors.items()})
+            yield dataclasses.replace(source, tensors=each_once(source.tensors, _owned))
             return
     elif compression is None or fmt != "tf" or \
             sum(t.nbytes for t in source.tensors.values() if not t.mapped) <= SCRATCH_ABOVE:

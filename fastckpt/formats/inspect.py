@@ -46,6 +46,8 @@ def _summary(source: Source, largest: int, depth: int) -> Dict[str, Any]:
            "structure": _tree(source, depth), "metadata": source.metadata}
     if source.info.get("partitioned"):
         out["partitioned_tensors"] = source.info["partitioned"]
+    if source.tied:
+        out["tied"] = dict(sorted(source.tied.items()))
     if OBJECT_GRAPH_KEY in tensors:
         out["object_graph_nodes"] = _object_graph_nodes(source)
     return out
@@ -99,6 +101,9 @@ def summary_lines(s: Dict[str, Any]) -> Iterator[str]:
     yield (f"  {s['tensors']} tensors, {_size(s['bytes'])}; {files}; compression: {s['compression'] or 'none'}")
     if s.get("partitioned_tensors"):
         yield f"  {s['partitioned_tensors']} partitioned tensor(s)"
+    if s.get("tied"):
+        pairs = ", ".join(f"{n} = {first}" for n, first in list(s["tied"].items())[:5])
+        yield f"  {len(s['tied'])} tied name(s), stored once: {pairs}{' ...' if len(s['tied']) > 5 else ''}"
     if "object_graph_nodes" in s:
         yield f"  TensorFlow 2 object graph: {s['object_graph_nodes']} node(s)"
     yield "  bytes by dtype:"

@@ -64,10 +64,14 @@ def open_safetensors(path: str) -> Source:
     except BaseException:
         _close(maps)
         raise
+    tied = {k: v for k, v in metadata.items() if k not in tensors and isinstance(v, str) and v in tensors}
+    for name, first in tied.items():  # safetensors' convention: a tied name written once, named in the metadata
+        tensors[name] = tensors[first]
     info = {"data_files": len(files), "file_bytes": sum(fs.size(f) for f in files), "compression": None,
             "format_version": "safetensors", "dtypes": {n: _NAME_OF.get(t.dtype, str(t.dtype))
                                                          for n, t in tensors.items()}}
-    return Source("safetensors", path, tensors, metadata=metadata or None, info=info, close=lambda: _close(maps))
+    return Source("safetensors", path, tensors, metadata=metadata or None, info=info, close=lambda: _close(maps),
+                  tied=tied)
 
 
 def _close(maps: List[Any]) -> None:
@@ -200,6 +204,10 @@ def write_safetensors(dst: str, source: Source, *, num_shards: int = 1, durable:
             raise InvalidArgumentError(f"tensor {name!r}: safetensors has no {t.dtype} "
                                        f"(it has {', '.join(SAFETENSORS_DTYPES)})")
     meta = _string_metadata(source.metadata)
+    for name, first in source.tied.items():  # tied weights once, the other name in the metadata (as
+        if name in tensors and first in tensors:  # safetensors.torch.save_model writes them)
+            del tensors[name]
+            meta.setdefault(name, first)
     if not dst.endswith(".safetensors"):
         raise InvalidArgumentError(f"a safetensors destination ends with .safetensors, got {dst!r}")
     if num_shards == 1:

@@ -28,7 +28,9 @@ _SUFFIXES = {".safetensors": "safetensors", ".pt": "torch", ".pth": "torch", ".b
 class Source:
     """A checkpoint opened for conversion: its tensors (read on demand), the
     nesting they came in (a fastckpt structure tree, or None for a flat
-    mapping), the format's own metadata, and what ``inspect`` reports."""
+    mapping), the format's own metadata, what ``inspect`` reports, and the
+    tied names (one tensor under two names: ``tensors`` holds the same
+    :class:`LazyTensor` under both)."""
 
     format: str
     path: str
@@ -37,6 +39,7 @@ class Source:
     metadata: Any = None
     info: Dict[str, Any] = field(default_factory=dict)
     close: Callable[[], None] = lambda: None
+    tied: Dict[str, str] = field(default_factory=dict)  # name -> the name whose very tensor it is (tied weights)
 
     def __enter__(self) -> "Source":
         return self

@@ -78,11 +78,23 @@ def open_torch(path: str) -> Source:
     else:
         leaves, tree = flatten(obj)
     check = _crc_check(path) if zipped else (lambda: None)
-    tensors = {n: _lazy(path, n, a, zipped, check) for n, a in leaves.items()}
+    tensors: Dict[str, LazyTensor] = {}
+    tied: Dict[str, str] = {}
+    first: Dict[Any, str] = {}
+    for n, a in leaves.items():  # torch stores tied weights once: one storage, one view, two names
+        same = (a.__array_interface__["data"][0], a.dtype.str, a.shape, a.strides) \
+            if isinstance(a, np.ndarray) and a.nbytes else None
+        if same is not None and same in first:
+            tied[n] = first[same]
+            tensors[n] = tensors[first[same]]
+            continue
+        if same is not None:
+            first[same] = n
+        tensors[n] = _lazy(path, n, a, zipped, check)
     info = {"data_files": 1, "file_bytes": fs.size(path), "compression": None,
             "format_version": "PyTorch zip" if zipped else "PyTorch legacy",
             "dtypes": {n: str(t.dtype) for n, t in tensors.items()}}
-    return Source("torch", path, tensors, tree=tree, info=info)
+    return Source("torch", path, tensors, tree=tree, info=info, tied=tied)
 
 
 def _crc_check(path: str) -> Callable[[], None]:
@@ -147,7 +159,9 @@ def write_torch(dst: str, source: Source, *, durable: bool = False) -> List[str]
     strings = [n for n, t in source.tensors.items() if t.dtype.kind in "OSU" and n != OBJECT_GRAPH_KEY]
     if strings:
         raise InvalidArgumentError(f"PyTorch has no string tensors: {', '.join(strings[:5])}")
-    given = {n: _as_torch(t.array()) for n, t in source.tensors.items() if n != OBJECT_GRAPH_KEY}
+    made: Dict[int, Any] = {}  # tied names (one LazyTensor): one torch tensor, stored once by torch.save
+    given = {n: made[id(t)] if id(t) in made else made.setdefault(id(t), _as_torch(t.array()))
+             for n, t in source.tensors.items() if n != OBJECT_GRAPH_KEY}
     obj = dict(given) if source.tree is None else unflatten(source.tree, {}, None, given)
     def write(fh: Any) -> None:
         try:

@@ -220,6 +220,7 @@ def unflatten(tree: Any, leaves: Mapping[str, Any], dtypes: Optional[Mapping[str
     restored in place)."""
     given = given or {}
     dtypes = dtypes or {}
+    made: Dict[Tuple[int, Any], Any] = {}  # one array under several names (tied weights): one tensor back
 
     def build(node: Any) -> Any:
         if "dict" in node:
@@ -237,7 +238,11 @@ def unflatten(tree: Any, leaves: Mapping[str, Any], dtypes: Optional[Mapping[str
         if name not in leaves:
             raise DataLossError(f"the structure names tensor {name!r}, which the checkpoint lacks")
         info = dtypes.get(name)
-        return _leaf_value(node, leaves[name], info.get("dtype") if isinstance(info, dict) else None)
+        value = leaves[name]
+        seen = (id(value), node.get("as"))
+        if seen not in made:
+            made[seen] = (_leaf_value(node, value, info.get("dtype") if isinstance(info, dict) else None), value)
+        return made[seen][0]
     return build(tree)
 
 

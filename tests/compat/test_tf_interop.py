@@ -339,3 +339,23 @@ def test_what_tensorflow_sees_reading_a_checkpoint_a_save_recycles(tmp_path):
     for name in ("a", "b"):
         with pytest.raises(tf.errors.OpError, match="Checksum does not match"):
             reader.get_tensor(name)
+
+
+def test_tensorflow_reads_tied_weights_written_once(tmp_path):
+    """Two names, one payload: TensorFlow's reader and its Saver see both with
+    the right values (an index entry is only shard, offset, size, crc)."""
+    emb = np.arange(48, dtype=np.float32).reshape(12, 4)
+    prefix = fastckpt.write_bundle(str(tmp_path / "t"), {"emb": emb, "head": emb, "b": np.ones(3, np.float32)})
+    assert os.path.getsize(prefix + ".data-00000-of-00001") == emb.nbytes + 12
+    r = tf.train.load_checkpoint(prefix)
+    assert_bit_equal(r.get_tensor("emb"), emb)
+    assert_bit_equal(r.get_tensor("head"), emb)
+    with tf.Graph().as_default():
+        v = {n: tf.compat.v1.get_variable(n, shape=s, dtype=tf.float32, initializer=tf.compat.v1.zeros_initializer())
+             for n, s in (("emb", (12, 4)), ("head", (12, 4)), ("b", (3,)))}
+        saver = tf.compat.v1.train.Saver(v)
+        with tf.compat.v1.Session() as s:
+            saver.restore(s, prefix)
+            got = s.run(v)
+    assert_bit_equal(got["head"], emb)
+    assert_bit_equal(got["b"], np.ones(3, np.float32))
