@@ -164,6 +164,14 @@ cdef class WritePlan:
             if run != self.items:
                 free(run)
 
+    def described(self, Py_ssize_t i):
+        """``(dtype enum, shape, checksum set by the caller)`` of tensor ``i``
+        (the checksum of a string tensor's entry is not its payload's)."""
+        cdef int32_t d
+        self._check(i)
+        shape = tuple([self.dims[self.dims_off[i] + d] for d in range(self.entries[i].rank)])
+        return self.entries[i].dtype, shape, bool(self.preset[i])
+
     def digest(self, Py_ssize_t i):
         """Ready tensor ``i``'s payload digest (``fc_payload_digest``: XXH64 per
         1 MiB piece), after a :meth:`write` with ``digests=True``."""

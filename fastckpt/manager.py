@@ -17,7 +17,7 @@ import os
 import re
 import threading
 import weakref
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Collection, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
@@ -63,7 +63,7 @@ class CheckpointManager:
                  checkpoint_interval: Optional[int] = None, *, durable: bool = True,
                  threads: Optional[int] = None, comm: Any = None, timeout: Optional[float] = None,
                  compression: Optional[str] = None, compression_level: int = 1, recycle: bool = False,
-                 options: Optional[SaveOptions] = None, storage_options: Optional[Mapping[str, Any]] = None) -> None:
+                 delta: bool = False, frozen: Collection[str] = (), options: Optional[SaveOptions] = None, storage_options: Optional[Mapping[str, Any]] = None) -> None:
         with using_storage(storage_options):  # checked now
             self._storage_options = dict(storage_options) if storage_options else None
         d = storage_path(directory, "directory")
@@ -80,7 +80,8 @@ class CheckpointManager:
         self._interval = checkpoint_interval
         self._retention = Retention(max_to_keep, keep_checkpoint_every_n_hours, minimum=1)
         self._options = resolve_options(options, durable=durable, threads=threads, compression=compression,
-                                        compression_level=compression_level, recycle=recycle)
+                                        compression_level=compression_level, recycle=recycle, delta=delta,
+                                        frozen=frozen)
         self._comm = as_communicator(comm, timeout)
         if self._options.recycle and self._comm is not None:
             raise InvalidArgumentError("recycle=True is for one-process saves: with comm= every process writes "

@@ -9,6 +9,7 @@ from typing import Any, Dict, Mapping, MutableMapping, Optional, Tuple
 
 import numpy as np
 
+from fastckpt.bundle.delta import DELTA_KEY
 from fastckpt.bundle.frameworks import is_array, to_numpy
 from fastckpt.bundle.naming import PathLike
 from fastckpt.bundle.reader import CheckpointReader
@@ -113,14 +114,15 @@ def _fill(reader: Any, targets: Mapping[str, Any]) -> None:
 
 def _restore_flat(reader: Any, into: Optional[Any]) -> Dict[str, Any]:
     if into is None:
-        return reader.read()
+        return reader.read([n for n in reader.tensor_names() if n != DELTA_KEY])
     if not isinstance(into, Mapping):
         raise InvalidArgumentError(f"into: this checkpoint holds a flat dict of tensors, not a {type(into).__name__}")
     targets: MutableMapping[str, Any] = {k: v if isinstance(v, Shard) else to_numpy(v) for k, v in into.items()
                                          if is_array(v) or isinstance(v, Shard)}
-    fresh = reader.read([n for n in reader.tensor_names() if n not in targets])
+    names = [n for n in reader.tensor_names() if n != DELTA_KEY]
+    fresh = reader.read([n for n in names if n not in targets])
     _fill(reader, targets)
-    return {n: into[n] if n in targets else fresh[n] for n in reader.tensor_names()}
+    return {n: into[n] if n in targets else fresh[n] for n in names}
 
 
 def restore_latest(directory: str, into: Any, threads: Optional[int]) -> Optional[Tuple[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Sequence
+from typing import Any, Collection, Dict, List, Mapping, MutableMapping, Optional, Sequence
 
 from fastckpt.bundle.naming import PathLike, step_suffix, storage_path
 from fastckpt.comm import as_communicator
@@ -53,6 +53,8 @@ class Saver:
         compression: Optional[str] = None,
         compression_level: int = 1,
         recycle: bool = False,
+        delta: bool = False,
+        frozen: Collection[str] = (),
         options: Optional[SaveOptions] = None,
         storage_options: Optional[Mapping[str, Any]] = None,
     ) -> None:
@@ -60,7 +62,7 @@ class Saver:
             self._storage_options = dict(storage_options) if storage_options else None
         self._options = resolve_options(options, durable=durable, num_shards=num_shards, alignment=alignment,
                                  threads=threads, compression=compression, compression_level=compression_level,
-                                 recycle=recycle)
+                                 recycle=recycle, delta=delta, frozen=frozen)
         self._comm = as_communicator(comm, timeout)
         if self._options.recycle and self._comm is not None:
             raise InvalidArgumentError("recycle=True is for one-process saves: with comm= every process writes "
@@ -138,8 +140,8 @@ class Saver:
 def save(state: Any, prefix: PathLike, *, metadata: Any = None, durable: bool = True, num_shards: int = 1,
          alignment: int = 1, threads: Optional[int] = None, comm: Any = None, timeout: Optional[float] = None,
          compression: Optional[str] = None, compression_level: int = 1, object_graph: bool = False,
-         template: Optional[PathLike] = None, options: Optional[SaveOptions] = None,
-         storage_options: Optional[Mapping[str, Any]] = None) -> str:
+         template: Optional[PathLike] = None, delta: bool = False, frozen: Collection[str] = (),
+         options: Optional[SaveOptions] = None, storage_options: Optional[Mapping[str, Any]] = None) -> str:
     """Write ``state`` (flat or nested; see :meth:`Saver.save`) as checkpoint
     ``prefix``, with its structure record, without touching a state file.
 
@@ -159,12 +161,15 @@ def save(state: Any, prefix: PathLike, *, metadata: Any = None, durable: bool = 
     state and one checkpoint is written: a data file per process and one
     merged index (see :mod:`fastckpt.collective`); ``timeout`` bounds the
     wait for the slowest process. ``compression="zstd"``: see
-    :func:`fastckpt.write_bundle`. ``options`` (a :class:`SaveOptions`)
-    replaces the keyword arguments ``durable`` to ``compression_level``."""
+    :func:`fastckpt.write_bundle`. ``delta=True``: what is unchanged since
+    the directory's latest checkpoint (in its state file) is shared with it,
+    not written (:class:`SaveOptions`). ``options`` (a :class:`SaveOptions`)
+    replaces the keyword arguments ``durable`` to ``frozen``."""
     with using_storage(storage_options):
         p = storage_path(prefix, "prefix")
         opts = resolve_options(options, durable=durable, num_shards=num_shards, alignment=alignment, threads=threads,
-                        compression=compression, compression_level=compression_level)
+                        compression=compression, compression_level=compression_level, delta=delta,
+                        frozen=frozen)
         communicator = as_communicator(comm, timeout)
         if object_graph or template is not None:
             if communicator is not None:

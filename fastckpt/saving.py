@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional
+from typing import Any, Collection, Dict, Iterable, List, Mapping, NamedTuple, Optional
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from fastckpt.directory.commit import committer, recover_directory, save_checkpo
 from fastckpt.directory.objectcommit import ObjectSave, save_object_checkpoint
 from fastckpt.directory.locate import open_checkpoint
 from fastckpt.directory.retention import Retention
-from fastckpt.errors import InvalidArgumentError
+from fastckpt.errors import InvalidArgumentError, UnsupportedError
 from fastckpt.structure.objectgraph import object_graph_tensors, template_tensors
 from fastckpt.structure.tree import flatten, non_tensor_values
 from fastckpt.structure.record import with_structure_record
@@ -49,6 +49,12 @@ class SaveOptions:
     ``compression="zstd"`` with ``compression_level`` (-7..22): byte-plane
     zstd frames (:func:`fastckpt.write_bundle`). ``recycle``: rewrite the
     data files of the checkpoint retention drops instead of new ones.
+    ``delta``: tensors whose bytes equal the previous checkpoint's are not
+    written again; the new checkpoint shares that checkpoint's data file by
+    a hard link and stays a complete bundle (:mod:`fastckpt.bundle.delta`).
+    ``frozen``: names (or name prefixes: ``"model/encoder"``) of tensors the
+    caller vouches are unchanged since the previous save: with ``delta``,
+    reused without being read.
     """
 
     durable: bool = True
@@ -58,10 +64,26 @@ class SaveOptions:
     compression: Optional[str] = None
     compression_level: int = 1
     recycle: bool = False
+    delta: bool = False
+    frozen: Collection[str] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "durable", bool(self.durable))
         check_flag(self.recycle, "recycle")
+        check_flag(self.delta, "delta")
+        if isinstance(self.frozen, (str, bytes)) or not isinstance(self.frozen, Iterable) \
+                or not all(isinstance(n, str) and n for n in self.frozen):
+            raise InvalidArgumentError(f"frozen must be a collection of tensor names, got {self.frozen!r}")
+        object.__setattr__(self, "frozen", frozenset(self.frozen))
+        if self.frozen and not self.delta:
+            raise InvalidArgumentError("frozen= names tensors a delta save reuses: it needs delta=True")
+        if self.delta and self.recycle:
+            raise InvalidArgumentError("delta=True and recycle=True: choose one (a delta save shares the previous "
+                                       "checkpoint's files, which recycling would rewrite)")
+        if self.delta and self.compression not in (None, "none"):
+            raise InvalidArgumentError("delta=True writes uncompressed payloads: compression must be None")
+        if self.delta and self.num_shards != 1:
+            raise InvalidArgumentError("a delta save chooses its own data files: num_shards must be 1")
         check_options(self.num_shards, self.alignment, self.threads)
         compression_setting(self.compression, self.compression_level)
 
@@ -154,6 +176,9 @@ def write_checkpoint(flat: FlatState, prefix: str, options: SaveOptions, listing
     :mod:`fastckpt.directory.commit`), or every process of ``comm`` (which
     the caller has begun) -- also one process whose state holds
     :class:`~fastckpt.Shard` parts (:mod:`fastckpt.collective`)."""
+    if options.delta and (comm is not None or is_url(prefix)):
+        raise UnsupportedError(f"{prefix}: delta saves are for one process on a local file system "
+                               "(save without delta=True)")
     if comm is None and not any(isinstance(v, Shard) for v in flat.leaves.values()):
         tensors = with_structure_record(flat.leaves, flat.tree, flat.metadata)
         if flat.extra:
@@ -169,7 +194,10 @@ def write_checkpoint(flat: FlatState, prefix: str, options: SaveOptions, listing
         return save_checkpoint(prefix, tensors, retain=listing.retain, durable=options.durable,
                                num_shards=options.num_shards, alignment=options.alignment, threads=options.threads,
                                state_name=listing.state_name, write_state=listing.write_state,
-                               zstd_level=options.zstd_level, recycle=options.recycle)
+                               zstd_level=options.zstd_level, recycle=options.recycle,
+                               delta=options.frozen if options.delta else None)
+    if options.delta:
+        raise UnsupportedError("delta saves are for one process: a state holding Shards is saved without delta=True")
     if options.num_shards != 1:
         raise InvalidArgumentError("a checkpoint saved by several processes has one data file per process: "
                                    "num_shards must be 1")

@@ -30,7 +30,8 @@ from fastckpt.storage import fs, local
 from fastckpt.storage.s3 import using_storage
 
 __all__ = ["write_bundle", "plan_bundle", "upload_plan", "STAGING_BYTES", "c_order_chunks", "StagedBundle", "stage_bundle", "install_bundle",
-           "install_plain", "write_part", "write_staged_index", "compression_setting", "check_options", "STAGE_PREFIX", "MAX_SHARDS"]
+           "install_plain", "write_part", "write_staged_index", "removed_on_failure", "write_converted",
+           "new_stage_prefix", "compression_setting", "check_options", "STAGE_PREFIX", "MAX_SHARDS"]
 
 Name = Union[str, bytes]
 
@@ -260,7 +261,7 @@ def stage_bundle(directory: str, tensors: Mapping[Any, Any], *, alignment: int =
         raise InvalidArgumentError(f"staging_bytes must be a positive int, got {staging_bytes!r}")
     if staged is None:
         staged = StagedBundle(new_stage_prefix(directory), num_shards, durable, zstd_level=zstd_level)
-    with _removed_on_failure(staged, f"writing a checkpoint in {directory!r}"):
+    with removed_on_failure(staged, f"writing a checkpoint in {directory!r}"):
         write_staged_index(staged, _write_data(tensors, staged, alignment, nthreads, staging_bytes, plan))
     return staged
 
@@ -280,13 +281,13 @@ def write_part(part: StagedBundle, tensors: Mapping[Any, Any], *, alignment: int
     holds, ``(key, serialized entry)`` naming that data file, for the merge.
     On failure the file is removed and the error raised."""
     nthreads = check_options(1, alignment, threads)
-    with _removed_on_failure(part, f"writing {part.data_files()[0]!r}"):
+    with removed_on_failure(part, f"writing {part.data_files()[0]!r}"):
         records: List[Tuple[bytes, bytes]] = _write_data(tensors, part, alignment, nthreads, STAGING_BYTES)
     return records
 
 
 @contextlib.contextmanager
-def _removed_on_failure(staged: StagedBundle, what: str) -> Iterator[None]:
+def removed_on_failure(staged: StagedBundle, what: str) -> Iterator[None]:
     """On any failure inside, the staged files go and the error is raised
     (:class:`CheckpointIOError` for the system's)."""
     try:
@@ -319,8 +320,8 @@ def _write_all(fd: int, data: bytes, durable: bool) -> None:
         local.fsync(fd)
 
 
-def _write_converted(plan: "_core.WritePlan", fds: List[int], finals: List[str], nthreads: int,
-                     durable: bool, staging_bytes: int) -> None:
+def write_converted(plan: "_core.WritePlan", fds: List[int], finals: List[str], nthreads: int,
+                    durable: bool, staging_bytes: int = STAGING_BYTES) -> None:
     """Arrays that need converting (non-contiguous, big-endian) go through a
     staging pool of at most ``staging_bytes``: converted piece by piece,
     written in parallel batches, their CRCs combined per tensor."""
@@ -386,7 +387,7 @@ def _write_data(tensors: Mapping[Any, Any], staged: StagedBundle, alignment: int
                 local.truncate(fd, size)
         plan.write(fds, nthreads, durable, finals)
         if plan.staged:
-            _write_converted(plan, fds, finals, nthreads, durable, staging_bytes)
+            write_converted(plan, fds, finals, nthreads, durable, staging_bytes)
     if durable:
         fsync_all(fds)
     if staged.only is not None:

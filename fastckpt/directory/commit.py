@@ -35,8 +35,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable, List, Mapping, Optional
+from typing import Any, Callable, Collection, List, Mapping, Optional
 
+from fastckpt.bundle.delta import stage_delta
 from fastckpt.bundle.naming import index_filename
 from fastckpt.bundle.writer import StagedBundle, check_prefix, install_bundle, install_plain, plan_for, stage_bundle
 from fastckpt.directory.listing import RetainFn, deletable, norm, read_listed, remove_checkpoint, write_state
@@ -48,7 +49,7 @@ from fastckpt.storage.fsutil import ensure_directory, io_error
 from fastckpt.storage.locking import directory_lock
 from fastckpt.storage import fs
 
-__all__ = ["save_checkpoint", "commit_checkpoint", "committer"]
+__all__ = ["save_checkpoint", "commit_checkpoint", "committer", "delta_base"]
 
 log = logging.getLogger("fastckpt")
 
@@ -66,13 +67,17 @@ def _try(action: Callable[[], None], what: str) -> bool:
 def save_checkpoint(prefix: str, tensors: Mapping[Any, Any], *, retain: RetainFn, durable: bool = True,
                     num_shards: int = 1, alignment: int = 1, threads: Optional[int] = None,
                     state_name: str = "checkpoint", write_state: bool = True,
-                    zstd_level: Optional[int] = None, recycle: bool = False) -> List[str]:
+                    zstd_level: Optional[int] = None, recycle: bool = False,
+                    delta: Optional[Collection[str]] = None) -> List[str]:
     """Write ``tensors`` as checkpoint ``prefix`` and commit it in its
     directory's state file ``state_name`` with retention ``retain`` (or,
     without ``write_state``, rename it into place); returns the listed
     prefixes. What ``Saver`` and ``CheckpointManager`` both do. With
     ``recycle``, the data files of the checkpoint retention will drop are
-    rewritten in place (:mod:`fastckpt.directory.recycle`)."""
+    rewritten in place (:mod:`fastckpt.directory.recycle`). With ``delta``
+    (the names vouched unchanged: ``frozen``), what is unchanged since the
+    directory's latest checkpoint is shared with it
+    (:mod:`fastckpt.bundle.delta`)."""
     check_prefix(prefix, num_shards)
     directory = os.path.dirname(os.path.abspath(prefix))
     state_path(directory, state_name)  # validates the name
@@ -83,12 +88,24 @@ def save_checkpoint(prefix: str, tensors: Mapping[Any, Any], *, retain: RetainFn
     if recycle and write_state:
         plan = plan_for(tensors, num_shards, alignment, zstd_level)  # bad input fails before a victim is retired
         staged = stage_recycling(prefix, directory, state_name, retain, num_shards, durable, zstd_level)
-    staged = stage_bundle(directory, tensors, durable=durable, num_shards=num_shards, alignment=alignment,
-                          threads=threads, zstd_level=zstd_level, staged=staged, plan=plan)
+    if delta is not None:
+        staged, stats = stage_delta(directory, tensors, delta_base(prefix, directory, state_name), frozen=delta,
+                                    durable=durable, threads=threads)
+        log.debug("delta save of %s: %s", prefix, stats)
+    else:
+        staged = stage_bundle(directory, tensors, durable=durable, num_shards=num_shards, alignment=alignment,
+                              threads=threads, zstd_level=zstd_level, staged=staged, plan=plan)
     try:
         return committer(prefix, retain, state_name, write_state)(staged)
     finally:
         staged.close()
+
+
+def delta_base(prefix: str, directory: str, state_name: str) -> Optional[str]:
+    """The checkpoint a delta save of ``prefix`` shares files with: the
+    directory state file's latest other checkpoint (None without one)."""
+    others = [p for p, _ in read_listed(directory, state_name).entries if norm(p) != norm(prefix)]
+    return others[-1] if others else None
 
 
 def committer(prefix: str, retain: RetainFn, state_name: str, write_state: bool) -> Callable[[StagedBundle], List[str]]:

@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from fastckpt.bundle.delta import DELTA_KEY
 from fastckpt.bundle.dtypes import DT_STRING, DT_VARIANT, dtype_name, numpy_dtype
 from fastckpt.errors import UnsupportedError
 from fastckpt.bundle.lazy import LazyTensor
@@ -29,7 +30,7 @@ def open_bundle(path: str, *, verify: bool = True) -> Source:
     reader = CheckpointReader(prefix, verify=verify)
     try:
         record = read_record(reader)
-        tensors = {name: _lazy(reader, name) for name in reader.tensor_names() if name != STRUCTURE_KEY}
+        tensors = {name: _lazy(reader, name) for name in reader.tensor_names() if name not in (STRUCTURE_KEY, DELTA_KEY)}
         tied = {n: first for n, first in reader.tied_names().items() if n in tensors and first in tensors}
         for name, first in tied.items():
             tensors[name] = tensors[first]

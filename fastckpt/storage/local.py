@@ -89,6 +89,11 @@ def fd_size(fd: int) -> int:
     return os.fstat(fd).st_size
 
 
+def fd_mtime_ns(fd: int) -> int:
+    """The open file's modification time in nanoseconds."""
+    return os.fstat(fd).st_mtime_ns
+
+
 def fd_links(fd: int) -> int:
     """How many names the open file ``fd`` has."""
     return os.fstat(fd).st_nlink

@@ -37,7 +37,7 @@ from typing import Callable, Collection, Iterator, List, Optional, Set, Tuple
 from fastckpt.errors import CheckpointIOError, DataLossError
 
 __all__ = ["directory_lock", "create_locked_temp", "clean_leftovers", "is_leftover", "release_lock",
-           "open_regular", "lock_for_reading", "claim_exclusive"]
+           "open_regular", "lock_for_reading", "claim_exclusive", "link_locked"]
 
 log = logging.getLogger("fastckpt")
 
@@ -218,6 +218,47 @@ def create_locked_temp(make_name: Callable[[], str], mode: int = 0o644, *, share
             raise
         release_lock(fd)  # a cleaner removed it before we held the lock
     raise OSError(errno.EAGAIN, "could not create a temporary file that stays", path)
+
+
+def link_locked(src_fd: int, src_path: str, make_name: Callable[[], str]) -> Tuple[str, int]:
+    """A new name for the open file ``src_fd`` (named ``src_path``): linked
+    by its name, then proved to be the very file of ``src_fd`` (same device
+    and inode; a file put under ``src_path`` meanwhile is unlinked again and
+    ``ENOENT`` raised), held by a shared lock like a file
+    :func:`create_locked_temp` makes (a cleaner that removed the new name
+    before the lock was held is noticed: a new name is tried). ``OSError``
+    when the file has no name left (``ENOENT``) or the system cannot link it
+    (``EPERM``, ``EXDEV``, ``ENOTSUP``...): the caller writes the bytes
+    instead."""
+    want = os.fstat(src_fd)
+    for _ in range(100):
+        path = make_name()
+        os.link(src_path, path, follow_symlinks=False)
+        try:
+            fd = open_regular(path, follow=False)
+        except OSError:
+            with contextlib.suppress(OSError):  # (a cleaner took the name at once, or it cannot be opened)
+                os.unlink(path)
+            continue
+        _hold(fd)
+        try:
+            _flock(fd, fcntl.LOCK_SH, path)
+            got = os.fstat(fd)
+            if (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino):
+                os.unlink(path)  # another file took the name: not the bytes the index was read with
+                raise FileNotFoundError(errno.ENOENT, "the file was replaced", src_path)
+            named = os.stat(path, follow_symlinks=False)
+            if (named.st_dev, named.st_ino) == (want.st_dev, want.st_ino):
+                return path, fd
+        except FileNotFoundError as e:
+            if e.filename == src_path:
+                release_lock(fd)
+                raise
+        except BaseException:
+            release_lock(fd)
+            raise
+        release_lock(fd)
+    raise OSError(errno.EAGAIN, "could not link a file under a name that stays", src_path)
 
 
 def _unlink_if_abandoned(path: str) -> bool:

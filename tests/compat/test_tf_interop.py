@@ -359,3 +359,30 @@ def test_tensorflow_reads_tied_weights_written_once(tmp_path):
             got = s.run(v)
     assert_bit_equal(got["head"], emb)
     assert_bit_equal(got["b"], np.ones(3, np.float32))
+
+
+def test_tensorflow_reads_every_checkpoint_of_a_delta_chain(tmp_path):
+    """Delta checkpoints share data files by hard links: TensorFlow's reader
+    and its Saver read each one (several data files, the shared ones first)."""
+    rng = np.random.default_rng(0)
+    state = {"frozen": rng.standard_normal((300, 40)).astype(np.float32), "lora": np.zeros(8, np.float32)}
+    saver = fastckpt.Saver(max_to_keep=None, delta=True)
+    saved = []
+    for step in range(4):
+        state["lora"] = state["lora"] + 1
+        if step == 2:
+            state["frozen"] = state["frozen"] * 2
+        saved.append((saver.save(state, str(tmp_path / "m"), global_step=step), {k: v.copy() for k, v in state.items()}))
+    assert any(n.endswith("-of-00002") for n in os.listdir(tmp_path))
+    for prefix, want in saved:
+        r = tf.train.load_checkpoint(prefix)
+        for k, v in want.items():
+            assert_bit_equal(r.get_tensor(k), v)
+        with tf.Graph().as_default():
+            v = {k: tf.compat.v1.get_variable(k, shape=a.shape, dtype=tf.float32,
+                                              initializer=tf.compat.v1.zeros_initializer()) for k, a in want.items()}
+            with tf.compat.v1.Session() as s:
+                tf.compat.v1.train.Saver(v).restore(s, prefix)
+                got = s.run(v)
+        for k, a in want.items():
+            assert_bit_equal(got[k], a)

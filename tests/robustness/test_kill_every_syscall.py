@@ -69,17 +69,17 @@ int main(int argc, char **argv) {
     assert r.stdout.split() == ["6"], r.stdout
 
 
-def setup_directory(d, durable):
-    saver = fastckpt.Saver(max_to_keep=2, durable=durable)
+def setup_directory(d, durable, delta=False):
+    saver = fastckpt.Saver(max_to_keep=2, durable=durable, delta=delta)
     for step in (1, 2):
         saver.save(contents(step, False), str(d / "model"), global_step=step)
 
 
-def run_child(shim, d, target, log, durable, recycle=False, zstd=False):
+def run_child(shim, d, target, log, durable, recycle=False, zstd=False, delta=False):
     env = dict(os.environ, LD_PRELOAD=shim)
     return subprocess.run([sys.executable, "-m", "tests.helpers.kill_scenario", str(d), str(target), str(log),
                            "durable" if durable else "fast"] + (["recycle"] if recycle else [])
-                          + (["zstd"] if zstd else []), env=env,
+                          + (["zstd"] if zstd else []) + (["delta"] if delta else []), env=env,
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
@@ -121,8 +121,10 @@ def check_after_kill(d, log):
     return report
 
 
-VARIANTS = {"durable": (True, False, False), "fast": (False, False, False), "durable-recycling": (True, True, False),
-            "fast-recycling": (False, True, False), "fast-compressed": (False, False, True)}
+VARIANTS = {"durable": (True, False, False, False), "fast": (False, False, False, False),
+            "durable-recycling": (True, True, False, False), "fast-recycling": (False, True, False, False),
+            "fast-compressed": (False, False, True, False), "durable-delta": (True, False, False, True),
+            "fast-delta": (False, False, False, True)}
 CHUNK = 12  # kill points per deep-tier test: progress every few seconds
 MAX_POINTS = 156  # more than any sequence has (asserted)
 
@@ -135,20 +137,23 @@ def counted(tmp_path_factory, shim):
 
     def get(variant):
         if variant not in made:
-            durable, recycle, zstd = VARIANTS[variant]
+            durable, recycle, zstd, delta = VARIANTS[variant]
             root = tmp_path_factory.mktemp(variant)
             base = root / "base"
             base.mkdir()
-            setup_directory(base, durable)
+            setup_directory(base, durable, delta)
             clean = root / "count"
-            shutil.copytree(base, clean)
-            r = run_child(shim, clean, 0, root / "count.log", durable, recycle, zstd)
+            copy_directory(base, clean)
+            r = run_child(shim, clean, 0, root / "count.log", durable, recycle, zstd, delta)
             assert r.returncode == 0, r.stderr
             total = int(r.stdout.split()[-1])
             assert 40 < total <= MAX_POINTS, total
             # both retiring saves rewrote their victims' files (or, without recycling, neither)
             assert r.stdout.split()[-3:-1] == ["recycled", "2" if recycle else "0"], r.stdout
             assert step_and_contents(clean, fastckpt.latest_checkpoint(str(clean))) == (4, True)
+            if delta:  # the frozen tensor was never written again: the latest shares the setup's file
+                linked = [n for n in os.listdir(clean) if n.startswith("model-4.data-00000-of-")]
+                assert linked and os.stat(clean / linked[0]).st_nlink >= 2, sorted(os.listdir(clean))
             made[variant] = (base, total)
         return made[variant]
     return get
@@ -156,14 +161,14 @@ def counted(tmp_path_factory, shim):
 
 def kill_at(points, variant, counted, shim, tmp_path, counts):
     """Kill the sequence at each of ``points`` in turn and check the directory after each."""
-    durable, recycle, zstd = VARIANTS[variant]
+    durable, recycle, zstd, delta = VARIANTS[variant]
     base, total = counted(variant)
     killed = finished = pending = 0
     for n in points:
         d = tmp_path / f"k{n}"
-        shutil.copytree(base, d)
+        copy_directory(base, d)
         log = tmp_path / f"k{n}.log"
-        r = run_child(shim, d, n, log, durable, recycle, zstd)
+        r = run_child(shim, d, n, log, durable, recycle, zstd, delta)
         if r.returncode == 0:
             finished += 1  # threads made the count differ by a call or two
         else:
@@ -191,7 +196,13 @@ def test_kill_at_every_mutating_syscall(tmp_path, shim, counted, counts, variant
     kill_at(points, variant, counted, shim, tmp_path, counts)
 
 
-@pytest.mark.parametrize("variant", ["durable", "fast-compressed"])
+def copy_directory(src, dst):
+    """A copy of a checkpoint directory that keeps its hard links (a delta
+    checkpoint shares files with the one before)."""
+    subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
+
+
+@pytest.mark.parametrize("variant", ["durable", "fast-compressed", "durable-delta"])
 def test_kill_at_sampled_syscalls(tmp_path, shim, counted, counts, variant):
     """The default tier: every 13th kill point of two sequences (the deep tier kills at all of them)."""
     _, total = counted(variant)
