@@ -239,7 +239,7 @@ typedef struct {
     void *buf;
     uint32_t crc;       /* write: out, crc32c of buf. read: expected (unmasked) */
     uint8_t verify;     /* read: compare the CRC */
-    uint64_t digest;    /* FC_IO_DIGEST: out, fc_payload_digest of buf */
+    uint64_t digest;    /* FC_IO_HASH: out, the digest of buf (below) */
 } fc_io_item;
 
 enum fc_io_mode {
@@ -248,13 +248,12 @@ enum fc_io_mode {
     FC_IO_WRITE_UNCACHED = 2, /* RWF_DONTCACHE where the kernel has it: for
                                  data about to be fsync'd, faster than
                                  filling the page cache and flushing it */
-    FC_IO_HASH = 3,           /* no system call: only the checksums of buf */
-    FC_IO_DIGEST = 16,        /* flag: also each item's digest */
+    FC_IO_HASH = 3,           /* no system call, no CRC: each item's digest */
 };
 
 /* XXH64 of data (xxh64.c). */
 uint64_t fc_xxh64(const void *data, size_t len, uint64_t seed);
-/* A payload's digest, computed piece by piece as the I/O engine cuts it:
+/* A payload's digest (FC_IO_HASH), computed piece by piece in parallel:
  * up to FC_DIGEST_BLOCK bytes, XXH64(data, 0); longer, XXH64 (seeded with
  * the length) of the little-endian XXH64s of its FC_DIGEST_BLOCK pieces. */
 #define FC_DIGEST_BLOCK (1u << 20)

@@ -34,7 +34,7 @@ typedef struct {
     uint64_t off_in_item;
     uint64_t len;
     uint64_t file_off;
-    uint64_t h; /* FC_IO_DIGEST: XXH64 of the segment */
+    uint64_t h; /* FC_IO_HASH: XXH64 of the segment */
     uint32_t crc;
 } seg_t;
 
@@ -48,8 +48,7 @@ typedef struct {
     batch_t *batches;
     size_t nbatches;
     int is_write;
-    int hash_only;          /* FC_IO_HASH: checksums, no system call */
-    int digest;             /* FC_IO_DIGEST: each segment's XXH64 too */
+    int hash_only;          /* FC_IO_HASH: each segment's XXH64, no CRC, no system call */
     int uncached;           /* atomic: try RWF_DONTCACHE; cleared when refused */
     size_t next;            /* atomic */
     int stop;               /* atomic */
@@ -89,8 +88,10 @@ static void crc_batch(void *arg) {
     for (size_t i = 0; i < a->b->count; i++) {
         seg_t *sg = &a->j->segs[a->b->first + i];
         const uint8_t *p = (const uint8_t *)a->j->items[sg->item].buf + sg->off_in_item;
-        sg->crc = fc_crc32c_extend(0, p, (size_t)sg->len);
-        if (a->j->digest) sg->h = fc_xxh64(p, (size_t)sg->len, 0);
+        if (a->j->hash_only)
+            sg->h = fc_xxh64(p, (size_t)sg->len, 0);
+        else
+            sg->crc = fc_crc32c_extend(0, p, (size_t)sg->len);
     }
 }
 
@@ -291,10 +292,8 @@ static int combine_digests(job_t *j, size_t n, size_t nsegs, uint64_t piece, fc_
 
 int fc_io_run(fc_io_item *items, size_t n, int mode, int nthreads, uint64_t piece,
               fc_status *st) {
-    int digest = (mode & FC_IO_DIGEST) != 0;
-    mode &= ~FC_IO_DIGEST;
     int is_write = mode != FC_IO_READ;
-    if (digest && !is_write) return fc_fail(st, FC_INVALID, "digests are computed by writes");
+    int digest = mode == FC_IO_HASH;
     if (digest) piece = FC_DIGEST_BLOCK; /* the digest is defined by these pieces */
     if (piece == 0) piece = DEFAULT_PIECE;
     if (piece < 4096) piece = 4096;
@@ -309,8 +308,7 @@ int fc_io_run(fc_io_item *items, size_t n, int mode, int nthreads, uint64_t piec
     memset(&j, 0, sizeof j);
     j.items = items;
     j.is_write = is_write;
-    j.hash_only = mode == FC_IO_HASH;
-    j.digest = digest;
+    j.hash_only = digest;
     j.uncached = mode == FC_IO_WRITE_UNCACHED;
     fc_status_clear(&j.err);
     size_t *order = (size_t *)malloc((n ? n : 1) * sizeof(size_t));
@@ -361,7 +359,7 @@ int fc_io_run(fc_io_item *items, size_t n, int mode, int nthreads, uint64_t piec
         if (!acc) rc = fc_fail(st, FC_NOMEM, "out of memory");
         for (size_t s = 0; acc && s < nsegs; s++) {
             seg_t *sg = &j.segs[s];
-            acc[sg->item] = sg->off_in_item ? fc_crc32c_combine(acc[sg->item], sg->crc, sg->len)
+            acc[sg->item] = digest ? 0 : sg->off_in_item ? fc_crc32c_combine(acc[sg->item], sg->crc, sg->len)
                                             : sg->crc;
         }
         for (size_t i = 0; acc && i < n; i++) {

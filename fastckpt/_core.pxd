@@ -166,7 +166,7 @@ cdef extern from "fastckpt.h" nogil:
         uint8_t verify
         uint64_t digest
     enum:
-        FC_IO_READ, FC_IO_WRITE, FC_IO_WRITE_UNCACHED, FC_IO_HASH, FC_IO_DIGEST
+        FC_IO_READ, FC_IO_WRITE, FC_IO_WRITE_UNCACHED, FC_IO_HASH
     uint64_t fc_xxh64(const void *data, size_t len, uint64_t seed)
     int fc_io_run(fc_io_item *items, size_t n, int mode, int nthreads,
                   uint64_t piece_bytes, fc_status *st)

@@ -119,10 +119,9 @@ cdef class WritePlan:
         """The CRC32C (unmasked) of staged tensor ``i``'s payload."""
         self.items[i].crc = crc
 
-    def write(self, list fds, int threads, bint uncached, list paths, bint digests=False):
-        """Write every ready payload to ``fds[shard]``, computing its CRC (and
-        with ``digests`` its digest: :meth:`digest`). ``paths`` (per shard)
-        name the file in errors."""
+    def write(self, list fds, int threads, bint uncached, list paths):
+        """Write every ready payload to ``fds[shard]``, computing its CRC.
+        ``paths`` (per shard) name the file in errors."""
         cdef int *shard_fd = <int *>malloc((len(fds) if fds else 1) * sizeof(int))
         cdef size_t *which = NULL
         cdef fc_io_item *run = self.items
@@ -149,20 +148,24 @@ cdef class WritePlan:
                         m += 1
             fc_status_clear(&st)
             with nogil:
-                rc = fc_io_run(run, m, (FC_IO_WRITE_UNCACHED if uncached else FC_IO_WRITE) | (FC_IO_DIGEST if digests else 0),
-                               threads, 0, &st)
+                rc = fc_io_run(run, m, FC_IO_WRITE_UNCACHED if uncached else FC_IO_WRITE, threads, 0, &st)
             if rc:
                 _raise(&st, "", lambda k: f"tensor {self.names[which[k] if which else k]!r} in "
                                           f"{paths[self.entries[which[k] if which else k].shard_id]}")
             if which != NULL:
                 for i in range(<Py_ssize_t>m):
                     self.items[which[i]].crc = run[i].crc
-                    self.items[which[i]].digest = run[i].digest
         finally:
             free(shard_fd)
             free(which)
             if run != self.items:
                 free(run)
+
+    def crc(self, Py_ssize_t i):
+        """Tensor ``i``'s entry checksum, masked as the index stores it (after
+        its payload is written)."""
+        self._check(i)
+        return fc_crc_mask(self.preset_crc[i] if self.preset[i] else self.items[i].crc)
 
     def described(self, Py_ssize_t i):
         """``(dtype enum, shape, checksum set by the caller)`` of tensor ``i``
@@ -171,12 +174,6 @@ cdef class WritePlan:
         self._check(i)
         shape = tuple([self.dims[self.dims_off[i] + d] for d in range(self.entries[i].rank)])
         return self.entries[i].dtype, shape, bool(self.preset[i])
-
-    def digest(self, Py_ssize_t i):
-        """Ready tensor ``i``'s payload digest (``fc_payload_digest``: XXH64 per
-        1 MiB piece), after a :meth:`write` with ``digests=True``."""
-        self._check(i)
-        return self.items[i].digest
 
     def set_ready(self, Py_ssize_t i, payload):
         """Give staged tensor ``i`` its payload (a C-contiguous little-endian

@@ -38,7 +38,7 @@ def _bench(args: argparse.Namespace) -> int:
         if not fs.is_dir(args.dir):
             raise NotFoundError(f"--dir {args.dir} is not a directory")
     if args.rounds is None:  # a --loop round is K saves of each case: fewer rounds by default
-        args.rounds = 3 if args.loop is not None else 5
+        args.rounds = 3 if args.loop is not None or args.delta else 5
     if args.quick:  # a first look in seconds
         args.size, args.tensors, args.rounds = 64 << 20, 64, 1
     out = (lambda line: None) if args.json else print
@@ -64,6 +64,10 @@ def _bench(args: argparse.Namespace) -> int:
         from fastckpt.bench.procs import run_procs_bench
         results = run_procs_bench(args.procs, size=args.size, tensors=args.tensors, dtype=args.dtype,
                                   rounds=args.rounds, directory=args.dir, out=out)
+    elif args.delta:
+        from fastckpt.bench.delta import run_delta_bench
+        results = run_delta_bench(size=args.size, tensors=args.tensors, saves=args.loop or 8, rounds=args.rounds,
+                                  directory=args.dir, out=out)
     elif args.loop is not None:
         from fastckpt.bench.loop import run_loop_bench
         results = run_loop_bench(args.loop, size=args.size, tensors=args.tensors, dtype=args.dtype,
@@ -265,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a training loop: K saves into one directory with max_to_keep=3, with and without "
                         "recycling, beside the raw new-file write and overwrite limits, durable and not "
                         "(default rounds: 3)")
+    b.add_argument("--delta", action="store_true",
+                   help="a fine-tuning loop (5%% of the bytes change per step; --loop K saves, default 8, "
+                        "max_to_keep=3): full saves vs delta saves (by content, and told what is frozen), and the "
+                        "worst case where everything changes; time and bytes written per save (default rounds: 3)")
     b.add_argument("--quick", action="store_true", help="a first look in seconds: 64 MiB, 64 tensors, 1 round")
     b.add_argument("--json", action="store_true", help="one JSON object on stdout instead of the table")
     b.set_defaults(func=_bench)

@@ -12,17 +12,21 @@ Each checkpoint is complete on its own: deleting any checkpoint removes
 names, never bytes another one names. TensorFlow and every fastckpt reader
 read it as any bundle.
 
-**"Unchanged"** is established without trusting a 32-bit CRC alone: every
-payload a delta save writes gets, in the same pass on the C threads, its
-CRC32C and a 64-bit XXH64 digest (per 1 MiB piece, combined); both go into
-the checkpoint (the index entry, the delta record ``_FASTCKPT_DELTA``). The
-next save computes the same two checksums of a tensor's bytes in memory
-(a read of memory, no write) and reuses the base's bytes only when name,
-dtype, shape, size, CRC and digest all match: 96 bits of two unrelated
-checksums. Tensors that changed at the last save are written without
-probing (the digest of the write tells the next save whether they
-settled). ``frozen=`` names the caller vouches for are reused without
-reading them at all.
+**"Unchanged"** is established without trusting the 32-bit CRC: the delta
+record (``_FASTCKPT_DELTA``, a string tensor of the checkpoint) keeps a
+64-bit digest of each tensor's bytes (XXH64 of each 1 MiB piece, combined
+by XXH64: computed in parallel on the C threads with the GIL released),
+and a tensor is reused only when its name, dtype, shape and size match the
+base's and the digest of its bytes in memory (a read of memory, no write)
+equals the recorded one.
+
+What is checked costs only where it can pay: a tensor the base found
+unchanged (or saw for the first time) is probed; a tensor that changed at
+the base's save is written without probing, and its digest is computed
+after the write only if the write's own CRC equals the base's (it may have
+settled; a different CRC proves a change). So when everything changes,
+after the first delta save nothing is hashed at all. ``frozen=`` names the
+caller vouches for are reused without reading them.
 
 **Which files are linked**: a base file is linked when the tensors reused
 from it are at least half of its bytes (:data:`MIN_LIVE`); otherwise those
@@ -88,7 +92,7 @@ class DeltaStats:
 @dataclass
 class _Base:
     reader: CheckpointReader
-    digests: Dict[str, Tuple[int, bool]]  # name -> (digest, unchanged at its save)
+    digests: Dict[str, Tuple[Optional[int], bool]]  # name -> (digest or None, probe it: unchanged or new at its save)
     fds: List[int] = field(default_factory=list)
     sizes: List[int] = field(default_factory=list)
 
@@ -125,7 +129,8 @@ def _open_base(prefix: Optional[str], stats: DeltaStats) -> Optional[_Base]:
         record = json.loads(bytes(raw))
         if not isinstance(record, dict) or record.get("format") != _FORMAT or not isinstance(record.get("tensors"), dict):
             raise ValueError("not a delta record of this version")
-        digests = {str(k): (int(v[0], 16), bool(v[1])) for k, v in record["tensors"].items()}
+        digests = {str(k): (None if v[0] is None else int(v[0], 16), bool(v[1]))
+                   for k, v in record["tensors"].items()}
         opened = reader.files.descriptors()
         if opened is None:
             raise ValueError("a data file is missing")
@@ -210,13 +215,13 @@ def _reusable(plan: "_core.WritePlan", base: _Base, frozen: Collection[str], nth
             continue
         if is_frozen(name, frozen):
             reuse[name] = (entry.shard, entry)
-        elif base.digests[name][1]:  # unchanged at the base's save: probably still
+        elif base.digests[name][1] and base.digests[name][0] is not None:  # unchanged at the base's save
             probe.append((name, entry, i))
     if probe:
         got = _core.digests([plan.payload(i) for _, _, i in probe], nthreads)
         stats.probed_bytes = sum(e.size for _, e, _ in probe)
-        for (name, entry, _), (crc, digest) in zip(probe, got):
-            if _core.mask_crc(crc) == entry.crc and digest == base.digests[name][0]:
+        for (name, entry, _), digest in zip(probe, got):
+            if digest == base.digests[name][0]:
                 reuse[name] = (entry.shard, entry)
     # tied names of the plan (index entries of no payload) go with the name they are tied to
     for key, ref in plan.extra:
@@ -231,6 +236,21 @@ def _reusable(plan: "_core.WritePlan", base: _Base, frozen: Collection[str], nth
                         (f.shard, f.offset, f.size, f.crc, f.dtype, tuple(f.shape)):
                     reuse[name] = reuse[first]
     return reuse
+
+
+def _may_be_unchanged(plan: "_core.WritePlan", i: int, name: str, base: Optional[_Base]) -> bool:
+    """Whether written tensor ``i`` gets a digest: a payload in memory that
+    is new (no base entry to compare) or whose CRC equals the base's."""
+    _, shape, preset = plan.described(i)
+    if not plan.is_ready(i) or preset or any(j == i for j, _ in plan.staged):
+        return False
+    if base is None or name not in base.digests:
+        return True
+    at = base.reader.index.find(plan.key(i))
+    if at < 0:
+        return True
+    entry = base.reader.index.entry(at)
+    return entry.crc == plan.crc(i) and tuple(entry.shape) == shape and entry.size == plan.size(i)
 
 
 def _choose_files(reuse: Dict[str, Tuple[int, Any]], base: _Base) -> List[int]:
@@ -301,19 +321,18 @@ def _write_new(staged: StagedBundle, plan: "_core.WritePlan", base: Optional[_Ba
     size = plan.shard_sizes[0] if plan.shard_sizes else 0
     if size:
         local.truncate(fd, size)
-    plan.write([fd], nthreads, staged.durable, [path], True)
+    plan.write([fd], nthreads, staged.durable, [path])
     if plan.staged:  # (tensors that needed converting get no digest: they are never reused)
         write_converted(plan, [fd], [path], nthreads, staged.durable)
     names = _names(plan)
-    converted = {i for i, _ in plan.staged}
     record: Dict[str, List[Any]] = {}
+    hash_now = [i for i in names if _may_be_unchanged(plan, i, names[i], base)]
+    for i, digest in zip(hash_now, _core.digests([plan.payload(i) for i in hash_now], nthreads)):
+        before = base.digests.get(names[i]) if base is not None else None
+        # probe it next time: new (nothing known), or found unchanged after all
+        record[names[i]] = [f"{digest:016x}", before is None or before[0] in (None, digest)]
     for i, name in names.items():
-        _, _, preset = plan.described(i)
-        if i in converted or preset:
-            continue
-        digest = plan.digest(i)
-        before = base.digests.get(name) if base is not None else None
-        record[name] = [f"{digest:016x}", before is None or before[0] == digest]  # (unknown: probe it next time)
+        record.setdefault(name, [None, False])  # changed (its CRC says so): written without probing next time
     for key, ref in plan.extra:
         if isinstance(ref, int) and names[ref] in record:
             record[key.decode("utf-8", "surrogateescape")] = record[names[ref]]

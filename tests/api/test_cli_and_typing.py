@@ -203,6 +203,22 @@ def test_bench_loop_json(tmp_path):
     assert r.returncode == 2 and "needs K > 3" in r.stderr
 
 
+def test_bench_delta_json(tmp_path):
+    """bench --delta: full vs delta saves of a fine-tuning loop and of a
+    loop where everything changes, with the bytes each save wrote."""
+    import json
+    r = _cli("bench", "--delta", "--loop", "4", "--size", "16MiB", "--tensors", "8", "--rounds", "1", "--json",
+             "--dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)["results"]
+    full, delta = data["fine-tuning: full saves"], data["fine-tuning: delta=True"]
+    assert full["written_bytes"] > 10 * delta["written_bytes"] > 0  # 5 % of the state changes per step
+    assert data["all change: delta=True"]["written_bytes"] >= full["written_bytes"]
+    assert data["verdict"].startswith("verdict: fine-tuning saves wrote")
+    assert data["tied"]["fastckpt"] <= data["tied"]["torch.save"]
+    assert os.listdir(tmp_path) == []
+
+
 def _run_with_tty_stderr(args):
     """(stdout, what a terminal on stderr saw) of ``python -m fastckpt args``."""
     import pty
