@@ -161,6 +161,12 @@ cdef class WritePlan:
             if run != self.items:
                 free(run)
 
+    def at_least(self, uint64_t n):
+        """Numbers of the tensors whose payload is in memory as written (not
+        staged, not an encoded string) and at least ``n`` bytes."""
+        cdef Py_ssize_t i
+        return [i for i in range(self.n) if self.ready[i] and not self.preset[i] and self.items[i].len >= n]
+
     def crc(self, Py_ssize_t i):
         """Tensor ``i``'s entry checksum, masked as the index stores it (after
         its payload is written)."""

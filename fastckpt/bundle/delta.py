@@ -60,11 +60,12 @@ from fastckpt.storage import local
 from fastckpt.storage.fsutil import fsync_all
 from fastckpt.storage.locking import create_locked_temp, link_locked
 
-__all__ = ["DELTA_KEY", "MIN_LIVE", "MAX_LINKED", "DeltaStats", "stage_delta", "is_frozen"]
+__all__ = ["DELTA_KEY", "MIN_LIVE", "MAX_LINKED", "MIN_TENSOR", "DeltaStats", "stage_delta", "is_frozen"]
 
 DELTA_KEY = "_FASTCKPT_DELTA"
 MIN_LIVE = 0.5
 MAX_LINKED = 7
+MIN_TENSOR = 64 * 1024  # smaller tensors are always written: their bytes cost less than their bookkeeping
 _FORMAT = "fastckpt-delta-1"  # digests: XXH64 of each 1 MiB piece, XXH64 of those (seeded with the size)
 
 # Files whose every byte this process wrote or checked, by (device, inode, size, mtime): a base file
@@ -188,7 +189,8 @@ def _text(key: Any) -> str:
 
 
 def _names(plan: "_core.WritePlan") -> Dict[int, str]:
-    return {i: plan.key(i).decode("utf-8", "surrogateescape") for i in range(len(plan))}
+    """The names of the plan's tensors a delta save keeps track of (in memory, at least MIN_TENSOR bytes)."""
+    return {i: plan.key(i).decode("utf-8", "surrogateescape") for i in plan.at_least(MIN_TENSOR)}
 
 
 def _reusable(plan: "_core.WritePlan", base: _Base, frozen: Collection[str], nthreads: int,
@@ -199,14 +201,11 @@ def _reusable(plan: "_core.WritePlan", base: _Base, frozen: Collection[str], nth
     reuse: Dict[str, Tuple[int, Any]] = {}
     probe: List[Tuple[str, Any, int]] = []
     index = base.reader.index
-    for i in range(len(plan)):
-        if not plan.is_ready(i):
-            continue
-        dtype, shape, preset = plan.described(i)
+    for i, name in _names(plan).items():
+        dtype, shape, _ = plan.described(i)
         size = plan.size(i)
-        name = plan.key(i).decode("utf-8", "surrogateescape")
         at = index.find(plan.key(i))
-        if preset or size == 0 or at < 0 or name not in base.digests:
+        if at < 0 or name not in base.digests:
             continue
         entry = index.entry(at)
         if (entry.slices or entry.dtype != dtype or tuple(entry.shape) != shape or entry.size != size
@@ -241,9 +240,7 @@ def _reusable(plan: "_core.WritePlan", base: _Base, frozen: Collection[str], nth
 def _may_be_unchanged(plan: "_core.WritePlan", i: int, name: str, base: Optional[_Base]) -> bool:
     """Whether written tensor ``i`` gets a digest: a payload in memory that
     is new (no base entry to compare) or whose CRC equals the base's."""
-    _, shape, preset = plan.described(i)
-    if not plan.is_ready(i) or preset or any(j == i for j, _ in plan.staged):
-        return False
+    _, shape, _ = plan.described(i)
     if base is None or name not in base.digests:
         return True
     at = base.reader.index.find(plan.key(i))
@@ -331,12 +328,12 @@ def _write_new(staged: StagedBundle, plan: "_core.WritePlan", base: Optional[_Ba
         before = base.digests.get(names[i]) if base is not None else None
         # probe it next time: new (nothing known), or found unchanged after all
         record[names[i]] = [f"{digest:016x}", before is None or before[0] in (None, digest)]
-    for i, name in names.items():
+    for name in names.values():
         record.setdefault(name, [None, False])  # changed (its CRC says so): written without probing next time
     for key, ref in plan.extra:
-        if isinstance(ref, int) and names[ref] in record:
+        if isinstance(ref, int) and names.get(ref) in record:
             record[key.decode("utf-8", "surrogateescape")] = record[names[ref]]
-    stats.written = len(names) + len(plan.extra)
+    stats.written = len(plan) + len(plan.extra)
     stats.written_bytes = sum(plan.size(i) for i in range(len(plan)))
     records = plan.records(last)
     position = {s: k for k, s in enumerate(linked)}

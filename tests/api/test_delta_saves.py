@@ -65,12 +65,12 @@ def test_unchanged_tensors_are_not_written_again(tmp_path):
 
 def test_a_delta_chain_with_random_changes_and_retention_restores_every_step(tmp_path):
     rng = random.Random(5)
-    state = lora_state(n=4000)
+    state = lora_state(n=20_000)
     names = sorted(state)
     saver = fastckpt.Saver(max_to_keep=3, delta=True)
     saved = {}
     for step in range(20):
-        for name in rng.sample(names, rng.randint(0, len(names))):
+        for name in rng.sample(names, rng.choice([0, 1, 2, 3, len(names)])):
             state[name] = state[name] + np.float32(rng.random())
         prefix = saver.save(state, str(tmp_path / "m"), global_step=step)
         saved[prefix] = {k: v.copy() for k, v in state.items()}
@@ -78,18 +78,20 @@ def test_a_delta_chain_with_random_changes_and_retention_restores_every_step(tmp
         for listed in saver.last_checkpoints:  # every checkpoint retention kept is intact
             assert_restores(listed, saved[listed])
     assert len(saver.last_checkpoints) == 3
+    assert any(len(data_files(p)) > 1 for p in saver.last_checkpoints)  # (files were shared)
     assert len(os.listdir(tmp_path)) <= 3 * (1 + 1 + delta_module.MAX_LINKED) + 2
 
 
 @pytest.mark.parametrize("doomed", [(0,), (1, 2), (0, 2, 4), (3, 4, 5), (0, 1, 2, 3, 4)])
 def test_deleting_any_checkpoints_never_breaks_the_others(tmp_path, doomed):
-    state = lora_state(n=3000)
+    state = lora_state(n=20_000)
     saver = fastckpt.Saver(max_to_keep=None, delta=True)
     saved = []
     for step in range(6):
         state[f"base/layer{step % 8}/kernel"] = state[f"base/layer{step % 8}/kernel"] * 2
         state["adapter/a"] = state["adapter/a"] + 1
         saved.append((saver.save(state, str(tmp_path / "m"), global_step=step), {k: v.copy() for k, v in state.items()}))
+    assert all(inodes(saved[i][0]) & inodes(saved[i - 1][0]) for i in range(1, 6))  # each shares with the one before
     for i in doomed:  # as `rm` or any tool would: the files go
         for f in data_files(saved[i][0]) + [saved[i][0] + ".index"]:
             os.unlink(f)
@@ -127,7 +129,7 @@ def test_everything_changing_gives_one_new_file(tmp_path):
 def test_frozen_names_are_reused_without_reading_them(tmp_path):
     """``frozen=`` is the caller's word: the tensor is not even read -- so a
     value changed against that word is not saved (this shows it is not read)."""
-    state = lora_state(n=5000)
+    state = lora_state(n=20_000)
     saver = fastckpt.Saver(max_to_keep=None, delta=True, frozen=["base"])
     saver.save(state, str(tmp_path / "m"), global_step=0)
     honest = {k: v.copy() for k, v in state.items()}
@@ -333,11 +335,29 @@ def test_a_tensor_whose_crc_changed_is_written_without_a_digest(tmp_path):
     """Everything changing costs no hashing after the first delta save: the
     record holds no digest for tensors whose write CRC differed."""
     import json
-    state = lora_state(n=10_000)
+    state = lora_state(n=20_000)
     saver = fastckpt.Saver(max_to_keep=None, delta=True)
     for step in range(3):
         state = {k: v + 1 for k, v in state.items()}
         p = saver.save(state, str(tmp_path / "m"), global_step=step)
     with fastckpt.CheckpointReader(p) as r:
         record = json.loads(bytes(r.get_tensor(delta_module.DELTA_KEY)[()]))
-    assert all(v == [None, False] for v in record["tensors"].values()), record
+    assert len(record["tensors"]) == 8 and all(v == [None, False] for v in record["tensors"].values()), record
+
+
+def test_small_tensors_are_always_written(tmp_path):
+    """Under MIN_TENSOR bytes a tensor costs less to write than to track: a
+    state of many small tensors saves as a full save does."""
+    import json
+    state = {f"t{i}": np.full(256, i, np.float32) for i in range(2000)}
+    state["big"] = np.ones(1 << 20, np.float32)  # 4 MiB: most of the file, which is shared
+    saver = fastckpt.Saver(max_to_keep=None, delta=True)
+    first = saver.save(state, str(tmp_path / "m"), global_step=0)
+    state["t5"] = state["t5"] + 1
+    second = saver.save(state, str(tmp_path / "m"), global_step=1)
+    assert_restores(second, state)
+    with fastckpt.CheckpointReader(second) as r:
+        record = json.loads(bytes(r.get_tensor(delta_module.DELTA_KEY)[()]))
+        assert list(record["tensors"]) == ["big"]
+        assert r.index.entry(r.index.find(b"t0")).shard == 1  # written again, in the new file
+    assert inodes(first) & inodes(second)  # only "big" is shared, and it is half the old file

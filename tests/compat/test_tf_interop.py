@@ -365,7 +365,7 @@ def test_tensorflow_reads_every_checkpoint_of_a_delta_chain(tmp_path):
     """Delta checkpoints share data files by hard links: TensorFlow's reader
     and its Saver read each one (several data files, the shared ones first)."""
     rng = np.random.default_rng(0)
-    state = {"frozen": rng.standard_normal((300, 40)).astype(np.float32), "lora": np.zeros(8, np.float32)}
+    state = {"frozen": rng.standard_normal((300, 64)).astype(np.float32), "lora": np.zeros(8, np.float32)}
     saver = fastckpt.Saver(max_to_keep=None, delta=True)
     saved = []
     for step in range(4):
