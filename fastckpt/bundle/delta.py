@@ -308,9 +308,10 @@ def _ranges_sound(base: _Base, shard: int) -> bool:
 
 def _write_new(staged: StagedBundle, plan: "_core.WritePlan", base: Optional[_Base],
                reuse: Dict[str, Tuple[int, Any]], linked: List[int], nthreads: int, stats: DeltaStats) -> bytes:
-    """Write the plan into the new (last) data file with digests, then the
-    delta record after it; returns the index naming the new file's
-    tensors, the reused ones in their linked files, and the record."""
+    """Write the plan into the new (last) data file, then the delta record
+    after it (digests of the written tensors that may be unchanged, computed
+    from memory now); returns the index naming the new file's tensors, the
+    reused ones in their linked files, and the record."""
     last = staged.num_shards - 1
     path = data_filename(staged.prefix, last, staged.num_shards)
     _, fd = create_locked_temp(lambda: path, shared=True)
@@ -344,7 +345,8 @@ def _write_new(staged: StagedBundle, plan: "_core.WritePlan", base: Optional[_Ba
         records.append((name.encode("utf-8", "surrogateescape"),
                         _core.encode_entry(e.dtype, list(e.shape), position[shard], e.offset, e.size, e.crc)))
         if base is not None and name in base.digests:
-            record[name] = [f"{base.digests[name][0]:016x}", True]
+            digest = base.digests[name][0]  # (None: reused on the caller's word, never checked)
+            record[name] = [None, False] if digest is None else [f"{digest:016x}", True]
         stats.reused += 1
         if (shard, e.offset) not in seen:
             seen.add((shard, e.offset))

@@ -138,6 +138,14 @@ def test_frozen_names_are_reused_without_reading_them(tmp_path):
     state["base/layer0/kernel"][:] = 42  # breaks the promise
     second = saver.save(state, str(tmp_path / "m"), global_step=1)
     assert_restores(second, honest)
+    # a frozen tensor whose last write had no digest (it had just changed) is reused all the same
+    state["base/layer1/kernel"] = state["base/layer1/kernel"] + 1
+    honest["base/layer1/kernel"] = state["base/layer1/kernel"]
+    fastckpt.Saver(max_to_keep=None, delta=True).save(state, str(tmp_path / "m"), global_step=2)
+    third = fastckpt.Saver(max_to_keep=None, delta=True, frozen=["base/layer1"]).save(state, str(tmp_path / "m"),
+                                                                                      global_step=3)
+    assert inodes(third) & inodes(str(tmp_path / "m-2"))
+    assert_restores(third, {**honest, "base/layer0/kernel": state["base/layer0/kernel"]})
     assert delta_module.is_frozen("base/layer0/kernel", frozenset(["base"]))
     assert not delta_module.is_frozen("basement/x", frozenset(["base"]))
 
