@@ -155,7 +155,7 @@ def plan_layout(descs: List[Dict[str, Desc]]) -> Layout:
                     raise InvalidArgumentError(
                         f"replica {name!r} differs between processes: rank {ranks[0]} has {np.dtype(first[1])} "
                         f"{list(first[2])}, rank {r} has {np.dtype(descs[r][name][1])} {list(descs[r][name][2])}")
-            group = first[4] or name  # tied names: one writer, who writes the bytes once
+            group = (first[4] if len(first) > 4 else None) or name  # tied names: one writer, writing the bytes once
             owner = group_owner.get(group, -1)
             if owner not in ranks:
                 owner = min(ranks, key=lambda r: (load[r], r))

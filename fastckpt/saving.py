@@ -107,7 +107,7 @@ def resolve_options(options: Optional[SaveOptions], **given: Any) -> SaveOptions
         return SaveOptions(**given)
     if not isinstance(options, SaveOptions):
         raise InvalidArgumentError(f"options must be a fastckpt.SaveOptions, got {type(options).__name__}")
-    changed = [k for k, v in given.items() if v != getattr(_DEFAULTS, k)]
+    changed = [k for k, v in given.items() if v != getattr(_DEFAULTS, k) and not (k == "frozen" and not v)]
     if changed:
         raise InvalidArgumentError(f"pass either options= or {', '.join(changed)}, not both")
     return options

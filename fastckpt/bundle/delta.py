@@ -345,8 +345,8 @@ def _write_new(staged: StagedBundle, plan: "_core.WritePlan", base: Optional[_Ba
         records.append((name.encode("utf-8", "surrogateescape"),
                         _core.encode_entry(e.dtype, list(e.shape), position[shard], e.offset, e.size, e.crc)))
         if base is not None and name in base.digests:
-            digest = base.digests[name][0]  # (None: reused on the caller's word, never checked)
-            record[name] = [None, False] if digest is None else [f"{digest:016x}", True]
+            known = base.digests[name][0]  # (None: reused on the caller's word, never checked)
+            record[name] = [None, False] if known is None else [f"{known:016x}", True]
         stats.reused += 1
         if (shard, e.offset) not in seen:
             seen.add((shard, e.offset))
