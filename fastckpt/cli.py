@@ -41,7 +41,10 @@ def _bench(args: argparse.Namespace) -> int:
         args.rounds = 3 if args.loop is not None or args.delta else 5
     if args.quick:  # a first look in seconds
         args.size, args.tensors, args.rounds = 64 << 20, 64, 1
-    out = (lambda line: None) if args.json else print
+    def out(line: str) -> None:  # (the progress line is cleared first, so no output runs into it)
+        if not args.json:
+            _progress_done()
+            print(line, flush=True)
     results: Any
     if args.url is not None:
         from fastckpt.bench.s3 import run_s3_bench

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from fastckpt.bench.run import fresh_memory_for_every_case, gpt_like_state, machine, nbytes
+from fastckpt.bench.run import figures, fresh_memory_for_every_case, gpt_like_state, machine, nbytes, table
 from fastckpt.manager import CheckpointManager
 from fastckpt.saver import save
 
@@ -96,8 +96,9 @@ def run_delta_bench(size: int = 1 << 30, tensors: int = 250, saves: int = 8, rou
     cases["all change: delta=True"] = lambda: _loop(work, state, saves, step_all, delta=True)
     note = fresh_memory_for_every_case()
     out(f"fastckpt bench --delta: {total / 2**30:.2f} GiB state ({TRAINABLE:.0%} trainable), {saves} saves per loop, "
-        f"max_to_keep={KEEP}, {rounds} interleaved rounds; needs about {2 * total / 2**30:.1f} GiB of disk")
-    out(machine())
+        f"max_to_keep={KEEP}, {rounds} interleaved rounds; needs about {2 * total / 2**30:.1f} GiB of memory and "
+        f"{2 * total / 2**30:.1f} GiB of disk")
+    out(f"machine: {machine()}")
     per_round: Dict[str, List[float]] = {n: [] for n in cases}
     wrote: Dict[str, List[float]] = {n: [] for n in cases}
     names = list(cases)
@@ -111,8 +112,9 @@ def run_delta_bench(size: int = 1 << 30, tensors: int = 250, saves: int = 8, rou
         shutil.rmtree(work, ignore_errors=True)
     results: Dict[str, Any] = {}
     for name in names:
-        results[name] = {"min_s": min(per_round[name]), "median_s": statistics.median(per_round[name]),
-                         "written_bytes": statistics.median(wrote[name])}
+        group_full = "fine-tuning: full saves" if name.startswith("fine") else "all change: full saves"
+        results[name] = figures(per_round[name], total, per_round[group_full], None,
+                                written_bytes=statistics.median(wrote[name]))
     _report(results, total, out)
     verdict = _verdict(results)
     out(verdict)
@@ -122,7 +124,7 @@ def run_delta_bench(size: int = 1 << 30, tensors: int = 250, saves: int = 8, rou
     tied = tied_sizes(directory)
     if tied is not None:
         results["tied"] = tied
-        out(f"  tied weights (Embedding(20000, 512) tied to the LM head, state_dict()): fastckpt "
+        out(f"note: tied weights (Embedding(20000, 512) tied to the LM head, state_dict()): fastckpt "
             f"{tied['fastckpt'] / 1e6:.1f} MB on disk, torch.save {tied['torch.save'] / 1e6:.1f} MB")
     return results
 
@@ -147,11 +149,17 @@ def tied_sizes(directory: Optional[str] = None) -> Optional[Dict[str, int]]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _report(results: Dict[str, Dict[str, float]], total: int, out: Callable[[str], None]) -> None:
-    out(f"  {'case (per save, saves 2..N)':<44} {'min':>9} {'median':>9} {'written':>11}")
+def _report(results: Dict[str, Dict[str, Any]], total: int, out: Callable[[str], None]) -> None:
+    out("")
+    rows: List[Tuple[str, Optional[Dict[str, Any]]]] = []
     for name, row in results.items():
-        out(f"  {name:<44} {row['min_s'] * 1e3:7.1f}ms {row['median_s'] * 1e3:7.1f}ms "
-            f"{row['written_bytes'] / 2**20:8.1f}MiB")
+        if name.endswith("full saves"):
+            rows.append((name.split(":")[0] + " (a loop's mean per save, saves 2..N)", None))
+        rows.append((f"{name.split(': ', 1)[1]}: {row['written_bytes'] / 2**20:.1f} MiB written", row))
+    table(rows, out)
+    out("")
+    out("vs raw: here the full save's time / the case's (minima): how many times faster than a full save; "
+        "GB/s: the state's size / the time.")
 
 
 def _verdict(results: Dict[str, Dict[str, float]]) -> str:

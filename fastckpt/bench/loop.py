@@ -9,14 +9,13 @@ from __future__ import annotations
 import gc
 import os
 import shutil
-import statistics
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from fastckpt.bench.run import fresh_memory_for_every_case, machine, nbytes, gpt_like_state
+from fastckpt.bench.run import figures, fresh_memory_for_every_case, gpt_like_state, machine, nbytes, table
 from fastckpt.errors import InvalidArgumentError
 from fastckpt.manager import CheckpointManager
 
@@ -100,22 +99,29 @@ def run_loop_bench(saves: int = 8, size: int = 1 << 30, tensors: int = 250, dtyp
                     times = cases[name](durable)
                     if r:
                         steady[name].extend(times[KEEP:])
-            results["durable" if durable else "non-durable"] = {n: statistics.median(t) for n, t in steady.items()}
+            raw = steady["raw write, new file"]
+            mine = steady["save, new files"]
+            results["durable" if durable else "non-durable"] = {n: figures(t, total, raw, mine)
+                                                                for n, t in steady.items()}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _report(results, total, saves, rounds, note, out)
     return results
 
 
-def _report(results: Dict[str, Dict[str, float]], total: int, saves: int, rounds: int, note: Optional[str],
-            out: Callable[[str], None]) -> None:
+def _report(results: Dict[str, Dict[str, Dict[str, Any]]], total: int, saves: int, rounds: int,
+            note: Optional[str], out: Callable[[str], None]) -> None:
     out(f"fastckpt bench --loop {saves}: {total / 2**30:.2f} GiB per save, max_to_keep={KEEP}, {saves} saves per "
-        f"loop, {rounds} rounds; medians of the saves after the first {KEEP} (each retires one checkpoint)")
-    out(machine())
-    for mode, row in results.items():
-        base = row["raw write, new file"]
-        out(f"  {mode}:")
-        for name, t in row.items():
-            out(f"    {name:<32} {t * 1e3:8.1f} ms  {total / t / 1e9:6.2f} GB/s  {base / t:5.2f} x new-file write")
+        f"loop, {rounds} rounds; each save after the first {KEEP} (each retires one checkpoint) is one sample")
+    out(f"machine: {machine()}")
+    out("")
+    rows: List[Tuple[str, Optional[Dict[str, Any]]]] = []
+    for mode, group in results.items():
+        rows.append((mode, None))
+        rows += list(group.items())
+    table(rows, out)
+    out("")
+    out("vs raw: the new-file raw write's time / the case's (minima); fastckpt ×: the new-files save against "
+        "that row.")
     if note:
         out(f"  note: {note}")

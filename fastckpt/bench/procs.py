@@ -17,13 +17,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from fastckpt.saver import save
 from fastckpt.restoring import restore_structure
-from fastckpt.bench.run import machine, gpt_like_shapes
+from fastckpt.bench.run import figures, gpt_like_shapes, machine, table
 from fastckpt import _core
 from fastckpt.bundle.slices import encode_slice_key
 from fastckpt.collective import merge_records
@@ -174,21 +174,22 @@ def run_procs_bench(procs: int = 4, size: int = 1 << 30, tensors: int = 250, dty
     med = {c: statistics.median(t) for c, t in res["times"].items()}
     total = res["bytes"]
     out(f"fastckpt bench --procs {procs}: {total / 2**30:.2f} GiB global state in {res['tensors']} tensors, "
-        f"each a DTensor sharded by rows over {procs} gloo processes; {rounds} interleaved rounds, medians")
+        f"each a DTensor sharded by rows over {procs} gloo processes; {rounds} interleaved rounds")
     out(f"machine: {machine()}")
     out("")
-    out(f"| {'case':38} | {'median s':>9} | {'GB/s':>6} | {'vs raw':>7} | {'fastckpt ×':>10} |")
-    out(f"|{'-' * 40}|{'-' * 11}|{'-' * 8}|{'-' * 9}|{'-' * 12}|")
+    rows: List[Tuple[str, Optional[Dict[str, Any]]]] = []
     for c in CASES:
         saving = "save" in c or "write" in c
-        raw = med[CASES[0]] if saving else med[CASES[4]]
-        mine = med[CASES[2]] if saving else med[CASES[6]]
-        speed = "" if c.startswith(("raw", "fastckpt")) else f"{med[c] / mine:.2f}×"
-        out(f"| {c.replace('N processes', f'{procs} processes'):38} | {med[c]:9.3f} | {total / med[c] / 1e9:6.2f} "
-            f"| {raw / med[c]:7.2f} | {speed:>10} |")
+        if c in (CASES[0], CASES[4]):
+            rows.append(("saves" if saving else "restores", None))
+        times = res["times"]
+        rows.append((c.replace("N processes", f"{procs} processes"),
+                     figures(times[c], total, times[CASES[0] if saving else CASES[4]],
+                             times[CASES[2] if saving else CASES[6]])))
+    table(rows, out)
     out("")
-    out("vs raw: the 1-process raw time of the same bytes / the case's time. fastckpt ×: how many times faster "
-        "fastckpt is than that row. Restores read from the page cache (files just written).")
+    out("vs raw: the 1-process raw time of the same bytes / the case's time (minima). fastckpt ×: how many times "
+        "faster fastckpt is than that row. Restores read from the page cache (files just written).")
     scaling = merge_scaling([128, 256, 512, 1024])
     out("index merge on rank 0, simulated jobs (500 row-sharded tensors per process):")
     out("| processes | records | merge s |")

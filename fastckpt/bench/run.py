@@ -16,16 +16,20 @@ import shutil
 import statistics
 import tempfile
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from fastckpt.bench.peers import PEER_COPIES, peer_cases
 from fastckpt.bench.units import parse_size
 from fastckpt.directory.locate import load_checkpoint, read_bundle
 from fastckpt.bundle.writer import default_threads, write_bundle
 from fastckpt.manager import CheckpointManager
 
-__all__ = ["gpt_like_state", "run_bench", "parse_size"]
+__all__ = ["gpt_like_state", "run_bench", "parse_size", "memory_estimate", "verdict", "KINDS", "table", "figures",
+           "installed_peers"]
+
+KINDS = {"save": "saves", "into": "restores into existing buffers", "fresh": "restores into fresh arrays"}
 
 def uniform_state(total_bytes: int, n_tensors: int, dtype: str = "float32") -> Dict[str, np.ndarray]:
     """``n_tensors`` 1-D tensors of ``total_bytes / n_tensors`` each (the
@@ -161,6 +165,9 @@ def _remover(*paths: str) -> Callable[[], None]:
 
 def _cases(work: str, state: Dict[str, np.ndarray], durable: bool, threads: int,
            skip_others: bool) -> Tuple[List[_Case], List[str]]:
+    """raw, fastckpt and (unless ``skip_others``) every installed peer, in
+    three kinds: saves, restores into existing buffers, restores into fresh
+    arrays."""
     notes: List[str] = []
     raw = os.path.join(work, "raw.bin")
     fc = os.path.join(work, "fc", "ckpt")
@@ -170,71 +177,65 @@ def _cases(work: str, state: Dict[str, np.ndarray], durable: bool, threads: int,
               before=_remover(raw)),
         _Case("fastckpt save", "save", lambda: write_bundle(fc, state, durable=durable, threads=threads),
               before=_remover(os.path.dirname(fc))),
-    ]
-    tf = sf = None
-    if not skip_others:
-        try:
-            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-            import tensorflow as tf  # type: ignore
-        except Exception:
-            notes.append("TensorFlow not installed: its rows are skipped")
-        try:
-            import safetensors.numpy as sf  # type: ignore
-        except Exception:
-            notes.append("safetensors not installed: its rows are skipped")
-    if tf is not None:
-        tfp = os.path.join(work, "tf", "ckpt")
-        os.makedirs(os.path.dirname(tfp), exist_ok=True)
-        names = list(state)
-        tensors = [tf.constant(v) for v in state.values()]
-        cases.append(_Case("TensorFlow SaveV2", "save", lambda: tf.raw_ops.SaveV2(
-            prefix=tfp, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors),
-            before=lambda: (_remover(os.path.dirname(tfp))(), os.makedirs(os.path.dirname(tfp))) and None))
-    if sf is not None:
-        sfp = os.path.join(work, "model.safetensors")
-        cases.append(_Case("safetensors save_file", "save", lambda: sf.save_file(state, sfp),
-                           before=_remover(sfp)))
-    cases += [
-        _Case("raw read (fresh arrays)", "restore", lambda: raw_read(raw, state, None), reads=raw),
-        _Case("fastckpt restore (fresh arrays)", "restore", lambda: read_bundle(fc, threads=threads),
+        _Case("raw read (into existing)", "into", lambda: raw_read(raw, state, existing), reads=raw),
+        _Case("fastckpt restore into=", "into", lambda: read_bundle(fc, into=existing, threads=threads),
               reads=os.path.dirname(fc)),
-        _Case("raw read (into existing)", "restore", lambda: raw_read(raw, state, existing), reads=raw),
-        _Case("fastckpt restore into=", "restore", lambda: read_bundle(fc, into=existing, threads=threads), reads=os.path.dirname(fc)),
+        _Case("raw read (fresh arrays)", "fresh", lambda: raw_read(raw, state, None), reads=raw),
+        _Case("fastckpt restore (fresh arrays)", "fresh", lambda: read_bundle(fc, threads=threads),
+              reads=os.path.dirname(fc)),
     ]
-    if tf is not None:
-        def tf_read() -> None:
-            r = tf.train.load_checkpoint(tfp)
-            for k in state:
-                r.get_tensor(k)
-        cases.append(_Case("TensorFlow load_checkpoint", "restore", tf_read,
-                           reads=os.path.dirname(tfp)))
-        dtypes = [tf.as_dtype(v.dtype) for v in state.values()]
-        cases.append(_Case("TensorFlow RestoreV2", "restore", lambda: [t.numpy() for t in tf.raw_ops.RestoreV2(
-            prefix=tfp, tensor_names=names, shape_and_slices=[""] * len(names), dtypes=dtypes)], reads=os.path.dirname(tfp)))
-    if sf is not None:
-        cases.append(_Case("safetensors load_file", "restore", lambda: sf.load_file(sfp),
-                           reads=sfp))
+    if not skip_others:
+        for name, kind, fn, before, reads in peer_cases(work, state, existing, notes):
+            cases.append(_Case(name, kind, fn, before=before, reads=reads))
     if durable:
-        notes.append("durable: raw write and fastckpt save include fsync; TensorFlow and safetensors do not fsync; "
+        notes.append("durable: raw write and fastckpt save include fsync; the other libraries do not fsync; "
                      "restores read from disk (every file evicted from the page cache first)")
     return cases, notes
+
+
+def installed_peers() -> List[str]:
+    """The peers whose packages are installed (not imported)."""
+    import importlib.util
+
+    names = [("TensorFlow", "tensorflow"), ("safetensors", "safetensors"), ("torch", "torch"),
+             ("Orbax", "orbax.checkpoint")]
+    found = []
+    for label, module in names:
+        try:
+            if importlib.util.find_spec(module.split(".")[0]) is not None and \
+                    (module == module.split(".")[0] or importlib.util.find_spec(module) is not None):
+                found.append(label)
+        except (ImportError, ValueError):
+            pass
+    return found
+
+
+def memory_estimate(size: int, skip_others: bool) -> int:
+    """Bytes of memory the benchmark needs beyond the libraries themselves:
+    the state, the buffers restores fill in place, one restore's fresh arrays
+    and the one before it (freed as the next is made), and the copies the
+    peers keep (TensorFlow's constants)."""
+    copies = 4.0 + (0 if skip_others else sum(PEER_COPIES.get(p, 0.0) for p in installed_peers()))
+    return int(copies * size)
 
 
 def run_bench(size: int = 1 << 30, tensors: int = 250, dtype: str = "float32", durable: bool = False,
               cold: bool = False, rounds: int = 5, directory: Optional[str] = None,
               threads: Optional[int] = None, skip_others: bool = False, layout: str = "gpt",
               out: Callable[[str], None] = print,
-              progress: Optional[Callable[[str], None]] = None) -> Dict[str, Dict[str, float]]:
+              progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     """Run the benchmark and print the table; returns ``{case: stats}``.
 
     ``layout``: ``"gpt"`` (a GPT-shaped state) or ``"uniform"`` (equal 1-D
     tensors, e.g. 100,000 x 1 KiB). ``progress`` gets a line before the
     work starts (what it needs) and one per case as it runs."""
     say = progress or (lambda line: None)
-    copies = 2 if skip_others else 4
-    say(f"state of {size / 2**30:.2f} GiB in {tensors} tensors: needs about {3 * size / 2**30:.1f} GiB of memory "
-        f"and {copies * size / 2**30:.1f} GiB of disk in {directory or tempfile.gettempdir()}; "
-        f"{rounds} round(s) after a warm-up")
+    peers = [] if skip_others else installed_peers()
+    copies = 2 + len(peers) + ("torch" in peers)  # (torch: torch.save's file and DCP's directory)
+    out(f"fastckpt bench: a {layout} state of {size / 2**30:.2f} GiB in {tensors} tensors, saved and restored by "
+        f"raw I/O, fastckpt{''.join(', ' + p for p in peers)}; {rounds} interleaved round(s) after a warm-up; "
+        f"needs about {memory_estimate(size, skip_others) / 2**30:.1f} GiB of memory beyond the libraries and "
+        f"{copies * size / 2**30:.1f} GiB of disk in {directory or tempfile.gettempdir()}")
     nthreads = threads or default_threads()
     if layout not in ("gpt", "uniform"):
         raise ValueError(f"layout must be 'gpt' or 'uniform', got {layout!r}")
@@ -266,15 +267,16 @@ def run_bench(size: int = 1 << 30, tensors: int = 250, dtype: str = "float32", d
                 case.fn()
                 case.times.append(time.perf_counter() - t0)
         notes.append(_open_one(work, state, rounds, skip_others))
-        notes.append(_first_touch(state, rounds))
-        return _report(cases, total, len(state), nthreads, rounds, durable, cold, notes, out)
+        touch = _Case("first touch of fresh memory alone (no I/O)", "touch", lambda: None)
+        touch.times = _first_touch(state, rounds)
+        return _report(cases + [touch], total, len(state), nthreads, rounds, durable, cold, notes, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _first_touch(state: Dict[str, np.ndarray], rounds: int) -> str:
-    """Median time to allocate and first-touch arrays for the whole state
-    (no I/O): the floor of any restore into new memory on this machine."""
+def _first_touch(state: Dict[str, np.ndarray], rounds: int) -> List[float]:
+    """Times to allocate and first-touch arrays for the whole state (no
+    I/O): the floor of any restore into new memory on this machine."""
     times = []
     for _ in range(rounds):
         gc.collect()
@@ -284,8 +286,7 @@ def _first_touch(state: Dict[str, np.ndarray], rounds: int) -> str:
             a.fill(0)
         times.append(time.perf_counter() - t0)
         del fresh
-    return (f"allocating and first touching fresh arrays for this state (no I/O) takes "
-            f"{statistics.median(times):.3f} s: the floor of any restore into new memory here")
+    return times
 
 
 def _open_one(work: str, state: Dict[str, np.ndarray], rounds: int, skip_others: bool) -> str:
@@ -319,8 +320,10 @@ def _rotated(cases: Sequence[_Case], r: int) -> List[_Case]:
     group rotated by r, so every case takes every position over the rounds
     and none always follows the same neighbour's large free."""
     out: List[_Case] = []
-    for kind in ("save", "restore"):
+    for kind in KINDS:
         group = [c for c in cases if c.kind == kind]
+        if not group:
+            continue
         k = r % len(group)
         out += group[k:] + group[:k]
     return out
@@ -345,32 +348,117 @@ def machine() -> str:
 
 
 def _report(cases: Sequence[_Case], total: int, count: int, threads: int, rounds: int, durable: bool,
-            cold: bool, notes: List[str], out: Callable[[str], None]) -> Dict[str, Dict[str, float]]:
-    med = {c.name: statistics.median(c.times) for c in cases}
-    out(f"fastckpt bench: {total / 2**30:.2f} GiB in {count} tensors, {threads} threads, "
-        f"{rounds} interleaved rounds, medians; durable={durable} cold={cold}")
-    out(f"machine: {machine()}")
+            cold: bool, notes: List[str], out: Callable[[str], None]) -> Dict[str, Any]:
+    """The table (one group per kind, raw first, min and median over rounds
+    and their spread), the notes and the verdict; returns the figures."""
+    results: Dict[str, Any] = {}
+    out(f"machine: {machine()}; {threads} fastckpt threads; durable={durable} cold={cold}")
     out("")
-    out(f"| {'case':34} | {'median s':>9} | {'GB/s':>7} | {'vs raw':>7} | {'fastckpt ×':>10} |")
-    out(f"|{'-' * 36}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 12}|")
-    results: Dict[str, Dict[str, float]] = {}
-    for c in cases:
-        into = "into" in c.name
-        raw = next(b for b in cases if b.kind == c.kind and b.name.startswith("raw") and ("into" in b.name) == into)
-        mine = next(b for b in cases if b.kind == c.kind and b.name.startswith("fastckpt") and ("into" in b.name) == into)
-        vs_raw = med[raw.name] / med[c.name]
-        speedup = med[c.name] / med[mine.name]
-        gbps = total / med[c.name] / 1e9
-        results[c.name] = {"median_s": med[c.name], "gb_per_s": gbps, "vs_raw": vs_raw, "fastckpt_speedup": speedup}
-        other = "" if c.name.startswith(("fastckpt", "raw")) else f"{speedup:.2f}×"
-        out(f"| {c.name:34} | {med[c.name]:9.3f} | {gbps:7.2f} | {vs_raw:7.2f} | {other:>10} |")
+    rows = []
+    for kind, title in KINDS.items():
+        group = [c for c in cases if c.kind == kind]
+        if not group:
+            continue
+        raw = min(group[0].times)
+        mine = min(next(c for c in group if c.name.startswith("fastckpt")).times)
+        rows.append((title, None))
+        for c in group:
+            lo, med, hi = min(c.times), statistics.median(c.times), max(c.times)
+            results[c.name] = {"kind": kind, "min_s": lo, "median_s": med, "max_s": hi, "gb_per_s": total / lo / 1e9,
+                               "vs_raw": raw / lo, "fastckpt_speedup": lo / mine}
+            rows.append((c.name, results[c.name]))
+        if kind == "fresh":  # what touching new memory costs here, beside the cases that pay it
+            for c in cases:
+                if c.kind == "touch":
+                    results[c.name] = {"kind": "touch", "min_s": min(c.times), "median_s": statistics.median(c.times),
+                                       "max_s": max(c.times), "gb_per_s": total / min(c.times) / 1e9}
+                    rows.append((c.name, results[c.name]))
+    table(rows, out)
     out("")
-    out("vs raw: raw time / case time against the raw case of the same kind (write; read into fresh arrays;"
-        " read into existing buffers); 1.00 = the machine's raw limit. fastckpt ×: how many times faster"
-        " fastckpt is than that row.")
+    out("min, median: over the rounds; spread: max/min; GB/s and the ratios from the minima. vs raw: the raw "
+        "case of the group's time / this one's (1.00 = this machine's raw limit); fastckpt ×: how many times "
+        "faster fastckpt is than that row.")
     for n in notes:
         out(f"note: {n}")
+    facts = verdict(results)
+    results["verdict"] = facts
+    out(facts["text"])
     return results
+
+
+def table(rows: Sequence[Tuple[str, Optional[Dict[str, float]]]], out: Callable[[str], None],
+          first: str = "case") -> None:
+    """The one table layout of every ``fastckpt bench`` mode: a row per case
+    (min s, median s, spread, GB/s, vs raw, fastckpt ×; a missing figure is
+    left blank), a row without figures starts a group."""
+    out(f"| {first:40} | {'min s':>8} | {'median s':>8} | {'spread':>6} | {'GB/s':>6} | {'vs raw':>6} | "
+        f"{'fastckpt ×':>10} |")
+    out(f"|{'-' * 42}|{'-' * 10}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 8}|{'-' * 12}|")
+    for name, row in rows:
+        if row is None:
+            out(f"| **{name}**{' ' * max(0, 36 - len(name))} | {'':8} | {'':8} | {'':6} | {'':6} | {'':6} | {'':10} |")
+            continue
+
+        def fig(key: str, fmt: str) -> str:
+            return format(row[key], fmt) if row.get(key) is not None else ""
+        spread = f"{row['max_s'] / row['min_s']:.2f}" if row.get("max_s") and row.get("min_s") else ""
+        other = "" if name.startswith(("fastckpt", "raw")) or row.get("fastckpt_speedup") is None \
+            else f"{row['fastckpt_speedup']:.2f}×"
+        out(f"| {name:40} | {fig('min_s', '8.3f')} | {fig('median_s', '8.3f')} | {spread:>6} | "
+            f"{fig('gb_per_s', '6.2f')} | {fig('vs_raw', '6.2f')} | {other:>10} |")
+
+
+def figures(times: Sequence[float], total: int, raw: Optional[Sequence[float]] = None,
+            mine: Optional[Sequence[float]] = None, **extra: Any) -> Dict[str, Any]:
+    """One row of :func:`table` from a case's times over the rounds: min,
+    median, max, GB/s of the minimum, and (given the raw case's and
+    fastckpt's times) ``vs_raw`` and ``fastckpt_speedup`` from the minima."""
+    lo = min(times)
+    row: Dict[str, Any] = {"min_s": lo, "median_s": statistics.median(times), "max_s": max(times),
+                           "gb_per_s": total / lo / 1e9 if total else None,
+                           "vs_raw": min(raw) / lo if raw else None,
+                           "fastckpt_speedup": lo / min(mine) if mine else None}
+    row.update(extra)
+    return row
+
+
+TARGETS = {"save": (0.95, 1.0), "into": (0.95, 1.0), "fresh": (None, 1.5)}
+
+
+def verdict(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """What to conclude, from the minima: per kind fastckpt against the raw
+    limit and against the fastest other library, and whether the targets
+    hold (save >= 0.95x raw and >= every peer; restore into existing buffers
+    >= 0.95x raw; restore into fresh arrays >= 1.5x every peer)."""
+    facts: Dict[str, Any] = {"kinds": {}}
+    parts, missed = [], []
+    verbs = {"save": "saved", "into": "restored into existing buffers", "fresh": "restored into fresh arrays"}
+    for kind in KINDS:
+        rows = {n: r for n, r in results.items() if isinstance(r, dict) and r.get("kind") == kind}
+        mine = next((r for n, r in rows.items() if n.startswith("fastckpt")), None)
+        if mine is None:
+            continue
+        others = {n: r for n, r in rows.items() if not n.startswith(("fastckpt", "raw"))}
+        best = min(others, key=lambda n: others[n]["min_s"]) if others else None
+        ratio = others[best]["min_s"] / mine["min_s"] if best else None
+        facts["kinds"][kind] = {"vs_raw": mine["vs_raw"], "fastest_other": best, "vs_fastest_other": ratio}
+        text = f"{verbs[kind]} at {mine['vs_raw']:.2f}x the raw limit"
+        if best:
+            text += f" and {ratio:.2f}x as fast as the fastest other library ({best})"
+        parts.append(text)
+        raw_target, peer_target = TARGETS[kind]
+        if raw_target is not None and mine["vs_raw"] < raw_target:
+            missed.append(f"{verbs[kind]} below {raw_target}x raw")
+        if peer_target is not None and ratio is not None and ratio < peer_target:
+            missed.append(f"{verbs[kind]} below {peer_target}x {best}")
+    raw_write = results.get("raw write (1 file, sequential)")
+    facts["raw_write_gb_per_s"] = raw_write["gb_per_s"] if raw_write else None
+    facts["targets_met"] = not missed
+    facts["missed"] = missed
+    facts["text"] = ("verdict: fastckpt " + "; ".join(parts)
+                     + (f" (this machine's raw write: {raw_write['gb_per_s']:.2f} GB/s)" if raw_write else "")
+                     + (". Targets met." if not missed else ". Missed: " + "; ".join(missed) + "."))
+    return facts
 
 
 def run_async_bench(size: int = 1 << 30, tensors: int = 250, dtype: str = "float32", rounds: int = 5,
@@ -422,14 +510,13 @@ def run_async_bench(size: int = 1 << 30, tensors: int = 250, dtype: str = "float
         shutil.rmtree(work, ignore_errors=True)
     copy_m, block_m, commit_m = (statistics.median(x) for x in (copy_t, block_t, commit_t))
     overlap = statistics.median(steps_during)
-    out(f"fastckpt bench --async: {total / 2**30:.2f} GiB in {len(state)} tensors, {rounds} rounds, medians")
+    out(f"fastckpt bench --async: {total / 2**30:.2f} GiB in {len(state)} tensors, {rounds} rounds")
     out(f"machine: {machine()}")
     out("")
-    out(f"| {'case':46} | {'median s':>9} | {'× memory copy':>13} |")
-    out(f"|{'-' * 48}|{'-' * 11}|{'-' * 15}|")
-    out(f"| {'plain memory copy of the state (reused buffers)':46} | {copy_m:9.3f} | {1.0:13.2f} |")
-    out(f"| {'save(blocking=False): caller blocked':46} | {block_m:9.3f} | {block_m / copy_m:13.2f} |")
-    out(f"| {'save(blocking=False): until committed':46} | {commit_m:9.3f} | {commit_m / copy_m:13.2f} |")
+    table([("the caller's time, against a memory copy (vs raw)", None),
+           ("plain memory copy of the state (reused buffers)", figures(copy_t, total, copy_t)),
+           ("save(blocking=False): caller blocked", figures(block_t, total, copy_t)),
+           ("save(blocking=False): until committed", figures(commit_t, total, copy_t))], out)
     out("")
     out(f"training while the write runs: {overlap:.0%} of the steps the same time allows without a save "
         f"(a {statistics.median(step_t) * 1e3:.2f} ms single-threaded numpy step; the writer's threads share the 2 cores)")

@@ -45,9 +45,93 @@ def test_bench_runs_and_reports_every_case(tmp_path):
                     out=lines.append)
     assert {"fastckpt save", "fastckpt restore (fresh arrays)", "fastckpt restore into=",
             "raw write (1 file, sequential)"} <= set(res)
-    assert all(r["median_s"] > 0 for r in res.values())
+    cases = {n: r for n, r in res.items() if n != "verdict"}
+    assert all(0 < r["min_s"] <= r["median_s"] <= r["max_s"] for r in cases.values())
     assert any(line.startswith("| fastckpt save") for line in lines)
     assert os.listdir(tmp_path) == []  # cleaned up
+
+
+def test_bench_groups_cases_and_ends_with_a_verdict(tmp_path):
+    """Saves, restores into existing buffers and into fresh arrays apart, the
+    cost of first touches beside the fresh ones, and a verdict line whose
+    facts are in the results too."""
+    lines = []
+    res = run_bench(size=4 << 20, tensors=20, rounds=2, directory=str(tmp_path), skip_others=True,
+                    out=lines.append)
+    text = "\n".join(lines)
+    assert lines[0].startswith("fastckpt bench: a gpt state of") and "needs about" in lines[0]
+    groups = [line for line in lines if line.startswith("| **")]
+    assert [g.split("**")[1] for g in groups] == ["saves", "restores into existing buffers",
+                                                  "restores into fresh arrays"]
+    assert "| first touch of fresh memory alone (no I/O)" in text
+    assert res["first touch of fresh memory alone (no I/O)"]["kind"] == "touch"
+    facts = res["verdict"]
+    assert lines[-1] == facts["text"] and facts["text"].startswith("verdict: fastckpt saved at")
+    assert set(facts["kinds"]) == {"save", "into", "fresh"}
+    assert isinstance(facts["targets_met"], bool)
+    assert facts["targets_met"] == (not facts["missed"])
+    assert ("Targets met." in facts["text"]) == facts["targets_met"]
+
+
+def test_verdict_names_the_fastest_other_library_and_the_missed_targets():
+    from fastckpt.bench.run import verdict
+
+    def row(kind, t, raw):
+        return {"kind": kind, "min_s": t, "vs_raw": raw / t, "gb_per_s": 1.0}
+    res = {"raw write (1 file, sequential)": row("save", 1.0, 1.0), "fastckpt save": row("save", 1.0, 1.0),
+           "slow save": row("save", 3.0, 1.0), "quick save": row("save", 0.5, 1.0),
+           "raw read (into existing)": row("into", 1.0, 1.0), "fastckpt restore into=": row("into", 1.0, 1.0),
+           "raw read (fresh arrays)": row("fresh", 1.0, 1.0), "fastckpt restore (fresh arrays)": row("fresh", 0.5, 1.0),
+           "peer load": row("fresh", 1.0, 1.0)}
+    facts = verdict(res)
+    assert facts["kinds"]["save"]["fastest_other"] == "quick save"
+    assert facts["kinds"]["save"]["vs_fastest_other"] == 0.5
+    assert facts["missed"] == ["saved below 1.0x quick save"]  # fresh: 2.0x the peer, into: at the raw limit
+    assert not facts["targets_met"] and "Missed: saved below 1.0x quick save." in facts["text"]
+
+
+@pytest.mark.deep
+def test_bench_with_every_peer_prints_only_its_table_and_stays_within_its_estimate(tmp_path):
+    """With TensorFlow, torch, DCP, safetensors and Orbax: no library's log
+    line on stdout or stderr, and the memory figure holds."""
+    code = ("import resource, fastckpt.bench.run as b\n"
+            "from fastckpt.bench.peers import quiet\n"
+            "with quiet():\n"
+            "    for m in ('tensorflow', 'torch', 'torch.distributed.checkpoint', 'safetensors.numpy', "
+            "'orbax.checkpoint'):\n"
+            "        try:\n"
+            "            __import__(m)\n"
+            "        except ImportError:\n"
+            "            pass\n"
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+            f"b.run_bench(size=512 << 20, tensors=32, rounds=1, directory={str(tmp_path)!r})\n"
+            "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+            "print('MEMORY', peak - base, b.memory_estimate(512 << 20, False))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("fastckpt bench:") and lines[-2].startswith("verdict: fastckpt")
+    assert not [line for line in lines[:-1] if not line.startswith(("fastckpt bench:", "machine:", "|", "min, median",
+                                                                    "note:", "verdict:")) and line.strip()], lines
+    assert "absl" not in r.stderr and "oneDNN" not in r.stderr and "WARNING" not in r.stderr, r.stderr
+    used, estimate = map(int, lines[-1].split()[1:])
+    assert used <= estimate, (used, estimate)
+
+
+def test_bench_memory_estimate_covers_the_measured_peak(tmp_path):
+    """The first line's memory figure is at least what the run takes beyond
+    the libraries (measured in a child: peak RSS minus RSS after imports)."""
+    code = ("import resource, sys, fastckpt.bench.run as b\n"
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+            f"b.run_bench(size=256 << 20, tensors=32, rounds=1, directory={str(tmp_path)!r}, skip_others=True,"
+            " out=lambda line: None)\n"
+            "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+            "print(peak - base, b.memory_estimate(256 << 20, True))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    used, estimate = map(int, r.stdout.split())
+    assert used <= estimate, (used, estimate)
+    assert estimate <= 2 * used, (used, estimate)  # and not a wild overstatement
 
 
 def test_py_typed_and_stub_shipped():
@@ -197,7 +281,7 @@ def test_bench_loop_json(tmp_path):
     for mode in ("non-durable", "durable"):
         assert set(data[mode]) == {"raw write, new file", "raw overwrite, cached file", "save, new files",
                                    "save, recycled (recycle=True)"}
-        assert all(t > 0 for t in data[mode].values())
+        assert all(0 < t["min_s"] <= t["median_s"] for t in data[mode].values())
     assert os.listdir(tmp_path) == []
     r = _cli("bench", "--loop", "3", "--dir", str(tmp_path))
     assert r.returncode == 2 and "needs K > 3" in r.stderr
@@ -244,7 +328,8 @@ def _run_with_tty_stderr(args):
 def test_progress_on_a_terminal_only(tmp_path):
     r, seen = _run_with_tty_stderr(["bench", "--quick", "--only-fastckpt", "--dir", str(tmp_path)])
     assert r.returncode == 0
-    assert "needs about" in seen and "round 1/1: fastckpt save" in seen
+    assert "needs about" in r.stdout and "round 1/1: fastckpt save" in seen
+    assert "\r\033[K" in seen  # the progress line is cleared before the table
     p = fastckpt.write_bundle(str(tmp_path / "c"), {"w": np.zeros(1000)})
     r, seen = _run_with_tty_stderr(["verify", p])
     assert r.returncode == 0 and "MiB checked" in seen
