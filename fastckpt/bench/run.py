@@ -267,7 +267,7 @@ def run_bench(size: int = 1 << 30, tensors: int = 250, dtype: str = "float32", d
                 case.fn()
                 case.times.append(time.perf_counter() - t0)
         notes.append(_open_one(work, state, rounds, skip_others))
-        touch = _Case("first touch of fresh memory alone (no I/O)", "touch", lambda: None)
+        touch = _Case("first touch of new memory alone (no I/O)", "touch", lambda: None)
         touch.times = _first_touch(state, rounds)
         return _report(cases + [touch], total, len(state), nthreads, rounds, durable, cold, notes, out)
     finally:
@@ -404,8 +404,8 @@ def table(rows: Sequence[Tuple[str, Optional[Dict[str, float]]]], out: Callable[
         spread = f"{row['max_s'] / row['min_s']:.2f}" if row.get("max_s") and row.get("min_s") else ""
         other = "" if name.startswith(("fastckpt", "raw")) or row.get("fastckpt_speedup") is None \
             else f"{row['fastckpt_speedup']:.2f}×"
-        out(f"| {name:40} | {fig('min_s', '8.3f')} | {fig('median_s', '8.3f')} | {spread:>6} | "
-            f"{fig('gb_per_s', '6.2f')} | {fig('vs_raw', '6.2f')} | {other:>10} |")
+        out(f"| {name:40} | {fig('min_s', '8.3f'):>8} | {fig('median_s', '8.3f'):>8} | {spread:>6} | "
+            f"{fig('gb_per_s', '6.2f'):>6} | {fig('vs_raw', '6.2f'):>6} | {other:>10} |")
 
 
 def figures(times: Sequence[float], total: int, raw: Optional[Sequence[float]] = None,

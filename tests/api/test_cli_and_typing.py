@@ -63,8 +63,9 @@ def test_bench_groups_cases_and_ends_with_a_verdict(tmp_path):
     groups = [line for line in lines if line.startswith("| **")]
     assert [g.split("**")[1] for g in groups] == ["saves", "restores into existing buffers",
                                                   "restores into fresh arrays"]
-    assert "| first touch of fresh memory alone (no I/O)" in text
-    assert res["first touch of fresh memory alone (no I/O)"]["kind"] == "touch"
+    assert "| first touch of new memory alone (no I/O)" in text
+    assert res["first touch of new memory alone (no I/O)"]["kind"] == "touch"
+    assert len({len(line) for line in lines if line.startswith("| ") and "**" not in line}) == 1  # aligned
     facts = res["verdict"]
     assert lines[-1] == facts["text"] and facts["text"].startswith("verdict: fastckpt saved at")
     assert set(facts["kinds"]) == {"save", "into", "fresh"}
