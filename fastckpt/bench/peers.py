@@ -26,7 +26,7 @@ PeerCase = Tuple[str, str, Callable[[], object], Optional[Callable[[], None]], s
 
 # Extra copies of the state a peer adds to the run's peak (for the memory estimate, measured):
 # TensorFlow's constants, kept all along; Orbax's save buffers; torch's and DCP's views cost nothing.
-PEER_COPIES = {"TensorFlow": 1.0, "Orbax": 1.25}
+PEER_COPIES = {"TensorFlow": 1.25, "Orbax": 1.5}
 
 
 @contextlib.contextmanager
