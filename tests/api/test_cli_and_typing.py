@@ -106,6 +106,7 @@ RSS_HELPERS = (
 
 
 @pytest.mark.deep
+@pytest.mark.no_sanitizer  # (ASan's allocator and quarantine add their own memory)
 def test_bench_with_every_peer_prints_only_its_table_and_stays_within_its_estimate(tmp_path):
     """With TensorFlow, torch, DCP, safetensors and Orbax: no library's log
     line on stdout or stderr, and the memory figure holds."""
@@ -132,6 +133,7 @@ def test_bench_with_every_peer_prints_only_its_table_and_stays_within_its_estima
     assert used <= estimate, (used, estimate)
 
 
+@pytest.mark.no_sanitizer  # (ASan's allocator and quarantine add their own memory)
 def test_bench_memory_estimate_covers_the_measured_peak(tmp_path):
     """The first line's memory figure is at least what the run takes beyond
     the libraries (measured in a child: peak RSS minus RSS after imports)."""
