@@ -38,7 +38,7 @@ def losses(log):
 
 @pytest.mark.parametrize("example,steps,every,kill_points", [
     (EXAMPLE, STEPS, 50, (400, 1234, 2222)),
-    (TORCH_EXAMPLE, 600, 20, (150, 333, 481)),
+    pytest.param(TORCH_EXAMPLE, 600, 20, (150, 333, 481), marks=pytest.mark.deep),  # 21 s: deep tier
 ], ids=["numpy", "torch"])
 def test_killed_and_restarted_run_matches_uninterrupted(tmp_path, example, steps, every, kill_points):
     if example == TORCH_EXAMPLE:

@@ -270,6 +270,7 @@ def test_tensorflow_reads_a_checkpoint_fetched_from_the_bucket(s3_dir, tmp_path)
     assert out.stdout.split("\n")[-2] == "tf-3 66.0 [b'x', b'yz']"
 
 
+@pytest.mark.deep  # 11 s: in the deep tier to keep the default tier under 6 minutes
 def test_every_command_works_on_a_url(s3_server, s3_dir, tmp_path):
     fastckpt.CheckpointManager(s3_dir, max_to_keep=2).save({"w": np.arange(6.0), "b": np.ones(2)}, 1)
     fastckpt.CheckpointManager(s3_dir, max_to_keep=2).save({"w": np.arange(6.0) + 1, "b": np.ones(2)}, 2)
