@@ -239,6 +239,8 @@ typedef struct {
     void *buf;
     uint32_t crc;       /* write: out, crc32c of buf. read: expected (unmasked) */
     uint8_t verify;     /* read: compare the CRC */
+    /* read: fd < 0 means buf holds the bytes already (a map of the file):
+     * only its CRC is checked, no system call */
     uint64_t digest;    /* FC_IO_HASH: out, the digest of buf (below) */
 } fc_io_item;
 
@@ -265,6 +267,18 @@ uint64_t fc_xxh64(const void *data, size_t len, uint64_t seed);
  * item's index. */
 int fc_io_run(fc_io_item *items, size_t n, int mode, int nthreads,
               uint64_t piece_bytes, fc_status *st);
+
+/* Copy-on-write maps of data files under a read lease (cowmap.c).
+ * fc_cow_map maps `len` bytes of the file open as `fd` from `offset` (a
+ * multiple of the page size) privately and writeably: 0 and *addr, *slot on
+ * success; 1 when the file cannot be guarded here (the caller copies).
+ * fc_cow_unmap ends the map and its lease. fc_cow_copied: whether a lease
+ * break made the map's pages private; fc_cow_copies: how many such copies
+ * this process made. */
+int fc_cow_map(int fd, uint64_t offset, uint64_t len, void **addr, int *slot);
+void fc_cow_unmap(int slot);
+int fc_cow_copied(int slot);
+int fc_cow_copies(void);
 
 /* CRC32C of a large buffer on several threads. */
 uint32_t fc_crc32c_parallel(const void *data, uint64_t n, int nthreads);

@@ -95,7 +95,25 @@ static void crc_batch(void *arg) {
     }
 }
 
+static void check_batch(void *arg) {
+    crc_args *a = (crc_args *)arg;
+    for (size_t i = 0; i < a->b->count; i++) {
+        seg_t *sg = &a->j->segs[a->b->first + i];
+        fc_io_item *it = &a->j->items[sg->item];
+        if (it->verify) sg->crc = fc_crc32c_extend(0, (const uint8_t *)it->buf + sg->off_in_item, (size_t)sg->len);
+    }
+}
+
 static int run_batch(job_t *j, const batch_t *b, uint8_t **scratch) {
+    if (!j->is_write && j->items[j->segs[b->first].item].fd < 0) { /* in memory already: checked only */
+        crc_args a = {j, b};
+        if (fc_guarded(check_batch, &a)) {
+            record_error(j, j->segs[b->first].item, FC_DATA_LOSS, EFAULT,
+                         "the mapped data file was cut while it was checked");
+            return -1;
+        }
+        return 0;
+    }
     struct iovec iov[2 * MAX_IOV];
     int n = 0;
     const seg_t *s = j->segs + b->first;

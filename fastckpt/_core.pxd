@@ -168,6 +168,10 @@ cdef extern from "fastckpt.h" nogil:
     enum:
         FC_IO_READ, FC_IO_WRITE, FC_IO_WRITE_UNCACHED, FC_IO_HASH
     uint64_t fc_xxh64(const void *data, size_t len, uint64_t seed)
+    int fc_cow_map(int fd, uint64_t offset, uint64_t len, void **addr, int *slot)
+    void fc_cow_unmap(int slot)
+    int fc_cow_copied(int slot)
+    int fc_cow_copies()
     int fc_io_run(fc_io_item *items, size_t n, int mode, int nthreads,
                   uint64_t piece_bytes, fc_status *st)
 

@@ -84,7 +84,18 @@ PACK_MAX_BYTES: int
 def read_fast(index: Index, names: Optional[List[str]], fds: List[int], sizes: List[int], descrs: List[Any],
               verify: bool, threads: int, describe: Callable[[str, int], str],
               into: Optional[dict] = ..., before_io: Optional[Callable[[List[str]], None]] = ...,
-              out: Optional[dict] = ...) -> Optional[Tuple[dict, List[str]]]: ...
+              out: Optional[dict] = ..., map_min: int = ...) -> Optional[Tuple[dict, List[str]]]: ...
+
+class CowMap:
+    """A copy-on-write map of part of a data file under a read lease."""
+    @property
+    def start(self) -> int: ...
+    @property
+    def length(self) -> int: ...
+    @property
+    def copied(self) -> bool: ...
+
+def cow_copies() -> int: ...
 
 
 ZSTD_MIN_CONSUMER: int

@@ -85,6 +85,54 @@ def xxh64(data, uint64_t seed=0):
 
 
 PACK_MAX_BYTES = 64 * 1024
+import mmap as _mmap
+cdef uint64_t _PAGE = _mmap.PAGESIZE
+
+
+cdef class CowMap:
+    """A copy-on-write map of part of a data file under a read lease
+    (csrc/cowmap.c): the memory of restored arrays that were not copied.
+    It ends (unmapped, the lease released) when the last array on it goes."""
+    cdef int slot
+    cdef char *addr
+    cdef readonly uint64_t start
+    cdef readonly uint64_t length
+
+    def __cinit__(self):
+        self.slot = -1
+
+    def __dealloc__(self):
+        if self.slot >= 0:
+            fc_cow_unmap(self.slot)
+            self.slot = -1
+
+    @property
+    def copied(self) -> bool:
+        """True once a writer opening the file made this process copy the
+        pages (the arrays no longer depend on the file)."""
+        return self.slot >= 0 and fc_cow_copied(self.slot) != 0
+
+
+cdef CowMap _cow_map(int fd, uint64_t start, uint64_t length):
+    cdef void *addr = NULL
+    cdef int slot = -1
+    cdef int rc
+    with nogil:
+        rc = fc_cow_map(fd, start, length, &addr, &slot)
+    if rc:
+        return None
+    cdef CowMap m = CowMap.__new__(CowMap)
+    m.slot = slot
+    m.addr = <char *>addr
+    m.start = start
+    m.length = length
+    return m
+
+
+def cow_copies():
+    """How many copy-on-write maps this process copied because a writer
+    opened their file (see csrc/cowmap.c)."""
+    return fc_cow_copies()
 cdef int64_t _PACK_ALIGN = 64
 
 
@@ -129,7 +177,7 @@ cdef inline bint _fast_entry_ok(fc_entry *e, list descrs, list fds, list sizes, 
 
 
 def read_fast(Index index, list names, list fds, list sizes, list descrs, bint verify, int threads,
-              describe, dict into=None, before_io=None, dict out=None):
+              describe, dict into=None, before_io=None, dict out=None, int64_t map_min=-1):
     """The read planner: plain tensors are planned and read here, in C.
 
     Returns ``(out, rest)``: ``out`` (the caller's dict, else a new one, or
@@ -141,7 +189,9 @@ def read_fast(Index index, list names, list fds, list sizes, list descrs, bint v
     None for a big-endian bundle (all general). ``names`` None means every
     tensor; ``fds``/``sizes`` per shard; ``descrs[enum]`` a numpy dtype or
     None. New arrays of up to ``PACK_MAX_BYTES`` are views into one
-    allocation."""
+    allocation. With ``map_min >= 0`` new arrays of at least ``map_min``
+    bytes are copy-on-write maps of the data file where the file can be
+    guarded (:class:`CowMap`): only their CRC is checked, nothing copied."""
     cdef fc_index *idx = &index.idx
     cdef Py_ssize_t n, k, m = 0
     cdef int64_t j, pack_total = 0, pack_at = 0, pack_count = 0
@@ -157,6 +207,10 @@ def read_fast(Index index, list names, list fds, list sizes, list descrs, bint v
     cdef object descr, name, arr, pool = None
     cdef list found = [], rest = []
     cdef char *pool_data = NULL
+    cdef char *mapped = NULL
+    cdef list maps = None
+    cdef CowMap cmap
+    cdef Py_ssize_t nshards = len(fds)
     if idx.header.endianness != 0:
         return None
     if out is None:
@@ -187,15 +241,21 @@ def read_fast(Index index, list names, list fds, list sizes, list descrs, bint v
                 nslots += 1
                 rest.append(name)
                 continue
-            e = &idx.entries[j]
-            if into is None and e.size <= PACK_MAX_BYTES:
-                pack_total += (e.size + _PACK_ALIGN - 1) // _PACK_ALIGN * _PACK_ALIGN
-                pack_count += 1
             js[m] = j
             slot[nslots] = m
             nslots += 1
             found.append(name)
             m += 1
+        mapped = <char *>calloc(m if m else 1, 1)
+        if mapped == NULL:
+            raise MemoryError()
+        if into is None and map_min >= 0 and m and nshards:
+            maps = _plan_maps(idx, js, m, fds, descrs, map_min, mapped)
+        for k in range(m):  # the small new arrays that are not maps share one allocation
+            e = &idx.entries[js[k]]
+            if into is None and not mapped[k] and e.size <= PACK_MAX_BYTES:
+                pack_total += (e.size + _PACK_ALIGN - 1) // _PACK_ALIGN * _PACK_ALIGN
+                pack_count += 1
         if pack_total and pack_count > 1:  # one tensor alone gets an array of its own
             total_dim = <cnp.npy_intp>(pack_total + _PACK_ALIGN)
             pool = cnp.PyArray_SimpleNew(1, &total_dim, cnp.NPY_UINT8)
@@ -213,9 +273,17 @@ def read_fast(Index index, list names, list fds, list sizes, list descrs, bint v
             descr = descrs[e.dtype]
             for d in range(e.rank):
                 dims[d] = <cnp.npy_intp>idx.dims[e.dims_off + d]
+            items[k].fd = fds[e.shard_id]
             if into is not None:
                 arr = into[name]  # checked by _fits
-            elif pool is not None and e.size <= PACK_MAX_BYTES:
+            elif mapped[k]:
+                cmap = <CowMap>maps[e.shard_id]
+                Py_INCREF(descr)
+                arr = PyArray_NewFromDescr(&PyArray_Type, <cnp.dtype>descr, e.rank, dims, NULL,
+                                           cmap.addr + (<uint64_t>e.offset - cmap.start), cnp.NPY_ARRAY_CARRAY, None)
+                cnp.set_array_base(<cnp.ndarray>arr, cmap)
+                items[k].fd = -1  # in memory already: checked, not read
+            elif pool is not None and not mapped[k] and e.size <= PACK_MAX_BYTES:
                 Py_INCREF(descr)  # PyArray_NewFromDescr steals a reference
                 arr = PyArray_NewFromDescr(&PyArray_Type, <cnp.dtype>descr, e.rank, dims, NULL,
                                            pool_data + pack_at, cnp.NPY_ARRAY_CARRAY, None)
@@ -224,7 +292,6 @@ def read_fast(Index index, list names, list fds, list sizes, list descrs, bint v
             else:
                 Py_INCREF(descr)  # PyArray_Empty steals a reference
                 arr = PyArray_Empty(e.rank, dims, <cnp.dtype>descr, 0)
-            items[k].fd = fds[e.shard_id]
             items[k].file_off = <uint64_t>e.offset
             items[k].len = <uint64_t>e.size
             items[k].buf = cnp.PyArray_DATA(<cnp.ndarray>arr)
@@ -244,6 +311,54 @@ def read_fast(Index index, list names, list fds, list sizes, list descrs, bint v
         free(items)
         free(js)
         free(slot)
+        free(mapped)
+
+
+cdef list _plan_maps(fc_index *idx, int64_t *js, Py_ssize_t m, list fds, list descrs, int64_t map_min,
+                     char *mapped):
+    """Marks in ``mapped`` the entries read as copy-on-write maps: aligned
+    for their dtype, at least ``map_min`` bytes, in a file whose span of such
+    entries is mostly theirs (a lease break copies the whole span) and which
+    can be guarded. Returns the maps per shard (None where none)."""
+    cdef Py_ssize_t nshards = len(fds), k, sh
+    cdef int64_t *lo = <int64_t *>malloc(nshards * sizeof(int64_t))
+    cdef int64_t *hi = <int64_t *>malloc(nshards * sizeof(int64_t))
+    cdef int64_t *used = <int64_t *>malloc(nshards * sizeof(int64_t))
+    cdef fc_entry *e
+    cdef uint64_t start
+    cdef list maps = [None] * nshards
+    if lo == NULL or hi == NULL or used == NULL:
+        free(lo)
+        free(hi)
+        free(used)
+        raise MemoryError()
+    try:
+        for sh in range(nshards):
+            lo[sh] = INT64_MAX
+            hi[sh] = 0
+            used[sh] = 0
+        for k in range(m):
+            e = &idx.entries[js[k]]
+            if e.size <= 0 or e.size < map_min or e.offset % (<cnp.dtype>descrs[e.dtype]).alignment:
+                continue
+            mapped[k] = 1
+            sh = e.shard_id
+            lo[sh] = min(lo[sh], e.offset)
+            hi[sh] = max(hi[sh], e.offset + e.size)
+            used[sh] += e.size
+        for sh in range(nshards):
+            if hi[sh] == 0 or used[sh] * 2 < hi[sh] - lo[sh]:
+                continue
+            start = <uint64_t>lo[sh] - <uint64_t>lo[sh] % _PAGE
+            maps[sh] = _cow_map(fds[sh], start, <uint64_t>hi[sh] - start)
+        for k in range(m):
+            if mapped[k] and maps[idx.entries[js[k]].shard_id] is None:
+                mapped[k] = 0
+        return maps
+    finally:
+        free(lo)
+        free(hi)
+        free(used)
 
 
 

@@ -4,6 +4,7 @@ plain tensors, ``readplan.py`` for the rest) → parallel reads → checksums.""
 
 from __future__ import annotations
 
+import os
 from typing import (Any, Callable, Dict, Iterator, List, Mapping, MutableMapping, Optional, Sequence,
                     Tuple, Union)
 
@@ -91,13 +92,24 @@ class CheckpointReader(Mapping[str, np.ndarray]):
     that closes its files. Partitioned (sliced) tensors appear under their
     full name, assembled. Every read checks the tensor's CRC32C unless
     ``verify=False``.
+
+    New arrays (reads without ``into=``) of a local checkpoint are
+    copy-on-write maps of its data files where the file system lets the
+    file be guarded by a lease: their pages are the page cache's until
+    written, so nothing is copied and no new memory is touched; a writer
+    that later opens or truncates the file makes this process copy the
+    pages first (the arrays never change). ``copy_on_write=False`` (or
+    ``FASTCKPT_COPY_ON_WRITE=0`` in the environment) copies into new
+    memory instead. Details: the "Restores without a copy" section of
+    docs/performance.md.
     """
 
     def __init__(self, prefix: PathLike, *, verify: bool = True, threads: Optional[int] = None,
-                 storage_options: Optional[Mapping[str, Any]] = None):
+                 storage_options: Optional[Mapping[str, Any]] = None, copy_on_write: Optional[bool] = None):
         with using_storage(storage_options):  # (the data objects' handles keep the storage they were listed by)
             self._prefix = resolve_prefix(prefix)
             self._verify = bool(verify)
+            self._cow = copy_on_write_default() if copy_on_write is None else bool(copy_on_write)
             self._threads = threads if threads is not None else default_threads()
             self._files: Union[DataFiles, ObjectDataFiles] = DataFiles(self._prefix, 0)
             self._verified: set = set()
@@ -412,7 +424,8 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             return _core.read_fast(self._index, None if names is None else list(names), fds, sizes,
                                    _FIXED_DTYPES, self._verify, self._threads,
                                    lambda name, shard: f"{self._files.path(shard)}: tensor {name!r}",
-                                   into, before_io, out)  # type: ignore[arg-type]
+                                   into, before_io, out,  # type: ignore[arg-type]
+                                   0 if self._cow and into is None else -1)
 
 
     def slice_parts(self, name: str, key: bytes, dtype: int, shape: Tuple[int, ...],
@@ -423,6 +436,13 @@ class CheckpointReader(Mapping[str, np.ndarray]):
 
     def _plan(self) -> ReadPlan:
         return ReadPlan(self._index, self._files, self._prefix, self._verify, int(self._threads))
+
+
+def copy_on_write_default() -> bool:
+    """Whether readers give new arrays as copy-on-write maps of the data
+    files where the files can be guarded (on unless the environment sets
+    ``FASTCKPT_COPY_ON_WRITE=0``)."""
+    return os.environ.get("FASTCKPT_COPY_ON_WRITE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _span(a: np.ndarray) -> Tuple[int, int]:

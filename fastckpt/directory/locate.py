@@ -27,6 +27,7 @@ def read_bundle(
     verify: bool = True,
     threads: Optional[int] = None,
     storage_options: Optional[Mapping[str, Any]] = None,
+    copy_on_write: Optional[bool] = None,
 ) -> Dict[str, Any]:
     """Read tensors of the bundle ``prefix`` into a dict of numpy arrays.
 
@@ -35,11 +36,13 @@ def read_bundle(
     and dtype, and ``into`` is returned. Each tensor's CRC32C is verified
     unless ``verify=False``; damage raises :class:`DataLossError` naming the
     file and the tensor. String tensors come back as object arrays of
-    ``bytes``.
+    ``bytes``. New arrays are copy-on-write maps of the data files where
+    they can be guarded (see :class:`CheckpointReader`; ``copy_on_write=False``
+    copies).
     """
     with using_storage(storage_options):
         def read(p: str) -> Dict[str, Any]:
-            with CheckpointReader(p, verify=verify, threads=threads) as reader:
+            with CheckpointReader(p, verify=verify, threads=threads, copy_on_write=copy_on_write) as reader:
                 return reader.read(names, into=into)
         return open_checkpoint(prefix, read)
 

@@ -84,13 +84,18 @@ def test_pathlike_prefix(prefix):
 
 
 def test_many_small_tensors_share_one_allocation(tmp_path):
-    """Read into new arrays, small tensors are views of one allocation
-    (each aligned to 64 bytes); large ones and a lone tensor own theirs."""
+    """Read into new (copied) arrays, small tensors are views of one
+    allocation (each aligned to 64 bytes); large ones and a lone tensor own
+    theirs. By default every one is a view of one copy-on-write map."""
     import fastckpt
     small = {f"s{i}": np.full(i + 1, i, np.float32) for i in range(50)}
     big = {"big": np.arange(100_000, dtype=np.float64)}
     p = fastckpt.write_bundle(str(tmp_path / "c"), {**small, **big})
-    got = fastckpt.read_bundle(p)
+    mapped = fastckpt.read_bundle(p)
+    assert len({id(mapped[k].base) for k in small}) == 1  # (big, at an offset float64 does not suit, is copied)
+    assert type(mapped["s0"].base).__name__ == "CowMap"
+    assert all(np.array_equal(mapped[k], v) for k, v in {**small, **big}.items())
+    got = fastckpt.read_bundle(p, copy_on_write=False)
     bases = {id(got[k].base) for k in small}
     assert len(bases) == 1 and got["s0"].base is not None
     assert all(got[k].ctypes.data % 64 == 0 and got[k].flags.writeable for k in small)
@@ -99,7 +104,7 @@ def test_many_small_tensors_share_one_allocation(tmp_path):
         assert np.array_equal(got[k], v)
     got["s1"][:] = -1  # views do not overlap
     assert got["s0"].tolist() == [0.0] and got["s2"].tolist() == [2.0] * 3
-    assert fastckpt.CheckpointReader(p).get_tensor("s3").flags.owndata
+    assert fastckpt.CheckpointReader(p, copy_on_write=False).get_tensor("s3").flags.owndata
 
 
 def test_one_read_plan_for_mixed_tensors(tmp_path):

@@ -1,0 +1,238 @@
+"""Restores into new arrays are copy-on-write maps of the data files, under a
+read lease (csrc/cowmap.c): nothing copied, still CRC-checked, and the
+arrays never change and never fault when another process truncates the file,
+rewrites it in place, or recycles it -- the process moves their bytes into
+its own memory first, keeping writes that race the move. Where the file
+cannot be guarded, new arrays are copies as before.
+
+Each attack runs in a child process, so a SIGBUS (the failure this guards
+against) fails the test instead of killing the test run."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastckpt
+from fastckpt import _core
+
+pytestmark = pytest.mark.no_sanitizer  # children of their own; the C core's ASan run covers the engine
+
+
+def _state(seed=0):
+    rng = np.random.default_rng(seed)
+    return {"big": rng.standard_normal((512, 1024)).astype(np.float32),
+            "small": np.arange(7, dtype=np.int64),
+            "half": rng.standard_normal(999).astype(np.float16)}
+
+
+def _child(code, timeout=120, env=None):
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                         timeout=timeout, env=None if env is None else {**os.environ, **env}, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert out.returncode == 0, (out.returncode, out.stdout[-2000:], out.stderr[-3000:])
+    return out.stdout
+
+
+def test_new_arrays_are_copy_on_write_maps_checked_and_writeable(tmp_path):
+    state = _state()
+    prefix = str(tmp_path / "m")
+    fastckpt.save(state, prefix)
+    got = fastckpt.restore(prefix)
+    for k in state:
+        assert isinstance(got[k].base, _core.CowMap), k
+        assert got[k].flags.writeable and got[k].flags.aligned and got[k].flags.c_contiguous
+        np.testing.assert_array_equal(got[k], state[k])
+    got["big"][:] = 7  # a write copies the page, never touches the file
+    again = fastckpt.restore(prefix)
+    np.testing.assert_array_equal(again["big"], state["big"])
+    assert fastckpt.verify_checkpoint(prefix).ok
+    with fastckpt.CheckpointReader(prefix, copy_on_write=False) as r:
+        copied = r.read()
+    assert all(copied[k].base is None or not isinstance(copied[k].base, _core.CowMap) for k in copied)
+
+
+def test_a_damaged_file_is_refused_before_any_array_is_made(tmp_path):
+    prefix = str(tmp_path / "m")
+    fastckpt.save(_state(), prefix)
+    data = prefix + ".data-00000-of-00001"
+    with open(data, "r+b") as f:
+        f.seek(100_000)
+        b = f.read(1)
+        f.seek(100_000)
+        f.write(bytes([b[0] ^ 0x10]))
+    with pytest.raises(fastckpt.DataLossError, match="checksum"):
+        fastckpt.restore(prefix)
+
+
+@pytest.mark.parametrize("attack", ["truncate to zero", "truncate by name, half", "rewrite in place",
+                                    "open for writing in this process", "replace and unlink"])
+def test_arrays_outlive_any_change_to_their_file(tmp_path, attack):
+    prefix = str(tmp_path / "m")
+    fastckpt.save(_state(), prefix)
+    print(_child(f"""
+        import os, subprocess, sys, numpy as np, fastckpt
+        from fastckpt import _core
+        from tests.robustness.test_copy_on_write_restores import _state
+        prefix, attack = {prefix!r}, {attack!r}
+        data = prefix + ".data-00000-of-00001"
+        want = _state()
+        got = fastckpt.restore(prefix)
+        assert isinstance(got["big"].base, _core.CowMap)
+        got["big"][0, :4] = 5  # a page written before the attack: copied already
+        before = _core.cow_copies()
+        size = os.path.getsize(data)
+        if attack == "truncate to zero":
+            subprocess.run([sys.executable, "-c", f"import os; os.truncate({{data!r}}, 0)"], check=True)
+        elif attack == "truncate by name, half":
+            subprocess.run([sys.executable, "-c", f"import os; os.truncate({{data!r}}, {{size // 2}})"], check=True)
+        elif attack == "rewrite in place":
+            subprocess.run([sys.executable, "-c",
+                            f"f = open({{data!r}}, 'r+b'); f.write(b'x' * {{size}}); f.close()"], check=True)
+        elif attack == "open for writing in this process":
+            with open(data, "r+b") as f:
+                f.truncate(0)
+        else:  # a new file under the name: the map keeps the old inode, no copy needed
+            os.replace(data, data + ".old")
+            open(data, "wb").close()
+            os.unlink(data + ".old")
+        moved = _core.cow_copies() - before
+        assert moved == (0 if attack == "replace and unlink" else 1), moved
+        assert got["big"].base.copied == (attack != "replace and unlink")
+        want["big"][0, :4] = 5
+        for k in want:
+            assert np.array_equal(got[k], want[k]), k
+        got["big"] += 1  # still writeable, and every page readable
+        assert float(got["big"][0, 0]) == 6.0
+        print("ok", attack, moved)
+    """))
+
+
+def test_writes_racing_the_move_are_kept(tmp_path):
+    """Threads add to the arrays without pause while another process
+    truncates the file: every addition is there afterwards."""
+    prefix = str(tmp_path / "m")
+    fastckpt.save({"w": np.zeros((2048, 1024), np.float32), "v": np.zeros(300_000, np.float64)}, prefix)
+    print(_child(f"""
+        import subprocess, sys, threading, numpy as np, fastckpt
+        from fastckpt import _core
+        prefix = {prefix!r}
+        got = fastckpt.restore(prefix)
+        w, v = got["w"], got["v"]
+        assert isinstance(w.base, _core.CowMap)
+        counts = [0, 0]
+        stop = threading.Event()
+        def add(arr, i):
+            while not stop.is_set():
+                arr += 1  # numpy releases the GIL: these run while the move does
+                counts[i] += 1
+        threads = [threading.Thread(target=add, args=(w, 0)), threading.Thread(target=add, args=(v, 1))]
+        for t in threads:
+            t.start()
+        while min(counts) < 3:
+            pass
+        data = prefix + ".data-00000-of-00001"
+        before = _core.cow_copies()
+        subprocess.run([sys.executable, "-c", f"import os; os.truncate({{data!r}}, 0)"], check=True)
+        after = min(counts)
+        while min(counts) < after + 3:
+            pass
+        stop.set()
+        for t in threads:
+            t.join()
+        assert _core.cow_copies() - before == 1
+        assert np.all(w == counts[0]), (np.unique(w)[:5], counts)
+        assert np.all(v == counts[1]), (np.unique(v)[:5], counts)
+        print("ok", counts)
+    """))
+
+
+def test_no_map_where_the_file_cannot_be_guarded(tmp_path):
+    """A file another process holds open for writing cannot be leased: the
+    arrays are copies, and correct."""
+    prefix = str(tmp_path / "m")
+    state = _state()
+    fastckpt.save(state, prefix)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; f = open(sys.argv[1], 'r+b'); "
+                               "print('open', flush=True); time.sleep(60)", prefix + ".data-00000-of-00001"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        got = fastckpt.restore(prefix)
+        assert not isinstance(got["big"].base, _core.CowMap)
+        assert all(np.array_equal(got[k], state[k]) for k in state)
+    finally:
+        holder.kill()
+        holder.wait()
+    print(_child(f"""
+        import numpy as np, fastckpt
+        from fastckpt import _core
+        got = fastckpt.restore({prefix!r})
+        assert not isinstance(got["big"].base, _core.CowMap)
+        print("off")
+    """, env={"FASTCKPT_COPY_ON_WRITE": "0"}))
+
+
+def test_a_map_ends_with_its_last_array(tmp_path):
+    """Once the arrays are gone the lease is too: a writer then costs this
+    process nothing (no copy)."""
+    prefix = str(tmp_path / "m")
+    fastckpt.save(_state(), prefix)
+    got = fastckpt.restore(prefix)
+    big = got["big"]
+    del got
+    before = _core.cow_copies()
+    del big
+    import gc
+    gc.collect()
+    with open(prefix + ".data-00000-of-00001", "r+b") as f:
+        f.write(b"\0")
+    assert _core.cow_copies() == before
+
+
+def test_more_maps_than_slots_fall_back_to_copies(tmp_path):
+    prefix = str(tmp_path / "m")
+    state = {"x": np.arange(1000, dtype=np.float32)}
+    fastckpt.save(state, prefix)
+    held = [fastckpt.restore(prefix)["x"] for _ in range(1100)]
+    kinds = [isinstance(a.base, _core.CowMap) for a in held]
+    assert kinds[0] and not kinds[-1] and sum(kinds) <= 1024
+    assert all(np.array_equal(a, state["x"]) for a in held)
+
+
+def test_recycling_never_takes_a_file_a_map_holds(tmp_path):
+    """A recycling save skips the retired checkpoint whose file backs
+    restored arrays; the arrays keep their values."""
+    first = _state(1)
+    saver = fastckpt.Saver(max_to_keep=1, recycle=True, durable=False)
+    saver.save(first, str(tmp_path / "m"), global_step=1)
+    held = fastckpt.restore(str(tmp_path / "m-1"))
+    assert isinstance(held["big"].base, _core.CowMap)
+    old_ino = os.stat(str(tmp_path / "m-1.data-00000-of-00001")).st_ino
+    for step in (2, 3, 4):
+        saver.save(_state(step), str(tmp_path / "m"), global_step=step)
+    inos = {os.stat(str(tmp_path / f"m-4.data-00000-of-00001")).st_ino}
+    assert old_ino not in inos
+    for k in first:
+        np.testing.assert_array_equal(held[k], first[k])
+
+
+def test_a_forked_child_reads_the_arrays(tmp_path):
+    prefix = str(tmp_path / "m")
+    state = _state()
+    fastckpt.save(state, prefix)
+    got = fastckpt.restore(prefix)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        ok = all(np.array_equal(got[k], state[k]) for k in state)
+        got["big"][0, 0] = 1.0
+        os.write(w, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(w)
+    assert os.read(r, 1) == b"1"
+    os.waitpid(pid, 0)
+    os.close(r)
+    np.testing.assert_array_equal(got["big"], state["big"])
