@@ -80,6 +80,7 @@ def plan_write(tensors: Any, enums: dict, num_shards: int, alignment: int,
                ) -> WritePlan: ...
 
 PACK_MAX_BYTES: int
+COW_MAX_BYTES: int
 
 def read_fast(index: Index, names: Optional[List[str]], fds: List[int], sizes: List[int], descrs: List[Any],
               verify: bool, threads: int, describe: Callable[[str, int], str],

@@ -19,9 +19,6 @@ import pytest
 import fastckpt
 from fastckpt import _core
 
-pytestmark = pytest.mark.no_sanitizer  # children of their own; the C core's ASan run covers the engine
-
-
 def _state(seed=0):
     rng = np.random.default_rng(seed)
     return {"big": rng.standard_normal((512, 1024)).astype(np.float32),
