@@ -334,7 +334,14 @@ cdef list _plan_maps(fc_index *idx, int64_t *js, Py_ssize_t m, list fds, list de
     cdef fc_entry *e
     cdef uint64_t start
     cdef list maps = [None] * nshards
+    cdef Py_ssize_t ndt = len(descrs), t
+    cdef int64_t *align = <int64_t *>malloc((ndt if ndt else 1) * sizeof(int64_t))
+    if align == NULL:
+        raise MemoryError()
+    for t in range(ndt):  # (read once: an attribute per entry would cost more than the rest)
+        align[t] = (<cnp.dtype>descrs[t]).alignment if descrs[t] is not None else 0
     if lo == NULL or hi == NULL or used == NULL:
+        free(align)
         free(lo)
         free(hi)
         free(used)
@@ -346,7 +353,7 @@ cdef list _plan_maps(fc_index *idx, int64_t *js, Py_ssize_t m, list fds, list de
             used[sh] = 0
         for k in range(m):
             e = &idx.entries[js[k]]
-            if e.size <= 0 or e.size < map_min or e.offset % (<cnp.dtype>descrs[e.dtype]).alignment:
+            if e.size <= 0 or e.size < map_min or align[e.dtype] <= 0 or e.offset % align[e.dtype]:
                 continue
             mapped[k] = 1
             sh = e.shard_id
@@ -366,6 +373,7 @@ cdef list _plan_maps(fc_index *idx, int64_t *js, Py_ssize_t m, list fds, list de
         free(lo)
         free(hi)
         free(used)
+        free(align)
 
 
 
