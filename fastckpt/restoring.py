@@ -12,7 +12,7 @@ import numpy as np
 from fastckpt.bundle.delta import DELTA_KEY
 from fastckpt.bundle.frameworks import is_array, to_numpy
 from fastckpt.bundle.naming import PathLike
-from fastckpt.bundle.reader import CheckpointReader
+from fastckpt.bundle.reader import CheckpointReader, copy_on_write_default
 from fastckpt.bundle.readplan import find_entry
 from fastckpt.bundle.slices import Shard
 from fastckpt.collective import agreed
@@ -46,7 +46,8 @@ def read_meta(prefix: PathLike, *, storage_options: Optional[Mapping[str, Any]] 
 
 def restore_structure(prefix: PathLike, into: Optional[Any] = None, *, verify: bool = True,
                       threads: Optional[int] = None, comm: Any = None, timeout: Optional[float] = None,
-                      storage_options: Optional[Mapping[str, Any]] = None) -> Any:
+                      storage_options: Optional[Mapping[str, Any]] = None,
+                      copy_on_write: Optional[bool] = None) -> Any:
     """Read checkpoint ``prefix`` (a prefix, or a directory: its latest
     checkpoint) back in the structure it was saved in, every leaf of the
     type it had (PyTorch, JAX and TensorFlow tensors as tensors of their
@@ -67,19 +68,27 @@ def restore_structure(prefix: PathLike, into: Optional[Any] = None, *, verify: b
     of the global tensor, whatever slicing the checkpoint was saved with.
     With ``comm``, every process restores its own part and they agree that
     all succeeded (a failure anywhere raises everywhere).
+
+    New arrays are copies: training writes what it restores, and a written
+    page of a copy-on-write map costs more than copying it here (measured:
+    docs/performance.md). ``copy_on_write=True`` returns maps of the data
+    files instead (for states that are only read: inference, evaluation,
+    loading into a model that copies); ``FASTCKPT_COPY_ON_WRITE`` in the
+    environment sets the default.
     """
+    cow = copy_on_write_default(restoring=True) if copy_on_write is None else bool(copy_on_write)
     with using_storage(storage_options):
         if comm is None:
-            return open_checkpoint(prefix, lambda p: _restore_from(p, into, verify, threads))
+            return open_checkpoint(prefix, lambda p: _restore_from(p, into, verify, threads, cow))
         communicator = as_communicator(comm, timeout)
         assert communicator is not None
         communicator.begin()
         return agreed(communicator, "restoring",
-                      lambda: open_checkpoint(prefix, lambda p: _restore_from(p, into, verify, threads)))
+                      lambda: open_checkpoint(prefix, lambda p: _restore_from(p, into, verify, threads, cow)))
 
 
-def _restore_from(prefix: str, into: Optional[Any], verify: bool, threads: Optional[int]) -> Any:
-    with CheckpointReader(prefix, verify=verify, threads=threads) as reader:
+def _restore_from(prefix: str, into: Optional[Any], verify: bool, threads: Optional[int], cow: bool) -> Any:
+    with CheckpointReader(prefix, verify=verify, threads=threads, copy_on_write=cow) as reader:
         record = read_record(reader)
         if record is None:  # a TensorFlow checkpoint: its object tree (TensorFlow 2), or a flat dict
             if reader.has_tensor(OBJECT_GRAPH_KEY):

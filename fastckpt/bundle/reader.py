@@ -23,7 +23,7 @@ from fastckpt.bundle.regions import TensorSlice, read_region
 from fastckpt.storage import fs, local
 from fastckpt.storage.s3 import ObjectInfo, using_storage
 
-__all__ = ["CheckpointReader", "read_index_header", "read_index_fd", "check_index_footer"]
+__all__ = ["CheckpointReader", "read_index_header", "read_index_fd", "check_index_footer", "copy_on_write_default"]
 
 # Data files opened with the index (a consistent generation); beyond this
 # many shards they are opened on first use.
@@ -100,7 +100,7 @@ class CheckpointReader(Mapping[str, np.ndarray]):
     that later opens or truncates the file makes this process copy the
     pages first (the arrays never change). ``copy_on_write=False`` (or
     ``FASTCKPT_COPY_ON_WRITE=0`` in the environment) copies into new
-    memory instead. Details: the "Restores without a copy" section of
+    memory instead (:func:`fastckpt.restore` copies unless asked to map). Details: the "Restores without a copy" section of
     docs/performance.md.
     """
 
@@ -438,11 +438,19 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         return ReadPlan(self._index, self._files, self._prefix, self._verify, int(self._threads))
 
 
-def copy_on_write_default() -> bool:
-    """Whether readers give new arrays as copy-on-write maps of the data
-    files where the files can be guarded (on unless the environment sets
-    ``FASTCKPT_COPY_ON_WRITE=0``)."""
-    return os.environ.get("FASTCKPT_COPY_ON_WRITE", "1").strip().lower() not in ("0", "false", "no", "off")
+def copy_on_write_default(restoring: bool = False) -> bool:
+    """Whether new arrays are copy-on-write maps of the data files (where
+    the files can be guarded): ``FASTCKPT_COPY_ON_WRITE=1`` or ``0`` in the
+    environment decides for every reader of the process; otherwise readers
+    map and restores of training state (``restoring``) copy, since training
+    writes what it restores and a written page of a map costs a page fault
+    and a copy of its own."""
+    value = os.environ.get("FASTCKPT_COPY_ON_WRITE", "").strip().lower()
+    if value in ("0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    return not restoring
 
 
 def _span(a: np.ndarray) -> Tuple[int, int]:

@@ -37,18 +37,41 @@ def test_new_arrays_are_copy_on_write_maps_checked_and_writeable(tmp_path):
     state = _state()
     prefix = str(tmp_path / "m")
     fastckpt.save(state, prefix)
-    got = fastckpt.restore(prefix)
+    got = fastckpt.read_bundle(prefix)
     for k in state:
         assert isinstance(got[k].base, _core.CowMap), k
         assert got[k].flags.writeable and got[k].flags.aligned and got[k].flags.c_contiguous
         np.testing.assert_array_equal(got[k], state[k])
     got["big"][:] = 7  # a write copies the page, never touches the file
-    again = fastckpt.restore(prefix)
+    again = fastckpt.read_bundle(prefix)
     np.testing.assert_array_equal(again["big"], state["big"])
     assert fastckpt.verify_checkpoint(prefix).ok
     with fastckpt.CheckpointReader(prefix, copy_on_write=False) as r:
         copied = r.read()
     assert all(copied[k].base is None or not isinstance(copied[k].base, _core.CowMap) for k in copied)
+
+
+def test_readers_map_and_training_restores_copy_unless_asked(tmp_path, monkeypatch):
+    """read_bundle / CheckpointReader map by default; restore() (training
+    state, which training writes) copies unless copy_on_write=True; the
+    environment variable decides for both."""
+    prefix = str(tmp_path / "m")
+    state = {"w": np.arange(50_000, dtype=np.float32), "step": 3}
+    fastckpt.save(state, prefix)
+    monkeypatch.delenv("FASTCKPT_COPY_ON_WRITE", raising=False)
+
+    def kinds():
+        return (isinstance(fastckpt.read_bundle(prefix)["w"].base, _core.CowMap),
+                isinstance(fastckpt.restore(prefix)["w"].base, _core.CowMap),
+                isinstance(fastckpt.restore(prefix, copy_on_write=True)["w"].base, _core.CowMap),
+                isinstance(fastckpt.load_checkpoint(prefix).get_tensor("w").base, _core.CowMap))
+    assert kinds() == (True, False, True, True)
+    monkeypatch.setenv("FASTCKPT_COPY_ON_WRITE", "1")
+    assert kinds() == (True, True, True, True)
+    monkeypatch.setenv("FASTCKPT_COPY_ON_WRITE", "0")
+    assert kinds() == (False, False, True, False)
+    got = fastckpt.restore(prefix, copy_on_write=True)
+    assert got["step"] == 3 and np.array_equal(got["w"], state["w"])
 
 
 def test_a_damaged_file_is_refused_before_any_array_is_made(tmp_path):
@@ -61,7 +84,7 @@ def test_a_damaged_file_is_refused_before_any_array_is_made(tmp_path):
         f.seek(100_000)
         f.write(bytes([b[0] ^ 0x10]))
     with pytest.raises(fastckpt.DataLossError, match="checksum"):
-        fastckpt.restore(prefix)
+        fastckpt.read_bundle(prefix)
 
 
 @pytest.mark.parametrize("attack", ["truncate to zero", "truncate by name, half", "rewrite in place",
@@ -76,7 +99,7 @@ def test_arrays_outlive_any_change_to_their_file(tmp_path, attack):
         prefix, attack = {prefix!r}, {attack!r}
         data = prefix + ".data-00000-of-00001"
         want = _state()
-        got = fastckpt.restore(prefix)
+        got = fastckpt.read_bundle(prefix)
         assert isinstance(got["big"].base, _core.CowMap)
         got["big"][0, :4] = 5  # a page written before the attack: copied already
         before = _core.cow_copies()
@@ -116,7 +139,7 @@ def test_writes_racing_the_move_are_kept(tmp_path):
         import subprocess, sys, threading, numpy as np, fastckpt
         from fastckpt import _core
         prefix = {prefix!r}
-        got = fastckpt.restore(prefix)
+        got = fastckpt.read_bundle(prefix)
         w, v = got["w"], got["v"]
         assert isinstance(w.base, _core.CowMap)
         counts = [0, 0]
@@ -157,7 +180,7 @@ def test_no_map_where_the_file_cannot_be_guarded(tmp_path):
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "open"
-        got = fastckpt.restore(prefix)
+        got = fastckpt.read_bundle(prefix)
         assert not isinstance(got["big"].base, _core.CowMap)
         assert all(np.array_equal(got[k], state[k]) for k in state)
     finally:
@@ -166,7 +189,7 @@ def test_no_map_where_the_file_cannot_be_guarded(tmp_path):
     print(_child(f"""
         import numpy as np, fastckpt
         from fastckpt import _core
-        got = fastckpt.restore({prefix!r})
+        got = fastckpt.read_bundle({prefix!r})
         assert not isinstance(got["big"].base, _core.CowMap)
         print("off")
     """, env={"FASTCKPT_COPY_ON_WRITE": "0"}))
@@ -177,7 +200,7 @@ def test_a_map_ends_with_its_last_array(tmp_path):
     process nothing (no copy)."""
     prefix = str(tmp_path / "m")
     fastckpt.save(_state(), prefix)
-    got = fastckpt.restore(prefix)
+    got = fastckpt.read_bundle(prefix)
     big = got["big"]
     del got
     before = _core.cow_copies()
@@ -193,7 +216,7 @@ def test_more_maps_than_slots_fall_back_to_copies(tmp_path):
     prefix = str(tmp_path / "m")
     state = {"x": np.arange(1000, dtype=np.float32)}
     fastckpt.save(state, prefix)
-    held = [fastckpt.restore(prefix)["x"] for _ in range(1100)]
+    held = [fastckpt.read_bundle(prefix)["x"] for _ in range(1100)]
     kinds = [isinstance(a.base, _core.CowMap) for a in held]
     assert kinds[0] and not kinds[-1] and sum(kinds) <= 1024
     assert all(np.array_equal(a, state["x"]) for a in held)
@@ -205,7 +228,7 @@ def test_recycling_never_takes_a_file_a_map_holds(tmp_path):
     first = _state(1)
     saver = fastckpt.Saver(max_to_keep=1, recycle=True, durable=False)
     saver.save(first, str(tmp_path / "m"), global_step=1)
-    held = fastckpt.restore(str(tmp_path / "m-1"))
+    held = fastckpt.read_bundle(str(tmp_path / "m-1"))
     assert isinstance(held["big"].base, _core.CowMap)
     old_ino = os.stat(str(tmp_path / "m-1.data-00000-of-00001")).st_ino
     for step in (2, 3, 4):
@@ -220,7 +243,7 @@ def test_a_forked_child_reads_the_arrays(tmp_path):
     prefix = str(tmp_path / "m")
     state = _state()
     fastckpt.save(state, prefix)
-    got = fastckpt.restore(prefix)
+    got = fastckpt.read_bundle(prefix)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
