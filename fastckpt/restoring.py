@@ -5,16 +5,18 @@ a communicator. The bundle reader below knows nothing of structure."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, MutableMapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Tuple
 
 import numpy as np
 
+from fastckpt import _core
 from fastckpt.bundle.delta import DELTA_KEY
+from fastckpt.bundle.dtypes import DT_STRING, DT_VARIANT, numpy_dtype
 from fastckpt.bundle.frameworks import is_array, to_numpy
 from fastckpt.bundle.naming import PathLike
 from fastckpt.bundle.reader import CheckpointReader, copy_on_write_default
 from fastckpt.bundle.readplan import find_entry
-from fastckpt.bundle.slices import Shard
+from fastckpt.bundle.slices import Shard, encode_slice_key
 from fastckpt.collective import agreed
 from fastckpt.comm import as_communicator
 from fastckpt.directory.locate import open_checkpoint
@@ -113,12 +115,59 @@ def _fill(reader: Any, targets: Mapping[str, Any]) -> None:
             raise InvalidArgumentError(f"into: {name!r} is a Shard of global shape {list(part.global_shape)}, "
                                        f"the checkpoint's tensor has shape {list(stored)}")
     reader.read(into={n: t for n, t in targets.items() if n not in parts})
-    for name, part in parts.items():
+    for name, part in _read_stored_parts(reader, parts).items():
         local = to_numpy(part.local)
         if local.flags.c_contiguous and local.flags.writeable:
             reader.read_region(name, part.offset, part.shape, out=local)
         else:
             np.copyto(local, reader.read_region(name, part.offset, part.shape))
+
+
+def _read_stored_parts(reader: Any, parts: Mapping[str, Shard]) -> Dict[str, Shard]:
+    """Read, in one parallel batch, every Shard whose region is exactly one
+    stored entry (restoring with the sharding it was saved with, or a
+    replica of a whole tensor); returns the others (read region by region)."""
+    rest: Dict[str, Shard] = {}
+    if reader.files.remote or reader.index.compressed or reader.index.big_endian:
+        return dict(parts)
+    fds: List[Any] = []
+    offsets: List[int] = []
+    buffers: List[np.ndarray] = []
+    crcs: List[Optional[int]] = []
+    what: List[str] = []
+    copies: List[Tuple[np.ndarray, np.ndarray]] = []
+    for name, part in parts.items():
+        key, entry = find_entry(reader.index, reader.prefix, name)
+        stored: Any = None
+        if entry.dtype not in (DT_STRING, DT_VARIANT):
+            if entry.slices:
+                i = reader.index.find(encode_slice_key(key, part.extents()))
+                if i >= 0:
+                    stored = reader.index.entry(i)
+                    if stored.dtype != entry.dtype or tuple(stored.shape) != part.shape or stored.slices:
+                        stored = None
+            elif tuple(entry.shape) == part.shape:
+                stored = entry
+        local = to_numpy(part.local)
+        npdt = numpy_dtype(entry.dtype) if stored is not None else None
+        if (stored is None or npdt is None or local.dtype.newbyteorder("=") != npdt
+                or (reader.verifies and stored.crc is None) or stored.size != local.nbytes):
+            rest[name] = part
+            continue
+        fds.append(reader.files.check_range(name, stored.shard, stored.offset, stored.size))
+        buf = local if (local.flags.c_contiguous and local.flags.writeable and local.dtype.byteorder in "=|<") \
+            else np.empty(part.shape, npdt)
+        if buf is not local:
+            copies.append((local, buf))
+        offsets.append(stored.offset)
+        buffers.append(buf)
+        crcs.append(_core.unmask_crc(stored.crc) if reader.verifies else None)
+        what.append(f"{reader.files.path(stored.shard)}: tensor {name!r}")
+    if buffers:
+        reader.files.read_many(fds, offsets, buffers, crcs, reader.threads, lambda i: what[i])
+    for local, buf in copies:
+        np.copyto(local, buf)
+    return rest
 
 
 def _restore_flat(reader: Any, into: Optional[Any]) -> Dict[str, Any]:

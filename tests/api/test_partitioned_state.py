@@ -218,3 +218,36 @@ def test_a_failed_write_on_one_rank_raises_on_all_and_leaves_no_file(tmp_path):
     assert isinstance(out[2], fastckpt.InvalidArgumentError), out
     assert all(isinstance(e, fastckpt.CheckpointError) and "rank 2" in str(e) for e in out[:2]), out
     assert sorted(os.listdir(tmp_path)) == ["before.data-00000-of-00001", "before.index"]
+
+
+def test_the_sharding_it_was_saved_with_reads_each_part_once_checked(tmp_path):
+    """Restored with the sharding it was saved with, each rank reads exactly
+    its stored part (one batch), into contiguous and non-contiguous locals;
+    a damaged part fails its rank and, through the agreement, every rank."""
+    g = np.arange(8 * 6, dtype=np.float32).reshape(8, 6)
+    prefix = str(tmp_path / "c")
+    run_ranks(2, lambda comm: fastckpt.save({"w": part_of(g, comm.rank, 2, 0), "v": part_of(g, comm.rank, 2, 1)},
+                                            prefix, comm=comm))
+
+    def restore(comm):
+        w = np.zeros((4, 6), np.float32)
+        v = np.zeros((3, 8), np.float32).T  # a non-contiguous local: filled through a copy
+        into = {"w": Shard(w, g.shape, (4 * comm.rank, 0)), "v": Shard(v, g.shape, (0, 3 * comm.rank))}
+        fastckpt.restore(prefix, into=into, comm=comm)
+        return w.tolist() == g[4 * comm.rank:4 * comm.rank + 4].tolist() and \
+            v.tolist() == g[:, 3 * comm.rank:3 * comm.rank + 3].tolist()
+    assert run_ranks(2, restore) == [True, True]
+    reader = fastckpt.load_checkpoint(prefix)
+    rank1 = [e for k, e in reader.entries() if k.startswith(b"\x00w") or (k[:1] == b"\x00" and b"w" in k)]
+    assert rank1  # the slice entries of w
+    entry = max(rank1, key=lambda e: e.offset)
+    data = reader.files.path(entry.shard)
+    reader.close()
+    with open(data, "r+b") as f:  # damage the later slice of w
+        f.seek(entry.offset + 4)
+        b = f.read(1)
+        f.seek(entry.offset + 4)
+        f.write(bytes([b[0] ^ 1]))
+    errors = run_ranks(2, restore)
+    assert all(isinstance(e, fastckpt.CheckpointError) for e in errors), errors
+    assert any(isinstance(e, fastckpt.DataLossError) for e in errors), errors
