@@ -71,11 +71,12 @@ typedef struct {
     int fd;
     int copied; /* the pages are private already: the file may change */
     int moving; /* atomic: being moved into anonymous memory */
+    pid_t owner; /* the process that took the lease (a forked child shares the description) */
     void *addr;
     size_t len;
 } slot_t;
 
-static slot_t slots[NSLOTS] = {[0 ... NSLOTS - 1] = {S_FREE, -1, 0, 0, NULL, 0}};
+static slot_t slots[NSLOTS] = {[0 ... NSLOTS - 1] = {S_FREE, -1, 0, 0, 0, NULL, 0}};
 static int break_signal; /* 0 until installed; -1 when unavailable */
 static pthread_mutex_t install_lock = PTHREAD_MUTEX_INITIALIZER;
 static long page_size;
@@ -262,6 +263,7 @@ int fc_cow_map(int fd, uint64_t offset, uint64_t len, void **addr, int *slot) {
     s->addr = p;
     s->len = (size_t)len;
     s->copied = 0;
+    s->owner = getpid();
     __atomic_store_n(&s->fd, own, __ATOMIC_RELEASE);
     __atomic_store_n(&s->state, S_LIVE, __ATOMIC_RELEASE);
     /* a break that came before the slot was live found nothing to copy */
@@ -291,7 +293,10 @@ void fc_cow_unmap(int slot) {
     munmap(s->addr, s->len);
     int fd = s->fd;
     __atomic_store_n(&s->fd, -1, __ATOMIC_RELEASE);
-    fcntl(fd, F_SETLEASE, F_UNLCK);
+    /* The lease belongs to the open file description, which a forked child
+     * shares with its parent: only the process that took it releases it
+     * (a child's close leaves the description, and the parent's guard, alone). */
+    if (s->owner == getpid()) fcntl(fd, F_SETLEASE, F_UNLCK);
     close(fd);
     s->addr = NULL;
     s->len = 0;

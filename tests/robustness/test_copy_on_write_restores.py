@@ -256,3 +256,32 @@ def test_a_forked_child_reads_the_arrays(tmp_path):
     os.waitpid(pid, 0)
     os.close(r)
     np.testing.assert_array_equal(got["big"], state["big"])
+
+
+def test_a_forked_child_freeing_its_arrays_leaves_the_parent_guarded(tmp_path):
+    """The lease belongs to the open file description a forked child
+    shares: a child that drops its copies of the arrays must not release it,
+    or a later truncation would fault the parent."""
+    prefix = str(tmp_path / "m")
+    fastckpt.save(_state(), prefix)
+    print(_child(f"""
+        import gc, os, subprocess, sys, numpy as np, fastckpt
+        from fastckpt import _core
+        from tests.robustness.test_copy_on_write_restores import _state
+        prefix = {prefix!r}
+        want = _state()
+        got = fastckpt.read_bundle(prefix)
+        assert isinstance(got["big"].base, _core.CowMap)
+        pid = os.fork()
+        if pid == 0:
+            del got
+            gc.collect()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        before = _core.cow_copies()
+        data = prefix + ".data-00000-of-00001"
+        subprocess.run([sys.executable, "-c", f"import os; os.truncate({{data!r}}, 0)"], check=True)
+        assert _core.cow_copies() - before == 1
+        assert all(np.array_equal(got[k], want[k]) for k in want)
+        print("ok")
+    """))
