@@ -283,7 +283,7 @@ def read_fast(Index index, list names, list fds, list sizes, list descrs, bint v
                                            cmap.addr + (<uint64_t>e.offset - cmap.start), cnp.NPY_ARRAY_CARRAY, None)
                 cnp.set_array_base(<cnp.ndarray>arr, cmap)
                 items[k].fd = -1  # in memory already: checked, not read
-            elif pool is not None and not mapped[k] and e.size <= PACK_MAX_BYTES:
+            elif pool is not None and e.size <= PACK_MAX_BYTES:
                 Py_INCREF(descr)  # PyArray_NewFromDescr steals a reference
                 arr = PyArray_NewFromDescr(&PyArray_Type, <cnp.dtype>descr, e.rank, dims, NULL,
                                            pool_data + pack_at, cnp.NPY_ARRAY_CARRAY, None)
