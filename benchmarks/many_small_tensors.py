@@ -7,7 +7,6 @@ ratios from the minima. Also what fastckpt's restore spends on creating the
     python3 benchmarks/many_small_tensors.py [rounds] [tensors]
 """
 
-import gc
 import os
 import shutil
 import statistics
@@ -20,6 +19,7 @@ import numpy as np
 import fastckpt
 from fastckpt.bench.peers import quiet
 from fastckpt.bench.run import table, uniform_state
+from fastckpt.bench.settle import settle
 
 
 def main(rounds: int = 5, count: int = 100_000) -> dict:
@@ -55,7 +55,7 @@ def main(rounds: int = 5, count: int = 100_000) -> dict:
         for r in range(rounds):
             order = list(cases)[r % len(cases):] + list(cases)[:r % len(cases)]
             for k in order:
-                gc.collect()
+                settle(sync=False)
                 t0 = time.perf_counter()
                 kept = cases[k]()
                 times[k].append(time.perf_counter() - t0)

@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <pthread.h>
 
 #include "bytes.h"
 
@@ -267,6 +268,25 @@ uint64_t fc_xxh64(const void *data, size_t len, uint64_t seed);
  * item's index. */
 int fc_io_run(fc_io_item *items, size_t n, int mode, int nthreads,
               uint64_t piece_bytes, fc_status *st);
+
+/* fc_io_run on a thread of its own, so the caller can go on (creating the
+ * Python objects of a read while its bytes are checked): fc_io_start never
+ * fails (without a thread it runs the work before returning); fc_io_wait
+ * joins and returns fc_io_run's result (st set on failure). Every started
+ * job is waited for exactly once, before its items are freed. */
+typedef struct {
+    pthread_t tid;
+    int started;
+    fc_io_item *items;
+    size_t n;
+    int mode;
+    int nthreads;
+    uint64_t piece;
+    int rc;
+    fc_status st;
+} fc_io_async;
+void fc_io_start(fc_io_async *a, fc_io_item *items, size_t n, int mode, int nthreads, uint64_t piece);
+int fc_io_wait(fc_io_async *a, fc_status *st);
 
 /* Copy-on-write maps of data files under a read lease (cowmap.c).
  * fc_cow_map maps `len` bytes of the file open as `fd` from `offset` (a

@@ -400,6 +400,33 @@ int fc_io_run(fc_io_item *items, size_t n, int mode, int nthreads, uint64_t piec
     return rc;
 }
 
+static void *async_runner(void *arg) {
+    fc_io_async *a = (fc_io_async *)arg;
+    a->rc = fc_io_run(a->items, a->n, a->mode, a->nthreads, a->piece, &a->st);
+    return NULL;
+}
+
+void fc_io_start(fc_io_async *a, fc_io_item *items, size_t n, int mode, int nthreads, uint64_t piece) {
+    memset(a, 0, sizeof *a);
+    a->items = items;
+    a->n = n;
+    a->mode = mode;
+    a->nthreads = nthreads;
+    a->piece = piece;
+    fc_status_clear(&a->st);
+    a->started = pthread_create(&a->tid, NULL, async_runner, a) == 0;
+    if (!a->started) async_runner(a); /* no thread to be had: the work is done now */
+}
+
+int fc_io_wait(fc_io_async *a, fc_status *st) {
+    if (a->started) {
+        pthread_join(a->tid, NULL);
+        a->started = 0;
+    }
+    if (a->rc) *st = a->st;
+    return a->rc;
+}
+
 typedef struct {
     const uint8_t *p;
     uint64_t n;

@@ -174,5 +174,9 @@ cdef extern from "fastckpt.h" nogil:
     int fc_cow_copies()
     int fc_io_run(fc_io_item *items, size_t n, int mode, int nthreads,
                   uint64_t piece_bytes, fc_status *st)
+    ctypedef struct fc_io_async:
+        int started
+    void fc_io_start(fc_io_async *a, fc_io_item *items, size_t n, int mode, int nthreads, uint64_t piece)
+    int fc_io_wait(fc_io_async *a, fc_status *st)
 
 

@@ -309,25 +309,29 @@ cdef class Index:
         """``(i, j)`` for every entry ``i`` that names the very bytes of an
         earlier-sorted entry ``j`` (same data file, offset, size, dtype, shape
         and checksum; size > 0): tied weights, written once."""
-        cdef _span_t *sp = <_span_t *>malloc((self.idx.n if self.idx.n else 1) * sizeof(_span_t))
+        cdef _span_t *sp = NULL
         cdef Py_ssize_t i, k, j, m = 0, run = 0
         cdef fc_entry *e
         cdef list pairs = []
         cdef int64_t last = -1
-        cdef bint increasing = True
+        for i in range(<Py_ssize_t>self.idx.n):
+            e = &self.idx.entries[i]
+            if e.size > 0 and e.num_slices == 0 and e.key_len > 0:
+                if e.offset <= last:
+                    break
+                last = e.offset
+        else:  # no offset twice (the usual layout, in key order): nothing shared
+            return pairs
+        sp = <_span_t *>malloc((self.idx.n if self.idx.n else 1) * sizeof(_span_t))
         if sp == NULL:
             raise MemoryError()
         try:
             for i in range(<Py_ssize_t>self.idx.n):
                 e = &self.idx.entries[i]
                 if e.size > 0 and e.num_slices == 0 and e.key_len > 0:
-                    increasing = increasing and e.offset > last
-                    last = e.offset
                     sp[m].ptr = <uintptr_t>e.offset  # the position; the shard is compared below
                     sp[m].len, sp[m].i, sp[m].canonical = <uint64_t>e.size, i, -1
                     m += 1
-            if increasing:  # no offset twice (the usual layout, in key order): nothing shared
-                return pairs
             qsort(sp, <size_t>m, sizeof(_span_t), _span_less)
             for k in range(1, m):
                 if sp[k].ptr != sp[run].ptr:

@@ -170,10 +170,16 @@ cdef bint _fits(object arr, fc_entry *e, fc_index *idx, list descrs):
     return True
 
 
-cdef inline bint _fast_entry_ok(fc_entry *e, list descrs, list fds, list sizes, bint verify):
-    if e.num_slices or e.dtype < 0 or e.dtype >= len(descrs) or e.shard_id >= len(fds):
+cdef inline bint _fast_entry_ok(fc_entry *e, const char *dtype_ok, Py_ssize_t ndtypes, const int64_t *shard_sizes,
+                                Py_ssize_t nshards, bint verify) noexcept:
+    if e.num_slices or e.dtype < 0 or e.dtype >= ndtypes or e.shard_id < 0 or e.shard_id >= nshards:
         return False
-    return descrs[e.dtype] is not None and not (verify and not e.has_crc) and e.offset + e.size <= sizes[e.shard_id]
+    return dtype_ok[e.dtype] and not (verify and not e.has_crc) and e.offset + e.size <= shard_sizes[e.shard_id]
+
+
+# Reads of at least this many new arrays make them while their bytes are read
+# and checked on other threads (fewer: the thread is not worth starting).
+cdef Py_ssize_t _ASYNC_MIN_ITEMS = 256
 
 
 def read_fast(Index index, list names, list fds, list sizes, list descrs, bint verify, int threads,
@@ -210,21 +216,40 @@ def read_fast(Index index, list names, list fds, list sizes, list descrs, bint v
     cdef char *mapped = NULL
     cdef list maps = None
     cdef CowMap cmap
-    cdef Py_ssize_t nshards = len(fds)
+    cdef Py_ssize_t nshards = len(fds), ndtypes = len(descrs), t
+    cdef int64_t *shard_sizes = NULL
+    cdef int *shard_fds = NULL
+    cdef char *dtype_ok = NULL
+    cdef fc_io_async job
+    cdef bint running = False
+    cdef dict alone = None, queued = None
     if idx.header.endianness != 0:
         return None
+    if len(sizes) != nshards:
+        raise ValueError("read_fast: one size per descriptor")
     if out is None:
         out = {} if into is None else into
     n = len(names) if names is not None else <Py_ssize_t>idx.n
     items = <fc_io_item *>calloc(n if n else 1, sizeof(fc_io_item))
     js = <int64_t *>malloc((n if n else 1) * sizeof(int64_t))
     slot = <int64_t *>malloc((n if n else 1) * sizeof(int64_t))  # in order: m >= 0 planned here, -1-r rest[r]
-    if items == NULL or js == NULL or slot == NULL:
+    shard_sizes = <int64_t *>malloc((nshards if nshards else 1) * sizeof(int64_t))
+    shard_fds = <int *>malloc((nshards if nshards else 1) * sizeof(int))
+    dtype_ok = <char *>malloc(ndtypes if ndtypes else 1)
+    if items == NULL or js == NULL or slot == NULL or shard_sizes == NULL or shard_fds == NULL or dtype_ok == NULL:
         free(items)
         free(js)
         free(slot)
+        free(shard_sizes)
+        free(shard_fds)
+        free(dtype_ok)
         raise MemoryError()
     try:
+        for t in range(nshards):  # (read once: a Python comparison per entry would cost more than the rest)
+            shard_sizes[t] = sizes[t]
+            shard_fds[t] = fds[t]
+        for t in range(ndtypes):
+            dtype_ok[t] = descrs[t] is not None
         for k in range(n):  # pass 1: find and check every entry, size the shared allocation
             if names is not None:
                 name = names[k]
@@ -235,7 +260,7 @@ def read_fast(Index index, list names, list fds, list sizes, list descrs, bint v
                 if e.key_len == 0 or idx.keys[e.key_off] == 0:
                     continue  # slice entries are not tensors of their own
                 name = PyUnicode_DecodeUTF8(<const char *>idx.keys + e.key_off, e.key_len, "surrogateescape")
-            if j < 0 or not _fast_entry_ok(&idx.entries[j], descrs, fds, sizes, verify) or (
+            if j < 0 or not _fast_entry_ok(&idx.entries[j], dtype_ok, ndtypes, shard_sizes, nshards, verify) or (
                     into is not None and not _fits(into.get(name), &idx.entries[j], idx, descrs)):
                 slot[nslots] = -1 - <int64_t>len(rest)
                 nslots += 1
@@ -261,57 +286,87 @@ def read_fast(Index index, list names, list fds, list sizes, list descrs, bint v
             pool = cnp.PyArray_SimpleNew(1, &total_dim, cnp.NPY_UINT8)
             pool_data = <char *>cnp.PyArray_DATA(<cnp.ndarray>pool)
             pool_data += (_PACK_ALIGN - <int64_t>(<size_t>pool_data % <size_t>_PACK_ALIGN)) % _PACK_ALIGN
-        for q in range(nslots):  # pass 2, in the requested order: the arrays and the reads
-            if slot[q] < 0:
-                if into is None:  # keeps its place for the general path, which keys by text
-                    name = rest[-1 - slot[q]]
-                    out[name.decode("utf-8", "surrogateescape") if type(name) is bytes else name] = None
+        for k in range(m):  # pass 2: where each tensor's bytes go (new arrays only where no address exists yet)
+            e = &idx.entries[js[k]]
+            items[k].fd = shard_fds[e.shard_id]
+            items[k].file_off = <uint64_t>e.offset
+            items[k].len = <uint64_t>e.size
+            items[k].crc = fc_crc_unmask(e.crc32c)
+            items[k].verify = verify
+            if into is not None:
+                items[k].buf = cnp.PyArray_DATA(<cnp.ndarray>into[found[k]])  # checked by _fits
+            elif mapped[k]:
+                cmap = <CowMap>maps[e.shard_id]
+                items[k].buf = cmap.addr + (<uint64_t>e.offset - cmap.start)
+                items[k].fd = -1  # in memory already: checked, not read
+            elif pool is not None and e.size <= PACK_MAX_BYTES:
+                items[k].buf = pool_data + pack_at
+                pack_at += (e.size + _PACK_ALIGN - 1) // _PACK_ALIGN * _PACK_ALIGN
+            else:
+                if alone is None:
+                    alone = {}
+                descr = descrs[e.dtype]
+                for d in range(e.rank):
+                    dims[d] = <cnp.npy_intp>idx.dims[e.dims_off + d]
+                Py_INCREF(descr)  # PyArray_Empty steals a reference
+                arr = PyArray_Empty(e.rank, dims, <cnp.dtype>descr, 0)
+                alone[k] = arr
+                items[k].buf = cnp.PyArray_DATA(<cnp.ndarray>arr)
+        if rest and before_io is not None:
+            before_io(rest)
+            if into is None:  # what it queued moves to its place in the requested order (pass 3)
+                for name in rest:
+                    name = name.decode("utf-8", "surrogateescape") if type(name) is bytes else name
+                    if name in out:
+                        if queued is None:
+                            queued = {}
+                        queued[name] = out.pop(name)
+        fc_status_clear(&st)
+        rc = 0
+        if into is None and m >= _ASYNC_MIN_ITEMS:
+            # the reads and checks run on their own threads while this one makes the arrays (pass 3)
+            fc_io_start(&job, items, <size_t>m, FC_IO_READ, threads, 0)
+            running = True
+        else:
+            with nogil:
+                rc = fc_io_run(items, <size_t>m, FC_IO_READ, threads, 0, &st)
+        for q in range(nslots if into is None else 0):  # pass 3, in the requested order: the arrays
+            if slot[q] < 0:  # keeps its place for the general path, which keys by text
+                name = rest[-1 - slot[q]]
+                name = name.decode("utf-8", "surrogateescape") if type(name) is bytes else name
+                out[name] = queued.get(name) if queued is not None else None
                 continue
             k = <Py_ssize_t>slot[q]
+            if alone is not None and k in alone:
+                out[found[k]] = alone[k]
+                continue
             e = &idx.entries[js[k]]
-            name = found[k]
             descr = descrs[e.dtype]
             for d in range(e.rank):
                 dims[d] = <cnp.npy_intp>idx.dims[e.dims_off + d]
-            items[k].fd = fds[e.shard_id]
-            if into is not None:
-                arr = into[name]  # checked by _fits
-            elif mapped[k]:
-                cmap = <CowMap>maps[e.shard_id]
-                Py_INCREF(descr)
-                arr = PyArray_NewFromDescr(&PyArray_Type, <cnp.dtype>descr, e.rank, dims, NULL,
-                                           cmap.addr + (<uint64_t>e.offset - cmap.start), cnp.NPY_ARRAY_CARRAY, None)
-                cnp.set_array_base(<cnp.ndarray>arr, cmap)
-                items[k].fd = -1  # in memory already: checked, not read
-            elif pool is not None and e.size <= PACK_MAX_BYTES:
-                Py_INCREF(descr)  # PyArray_NewFromDescr steals a reference
-                arr = PyArray_NewFromDescr(&PyArray_Type, <cnp.dtype>descr, e.rank, dims, NULL,
-                                           pool_data + pack_at, cnp.NPY_ARRAY_CARRAY, None)
-                cnp.set_array_base(<cnp.ndarray>arr, pool)
-                pack_at += (e.size + _PACK_ALIGN - 1) // _PACK_ALIGN * _PACK_ALIGN
-            else:
-                Py_INCREF(descr)  # PyArray_Empty steals a reference
-                arr = PyArray_Empty(e.rank, dims, <cnp.dtype>descr, 0)
-            items[k].file_off = <uint64_t>e.offset
-            items[k].len = <uint64_t>e.size
-            items[k].buf = cnp.PyArray_DATA(<cnp.ndarray>arr)
-            items[k].crc = fc_crc_unmask(e.crc32c)
-            items[k].verify = verify
-            if into is None:
-                out[name] = arr
-        if rest and before_io is not None:
-            before_io(rest)
-        fc_status_clear(&st)
-        with nogil:
-            rc = fc_io_run(items, <size_t>m, FC_IO_READ, threads, 0, &st)
+            Py_INCREF(descr)  # PyArray_NewFromDescr steals a reference
+            arr = PyArray_NewFromDescr(&PyArray_Type, <cnp.dtype>descr, e.rank, dims, NULL, items[k].buf,
+                                       cnp.NPY_ARRAY_CARRAY, None)
+            cnp.set_array_base(<cnp.ndarray>arr, maps[e.shard_id] if mapped[k] else pool)
+            out[found[k]] = arr
+        if running:
+            with nogil:
+                rc = fc_io_wait(&job, &st)
+            running = False
         if rc:
             _raise(&st, "", lambda i: describe(found[i], idx.entries[js[i]].shard_id))
         return out, rest
     finally:
+        if running:  # (an error making the arrays) the threads still use the items
+            with nogil:
+                fc_io_wait(&job, &st)
         free(items)
         free(js)
         free(slot)
         free(mapped)
+        free(shard_sizes)
+        free(shard_fds)
+        free(dtype_ok)
 
 
 # A lease break must move a map into the process's own memory within the

@@ -11,7 +11,6 @@ is left out; min and median over rounds of each loop's mean."""
 
 from __future__ import annotations
 
-import gc
 import os
 import shutil
 import statistics
@@ -21,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from fastckpt.bench.settle import settle
 from fastckpt.bench.run import figures, fresh_memory_for_every_case, gpt_like_state, machine, nbytes, table
 from fastckpt.manager import CheckpointManager
 from fastckpt.saver import save
@@ -62,7 +62,7 @@ def _loop(work: str, state: Dict[str, np.ndarray], saves: int, change: Callable[
     try:
         for step in range(saves):
             change(step)
-            gc.collect()
+            settle(sync=False)
             w = written_bytes()
             t = time.perf_counter()
             mgr.save(state, step)

@@ -6,7 +6,6 @@ cases interleaved, their order rotating every round; medians quoted)."""
 
 from __future__ import annotations
 
-import gc
 import os
 import shutil
 import tempfile
@@ -15,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from fastckpt.bench.settle import settle
 from fastckpt.bench.run import figures, fresh_memory_for_every_case, gpt_like_state, machine, nbytes, table
 from fastckpt.errors import InvalidArgumentError
 from fastckpt.manager import CheckpointManager
@@ -95,7 +95,7 @@ def run_loop_bench(saves: int = 8, size: int = 1 << 30, tensors: int = 250, dtyp
             names = list(cases)
             for r in range(rounds + 1):  # round 0 warms up (imports, first touches, directory creation)
                 for name in names[r % len(names):] + names[:r % len(names)]:
-                    gc.collect()
+                    settle(sync=False)
                     times = cases[name](durable)
                     if r:
                         steady[name].extend(times[KEEP:])

@@ -9,7 +9,6 @@ TensorFlow and safetensors when installed.
 
 from __future__ import annotations
 
-import gc
 import os
 import platform
 import shutil
@@ -21,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from fastckpt.bench.peers import PEER_COPIES, peer_cases
+from fastckpt.bench.settle import settle
 from fastckpt.bench.units import parse_size
 from fastckpt.directory.locate import load_checkpoint, read_bundle
 from fastckpt.bundle.writer import default_threads, write_bundle
@@ -281,8 +281,7 @@ def run_bench(size: int = 1 << 30, tensors: int = 250, dtype: str = "float32", d
                     case.before()
                 if evict and case.reads:
                     _evict(case.reads)
-                gc.collect()
-                os.sync()  # (untimed) no case pays for an earlier one's write-back
+                settle()  # (untimed) no case pays for an earlier one's garbage, heap or write-back
                 t0 = time.perf_counter()
                 case.fn()
                 case.times.append(time.perf_counter() - t0)
@@ -299,7 +298,7 @@ def _first_touch(state: Dict[str, np.ndarray], rounds: int) -> List[float]:
     I/O): the floor of any restore into new memory on this machine."""
     times = []
     for _ in range(rounds):
-        gc.collect()
+        settle(sync=False)
         t0 = time.perf_counter()
         fresh = [np.zeros_like(v) for v in state.values()]  # noqa: F841  (zeros: written, not lazily mapped)
         for a in fresh:

@@ -41,7 +41,7 @@ def local_path(path: Any, what: str = "path") -> str:
     ``s3://`` URLs too.)
     """
     p = _as_str(path, what)
-    m = _URL.match(p)
+    m = _URL.match(p) if "://" in p else None
     if m is None:
         return p
     scheme = m.group(1).lower()
@@ -68,7 +68,7 @@ def storage_path(path: Any, what: str = "path") -> str:
     bucket, no empty or dot segments in the key). Other schemes are refused
     with one line, never taken as a local directory."""
     p = _as_str(path, what)
-    m = _URL.match(p)
+    m = _URL.match(p) if "://" in p else None
     if m is None or m.group(1).lower() != "s3":
         if m is not None and m.group(1).lower() != "file":
             raise InvalidArgumentError(f"{what} {p!r} is a URL ({m.group(1).lower()}://): fastckpt {__version__} "
