@@ -282,6 +282,18 @@ cdef class Index:
         extension, marked by the header's min_consumer)."""
         return self.idx.header.min_consumer == FC_ZSTD_MIN_CONSUMER
 
+    def dtype_mask(self):
+        """An int with bit ``d`` set for every dtype enum ``d`` < 64 that
+        some entry has."""
+        cdef size_t i
+        cdef uint64_t m = 0
+        cdef int32_t d
+        for i in range(self.idx.n):
+            d = self.idx.entries[i].dtype
+            if 0 <= d < 64:
+                m |= (<uint64_t>1) << d
+        return m
+
     def find(self, bytes key):
         """Entry number of ``key``, or -1."""
         return fc_index_find(&self.idx, <const uint8_t *>PyBytes_AS_STRING(key), len(key))

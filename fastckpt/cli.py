@@ -21,7 +21,7 @@ from fastckpt.bundle.naming import local_path, storage_path
 from fastckpt.directory.locate import find_checkpoint, load_checkpoint
 from fastckpt.directory.recovery import collect_garbage
 from fastckpt.errors import CheckpointError, InvalidArgumentError, NotFoundError
-from fastckpt.formats.convert import convert
+from fastckpt.formats.convert import convert_files
 from fastckpt.formats.diff import diff
 from fastckpt.formats.inspect import inspect_checkpoint, summary_lines
 from fastckpt.verify import verify_path
@@ -200,10 +200,11 @@ def _dtype(text: str) -> str:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    out = convert(args.src, args.dst, src_format=args.src_format, dst_format=args.dst_format,
-                  compression=None if args.compression == "none" else args.compression,
-                  compression_level=args.level, num_shards=args.num_shards, dtype=args.dtype, durable=args.durable)
-    print(f"wrote {out}")
+    files = convert_files(args.src, args.dst, src_format=args.src_format, dst_format=args.dst_format,
+                          compression=None if args.compression == "none" else args.compression,
+                          compression_level=args.level, num_shards=args.num_shards, dtype=args.dtype,
+                          durable=args.durable, only=args.only, exclude=args.exclude, strip_prefix=args.strip_prefix)
+    print(f"wrote {files[0]}" if len(files) == 1 else f"wrote {len(files)} files: {', '.join(files)}")
     return 0
 
 
@@ -301,6 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", default=None, help="cast floating-point tensors (float16, bfloat16, ...); "
                                                  "without it, conversion is lossless")
     c.add_argument("--durable", action="store_true", help="fsync the files before they are renamed into place")
+    c.add_argument("--only", action="append", default=None, metavar="NAME",
+                   help="write only the tensors under NAME (model: model/..., model.... ; a glob: *.weight); "
+                        "repeatable")
+    c.add_argument("--exclude", action="append", default=None, metavar="NAME",
+                   help="leave out the tensors under NAME or matching a glob; repeatable")
+    c.add_argument("--strip-prefix", default=None, metavar="PREFIX",
+                   help="remove PREFIX from the start of the names written (model/ for a model's own names)")
     c.set_defaults(func=_convert)
     d = sub.add_parser("diff", help="compare two checkpoints of any formats; exits 0 when equal within "
                                     "tolerance, 1 when not")

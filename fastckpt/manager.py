@@ -17,7 +17,7 @@ import os
 import re
 import threading
 import weakref
-from typing import Any, Collection, Dict, List, Mapping, Optional, Union
+from typing import Any, Collection, Dict, List, Literal, Mapping, Optional, Tuple, Union, overload
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from fastckpt.bundle.writer import STAGE_PREFIX
 from fastckpt.comm import as_communicator
 from fastckpt.directory.retention import Retention
 from fastckpt.directory.state import get_checkpoint_state, latest_checkpoint
-from fastckpt.errors import InvalidArgumentError
+from fastckpt.errors import InvalidArgumentError, NotFoundError
 from fastckpt.restoring import restore_latest, restore_structure
 from fastckpt.saving import FlatState, Listing, SaveOptions, flatten_state, resolve_options, write_checkpoint
 from fastckpt.storage import fs
@@ -124,6 +124,14 @@ class CheckpointManager:
             st = get_checkpoint_state(self._directory)
             return list(st.all_model_checkpoint_paths) if st else []
 
+    @property
+    def steps(self) -> List[int]:
+        """The steps of the kept checkpoints, oldest first (those named by
+        a step)."""
+        with using_storage(self._storage_options):
+            steps = [self._step_of(p) for p in self.checkpoints]
+        return [s for s in steps if s is not None]
+
     def _step_of(self, prefix: str) -> Optional[int]:
         """The step in a checkpoint's name; for a staged bundle a killed save
         left listed, the step of the name it was being committed as."""
@@ -136,6 +144,18 @@ class CheckpointManager:
         return int(m.group(1)) if m else None
 
     # -- saving --------------------------------------------------------------------------
+    @overload
+    def save(self, state: Any, step: Any, *, blocking: Literal[True] = ..., metadata: Any = None,
+             force: bool = False) -> Optional[str]: ...
+
+    @overload
+    def save(self, state: Any, step: Any, *, blocking: Literal[False], metadata: Any = None,
+             force: bool = False) -> Optional["concurrent.futures.Future[str]"]: ...
+
+    @overload
+    def save(self, state: Any, step: Any, *, blocking: bool, metadata: Any = None,
+             force: bool = False) -> Union[None, str, "concurrent.futures.Future[str]"]: ...
+
     def save(self, state: Any, step: Any, *, blocking: bool = True, metadata: Any = None,
              force: bool = False) -> Union[None, str, "concurrent.futures.Future[str]"]:
         """Save ``state`` as step ``step``.
@@ -252,14 +272,52 @@ class CheckpointManager:
         self._last_step = self._step_of(prefix)
         return restored
 
+    def restore(self, step: Optional[int] = None, *, into: Any = None, verify: bool = True,
+                copy_on_write: Optional[bool] = None) -> Any:
+        """Restore the checkpoint of ``step`` (default: the latest) and
+        return its structure, as :func:`fastckpt.restore` does (``into``
+        filled in place when given). No such checkpoint:
+        :class:`NotFoundError` naming the steps there are. Afterwards
+        :attr:`restored_step` is ``step`` and ``checkpoint_interval``
+        counts from it."""
+        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, np.integer))):
+            raise InvalidArgumentError(f"step must be an int or None, got {step!r}")
+        self.wait()
+        with using_storage(self._storage_options):
+            if self._comm is not None:  # rank 0 names the checkpoint: every process restores the same one
+                self._comm.begin()
+                prefix, missing = self._comm.broadcast(self._find(step) if self._comm.rank == 0 else None)
+            else:
+                prefix, missing = self._find(step)
+            if prefix is None:
+                raise NotFoundError(missing)
+            restored = restore_structure(prefix, into=into, verify=verify, threads=self._options.threads,
+                                         comm=self._comm, copy_on_write=copy_on_write)
+            self._restored = prefix
+            self._last_step = self._step_of(prefix)
+        return restored
+
+    def _find(self, step: Optional[int]) -> Tuple[Optional[str], str]:
+        """``(prefix, "")`` of ``step`` (None: the latest), or ``(None,
+        what there is)`` (so that rank 0 can send either to the others)."""
+        if step is None:
+            latest = self.latest_checkpoint
+            return (latest, "") if latest is not None else (None, f"no checkpoint in {self._directory}")
+        for prefix in reversed(self.checkpoints):
+            if self._step_of(prefix) == int(step):
+                return prefix, ""
+        have = self.steps
+        return None, (f"no checkpoint of step {int(step)} in {self._directory}; "
+                      f"{'steps kept: ' + ', '.join(map(str, have)) if have else 'it holds none'}")
+
     @property
     def restored_checkpoint(self) -> Optional[str]:
-        """The prefix the last :meth:`restore_or_initialize` restored, or None."""
+        """The prefix the last :meth:`restore` or :meth:`restore_or_initialize` restored, or None."""
         return self._restored
 
     @property
     def restored_step(self) -> Optional[int]:
-        """The step the last :meth:`restore_or_initialize` restored, or None."""
+        """The step the last :meth:`restore` or :meth:`restore_or_initialize` restored, or None."""
         with using_storage(self._storage_options):
             return self._step_of(self._restored) if self._restored else None
 

@@ -22,6 +22,7 @@ from fastckpt.comm import as_communicator
 from fastckpt.directory.locate import open_checkpoint
 from fastckpt.directory.state import latest_checkpoint
 from fastckpt.errors import InvalidArgumentError, NotFoundError
+from fastckpt.structure.target import has_immutable_leaves, rebuild
 from fastckpt.structure.objectgraph import OBJECT_GRAPH_KEY, restore_object_tree
 from fastckpt.structure.tree import leaf_targets, unflatten
 from fastckpt.structure.record import read_record
@@ -49,7 +50,7 @@ def read_meta(prefix: PathLike, *, storage_options: Optional[Mapping[str, Any]] 
 def restore_structure(prefix: PathLike, into: Optional[Any] = None, *, verify: bool = True,
                       threads: Optional[int] = None, comm: Any = None, timeout: Optional[float] = None,
                       storage_options: Optional[Mapping[str, Any]] = None,
-                      copy_on_write: Optional[bool] = None) -> Any:
+                      copy_on_write: Optional[bool] = None, target: Any = None) -> Any:
     """Read checkpoint ``prefix`` (a prefix, or a directory: its latest
     checkpoint) back in the structure it was saved in, every leaf of the
     type it had (PyTorch, JAX and TensorFlow tensors as tensors of their
@@ -77,7 +78,24 @@ def restore_structure(prefix: PathLike, into: Optional[Any] = None, *, verify: b
     files instead (for states that are only read: inference, evaluation,
     loading into a model that copies); ``FASTCKPT_COPY_ON_WRITE`` in the
     environment sets the default.
+
+    With ``target`` (a tree of the saved structure, or part of it), a new
+    tree of ``target``'s own structure is returned -- NamedTuples (optax
+    states), dataclass pytrees (Flax), dicts, lists, tuples rebuilt as the
+    target has them -- each leaf the checkpoint's value as the target leaf's
+    kind: a JAX array placed with the target's sharding, a PyTorch tensor
+    on its device, a numpy array (:func:`fastckpt.structure.target.rebuild`).
+    For immutable trees, which cannot be filled: an ``into`` holding JAX
+    arrays is taken as a ``target``.
     """
+    if target is not None and into is not None:
+        raise InvalidArgumentError("give into= (filled in place) or target= (a new tree of its structure), not both")
+    if into is not None and has_immutable_leaves(into):
+        into, target = None, into
+    if target is not None:
+        restored = restore_structure(prefix, verify=verify, threads=threads, comm=comm, timeout=timeout,
+                                     storage_options=storage_options, copy_on_write=copy_on_write)
+        return rebuild(target, restored)
     cow = copy_on_write_default(restoring=True) if copy_on_write is None else bool(copy_on_write)
     with using_storage(storage_options):
         if comm is None:

@@ -11,7 +11,7 @@ from typing import (Any, Callable, Dict, Iterator, List, Mapping, MutableMapping
 import numpy as np
 
 from fastckpt import _core
-from fastckpt.bundle.dtypes import DT_STRING, DT_VARIANT, fixed_width_dtypes, numpy_dtype
+from fastckpt.bundle.dtypes import DT_STRING, DT_VARIANT, EXTENDED_ENUMS, fixed_width_dtypes, load_extended, numpy_dtype
 from fastckpt.errors import CheckpointError, DataLossError, InvalidArgumentError, NotFoundError, TensorNotFoundError
 from fastckpt.bundle.files import DataFiles, ObjectDataFiles, crc32c_of_range
 from fastckpt.storage.fsutil import default_threads, gc_paused, io_error
@@ -29,7 +29,8 @@ __all__ = ["CheckpointReader", "read_index_header", "read_index_fd", "check_inde
 # many shards they are opened on first use.
 EAGER_SHARDS = 1024
 
-_FIXED_DTYPES = fixed_width_dtypes()
+_FIXED_DTYPES = fixed_width_dtypes()  # (the live table: ml_dtypes' types are added when first needed)
+_EXTENDED_MASK = sum(1 << e for e in EXTENDED_ENUMS)
 
 
 _FOOTER = 48
@@ -417,6 +418,8 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         if opened is None:
             return None
         fds, sizes = opened
+        if self._index.dtype_mask() & _EXTENDED_MASK:  # bfloat16, float8...: ml_dtypes' types
+            load_extended()
         if names is None or 2 * len(names) >= len(self._index):  # most of the files: read ahead
             for fd, size in zip(fds, sizes):
                 advise_willneed(fd, 0, size)

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from fastckpt import _core
-from fastckpt.bundle.dtypes import DT_STRING, dtype_enum, native_enums
+from fastckpt.bundle.dtypes import DT_STRING, dtype_enum, native_enums, refresh
 from fastckpt.errors import CheckpointError, InvalidArgumentError, UnsupportedError
 from fastckpt.bundle.frameworks import to_numpy
 from fastckpt.bundle.lazy import LazyTensor
@@ -80,7 +80,7 @@ def _as_array(name: str, value: Any) -> np.ndarray:
         raise InvalidArgumentError(f"tensor {name!r}: cannot be converted to an array: {e}") from e
 
 
-_FAST_ENUMS = native_enums() if np.little_endian else {}
+_FAST_ENUMS = native_enums() if np.little_endian else {}  # (live: ml_dtypes' types added once it is imported)
 
 
 Prepared = Tuple[bytes, str, int, Tuple[int, ...], Any, int, Optional[int], Any]  # source: array or LazyTensor
@@ -130,6 +130,7 @@ def plan_bundle(tensors: Mapping[Any, Any], num_shards: int = 1, alignment: int 
     if not isinstance(tensors, Mapping):
         raise InvalidArgumentError(
             f"tensors must be a mapping of name to array, got {type(tensors).__name__}")
+    refresh()  # an array of ml_dtypes' types exists only once it is imported: its types join the fast table
     with gc_paused():
         plan = _core.plan_write(tensors, _FAST_ENUMS, num_shards, alignment, _prepare)
         shared = plan.shared_payloads()

@@ -19,23 +19,23 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
-import ml_dtypes
 import numpy as np
 
 from fastckpt.errors import InvalidArgumentError
 from fastckpt.bundle.lazy import LazyTensor
 from fastckpt.formats.registry import open_source, write_as
+from fastckpt.formats.select import select
 from fastckpt.formats.source import Source, checked_path, detect_format
 from fastckpt.storage.fsutil import ensure_directory
-from fastckpt.bundle.naming import PathLike, checkpoint_files
+from fastckpt.bundle.naming import PathLike, checkpoint_files, storage_path
 from fastckpt.bundle.writer import stage_bundle
 from fastckpt.formats.bundle import bundle_tensors
 from fastckpt.storage import fs
 from fastckpt.storage.s3 import using_storage
 
-__all__ = ["convert", "cast_floats", "each_once"]
+__all__ = ["convert", "convert_files", "cast_floats", "each_once"]
 
 # Decoded bytes above which a whole-file destination goes through a temporary plain bundle.
 SCRATCH_ABOVE = 256 << 20
@@ -44,7 +44,9 @@ SCRATCH_ABOVE = 256 << 20
 def convert(src: PathLike, dst: PathLike, *, src_format: Optional[str] = None, dst_format: Optional[str] = None,
             num_shards: int = 1, compression: Optional[str] = None, compression_level: int = 1,
             dtype: Optional[str] = None, durable: bool = False, threads: Optional[int] = None,
-            verify: bool = True, storage_options: Optional[Mapping[str, Any]] = None) -> str:
+            verify: bool = True, storage_options: Optional[Mapping[str, Any]] = None,
+            only: Union[None, str, Sequence[str]] = None, exclude: Union[None, str, Sequence[str]] = None,
+            strip_prefix: Optional[str] = None) -> str:
     """Convert checkpoint ``src`` to ``dst``; formats come from the paths
     (``.safetensors`` / ``.safetensors.index.json``, ``.pt``/``.pth``/``.bin``,
     ``.npz``, anything else a TensorFlow prefix; a source directory: its
@@ -58,22 +60,43 @@ def convert(src: PathLike, dst: PathLike, *, src_format: Optional[str] = None, d
     TensorFlow reads. Every checksum of a bundle source is checked. A format
     that holds only tensors (safetensors, npz) refuses a source whose other
     values it would lose; TensorFlow 2's object graph is left out of them.
-    Returns ``dst``."""
+
+    ``only`` and ``exclude`` (a name or pattern, or a list of them) choose
+    tensors, ``strip_prefix`` renames them: ``only="model",
+    strip_prefix="model/"`` exports a training checkpoint's model weights
+    (:func:`fastckpt.formats.select.select`). Returns ``dst``
+    (:func:`convert_files`: the files written)."""
+    convert_files(src, dst, src_format=src_format, dst_format=dst_format, num_shards=num_shards,
+                  compression=compression, compression_level=compression_level, dtype=dtype, durable=durable,
+                  threads=threads, verify=verify, storage_options=storage_options, only=only, exclude=exclude,
+                  strip_prefix=strip_prefix)
+    return storage_path(dst, "dst")
+
+
+def convert_files(src: PathLike, dst: PathLike, *, src_format: Optional[str] = None, dst_format: Optional[str] = None,
+                  num_shards: int = 1, compression: Optional[str] = None, compression_level: int = 1,
+                  dtype: Optional[str] = None, durable: bool = False, threads: Optional[int] = None,
+                  verify: bool = True, storage_options: Optional[Mapping[str, Any]] = None,
+                  only: Union[None, str, Sequence[str]] = None, exclude: Union[None, str, Sequence[str]] = None,
+                  strip_prefix: Optional[str] = None) -> List[str]:
+    """:func:`convert`, returning the paths of the files it wrote (a
+    bundle's index and data files; a sharded safetensors' shards and index)."""
     with using_storage(storage_options):
         s, d = checked_path(src, "src"), checked_path(dst, "dst")
         fmt_out = dst_format or detect_format(d, existing=False)
-        with open_source(s, src_format, verify=verify) as source:
+        with open_source(s, src_format, verify=verify) as opened:
+            source = select(opened, only, exclude, strip_prefix)
             _refuse_same(source, d, fmt_out)
             if dtype is not None:
                 source.tensors = cast_floats(source.tensors, dtype)
             with _bounded(source, fmt_out, compression, d, threads) as ready:
-                write_as(fmt_out, d, ready, num_shards=num_shards, compression=compression,
-                         compression_level=compression_level, durable=durable, threads=threads)
-        return d
+                return write_as(fmt_out, d, ready, num_shards=num_shards, compression=compression,
+                                compression_level=compression_level, durable=durable, threads=threads)
 
 
 def cast_floats(tensors: Dict[str, LazyTensor], dtype: str) -> Dict[str, LazyTensor]:
     """Floating-point tensors cast to ``dtype`` (read when written); others as they are."""
+    import ml_dtypes  # (only here: a second to import)
     try:
         target = np.dtype(getattr(ml_dtypes, dtype, None) or dtype)
     except TypeError:

@@ -14,7 +14,6 @@ import os
 import struct
 from typing import Any, Dict, List, Optional, Tuple
 
-import ml_dtypes
 import numpy as np
 
 from fastckpt.errors import DataLossError, InvalidArgumentError
@@ -25,16 +24,33 @@ from fastckpt.storage import fs, local
 
 __all__ = ["open_safetensors", "write_safetensors", "SAFETENSORS_DTYPES"]
 
-SAFETENSORS_DTYPES: Dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_), "U8": np.dtype(np.uint8), "I8": np.dtype(np.int8),
-    "I16": np.dtype(np.int16), "U16": np.dtype(np.uint16), "I32": np.dtype(np.int32),
-    "U32": np.dtype(np.uint32), "I64": np.dtype(np.int64), "U64": np.dtype(np.uint64),
-    "F16": np.dtype(np.float16), "BF16": np.dtype(ml_dtypes.bfloat16), "F32": np.dtype(np.float32),
-    "F64": np.dtype(np.float64), "C64": np.dtype(np.complex64),
-    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2), "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
-    "F8_E8M0": np.dtype(ml_dtypes.float8_e8m0fnu),
-}
-_NAME_OF = {dt: name for name, dt in SAFETENSORS_DTYPES.items()}
+_TABLES: List[Dict[Any, Any]] = []
+
+
+def _tables() -> Tuple[Dict[str, np.dtype], Dict[np.dtype, str]]:
+    """safetensors' dtype names -> numpy dtypes, and back (built on first
+    use: bfloat16 and float8 come from ml_dtypes, a second to import)."""
+    if not _TABLES:
+        import ml_dtypes
+        names: Dict[str, np.dtype] = {
+            "BOOL": np.dtype(np.bool_), "U8": np.dtype(np.uint8), "I8": np.dtype(np.int8),
+            "I16": np.dtype(np.int16), "U16": np.dtype(np.uint16), "I32": np.dtype(np.int32),
+            "U32": np.dtype(np.uint32), "I64": np.dtype(np.int64), "U64": np.dtype(np.uint64),
+            "F16": np.dtype(np.float16), "BF16": np.dtype(ml_dtypes.bfloat16), "F32": np.dtype(np.float32),
+            "F64": np.dtype(np.float64), "C64": np.dtype(np.complex64),
+            "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2), "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+            "F8_E8M0": np.dtype(ml_dtypes.float8_e8m0fnu),
+        }
+        _TABLES.extend([names, {dt: name for name, dt in names.items()}])
+    return _TABLES[0], _TABLES[1]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SAFETENSORS_DTYPES":  # (public since 0.3; built when first asked for)
+        return _tables()[0]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 MAX_HEADER = 100 << 20  # what the safetensors library itself accepts
 
 
@@ -68,7 +84,7 @@ def open_safetensors(path: str) -> Source:
     for name, first in tied.items():  # safetensors' convention: a tied name written once, named in the metadata
         tensors[name] = tensors[first]
     info = {"data_files": len(files), "file_bytes": sum(fs.size(f) for f in files), "compression": None,
-            "format_version": "safetensors", "dtypes": {n: _NAME_OF.get(t.dtype, str(t.dtype))
+            "format_version": "safetensors", "dtypes": {n: _tables()[1].get(t.dtype, str(t.dtype))
                                                          for n, t in tensors.items()}}
     return Source("safetensors", path, tensors, metadata=metadata or None, info=info, close=lambda: _close(maps),
                   tied=tied)
@@ -157,7 +173,7 @@ def _map(path: str) -> Tuple[Optional[mmap.mmap], Dict[str, Any], int]:
 def _lazy(path: str, m: Optional[mmap.mmap], base: int, name: str, desc: Any) -> LazyTensor:
     what = f"{path}: tensor {name!r}"
     try:
-        dtype = SAFETENSORS_DTYPES[desc["dtype"]]
+        dtype = _tables()[0][desc["dtype"]]
         shape = tuple(desc["shape"])
         begin, end = desc["data_offsets"]
         if not all(type(d) is int and d >= 0 for d in shape + (begin, end)) or end < begin:
@@ -200,9 +216,9 @@ def write_safetensors(dst: str, source: Source, *, num_shards: int = 1, durable:
     1: shards plus the index, named after ``dst``), tensor by tensor."""
     tensors = tensors_only(source, "safetensors")
     for name, t in tensors.items():
-        if t.dtype not in _NAME_OF:
+        if t.dtype not in _tables()[1]:
             raise InvalidArgumentError(f"tensor {name!r}: safetensors has no {t.dtype} "
-                                       f"(it has {', '.join(SAFETENSORS_DTYPES)})")
+                                       f"(it has {', '.join(_tables()[0])})")
     meta = _string_metadata(source.metadata)
     for name, first in source.tied.items():  # tied weights once, the other name in the metadata (as
         if name in tensors and first in tensors:  # safetensors.torch.save_model writes them)
@@ -255,7 +271,7 @@ def _write_file(fh: Any, tensors: Dict[str, LazyTensor], meta: Dict[str, str]) -
     header: Dict[str, Any] = {"__metadata__": meta} if meta else {}
     at = 0
     for name, t in tensors.items():
-        header[name] = {"dtype": _NAME_OF[t.dtype], "shape": list(t.shape), "data_offsets": [at, at + t.nbytes]}
+        header[name] = {"dtype": _tables()[1][t.dtype], "shape": list(t.shape), "data_offsets": [at, at + t.nbytes]}
         at += t.nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # data 8-aligned, as the library writes it

@@ -4,9 +4,12 @@ detection by suffix, and the checks of a tensors-only destination."""
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
+import zipfile
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Dict
+from typing import Any, BinaryIO, Callable, Dict, Optional
 
 from fastckpt.errors import InvalidArgumentError, UnsupportedError
 from fastckpt.bundle.lazy import LazyTensor
@@ -49,8 +52,14 @@ class Source:
 
 
 def detect_format(path: PathLike, *, existing: bool = True) -> str:
-    """The format of ``path``: from its suffix, else (for a source) from
-    what is there; a path without a known suffix is a TensorFlow prefix."""
+    """The format of ``path``: from its suffix; else, for a source, from
+    what is there (a directory's files; an existing file's first bytes, so
+    that Lightning's ``.ckpt`` -- a PyTorch file -- is read as one); a path
+    without a known suffix is a TensorFlow prefix. A suffix of a format
+    fastckpt does not write (``.h5``, ``.keras``, ``.onnx``...) or a near
+    miss of one it does (``.safetensor``) is :class:`InvalidArgumentError`
+    listing the formats; an existing file of a kind fastckpt does not
+    read is :class:`UnsupportedError` saying what it is."""
     p = storage_path(path)
     base = p[:-len(".index.json")] if p.endswith(".index.json") else p
     suffix = os.path.splitext(base)[1].lower()
@@ -61,7 +70,67 @@ def detect_format(path: PathLike, *, existing: bool = True) -> str:
         if any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names) and not any(
                 n.endswith(".index") or n == "checkpoint" for n in names):
             return "safetensors"
+        return "tf"
+    if existing and not is_url(p) and fs.is_file(p) and not _TF_FILE.search(p):
+        sniffed = _sniff(p)
+        if sniffed is not None:
+            return sniffed
+    _check_suffix(p, suffix, existing)
     return "tf"
+
+
+# the files of a TensorFlow bundle, named as its path
+_TF_FILE = re.compile(r"\.(index|data-\d{5,}-of-\d{5,})$")
+# suffixes of formats fastckpt neither reads nor writes: never a TensorFlow prefix by accident
+_FOREIGN = {".h5": "HDF5 (Keras 2 weights)", ".hdf5": "HDF5", ".keras": "a Keras archive", ".onnx": "ONNX",
+            ".pkl": "a pickle", ".pickle": "a pickle", ".msgpack": "msgpack (Flax)", ".gguf": "GGUF",
+            ".npy": "one numpy array (.npz holds a checkpoint)", ".tflite": "TensorFlow Lite", ".pb": "a TensorFlow graph"}
+_KNOWN = sorted(set(_SUFFIXES) - {".json"}) + [".safetensors.index.json"]
+
+
+def _check_suffix(p: str, suffix: str, existing: bool) -> None:
+    """A path taken for a TensorFlow prefix must not look like a file of
+    another format, or a typo of one."""
+    formats = ("formats: a TensorFlow prefix (no suffix, or one like model.ckpt), " + ", ".join(_KNOWN)
+               + "; or name the format with --to/--from (dst_format=/src_format=)")
+    if suffix in _FOREIGN:
+        raise InvalidArgumentError(f"{p}: {suffix} is {_FOREIGN[suffix]}, which fastckpt does not "
+                                   f"{'read' if existing else 'write'}; {formats}")
+    close = difflib.get_close_matches(suffix, _KNOWN, n=1, cutoff=0.8) \
+        if len(suffix) >= 5 and suffix != ".ckpt" else []  # (model.ckpt: TensorFlow's own naming of a prefix)
+    if close:
+        raise InvalidArgumentError(f"{p}: unknown suffix {suffix} (did you mean {close[0]}?); {formats}")
+
+
+def _sniff(path: str) -> Optional[str]:
+    """The format of the file at ``path`` by its first bytes, None when
+    they say nothing; :class:`UnsupportedError` for kinds fastckpt does not
+    read."""
+    try:
+        with open_input(path) as f:
+            head = f.read(16)
+            if head.startswith(b"PK\x03\x04"):
+                f.seek(0)
+                with zipfile.ZipFile(f) as z:
+                    members = z.namelist()
+                if any(m.endswith("data.pkl") for m in members):
+                    return "torch"
+                if members and all(m.endswith(".npy") for m in members):
+                    return "npz"
+                if "config.json" in members or any(m.endswith(".h5") for m in members):
+                    raise UnsupportedError(f"{path} is a Keras archive (.keras), which fastckpt does not read: "
+                                           "save the model's weights with fastckpt.keras or as a TensorFlow "
+                                           "checkpoint (tf.train.Checkpoint)")
+                raise UnsupportedError(f"{path} is a zip archive of neither a PyTorch file nor an .npz")
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        raise UnsupportedError(f"{path} is an HDF5 file (Keras 2 .h5 weights?), which fastckpt does not read")
+    if head[:2] == b"\x80\x02" or head[:1] == b"\x80" and head[1:2] in (b"\x03", b"\x04", b"\x05"):
+        return "torch"  # a pickle: PyTorch's legacy (non-zip) file format
+    if len(head) > 8 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < (100 << 20):
+        return "safetensors"
+    return None
 
 
 def open_input(path: str) -> BinaryIO:

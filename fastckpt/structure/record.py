@@ -61,12 +61,26 @@ def record_tensor(tree: Any, table: Mapping[str, Any], metadata: Any) -> np.ndar
         "metadata": metadata,
     }
     try:
-        text = json.dumps(record, ensure_ascii=True, allow_nan=False)  # ASCII: any str, surrogates too
+        text = json.dumps(record, ensure_ascii=True, allow_nan=False,  # ASCII: any str, surrogates too
+                          default=_scalar_as_json)
     except (TypeError, ValueError) as e:
         raise InvalidArgumentError(f"metadata must be JSON-serialisable: {e}") from None
     except RecursionError:
         raise InvalidArgumentError("the state or its metadata is nested too deeply") from None
     return np.frombuffer(text.encode("utf-8", "surrogateescape"), np.uint8)
+
+
+def _scalar_as_json(value: Any) -> Any:
+    """A numpy, PyTorch or JAX scalar (or 0-d array) in metadata as the
+    Python number or bool it holds (it comes back as that); anything else
+    is not JSON (TypeError)."""
+    if hasattr(value, "item") and hasattr(value, "shape") and tuple(value.shape) == ():
+        item = value.item()  # (numpy, torch -- with grad too -- and JAX scalars have .item())
+        if isinstance(item, np.generic) and item.dtype.kind == "f":  # ml_dtypes' bfloat16 and friends
+            item = float(item)
+        if isinstance(item, (bool, int, float, str)):
+            return item
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def _corrupt(where: str, why: str) -> DataLossError:

@@ -17,6 +17,7 @@ import numpy as np
 from fastckpt.errors import DataLossError, InvalidArgumentError
 from fastckpt.bundle.frameworks import dtensor_part, framework_of, from_numpy, is_array, is_dtensor, to_numpy
 from fastckpt.bundle.slices import Shard
+from fastckpt.structure.target import jax_node_fields
 
 __all__ = ["flatten", "unflatten", "leaf_targets", "non_tensor_values", "KEY_TYPES", "AS_KINDS", "PYTHON_TYPES",
            "MAX_DEPTH"]
@@ -88,7 +89,10 @@ def flatten(state: Any, sep: str = "/") -> Tuple[Dict[str, Any], Any]:
                 raise InvalidArgumentError(f"the state shares containers so much that its tree has over "
                                            f"{MAX_SHARED} repeated nodes (at {_where(path)})")
         if not isinstance(x, (Mapping, list, tuple)):
-            return walk_leaf(x, path)
+            fields = jax_node_fields(x)  # a dataclass pytree (Flax, optax): saved as a dict of its fields
+            if fields is None:
+                return walk_leaf(x, path)
+            x = fields
         key = id(x)
         if key in above:
             raise InvalidArgumentError(f"the state contains itself at {_where(path)}")

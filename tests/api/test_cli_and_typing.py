@@ -196,6 +196,8 @@ reveal_type(fastckpt.latest_checkpoint("run"))
 mgr = fastckpt.CheckpointManager("run")
 reveal_type(mgr.restored_step)
 fastckpt.latest_checkpoint(3)
+reveal_type(mgr.save({"w": np.zeros(2)}, 1, blocking=False))
+reveal_type(mgr.save({"w": np.zeros(2)}, 2))
 """
 
 
@@ -219,6 +221,9 @@ def test_a_user_project_gets_fastckpts_types_from_an_editable_install(tmp_path):
     assert 'Revealed type is "str | None"' in out or 'Revealed type is "Union[str, None]"' in out, out
     assert 'Revealed type is "int | None"' in out or 'Revealed type is "Union[int, None]"' in out, out
     assert 'Argument 1 to "latest_checkpoint" has incompatible type "int"' in out, out
+    assert 'Revealed type is "concurrent.futures._base.Future[builtins.str] | None"' in out or \
+        'Revealed type is "Union[concurrent.futures._base.Future[builtins.str], None]"' in out, out
+    assert out.count('Revealed type is "str | None"') + out.count('Revealed type is "Union[str, None]"') >= 2, out
 
 
 def test_the_library_and_its_commands_do_not_load_the_benchmark(tmp_path):
@@ -231,6 +236,52 @@ def test_the_library_and_its_commands_do_not_load_the_benchmark(tmp_path):
             "assert 'fastckpt.bench' not in sys.modules, 'benchmark imported'\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+IMPORT_TIMES = """\
+import sys, time
+t = time.perf_counter(); import numpy; numpy_s = time.perf_counter() - t
+t = time.perf_counter(); import fastckpt; fastckpt_s = time.perf_counter() - t
+heavy = [m for m in ("ml_dtypes", "torch", "jax", "tensorflow", "safetensors", "zstandard", "boto3", "mpi4py",
+                     "fastckpt.bench") if m in sys.modules]
+print(numpy_s, fastckpt_s, heavy)
+"""
+
+
+def test_import_fastckpt_is_quick_and_loads_no_framework():
+    """Every command pays `import fastckpt`: it loads no framework and no
+    ml_dtypes (most of a second to import here), and takes at most 3x what
+    `import numpy` takes (min of three fresh processes; 0.9.0 took ~15x)."""
+    runs = []
+    for _ in range(3):
+        r = subprocess.run([sys.executable, "-c", IMPORT_TIMES], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        numpy_s, fastckpt_s, heavy = r.stdout.split(" ", 2)
+        assert heavy.strip() == "[]", heavy
+        runs.append((float(numpy_s), float(fastckpt_s)))
+    assert min(f for _, f in runs) <= 3 * min(n for n, _ in runs), runs
+
+
+def test_bfloat16_and_float8_need_no_import_by_the_caller(tmp_path):
+    """ml_dtypes is loaded when a checkpoint has its types: a fresh process
+    reads bfloat16 and float8 tensors (bundle and safetensors) without
+    importing it itself, through the fast path, bit-exact."""
+    import ml_dtypes
+    import safetensors.numpy
+    state = {"b": np.arange(6, dtype=np.float32).astype(ml_dtypes.bfloat16),
+             "f8": np.linspace(-2, 2, 5).astype(ml_dtypes.float8_e4m3fn), "x": np.ones(3, np.float32)}
+    p = fastckpt.write_bundle(str(tmp_path / "c"), state)
+    safetensors.numpy.save_file({"b": state["b"]}, str(tmp_path / "w.safetensors"))
+    code = (f"import sys, fastckpt\nassert 'ml_dtypes' not in sys.modules\n"
+            f"r = fastckpt.read_bundle({p!r})\n"
+            "print(r['b'].dtype, r['f8'].dtype, r['b'].view('uint16').tolist(), r['f8'].view('uint8').tolist())\n"
+            f"fastckpt.convert({str(tmp_path / 'w.safetensors')!r}, {str(tmp_path / 'back')!r})\n"
+            f"print(fastckpt.read_bundle({str(tmp_path / 'back')!r})['b'].dtype)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[0] == (f"bfloat16 float8_e4m3fn {state['b'].view(np.uint16).tolist()} "
+                                       f"{state['f8'].view(np.uint8).tolist()}"), r.stdout
+    assert r.stdout.split("\n")[1] == "bfloat16"
 
 
 def _cli(*args, stdin=None):

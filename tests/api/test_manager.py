@@ -49,6 +49,40 @@ def test_restore_or_initialize(tmp_path):
     assert mgr.restored_step is None
 
 
+def test_restore_a_chosen_step_and_list_the_steps(tmp_path):
+    """``mgr.steps`` lists the kept steps; ``mgr.restore(step=N)`` restores
+    that one (default: the latest), into new arrays or ``into=``; a step
+    not kept is NotFoundError naming the steps there are; the interval
+    counts from the step restored."""
+    mgr = fastckpt.CheckpointManager(tmp_path, max_to_keep=3, checkpoint_interval=10)
+    assert mgr.steps == []
+    with pytest.raises(fastckpt.NotFoundError, match="no checkpoint in"):
+        mgr.restore()
+    for s in (0, 10, 20, 30):
+        mgr.save(state(float(s)), s)
+    assert mgr.steps == [10, 20, 30]
+    assert mgr.restore()["params"]["w"][0, 0] == 30.0 and mgr.restored_step == 30
+    got = mgr.restore(step=np.int64(20))
+    assert got["params"]["w"][0, 0] == 20.0 and mgr.restored_step == 20
+    assert mgr.restored_checkpoint == str(tmp_path / "ckpt-20")
+    assert mgr.save(state(), 25) is None and mgr.save(state(), 30, force=True) is not None  # from 20, not 30
+    into = state(-1.0)
+    w = into["params"]["w"]
+    mgr.restore(10, into=into)
+    assert into["params"]["w"] is w and (w == 10.0).all()
+    with pytest.raises(fastckpt.NotFoundError, match="no checkpoint of step 0 .*steps kept: 10, 20, 30"):
+        mgr.restore(step=0)
+    for bad in ("20", 2.0, True):
+        with pytest.raises(fastckpt.InvalidArgumentError, match="step must be an int"):
+            mgr.restore(step=bad)
+
+
+def test_a_background_save_in_flight_is_waited_for_by_restore(tmp_path):
+    mgr = fastckpt.CheckpointManager(tmp_path)
+    future = mgr.save(state(4.0), 4, blocking=False)
+    assert mgr.restore(step=4)["params"]["w"][0, 0] == 4.0 and future.done()
+
+
 def test_async_saves_snapshot_and_wait(tmp_path):
     mgr = fastckpt.CheckpointManager(tmp_path, max_to_keep=3)
     s = state(1.0)

@@ -116,6 +116,38 @@ def test_metadata_must_be_json(tmp_path):
         fastckpt.save({"a": np.zeros(1)}, str(tmp_path / "c"), metadata={"x": object()})
 
 
+def test_metadata_takes_numpy_torch_and_jax_scalars_and_gives_back_python_values(tmp_path):
+    """A step or a loss taken straight from numpy, PyTorch (with grad too)
+    or JAX is stored as the Python value it holds; an array, a complex or
+    a NaN is still refused, naming JSON."""
+    import ml_dtypes
+    meta = {"step": np.int64(12), "lr": np.float32(0.5), "done": np.bool_(True), "zero_d": np.array(3),
+            "bf16": np.array(1.5, ml_dtypes.bfloat16)[()], "nested": [np.uint8(7), {"k": np.float64(0.25)}]}
+    want = {"step": 12, "lr": 0.5, "done": True, "zero_d": 3, "bf16": 1.5, "nested": [7, {"k": 0.25}]}
+    torch = None
+    try:
+        import torch
+    except ImportError:
+        pass
+    if torch is not None:
+        meta["loss"] = torch.tensor(2.5, requires_grad=True) * 1
+        meta["epoch"] = torch.tensor(4)
+        want.update(loss=2.5, epoch=4)
+    try:
+        import jax.numpy as jnp
+        meta["jax"] = jnp.float32(0.75)
+        want["jax"] = 0.75
+    except ImportError:
+        pass
+    p = fastckpt.save({"a": np.zeros(1)}, str(tmp_path / "c"), metadata=meta)
+    got = fastckpt.read_meta(p)["metadata"]
+    assert got == want and type(got["step"]) is int and type(got["done"]) is bool
+    for bad in (np.zeros(2), np.complex64(1j), np.float32("nan")):
+        with pytest.raises(fastckpt.InvalidArgumentError, match="JSON"):
+            fastckpt.save({"a": np.zeros(1)}, str(tmp_path / "d"), metadata={"x": bad})
+    assert not os.path.exists(tmp_path / "d.index")
+
+
 def _with_record(tmp_path, record, **tensors):
     """A bundle whose structure record is ``record`` (valid checksums)."""
     raw = record if isinstance(record, bytes) else json.dumps(record).encode()

@@ -1,0 +1,162 @@
+"""Restoring immutable JAX trees: ``restore(prefix, target=tree)`` and
+``restore_or_initialize(tree)`` return a new tree of the target's own
+structure (optax NamedTuples, Flax dataclass pytrees), arrays placed as the
+target's -- with real optax and Flax where installed."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+
+import fastckpt
+
+jax = pytest.importorskip("jax")
+jnp = pytest.importorskip("jax.numpy")
+
+
+class AdamLike(NamedTuple):
+    count: object
+    mu: object
+    nu: object
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TrainLike:
+    step: object
+    params: object
+    opt_state: object
+
+
+def _params(seed):
+    k = jax.random.PRNGKey(seed)
+    return {"dense": {"kernel": jax.random.normal(k, (4, 3)), "bias": jnp.zeros(3)},
+            "embed": jnp.arange(10, dtype=jnp.bfloat16)}
+
+
+def _state(seed):
+    p = _params(seed)
+    return TrainLike(step=jnp.array(seed, jnp.int32), params=p,
+                     opt_state=(AdamLike(jnp.array(seed, jnp.int32), jax.tree_util.tree_map(lambda x: x * 0 + 1, p),
+                                         jax.tree_util.tree_map(lambda x: x * 0 + 2, p)), None))
+
+
+def _same(a, b):
+    la, ta = jax.tree_util.tree_flatten(a)
+    lb, tb = jax.tree_util.tree_flatten(b)
+    assert ta == tb, (ta, tb)
+    for x, y in zip(la, lb):
+        assert isinstance(y, jax.Array) and x.dtype == y.dtype and x.shape == y.shape
+        assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+
+
+def test_target_rebuilds_namedtuples_and_dataclass_pytrees(tmp_path):
+    """Saved, a dataclass pytree is a dict of its fields and a NamedTuple a
+    tuple; restored with target= they are their own types again, every
+    leaf a JAX array with the target's sharding, values bit-exact."""
+    saved = _state(3)
+    prefix = fastckpt.save(saved, str(tmp_path / "c"))
+    plain = fastckpt.restore(prefix)
+    assert isinstance(plain, dict) and isinstance(plain["opt_state"][0], tuple)
+    got = fastckpt.restore(prefix, target=_state(0))
+    assert isinstance(got, TrainLike) and isinstance(got.opt_state[0], AdamLike)
+    _same(saved, got)
+    assert got.params["dense"]["kernel"].sharding == _state(0).params["dense"]["kernel"].sharding
+
+
+def test_restore_or_initialize_takes_an_immutable_tree_and_returns_the_restored_one(tmp_path):
+    """The issue's failure ("into['dense/kernel'] is read-only"): a JAX
+    tree given to restore_or_initialize or restore(into=) is restored as a
+    target; a new directory returns None and the tree stays as it was."""
+    mgr = fastckpt.CheckpointManager(tmp_path)
+    fresh = _state(0)
+    assert mgr.restore_or_initialize(fresh) is None
+    mgr.save(_state(5), 5)
+    again = fastckpt.CheckpointManager(tmp_path)
+    got = again.restore_or_initialize(_state(0))
+    _same(_state(5), got)
+    assert again.restored_step == 5
+    _same(_state(5), fastckpt.restore(str(tmp_path), into=_state(0)))
+    _same(_state(5), again.restore(step=5, into=_state(1)))
+
+
+def test_a_target_that_does_not_fit_is_refused_naming_the_place(tmp_path):
+    prefix = fastckpt.save(_state(3), str(tmp_path / "c"))
+    wrong_shape = _state(0)
+    wrong_shape.params["dense"]["kernel"] = jnp.zeros((3, 4))
+    with pytest.raises(fastckpt.InvalidArgumentError, match=r"params/dense/kernel.*float32\[3, 4\].*\[4, 3\]"):
+        fastckpt.restore(prefix, target=wrong_shape)
+    wrong_dtype = _state(0)
+    wrong_dtype.params["embed"] = jnp.zeros(10, jnp.float32)
+    with pytest.raises(fastckpt.InvalidArgumentError, match="params/embed"):
+        fastckpt.restore(prefix, target=wrong_dtype)
+    missing = _state(0)
+    missing.params["extra"] = jnp.zeros(2)
+    with pytest.raises(fastckpt.InvalidArgumentError, match="no params/extra"):
+        fastckpt.restore(prefix, target=missing)
+    with pytest.raises(fastckpt.InvalidArgumentError, match="not both"):
+        fastckpt.restore(prefix, into={"a": np.zeros(1)}, target=_state(0))
+
+
+def test_part_of_a_checkpoint_and_a_flat_tensorflow_one_as_targets(tmp_path):
+    """A target may be part of what was saved (the params of a training
+    state); a flat checkpoint's ``a/b`` names fill a nested target."""
+    prefix = fastckpt.save(_state(2), str(tmp_path / "c"))
+    got = fastckpt.restore(prefix, target={"params": _params(0)})
+    _same({"params": _state(2).params}, got)
+    flat = fastckpt.write_bundle(str(tmp_path / "flat"), {"dense/kernel": np.ones((4, 3), np.float32),
+                                                           "dense/bias": np.zeros(3, np.float32),
+                                                           "embed": np.arange(10).astype("bfloat16")})
+    got = fastckpt.restore(flat, target=_params(0))
+    assert got["dense"]["kernel"].tolist() == [[1.0] * 3] * 4 and isinstance(got["embed"], jax.Array)
+
+
+def test_real_optax_state_and_flax_module_survive_a_kill(tmp_path):
+    """A Flax module trained with optax.adam, SIGKILLed after its save at
+    step 3, resumes through restore_or_initialize(target) and takes the
+    same next step as a run that never stopped."""
+    pytest.importorskip("optax")
+    pytest.importorskip("flax")
+    script = textwrap.dedent("""
+        import os, sys, numpy as np, jax, jax.numpy as jnp, optax, flax.linen as nn
+        from flax.training import train_state
+        import fastckpt
+        class MLP(nn.Module):
+            @nn.compact
+            def __call__(self, x):
+                return nn.Dense(1)(nn.relu(nn.Dense(8)(x)))
+        model = MLP()
+        x = jnp.linspace(-1, 1, 32).reshape(-1, 2)
+        y = jnp.sin(x.sum(axis=1, keepdims=True))
+        def fresh():
+            params = model.init(jax.random.PRNGKey(0), x)
+            return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=optax.adam(1e-2))
+        @jax.jit
+        def step(s):
+            loss, g = jax.value_and_grad(lambda p: ((s.apply_fn(p, x) - y) ** 2).mean())(s.params)
+            return s.apply_gradients(grads=g), loss
+        mgr = fastckpt.CheckpointManager(sys.argv[1])
+        state = mgr.restore_or_initialize(fresh()) or fresh()
+        start = int(state.step)
+        for i in range(start, 6):
+            state, loss = step(state)
+            print("loss", int(state.step), repr(float(loss)), flush=True)
+            mgr.save(state, int(state.step))
+            if sys.argv[2] == "kill" and int(state.step) == 3:
+                os.kill(os.getpid(), 9)
+    """)
+    run = lambda d, how: subprocess.run([sys.executable, "-c", script, str(d), how], capture_output=True, text=True)
+    whole = run(tmp_path / "whole", "run")
+    assert whole.returncode == 0, whole.stderr
+    killed = run(tmp_path / "killed", "kill")
+    assert killed.returncode == -9, killed.stderr
+    resumed = run(tmp_path / "killed", "run")
+    assert resumed.returncode == 0, resumed.stderr
+    losses = lambda out: [line for line in out.splitlines() if line.startswith("loss")]
+    assert losses(killed.stdout) + losses(resumed.stdout) == losses(whole.stdout)
+    assert os.path.exists(tmp_path / "killed" / "ckpt-6.index")
