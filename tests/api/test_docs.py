@@ -32,6 +32,9 @@ def what_examples_leave_to_the_reader(code: str):
     ns = {"np": np, "tensors": {"w": np.ones(3, np.float32)}, "total_steps": 250, "loss": 0.5}
     if "import tensorflow" in code:
         pytest.importorskip("tensorflow")
+    for needed in ("jax", "optax", "flax"):
+        if re.search(rf"\b(import|from) {needed}\b", code):
+            pytest.importorskip(needed)
     if "from mpi4py import MPI" in code:  # one process, through fastckpt's own one-process communicator
         ns.update(MPI=types.SimpleNamespace(COMM_WORLD=LocalCommunicator()), emb_part=np.random.rand(1024, 64),
                   bias=np.zeros(64))
