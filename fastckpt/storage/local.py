@@ -132,6 +132,32 @@ def copy(src: str, dst: str) -> None:
 
 
 # ---- descriptors: the local implementation's own capability ----------------------------------
+def is_link(path: str) -> bool:
+    """Whether ``path`` is a symbolic link (dangling ones too)."""
+    return os.path.islink(path)
+
+
+def make_dir(path: str) -> None:
+    """Create the directory ``path`` (its parent must exist; FileExistsError if it does)."""
+    os.mkdir(path)
+
+
+def remove_tree(path: str) -> None:
+    """Remove the directory ``path`` and everything in it, as far as it can."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def close(fd: int) -> None:
     """Close ``fd``."""
     os.close(fd)

@@ -1,64 +1,39 @@
 """Restoring immutable JAX trees: ``restore(prefix, target=tree)`` and
 ``restore_or_initialize(tree)`` return a new tree of the target's own
 structure (optax NamedTuples, Flax dataclass pytrees), arrays placed as the
-target's -- with real optax and Flax where installed."""
+target's -- with real optax and Flax where installed. Every test runs JAX
+in a child process: its threads would make the later fork() calls of other
+tests in this process unsafe."""
 
-import dataclasses
+import importlib.util
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
-from typing import NamedTuple
 
-import numpy as np
 import pytest
 
-import fastckpt
-
-jax = pytest.importorskip("jax")
-jnp = pytest.importorskip("jax.numpy")
-
-
-class AdamLike(NamedTuple):
-    count: object
-    mu: object
-    nu: object
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+if importlib.util.find_spec("jax") is None:  # (not importorskip: that would import it here)
+    pytest.skip("jax is not installed", allow_module_level=True)
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class TrainLike:
-    step: object
-    params: object
-    opt_state: object
-
-
-def _params(seed):
-    k = jax.random.PRNGKey(seed)
-    return {"dense": {"kernel": jax.random.normal(k, (4, 3)), "bias": jnp.zeros(3)},
-            "embed": jnp.arange(10, dtype=jnp.bfloat16)}
-
-
-def _state(seed):
-    p = _params(seed)
-    return TrainLike(step=jnp.array(seed, jnp.int32), params=p,
-                     opt_state=(AdamLike(jnp.array(seed, jnp.int32), jax.tree_util.tree_map(lambda x: x * 0 + 1, p),
-                                         jax.tree_util.tree_map(lambda x: x * 0 + 2, p)), None))
-
-
-def _same(a, b):
-    la, ta = jax.tree_util.tree_flatten(a)
-    lb, tb = jax.tree_util.tree_flatten(b)
-    assert ta == tb, (ta, tb)
-    for x, y in zip(la, lb):
-        assert isinstance(y, jax.Array) and x.dtype == y.dtype and x.shape == y.shape
-        assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+def _in_child(body, tmp_path):
+    """Run ``body`` (a test's code, with ``tmp_path``) in a fresh process."""
+    code = (f"import sys, pathlib; sys.path.insert(0, {str(ROOT)!r})\n"
+            "import numpy as np, pytest, jax, jax.numpy as jnp, fastckpt\n"
+            "from tests.helpers.jax_trees import AdamLike, TrainLike, params as _params, state as _state, same as _same\n"
+            f"tmp_path = pathlib.Path({str(tmp_path)!r})\n" + textwrap.dedent(body))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
 
 
 def test_target_rebuilds_namedtuples_and_dataclass_pytrees(tmp_path):
     """Saved, a dataclass pytree is a dict of its fields and a NamedTuple a
     tuple; restored with target= they are their own types again, every
     leaf a JAX array with the target's sharding, values bit-exact."""
+    _in_child(r'''
     saved = _state(3)
     prefix = fastckpt.save(saved, str(tmp_path / "c"))
     plain = fastckpt.restore(prefix)
@@ -67,12 +42,14 @@ def test_target_rebuilds_namedtuples_and_dataclass_pytrees(tmp_path):
     assert isinstance(got, TrainLike) and isinstance(got.opt_state[0], AdamLike)
     _same(saved, got)
     assert got.params["dense"]["kernel"].sharding == _state(0).params["dense"]["kernel"].sharding
+    ''', tmp_path)
 
 
 def test_restore_or_initialize_takes_an_immutable_tree_and_returns_the_restored_one(tmp_path):
     """The issue's failure ("into['dense/kernel'] is read-only"): a JAX
     tree given to restore_or_initialize or restore(into=) is restored as a
     target; a new directory returns None and the tree stays as it was."""
+    _in_child(r'''
     mgr = fastckpt.CheckpointManager(tmp_path)
     fresh = _state(0)
     assert mgr.restore_or_initialize(fresh) is None
@@ -83,9 +60,13 @@ def test_restore_or_initialize_takes_an_immutable_tree_and_returns_the_restored_
     assert again.restored_step == 5
     _same(_state(5), fastckpt.restore(str(tmp_path), into=_state(0)))
     _same(_state(5), again.restore(step=5, into=_state(1)))
+    ''', tmp_path)
 
 
 def test_a_target_that_does_not_fit_is_refused_naming_the_place(tmp_path):
+    """Shapes and dtypes are the target's or an error naming the path; a
+    leaf the checkpoint lacks is named; into= and target= together refused."""
+    _in_child(r'''
     prefix = fastckpt.save(_state(3), str(tmp_path / "c"))
     wrong_shape = _state(0)
     wrong_shape.params["dense"]["kernel"] = jnp.zeros((3, 4))
@@ -101,11 +82,13 @@ def test_a_target_that_does_not_fit_is_refused_naming_the_place(tmp_path):
         fastckpt.restore(prefix, target=missing)
     with pytest.raises(fastckpt.InvalidArgumentError, match="not both"):
         fastckpt.restore(prefix, into={"a": np.zeros(1)}, target=_state(0))
+    ''', tmp_path)
 
 
 def test_part_of_a_checkpoint_and_a_flat_tensorflow_one_as_targets(tmp_path):
     """A target may be part of what was saved (the params of a training
     state); a flat checkpoint's ``a/b`` names fill a nested target."""
+    _in_child(r'''
     prefix = fastckpt.save(_state(2), str(tmp_path / "c"))
     got = fastckpt.restore(prefix, target={"params": _params(0)})
     _same({"params": _state(2).params}, got)
@@ -114,14 +97,24 @@ def test_part_of_a_checkpoint_and_a_flat_tensorflow_one_as_targets(tmp_path):
                                                            "embed": np.arange(10).astype("bfloat16")})
     got = fastckpt.restore(flat, target=_params(0))
     assert got["dense"]["kernel"].tolist() == [[1.0] * 3] * 4 and isinstance(got["embed"], jax.Array)
+    ''', tmp_path)
 
 
+def test_metadata_takes_jax_scalars(tmp_path):
+    _in_child(r'''
+    p = fastckpt.save({"a": np.zeros(1)}, str(tmp_path / "c"), metadata={"lr": jnp.float32(0.75), "n": jnp.int32(3)})
+    assert fastckpt.read_meta(p)["metadata"] == {"lr": 0.75, "n": 3}
+    ''', tmp_path)
+
+
+@pytest.mark.deep  # 11 s; the JAX target tests above run in the default tier
 def test_real_optax_state_and_flax_module_survive_a_kill(tmp_path):
     """A Flax module trained with optax.adam, SIGKILLed after its save at
     step 3, resumes through restore_or_initialize(target) and takes the
     same next step as a run that never stopped."""
-    pytest.importorskip("optax")
-    pytest.importorskip("flax")
+    for needed in ("optax", "flax"):
+        if importlib.util.find_spec(needed) is None:
+            pytest.skip(f"{needed} is not installed")
     script = textwrap.dedent("""
         import os, sys, numpy as np, jax, jax.numpy as jnp, optax, flax.linen as nn
         from flax.training import train_state
