@@ -209,11 +209,12 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    report = diff(args.a, args.b, atol=args.atol, rtol=args.rtol, a_format=args.a_format, b_format=args.b_format)
+    report = diff(args.a, args.b, atol=args.atol, rtol=args.rtol, a_format=args.a_format, b_format=args.b_format,
+                  ignore_dtype=args.ignore_dtype)
     if args.json:
         print(json.dumps(report.to_json()))
     else:
-        for line in report.lines(all_tensors=args.all):
+        for line in report.lines(all_tensors=args.all, summary=args.summary):
             print(line)
     return 0 if report.equal else 1
 
@@ -319,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--a-format", choices=formats, default=None)
     d.add_argument("--b-format", choices=formats, default=None)
     d.add_argument("--all", action="store_true", help="also list identical tensors")
+    d.add_argument("--summary", action="store_true", help="only the last line: the counts and the verdict")
+    d.add_argument("--ignore-dtype", action="store_true",
+                   help="compare tensors cast to another dtype by value (close within tolerance) instead of "
+                        "reporting the dtype change")
     d.add_argument("--json", action="store_true", help="one JSON object on stdout")
     d.set_defaults(func=_diff)
     i = sub.add_parser("inspect", help="summarise a checkpoint of any format: tensors, bytes by dtype, files, "

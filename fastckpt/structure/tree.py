@@ -19,7 +19,7 @@ from fastckpt.bundle.frameworks import dtensor_part, framework_of, from_numpy, i
 from fastckpt.bundle.slices import Shard
 from fastckpt.structure.target import jax_node_fields
 
-__all__ = ["flatten", "unflatten", "leaf_targets", "non_tensor_values", "KEY_TYPES", "AS_KINDS", "PYTHON_TYPES",
+__all__ = ["flatten", "unflatten", "leaf_targets", "non_tensor_values", "node_value", "KEY_TYPES", "AS_KINDS", "PYTHON_TYPES",
            "MAX_DEPTH"]
 
 _BIG_INT_BITS = 12_000  # ints this long are stored in hex (Python limits decimal conversion to 4,300 digits)
@@ -205,7 +205,9 @@ def _text_array(value: np.ndarray, dtype_text: str) -> np.ndarray:
     return value.astype(dtype_text)
 
 
-def _node_value(node: Mapping[str, Any]) -> Any:
+def node_value(node: Mapping[str, Any]) -> Any:
+    """The Python value of a value node (``{"value": ...}``, ``{"int": hex}``,
+    ``{"float": hex}``, ``{"complex": [hex, hex]}``)."""
     if "value" in node:
         return node["value"]
     if "int" in node:
@@ -236,7 +238,7 @@ def unflatten(tree: Any, leaves: Mapping[str, Any], dtypes: Optional[Mapping[str
             return tuple(build(v) for v in node["tuple"])
         name = node.get("leaf")
         if name is None:
-            return _node_value(node)
+            return node_value(node)
         if name in given:
             return given[name]
         if name not in leaves:

@@ -77,6 +77,54 @@ def test_diff_json_and_identical_copies_in_every_format(pair):
     assert r.returncode == 1 and not doc["equal"] and doc["only_in_b"] == ["new"]
 
 
+def test_diff_compares_the_values_that_are_not_tensors(tmp_path):
+    """Two training checkpoints with the same tensors but another step or
+    learning rate are DIFFERENT (0.9 called them equal): each value named
+    with both sides; values only in one are listed; --summary prints the
+    verdict line only; --json carries them."""
+    model = {"w": np.ones(3, np.float32)}
+    a = fastckpt.save({"model": model, "optim": {"lr": 1e-3, "betas": (0.9, 0.99)}, "step": 7, "tag": "x"},
+                      str(tmp_path / "a"))
+    b = fastckpt.save({"model": model, "optim": {"lr": 5e-4, "betas": (0.9, 0.99)}, "step": 8, "extra": None},
+                      str(tmp_path / "b"))
+    report = fastckpt.diff(a, b)
+    assert not report.equal and all(t.status == "identical" for t in report.tensors.values())
+    assert report.values == {"optim/lr": (1e-3, 5e-4), "step": (7, 8)}
+    assert report.values_only_in_a == ["tag"] and report.values_only_in_b == ["extra"]
+    assert fastckpt.diff(a, a).equal
+    same_but_int = fastckpt.save({"model": model, "optim": {"lr": 1e-3, "betas": (0.9, 0.99)}, "step": 7.0,
+                                  "tag": "x"}, str(tmp_path / "c"))
+    assert fastckpt.diff(a, same_but_int).values == {"step": (7, 7.0)}  # (an int and a float are not one value)
+    r = _cli("diff", a, b)
+    assert r.returncode == 1 and "value  optim/lr  0.001 -> 0.0005" in r.stdout and "value only in A: tag" in r.stdout
+    r = _cli("diff", a, b, "--summary")
+    assert r.returncode == 1 and r.stdout.count("\n") == 1 and r.stdout.startswith("DIFFERENT: 1 common tensor(s)")
+    assert "2 value(s) differ, 2 only in one" in r.stdout
+    doc = json.loads(_cli("diff", a, b, "--json").stdout)
+    assert doc["values"] == {"optim/lr": ["0.001", "0.0005"], "step": ["7", "8"]} and doc["values_only_in_b"] == ["extra"]
+    torch = pytest.importorskip("torch")
+    torch.save({"model": {"w": torch.ones(3)}, "epoch": 3}, str(tmp_path / "t3.pt"))
+    torch.save({"model": {"w": torch.ones(3)}, "epoch": 4}, str(tmp_path / "t4.pt"))
+    assert fastckpt.diff(str(tmp_path / "t3.pt"), str(tmp_path / "t4.pt")).values == {"epoch": (3, 4)}
+
+
+def test_ignore_dtype_compares_a_cast_by_value(tmp_path):
+    """A float32 checkpoint against its bfloat16 cast: "dtype" by default,
+    "close" with ignore_dtype within a tolerance that covers bfloat16's
+    rounding, "different" below it."""
+    a = fastckpt.write_bundle(str(tmp_path / "a"), {"w": np.linspace(-3, 3, 101, dtype=np.float32),
+                                                    "i": np.arange(4)})
+    b = convert(a, str(tmp_path / "b"), dtype="bfloat16")
+    assert fastckpt.diff(a, b).tensors["w"].status == "dtype" and not fastckpt.diff(a, b).equal
+    loose = fastckpt.diff(a, b, rtol=1e-2, ignore_dtype=True)
+    assert loose.tensors["w"].status == "close" and loose.equal
+    tight = fastckpt.diff(a, b, rtol=1e-6, ignore_dtype=True)
+    assert tight.tensors["w"].status == "different" and tight.tensors["w"].mismatched > 0
+    assert _cli("diff", a, b, "--ignore-dtype", "--rtol", "1e-2").returncode == 0
+    with pytest.raises(fastckpt.InvalidArgumentError, match="ignore_dtype"):
+        fastckpt.diff(a, b, ignore_dtype="yes")
+
+
 def test_diff_compares_large_tensors_in_pieces(tmp_path, monkeypatch):
     import importlib
     diff_mod = importlib.import_module("fastckpt.formats.diff")
