@@ -208,24 +208,46 @@ static void on_lease_break(int sig, siginfo_t *info, void *ctx) {
     errno = saved;
 }
 
+static int set_handler(int sig) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_lease_break;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(sig, &sa, NULL);
+}
+
+/* The lease-break signal, with our handler on it; checked at every map:
+ * a library that restores every signal's disposition (PyTorch Lightning's
+ * Trainer at the end of fit: SIG_DFL for the signals Python never set) may
+ * have reset it -- it is put back; someone else's handler there means no
+ * map now (-1: the caller copies). */
 static int install(void) {
+    int sig;
     pthread_mutex_lock(&install_lock);
     if (!break_signal) {
-        int sig = SIGRTMAX - 6;
-        struct sigaction old, sa;
+        struct sigaction old;
+        sig = SIGRTMAX - 6;
         break_signal = -1;
         page_size = sysconf(_SC_PAGESIZE);
         if (page_size > 0 && sigaction(sig, NULL, &old) == 0 && !(old.sa_flags & SA_SIGINFO) &&
-            old.sa_handler == SIG_DFL) {
-            memset(&sa, 0, sizeof sa);
-            sa.sa_sigaction = on_lease_break;
-            sa.sa_flags = SA_SIGINFO | SA_RESTART;
-            sigemptyset(&sa.sa_mask);
-            if (sigaction(sig, &sa, NULL) == 0) break_signal = sig;
-        }
+            old.sa_handler == SIG_DFL && set_handler(sig) == 0)
+            break_signal = sig;
+    }
+    sig = break_signal;
+    if (sig > 0) {
+        struct sigaction cur;
+        if (sigaction(sig, NULL, &cur) != 0)
+            sig = -1;
+        else if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_lease_break)
+            ; /* ours */
+        else if (!(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == SIG_DFL)
+            sig = set_handler(sig) == 0 ? sig : -1;
+        else
+            sig = -1;
     }
     pthread_mutex_unlock(&install_lock);
-    return break_signal;
+    return sig;
 }
 
 int fc_cow_map(int fd, uint64_t offset, uint64_t len, void **addr, int *slot) {

@@ -22,7 +22,6 @@
 /* volatile, with signal fences: the stores must not be moved across fn's loads */
 static __thread sigjmp_buf *volatile guard_jump;
 static struct sigaction previous;
-static int installed; /* atomic */
 static pthread_mutex_t install_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void on_sigbus(int sig, siginfo_t *info, void *ctx) {
@@ -33,20 +32,27 @@ static void on_sigbus(int sig, siginfo_t *info, void *ctx) {
         siglongjmp(*j, 1);
     }
     sigaction(sig, &previous, NULL);
-    __atomic_store_n(&installed, 0, __ATOMIC_RELEASE);
     if (!info || info->si_code <= 0) raise(sig); /* sent, not a fault: deliver it as before */
 }
 
+static int ours(const struct sigaction *sa) {
+    return (sa->sa_flags & SA_SIGINFO) && sa->sa_sigaction == on_sigbus;
+}
+
+/* Checked at every guarded call, not once: another library (Python's
+ * faulthandler, enabled again by a framework) may have replaced the handler
+ * since, and a SIGBUS would then kill the process instead of returning. */
 static void install(void) {
-    if (__atomic_load_n(&installed, __ATOMIC_ACQUIRE)) return;
+    struct sigaction current;
+    if (sigaction(SIGBUS, NULL, &current) == 0 && ours(&current)) return;
     pthread_mutex_lock(&install_lock);
-    if (!__atomic_load_n(&installed, __ATOMIC_RELAXED)) {
+    if (sigaction(SIGBUS, NULL, &current) == 0 && !ours(&current)) {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
         sa.sa_sigaction = on_sigbus;
         sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
         sigemptyset(&sa.sa_mask);
-        if (sigaction(SIGBUS, &sa, &previous) == 0) __atomic_store_n(&installed, 1, __ATOMIC_RELEASE);
+        sigaction(SIGBUS, &sa, &previous);
     }
     pthread_mutex_unlock(&install_lock);
 }

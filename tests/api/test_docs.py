@@ -32,7 +32,7 @@ def what_examples_leave_to_the_reader(code: str):
     ns = {"np": np, "tensors": {"w": np.ones(3, np.float32)}, "total_steps": 250, "loss": 0.5}
     if "import tensorflow" in code:
         pytest.importorskip("tensorflow")
-    for needed in ("jax", "optax", "flax", "lightning"):
+    for needed in ("jax", "optax", "flax", "lightning", "keras"):
         if re.search(rf"\b(import|from) {needed}\b", code):
             pytest.importorskip(needed)
     if "from mpi4py import MPI" in code:  # one process, through fastckpt's own one-process communicator
@@ -65,7 +65,7 @@ WITH_EXAMPLES = [p for p in PAGES if python_blocks(p)]
 @pytest.mark.parametrize("page", WITH_EXAMPLES, ids=[str(p.relative_to(ROOT)) for p in WITH_EXAMPLES])
 def test_examples_run(page, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
-    if re.search(r"\b(import|from) (jax|flax|optax)\b", "\n".join(python_blocks(page))):
+    if re.search(r"\b(import|from) (jax|flax|optax|keras)\b", "\n".join(python_blocks(page))):
         # JAX starts threads: in this process they would make every later test's fork() unsafe
         code = (f"import sys, pathlib; sys.path.insert(0, {str(ROOT)!r})\n"
                 f"from tests.api.test_docs import run_page\nrun_page(pathlib.Path({str(page)!r}), pathlib.Path('.'))\n")

@@ -94,6 +94,24 @@ def _truncate_after_open(module_name, victim, what):
 DESTINATIONS = {"tf": "out", "tf-zstd": "outz", "safetensors": "out.safetensors", "npz": "out.npz", "torch": "out.pt"}
 
 
+def test_the_guard_survives_another_librarys_sigbus_handler(tmp_path):
+    """A framework that resets the SIGBUS disposition after fastckpt's first
+    guarded read (PyTorch Lightning's Trainer does, restoring every signal
+    to what Python's signal module thinks it was: SIG_DFL; a truncated
+    source then killed the process -- CI caught it) leaves the guard
+    working: the next truncated source is DataLossError."""
+    path, victim = _source(tmp_path, "safetensors")
+
+    def run():
+        fastckpt.convert(path, str(tmp_path / "first"))  # the guard installed
+        signal.signal(signal.SIGBUS, signal.SIG_DFL)  # and removed
+        _truncate_after_open("fastckpt.formats.convert", victim, path)
+        return fastckpt.convert(path, str(tmp_path / "second"))
+    sig, result = in_child(run)
+    assert sig is None, f"killed by {signal.Signals(sig).name}"
+    assert isinstance(result, str) and result.startswith("DataLossError"), result
+
+
 @pytest.mark.parametrize("dst", list(DESTINATIONS) + ["diff"])
 @pytest.mark.parametrize("fmt", ["tf", "safetensors", "npz", "torch"])
 def test_a_source_truncated_while_it_is_read_is_data_loss(tmp_path, fmt, dst):

@@ -285,3 +285,39 @@ def test_a_forked_child_freeing_its_arrays_leaves_the_parent_guarded(tmp_path):
         assert all(np.array_equal(got[k], want[k]) for k in want)
         print("ok")
     """))
+
+
+def test_a_reset_lease_signal_is_put_back_at_the_next_map(tmp_path):
+    """PyTorch Lightning's Trainer restores every signal to what Python
+    thinks it was when fit ends: SIG_DFL for the lease-break signal, whose
+    default kills the process. The next map puts fastckpt's handler back,
+    so a truncation by another process is served (the bytes moved, the
+    arrays intact); someone else's handler there means copies instead."""
+    prefix = str(tmp_path / "m")
+    fastckpt.save(_state(), prefix)
+    print(_child(f"""
+        import signal, subprocess, sys, numpy as np, fastckpt
+        from fastckpt import _core
+        from tests.robustness.test_copy_on_write_restores import _state
+        prefix = {prefix!r}
+        data = prefix + ".data-00000-of-00001"
+        first = fastckpt.read_bundle(prefix)  # the handler installed
+        assert isinstance(first["big"].base, _core.CowMap)
+        del first
+        sig = signal.SIGRTMAX - 6
+        signal.signal(sig, signal.SIG_DFL)  # what Lightning's teardown does
+        got = fastckpt.read_bundle(prefix)
+        assert isinstance(got["big"].base, _core.CowMap)
+        before = _core.cow_copies()
+        subprocess.run([sys.executable, "-c", f"import os; os.truncate({{data!r}}, 0)"], check=True)
+        assert _core.cow_copies() - before == 1
+        want = _state()
+        assert all(np.array_equal(got[k], want[k]) for k in want)
+        del got
+        fastckpt.save(_state(), prefix)
+        signal.signal(sig, lambda *a: None)  # someone else's handler: no map, a copy
+        again = fastckpt.read_bundle(prefix)
+        assert not isinstance(again["big"].base, _core.CowMap)
+        assert all(np.array_equal(again[k], want[k]) for k in want)
+        print("ok")
+    """))
