@@ -221,7 +221,7 @@ def test_a_user_project_gets_fastckpts_types_from_an_editable_install(tmp_path):
     assert 'Revealed type is "str | None"' in out or 'Revealed type is "Union[str, None]"' in out, out
     assert 'Revealed type is "int | None"' in out or 'Revealed type is "Union[int, None]"' in out, out
     assert 'Argument 1 to "latest_checkpoint" has incompatible type "int"' in out, out
-    assert 'Revealed type is "concurrent.futures._base.Future[builtins.str] | None"' in out or \
+    assert 'Revealed type is "concurrent.futures._base.Future[str] | None"' in out or \
         'Revealed type is "Union[concurrent.futures._base.Future[builtins.str], None]"' in out, out
     assert out.count('Revealed type is "str | None"') + out.count('Revealed type is "Union[str, None]"') >= 2, out
 

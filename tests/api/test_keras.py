@@ -76,6 +76,7 @@ def test_fit_again_continues_from_the_backup_with_the_same_losses(tmp_path):
     assert third.strip().endswith("ok")
 
 
+@pytest.mark.deep  # two TensorFlow processes: 10 s
 def test_the_backup_is_a_bundle_tensorflow_reads(tmp_path):
     import fastckpt
     r = _run(f"""

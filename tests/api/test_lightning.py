@@ -62,7 +62,8 @@ def _losses(out):
     return {int(s): loss for _, s, loss in (line.split() for line in out.splitlines() if line.startswith("loss "))}
 
 
-@pytest.mark.parametrize("plugin", ["sync", pytest.param("async", marks=pytest.mark.deep)])  # (async: 23 s)
+@pytest.mark.deep  # 20-25 s each; the default tier runs the retention test with a real Trainer
+@pytest.mark.parametrize("plugin", ["sync", "async"])
 def test_fit_killed_and_resumed_from_last_has_the_same_loss_curve(tmp_path, plugin):
     """Killed (SIGKILL) at step 9, resumed with ckpt_path="last": the steps
     after the last checkpoint (step 8, an epoch's end) give the very losses of a run that
