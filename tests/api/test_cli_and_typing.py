@@ -39,6 +39,7 @@ def test_gpt_like_state_shape():
     assert 0.7 * (64 << 20) < total <= 64 << 20
 
 
+@pytest.mark.deep  # 8 s; test_bench_groups_cases_and_ends_with_a_verdict runs the bench in the default tier
 def test_bench_runs_and_reports_every_case(tmp_path):
     lines = []
     res = run_bench(size=4 << 20, tensors=20, rounds=2, directory=str(tmp_path), skip_others=True,

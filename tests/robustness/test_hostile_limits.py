@@ -9,11 +9,13 @@ import textwrap
 import time
 
 import numpy as np
+import pytest
 
 import fastckpt
 from fastckpt.directory.state import parse_checkpoint_state
 
 
+@pytest.mark.deep  # 8 s of measured memory
 def test_string_count_claim_costs_no_memory(tmp_path):
     """A 256 MiB sparse data file whose string tensor claims size - 4
     elements: rejected with DataLossError, peak memory far below the

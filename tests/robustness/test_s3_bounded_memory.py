@@ -40,6 +40,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.deep  # 7 s against the S3 server
 def test_a_checkpoint_larger_than_the_memory_limit_round_trips(s3_server, s3_dir, tmp_path, progress):
     n, size = (6, 256 << 20) if DEEP else (3, 96 << 20)  # 1.5 GiB deep, 288 MiB by default
     budget = 160 << 20  # less than the checkpoint, by 10x deep; and a state held in memory would not fit
