@@ -50,7 +50,7 @@ def read_meta(prefix: PathLike, *, storage_options: Optional[Mapping[str, Any]] 
 def restore_structure(prefix: PathLike, into: Optional[Any] = None, *, verify: bool = True,
                       threads: Optional[int] = None, comm: Any = None, timeout: Optional[float] = None,
                       storage_options: Optional[Mapping[str, Any]] = None,
-                      copy_on_write: Optional[bool] = None, target: Any = None) -> Any:
+                      copy_on_write: Optional[bool] = None, target: Any = None, by_name: bool = False) -> Any:
     """Read checkpoint ``prefix`` (a prefix, or a directory: its latest
     checkpoint) back in the structure it was saved in, every leaf of the
     type it had (PyTorch, JAX and TensorFlow tensors as tensors of their
@@ -87,6 +87,12 @@ def restore_structure(prefix: PathLike, into: Optional[Any] = None, *, verify: b
     on its device, a numpy array (:func:`fastckpt.structure.target.rebuild`).
     For immutable trees, which cannot be filled: an ``into`` holding JAX
     arrays is taken as a ``target``.
+
+    ``by_name=True`` (TensorFlow 2 checkpoints only) lays the variables out
+    by the names their framework gave them instead of by object path:
+    ``{"hidden": {"kernel": ...}, "adam": {"hidden_kernel_momentum": ...}}``
+    for a Keras 3 model and its optimizer, each variable once; ``into`` is
+    then laid out the same way. ``save(..., template=)`` takes either layout.
     """
     if target is not None and into is not None:
         raise InvalidArgumentError("give into= (filled in place) or target= (a new tree of its structure), not both")
@@ -94,22 +100,28 @@ def restore_structure(prefix: PathLike, into: Optional[Any] = None, *, verify: b
         into, target = None, into
     if target is not None:
         restored = restore_structure(prefix, verify=verify, threads=threads, comm=comm, timeout=timeout,
-                                     storage_options=storage_options, copy_on_write=copy_on_write)
+                                     storage_options=storage_options, copy_on_write=copy_on_write, by_name=by_name)
         return rebuild(target, restored)
     cow = copy_on_write_default(restoring=True) if copy_on_write is None else bool(copy_on_write)
     with using_storage(storage_options):
         if comm is None:
-            return open_checkpoint(prefix, lambda p: _restore_from(p, into, verify, threads, cow))
+            return open_checkpoint(prefix, lambda p: _restore_from(p, into, verify, threads, cow, by_name))
         communicator = as_communicator(comm, timeout)
         assert communicator is not None
         communicator.begin()
         return agreed(communicator, "restoring",
-                      lambda: open_checkpoint(prefix, lambda p: _restore_from(p, into, verify, threads, cow)))
+                      lambda: open_checkpoint(prefix, lambda p: _restore_from(p, into, verify, threads, cow, by_name)))
 
 
-def _restore_from(prefix: str, into: Optional[Any], verify: bool, threads: Optional[int], cow: bool) -> Any:
+def _restore_from(prefix: str, into: Optional[Any], verify: bool, threads: Optional[int], cow: bool,
+                  by_name: bool = False) -> Any:
     with CheckpointReader(prefix, verify=verify, threads=threads, copy_on_write=cow) as reader:
         record = read_record(reader)
+        if by_name:  # the object graph's names, whoever wrote it
+            if not reader.has_tensor(OBJECT_GRAPH_KEY):
+                raise InvalidArgumentError(f"by_name=True: {prefix!r} has no TensorFlow 2 object graph, whose "
+                                           "variables have names (restore it without by_name)")
+            return restore_object_tree(reader, into, by_name=True)
         if record is None:  # a TensorFlow checkpoint: its object tree (TensorFlow 2), or a flat dict
             if reader.has_tensor(OBJECT_GRAPH_KEY):
                 return restore_object_tree(reader, into)

@@ -20,7 +20,7 @@ graph and keys of an existing TensorFlow 2 checkpoint (``template``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from fastckpt.bundle.frameworks import is_array, to_numpy
 from fastckpt.bundle.reader import CheckpointReader
 
 __all__ = ["OBJECT_GRAPH_KEY", "parse_object_graph", "object_paths", "restore_object_tree", "object_graph_tensors", "encode_object_graph", "object_tree", "TrackableObject",
-           "graph_for_state", "escape_local_name", "template_tensors"]
+           "graph_for_state", "escape_local_name", "template_tensors", "variable_names", "name_tree"]
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 SAVE_COUNTER = "save_counter"
@@ -363,7 +363,7 @@ def template_tensors(state_leaves: Mapping[str, Any], reader: CheckpointReader) 
     shapes = reader.get_variable_to_shape_map()
     dtypes = reader.get_variable_to_dtype_map()
     wanted = _template_keys(nodes)
-    out, problems = _match(state_leaves, wanted, shapes, dtypes)
+    out, problems = _match(state_leaves, wanted, shapes, dtypes, reader.get_tensor)
     for key, (_, optional) in wanted.items():  # save_counter, configs: the template's unless given
         if optional and key not in out and key in shapes:
             out[key] = reader.get_tensor(key)
@@ -392,6 +392,11 @@ def _template_paths(nodes: List[TrackableObject]) -> Dict[str, Tuple[List[Tuple[
                 if name == VALUE and original in paths:
                     wanted[key] = ([p + (SLOTS, "/".join(paths[original][0]), slot) for p in paths.get(i, [])],
                                    False)
+    # each variable's name (Keras' "hidden/kernel") stands for it too, where it names no other object
+    taken = {p for where, _ in wanted.values() for p in where}
+    for key, name_path in variable_names(nodes)[0].items():
+        if key in wanted and name_path not in taken:
+            wanted[key][0].append(name_path)
     return wanted
 
 
@@ -400,13 +405,76 @@ def _template_keys(nodes: List[TrackableObject]) -> Dict[str, Tuple[List[str], b
     return {key: (["/".join(p) for p in where], optional) for key, (where, optional) in _template_paths(nodes).items()}
 
 
+def variable_names(nodes: List[TrackableObject]) -> Tuple[Dict[str, Tuple[str, ...]], List[str]]:
+    """Each variable's checkpoint key → the name its framework gave it
+    (the attribute's ``full_name``: Keras 3's variable path such as
+    ``hidden/kernel`` or ``adam/hidden_kernel_momentum``), split at ``/``;
+    and the names that cannot stand for one variable (given to several,
+    or a name that is also a prefix of another), which are left out."""
+    names: Dict[str, Tuple[str, ...]] = {}
+    for node in nodes:
+        for name, full, key in node.attributes:
+            if name == VALUE and full:
+                names[key] = tuple(full.split("/"))
+    owners: Dict[Tuple[str, ...], List[str]] = {}
+    for key, path in names.items():
+        owners.setdefault(path, []).append(key)
+    bad = {path for path, keys in owners.items() if len(keys) > 1 or "" in path}
+    prefixes = {path[:i] for path in owners for i in range(1, len(path))}
+    bad |= {path for path in owners if path in prefixes or any(path[:i] in owners for i in range(1, len(path)))}
+    return ({k: p for k, p in names.items() if p not in bad},
+            sorted("/".join(p) + (" (" + ", ".join(sorted(owners[p])) + ")") for p in bad))
+
+
+def name_tree(nodes: List[TrackableObject], values: Mapping[str, Any]) -> Dict[str, Any]:
+    """The variables of ``values`` (checkpoint key → array) in a nested dict
+    by their names (:func:`variable_names`). Raises
+    :class:`InvalidArgumentError` when a name stands for no single variable."""
+    names, bad = variable_names(nodes)
+    if bad:
+        raise InvalidArgumentError(f"by_name=True: {len(bad)} variable name(s) of this checkpoint stand for "
+                                   f"no single variable: {', '.join(bad[:5])}; restore by object path instead")
+    unnamed = sorted(k for k in values if k not in names and k != OBJECT_GRAPH_KEY and k.endswith("/" + VALUE))
+    if unnamed:
+        raise InvalidArgumentError(f"by_name=True: {len(unnamed)} variable(s) of this checkpoint have no name: "
+                                   f"{', '.join(unnamed[:5])}; restore by object path instead")
+    tree: Dict[str, Any] = {}
+    for key, path in sorted(names.items(), key=lambda kv: kv[1]):
+        if key not in values:
+            continue
+        at = tree
+        for part in path[:-1]:
+            at = at.setdefault(part, {})
+        at[path[-1]] = values[key]
+    return tree
+
+
 def object_paths(nodes: List[TrackableObject]) -> Dict[str, str]:
     """Each checkpoint key of the graph → its (shortest) object path."""
     return {key: paths[0] for key, (paths, _) in _template_keys(nodes).items() if paths}
 
 
+def _tied_value(key: str, found: List[str], leaves: Mapping[str, Any],
+                original: Callable[[str], Any]) -> Tuple[Any, Optional[str]]:
+    """The value of a variable the state holds at several paths (Keras 3:
+    a layer's kernel under the model and under the optimizer's
+    ``_trainable_variables``): the one value among them that differs from
+    the template's, when the others still hold the template's -- replacing
+    the array at one path is enough; a problem when two paths were changed to
+    different values."""
+    first = leaves[found[0]]
+    if all(np.array_equal(leaves[other], first) for other in found[1:]):
+        return first, None
+    stored = original(key)
+    changed = [w for w in found if not np.array_equal(leaves[w], stored)]
+    if all(np.array_equal(leaves[w], leaves[changed[0]]) for w in changed[1:]):
+        return leaves[changed[0]], None
+    return first, (f"conflict: {changed[0]} and {changed[1]} are one variable (checkpoint key {key}) given two "
+                   "different new values")
+
+
 def _match(leaves: Mapping[str, Any], wanted: Dict[str, Tuple[List[str], bool]], shapes: Mapping[str, List[int]],
-           dtypes: Mapping[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
+           dtypes: Mapping[str, Any], original: Callable[[str], Any]) -> Tuple[Dict[str, Any], List[str]]:
     out: Dict[str, Any] = {}
     problems: List[str] = []
     used = set()
@@ -421,9 +489,10 @@ def _match(leaves: Mapping[str, Any], wanted: Dict[str, Tuple[List[str], bool]],
         if value.dtype.kind in "OSU" or dtypes[key] == np.dtype(object):
             out[key] = value
             continue
-        for other in found[1:]:
-            if not np.array_equal(leaves[other], value):
-                problems.append(f"conflict: {found[0]} and {other} are one variable with different values")
+        if len(found) > 1:
+            value, problem = _tied_value(key, found, leaves, original)
+            if problem:
+                problems.append(problem)
         if list(value.shape) != list(shapes[key]):
             problems.append(f"shape: {found[0]} is {list(value.shape)}, the template's is {list(shapes[key])}")
         elif value.dtype != dtypes[key]:
@@ -461,12 +530,14 @@ def _renamed(node: Any, keys: Mapping[str, str]) -> Any:
     return {**node, kind: [_renamed(v, keys) for v in node[kind]]}
 
 
-def restore_object_tree(reader: Any, into: Optional[Any] = None) -> Dict[str, Any]:
+def restore_object_tree(reader: Any, into: Optional[Any] = None, by_name: bool = False) -> Dict[str, Any]:
     """The object tree of a TensorFlow 2 checkpoint open in ``reader``; with
     ``into`` (a nested dict of arrays laid out as that tree, or part of it,
     where a checkpoint key may stand for its variable), its arrays are
     filled in place and put in the tree. Paths are matched key by key: a
-    local name ``"a/b"`` and the path a → b are two variables."""
+    local name ``"a/b"`` and the path a → b are two variables. With
+    ``by_name``, the tree (and ``into``) are laid out by the variables'
+    names instead (:func:`name_tree`)."""
     nodes = parse_object_graph(reader.get_tensor(OBJECT_GRAPH_KEY)[()])
     wanted = _template_paths(nodes)
     keys = [k for k in wanted if reader.has_tensor(k)]
@@ -484,7 +555,7 @@ def restore_object_tree(reader: Any, into: Optional[Any] = None) -> Dict[str, An
         reader.read(into=targets)
     values = reader.read([k for k in keys if k not in targets])
     values.update(targets)
-    return object_tree(nodes, values)
+    return name_tree(nodes, values) if by_name else object_tree(nodes, values)
 
 
 def _array_leaves(into: Any) -> Dict[Tuple[str, ...], Any]:

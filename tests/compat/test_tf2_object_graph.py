@@ -192,3 +192,73 @@ def test_a_local_name_with_a_slash_is_not_the_path_through_it(tmp_path):
     got = fastckpt.restore(str(tmp_path / "ck"), into={"model": {"a/b": flat_name, "a": {"b": nested}}})
     assert (flat_name == 2.0).all() and (nested == 1.0).all()
     assert got["model"]["a/b"] is flat_name and got["model"]["a"]["b"] is nested
+
+
+def _keras_trained(seed=0):
+    """A Keras 3 functional model with named layers and an Adam that has
+    taken a step (so its slots exist): Keras tracks each kernel under the
+    model and again under the optimizer's _trainable_variables."""
+    tf.keras.utils.set_random_seed(seed)
+    inp = tf.keras.Input((3,), name="x")
+    hidden = tf.keras.layers.Dense(4, activation="relu", name="hidden")(inp)
+    model = tf.keras.Model(inp, tf.keras.layers.Dense(2, name="head")(hidden))
+    opt = tf.keras.optimizers.Adam(0.01)
+    model.compile(opt, "mse")
+    model.fit(np.ones((8, 3), np.float32), np.ones((8, 2), np.float32), verbose=0, epochs=1)
+    return model, opt
+
+
+def test_keras_layers_by_name_round_trip_through_a_template(tmp_path):
+    """restore(by_name=True) lays a Keras model and its optimizer out by the
+    names Keras gave the variables (layer/variable, optimizer/slot), each
+    variable once; changed there and saved with template=, TensorFlow
+    restores every one of them (assert_consumed) with the new values."""
+    model, opt = _keras_trained()
+    template = tf.train.Checkpoint(model=model, optimizer=opt).save(str(tmp_path / "keras"))
+    named = fastckpt.restore(template, by_name=True)
+    assert set(named) == {"hidden", "head", "adam", "save_counter"}
+    assert set(named["hidden"]) == {"kernel", "bias"}
+    np.testing.assert_array_equal(named["hidden"]["kernel"], model.get_layer("hidden").kernel.numpy())
+    assert "hidden_kernel_momentum" in named["adam"] and "iteration" in named["adam"]
+    rng = np.random.default_rng(5)
+    named["hidden"]["kernel"] = rng.standard_normal((3, 4)).astype(np.float32)
+    named["head"]["bias"] = rng.standard_normal(2).astype(np.float32)
+    named["adam"]["hidden_kernel_momentum"] = np.full((3, 4), 0.25, np.float32)
+    fastckpt.save(named, str(tmp_path / "renamed"), template=template)
+    model2, opt2 = _keras_trained(seed=1)
+    tf.train.Checkpoint(model=model2, optimizer=opt2).restore(str(tmp_path / "renamed")).assert_consumed()
+    np.testing.assert_array_equal(model2.get_layer("hidden").kernel.numpy(), named["hidden"]["kernel"])
+    np.testing.assert_array_equal(model2.get_layer("head").bias.numpy(), named["head"]["bias"])
+    momentum, = [v for v in opt2.variables if v.path.endswith("/hidden_kernel_momentum")]  # adam_1/ here
+    assert (momentum.numpy() == 0.25).all()
+    # and into= is laid out by name too, filled in place
+    into = {"hidden": {"kernel": np.zeros((3, 4), np.float32)}}
+    back = fastckpt.restore(str(tmp_path / "renamed"), into=into, by_name=True)
+    np.testing.assert_array_equal(into["hidden"]["kernel"], named["hidden"]["kernel"])
+    assert back["hidden"]["kernel"] is into["hidden"]["kernel"]
+
+
+def test_a_tied_keras_variable_replaced_at_one_path_is_saved(tmp_path):
+    """The object tree shows a Keras kernel under the model and under the
+    optimizer's _trainable_variables; replacing it at one path is enough
+    (the other still holds the template's value). Two different new values
+    for one variable are refused, naming both paths."""
+    model, opt = _keras_trained()
+    template = tf.train.Checkpoint(model=model, optimizer=opt).save(str(tmp_path / "keras"))
+    tree = fastckpt.restore(template)
+    tree["model"]["_operations"]["1"]["_kernel"] = np.full((3, 4), 0.75, np.float32)
+    fastckpt.save(tree, str(tmp_path / "one"), template=template)
+    model2, opt2 = _keras_trained(seed=1)
+    tf.train.Checkpoint(model=model2, optimizer=opt2).restore(str(tmp_path / "one")).assert_consumed()
+    assert (model2.get_layer("hidden").kernel.numpy() == 0.75).all()
+    tree["optimizer"]["_trainable_variables"]["0"] = np.full((3, 4), 0.5, np.float32)
+    with pytest.raises(fastckpt.InvalidArgumentError, match="given two different new values") as e:
+        fastckpt.save(tree, str(tmp_path / "two"), template=template)
+    assert "model/_operations/1/_kernel" in str(e.value) and "optimizer/_trainable_variables/0" in str(e.value)
+    assert not (tmp_path / "two.index").exists()
+
+
+def test_by_name_needs_an_object_graph(tmp_path):
+    fastckpt.write_bundle(str(tmp_path / "plain"), {"w": np.ones(1)})
+    with pytest.raises(fastckpt.InvalidArgumentError, match="no TensorFlow 2 object graph"):
+        fastckpt.restore(str(tmp_path / "plain"), by_name=True)

@@ -87,3 +87,31 @@ def test_hostile_shapes_cost_little(tmp_path):
     import pytest
     with pytest.raises(fastckpt.DataLossError, match="too deeply"):
         object_tree(deep, {"k": np.zeros(1)})
+
+
+def _named_graph(*names):
+    """A root with one variable child per name (full_name = the name)."""
+    root = TrackableObject(children=[(i + 1, f"v{i}") for i in range(len(names))])
+    leaves = [TrackableObject(attributes=[("VARIABLE_VALUE", n, f"v{i}/.ATTRIBUTES/VARIABLE_VALUE")])
+              for i, n in enumerate(names)]
+    return [root] + leaves
+
+
+def test_variable_names_are_left_out_where_they_stand_for_no_single_variable():
+    from fastckpt.structure.objectgraph import name_tree, variable_names
+    nodes = _named_graph("dense/kernel", "dense/bias", "adam/m", "adam/m", "head", "head/bias", "")
+    names, bad = variable_names(nodes)
+    assert names == {"v0/.ATTRIBUTES/VARIABLE_VALUE": ("dense", "kernel"),
+                     "v1/.ATTRIBUTES/VARIABLE_VALUE": ("dense", "bias")}
+    assert bad == ["adam/m (v2/.ATTRIBUTES/VARIABLE_VALUE, v3/.ATTRIBUTES/VARIABLE_VALUE)",
+                   "head (v4/.ATTRIBUTES/VARIABLE_VALUE)", "head/bias (v5/.ATTRIBUTES/VARIABLE_VALUE)"]
+    values = {f"v{i}/.ATTRIBUTES/VARIABLE_VALUE": np.full(1, i) for i in range(7)}
+    try:
+        name_tree(nodes, values)
+    except fastckpt.InvalidArgumentError as e:
+        assert "3 variable name(s)" in str(e) and "adam/m" in str(e)
+    else:
+        raise AssertionError("ambiguous names were accepted")
+    good = _named_graph("dense/kernel", "dense/bias", "step")
+    tree = name_tree(good, {f"v{i}/.ATTRIBUTES/VARIABLE_VALUE": np.full(1, i) for i in range(3)})
+    assert tree["dense"]["kernel"][0] == 0 and tree["dense"]["bias"][0] == 1 and tree["step"][0] == 2
