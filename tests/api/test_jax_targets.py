@@ -19,13 +19,14 @@ if importlib.util.find_spec("jax") is None:  # (not importorskip: that would imp
     pytest.skip("jax is not installed", allow_module_level=True)
 
 
-def _in_child(body, tmp_path):
+def _in_child(body, tmp_path, env=None):
     """Run ``body`` (a test's code, with ``tmp_path``) in a fresh process."""
     code = (f"import sys, pathlib; sys.path.insert(0, {str(ROOT)!r})\n"
             "import numpy as np, pytest, jax, jax.numpy as jnp, fastckpt\n"
             "from tests.helpers.jax_trees import AdamLike, TrainLike, params as _params, state as _state, same as _same\n"
             f"tmp_path = pathlib.Path({str(tmp_path)!r})\n" + textwrap.dedent(body))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                       env=None if env is None else {**os.environ, **env})
     assert r.returncode == 0, r.stderr[-4000:]
 
 
@@ -43,6 +44,33 @@ def test_target_rebuilds_namedtuples_and_dataclass_pytrees(tmp_path):
     _same(saved, got)
     assert got.params["dense"]["kernel"].sharding == _state(0).params["dense"]["kernel"].sharding
     ''', tmp_path)
+
+
+def test_a_target_sharded_over_two_devices_is_restored_with_its_sharding(tmp_path):
+    """Two host devices (XLA's forced device count), a kernel split across
+    them by a mesh and a bias replicated: the restored arrays have the
+    target's shardings, and each device's shard holds its part of the saved
+    values."""
+    _in_child(r'''
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    devices = jax.devices()
+    assert len(devices) == 2, devices
+    mesh = Mesh(np.array(devices), ("x",))
+    split, replicated = NamedSharding(mesh, P("x", None)), NamedSharding(mesh, P())
+    rng = np.random.default_rng(4)
+    kernel, bias = rng.standard_normal((8, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    prefix = fastckpt.save({"kernel": jax.device_put(kernel, split), "bias": jax.device_put(bias, replicated)},
+                           str(tmp_path / "c"))
+    target = {"kernel": jax.device_put(np.zeros((8, 3), np.float32), split),
+              "bias": jax.device_put(np.zeros(3, np.float32), replicated)}
+    got = fastckpt.restore(prefix, target=target)
+    assert got["kernel"].sharding == split and got["bias"].sharding == replicated
+    np.testing.assert_array_equal(np.asarray(got["kernel"]), kernel)
+    for shard in got["kernel"].addressable_shards:
+        np.testing.assert_array_equal(np.asarray(shard.data), kernel[shard.index])
+        assert shard.data.shape == (4, 3)
+    assert {s.device for s in got["kernel"].addressable_shards} == set(devices)
+    ''', tmp_path, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"})
 
 
 def test_restore_or_initialize_takes_an_immutable_tree_and_returns_the_restored_one(tmp_path):
