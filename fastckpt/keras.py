@@ -13,6 +13,7 @@ tensors, and the epoch.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Dict, Optional
 
 import keras
@@ -48,6 +49,10 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._epoch = 0
         self._batches = 0
         self._saves = 0
+        # Background saves run in a thread of this callback's own, each a blocking save of the
+        # copies _values made: the manager's non-blocking save would copy them a second time.
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._pending: Optional[Future] = None
 
     def on_train_begin(self, logs: Optional[Dict[str, Any]] = None) -> None:
         """Restore the latest backup, if any, and start from its epoch."""
@@ -81,7 +86,10 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     def on_train_end(self, logs: Optional[Dict[str, Any]] = None) -> None:
         """Wait for the save in flight; remove the backups if asked to."""
-        self._mgr.wait()
+        self._wait()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         if self.delete_checkpoint and local.is_dir(self.backup_dir):
             local.remove_tree(self.backup_dir)
 
@@ -91,8 +99,20 @@ class BackupAndRestore(keras.callbacks.Callback):
         optimizer = getattr(model, "optimizer", None)
         if optimizer is not None and optimizer.built:
             state["optimizer"] = _values(optimizer.variables, None)
+        self._wait()  # one save at a time; its error is raised here
         self._saves += 1
-        self._mgr.save(state, self._saves, blocking=self._blocking, force=True)
+        if self._blocking:
+            self._mgr.save(state, self._saves, force=True)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastckpt-keras")
+        self._pending = self._pool.submit(self._mgr.save, state, self._saves, force=True)
+
+    def _wait(self) -> None:
+        """Wait for the background save in flight, raising its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
 
 def _name(v: Any, model_name: Optional[str]) -> str:
@@ -112,7 +132,11 @@ def _values(variables: Any, model_name: Optional[str]) -> Dict[str, np.ndarray]:
         name = _name(v, model_name)
         if name in out:
             raise InvalidArgumentError(f"two variables share the path {name!r}: rename a layer")
-        out[name] = np.asarray(keras.ops.convert_to_numpy(v))
+        # Variable.numpy(): one copy on TensorFlow's backend (convert_to_numpy made two, measured)
+        value = np.asarray(v.numpy() if hasattr(v, "numpy") else keras.ops.convert_to_numpy(v))
+        # a copy this callback owns (written in the background while training changes the variable;
+        # a backend's zero-copy view of its buffer would not be a snapshot)
+        out[name] = value if value.flags.owndata and value.base is None else value.copy()
     return out
 
 
