@@ -65,7 +65,7 @@ WITH_EXAMPLES = [p for p in PAGES if python_blocks(p)]
 @pytest.mark.parametrize("page", WITH_EXAMPLES, ids=[str(p.relative_to(ROOT)) for p in WITH_EXAMPLES])
 def test_examples_run(page, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
-    if re.search(r"\b(import|from) (jax|flax|optax|keras)\b", "\n".join(python_blocks(page))):
+    if re.search(r"\b(import|from) (jax|flax|optax|keras|transformers)\b", "\n".join(python_blocks(page))):
         # JAX starts threads: in this process they would make every later test's fork() unsafe
         code = (f"import sys, pathlib; sys.path.insert(0, {str(ROOT)!r})\n"
                 f"from tests.api.test_docs import run_page\nrun_page(pathlib.Path({str(page)!r}), pathlib.Path('.'))\n")
