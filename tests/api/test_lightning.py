@@ -12,6 +12,8 @@ import pytest
 
 import fastckpt
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 pytest.importorskip("torch")
 pytest.importorskip("lightning")
 
@@ -141,3 +143,72 @@ def test_a_killed_saves_staged_directory_is_removed_by_the_next_save_on_its_host
     FastCheckpointIO().save_checkpoint({"w": torch.ones(2)}, tmp_path / "b.ckpt")
     assert sorted(os.listdir(tmp_path)) == sorted([f".fcsave-lightning-{host}-{os.getpid()}-{hexes[1]}",
                                                    f".fcsave-lightning-otherhost-{dead}-{hexes[2]}", "b.ckpt"])
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import os, sys, torch, lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from fastckpt.lightning import FastCheckpointIO
+    torch.manual_seed(0)
+    class M(L.LightningModule):
+        def __init__(self, lr=0.01):
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+        def training_step(self, batch, i):
+            x, y = batch
+            loss = ((self.net(x) - y) ** 2).mean()
+            with open(os.path.join(sys.argv[2], f"loss-{self.global_rank}.txt"), "a") as fh:
+                fh.write(f"{self.global_step} {loss.item()!r}\\n")
+            if os.environ.get("KILL_AT") and self.global_step == int(os.environ["KILL_AT"]) and self.global_rank == 0:
+                os.killpg(0, 9)  # every rank at once (the test runs this in a session of its own)
+            return loss
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
+    if __name__ == "__main__":
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(128, 4, generator=g)
+        dl = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=16, shuffle=False)
+        trainer = L.Trainer(max_epochs=3, default_root_dir=sys.argv[1], plugins=[FastCheckpointIO()], logger=False,
+                            accelerator="cpu", devices=2, strategy="ddp", enable_progress_bar=False,
+                            enable_model_summary=False,
+                            callbacks=[ModelCheckpoint(dirpath=sys.argv[1], save_last=True, every_n_train_steps=4,
+                                                       save_top_k=-1)])
+        trainer.fit(M(), dl, ckpt_path="last")
+""")
+
+
+@pytest.mark.deep  # three two-process DDP runs: ~45 s
+def test_ddp_on_two_processes_killed_and_resumed_has_the_same_losses(tmp_path):
+    """strategy="ddp" on two CPU processes (gloo): rank 0 writes through
+    the plugin; both ranks SIGKILLed at step 6, the run resumed from
+    ``last`` (step 4) gives every rank the losses of an uninterrupted run."""
+    script = tmp_path / "train.py"
+    script.write_text(DDP_SCRIPT)  # a file: Lightning's DDP launcher runs it again for rank 1
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    logs = {name: tmp_path / name for name in ("full", "killed", "resumed")}
+    for p in logs.values():
+        p.mkdir()
+
+    def run(run_dir, log, **extra):
+        return subprocess.run([sys.executable, str(script), str(tmp_path / run_dir), str(log)],
+                              capture_output=True, text=True, env=dict(env, **extra), timeout=600,
+                              start_new_session=True)
+    r = run("a", logs["full"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run("b", logs["killed"], KILL_AT="6")
+    assert r.returncode == -9, r.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "b")) == ["epoch=0-step=4.ckpt", "last.ckpt"]
+    r = run("b", logs["resumed"])
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    def losses(log, rank):
+        return [line.split() for line in (log / f"loss-{rank}.txt").read_text().splitlines()]
+    for rank in (0, 1):
+        full = losses(logs["full"], rank)
+        assert [int(s) for s, _ in full] == list(range(12))
+        resumed = losses(logs["resumed"], rank)
+        assert resumed[0][0] == "4"  # from the last checkpoint, step 4
+        assert resumed == full[4:], rank
+        assert losses(logs["killed"], rank) == full[:len(losses(logs["killed"], rank))]
