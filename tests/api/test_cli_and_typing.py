@@ -92,6 +92,27 @@ def test_verdict_names_the_fastest_other_library_and_the_missed_targets():
     assert not facts["targets_met"] and "Missed: saved below 1.0x quick save." in facts["text"]
 
 
+def test_a_save_slower_than_a_peer_is_explained_by_the_one_file_measurement():
+    """With the two-file rows (two threads), a save missed against a peer
+    names the measurement behind it: the raw write to one file and to two
+    files on two threads, and what num_shards=2 gave against that peer."""
+    from fastckpt.bench.run import RAW_TWO_FILES, TWO_DATA_FILES, verdict
+
+    def row(kind, t, raw):
+        return {"kind": kind, "min_s": t, "vs_raw": raw / t, "gb_per_s": 1.0}
+    res = {"raw write (1 file, sequential)": row("save", 0.20, 0.20), "fastckpt save": row("save", 0.21, 0.20),
+           RAW_TWO_FILES: row("save", 0.11, 0.20), TWO_DATA_FILES: row("save", 0.12, 0.20),
+           "safetensors save_file": row("save", 0.19, 0.20)}
+    facts = verdict(res)
+    assert facts["kinds"]["save"]["fastest_other"] == "safetensors save_file"  # not the two-file rows
+    assert facts["missed"] == ["saved below 1.0x safetensors save_file -- one file's writes are serialized by "
+                               "the file system here: the raw write took 0.200 s to one file and 0.110 s to two "
+                               "files on two threads; with num_shards=2 fastckpt saved at 1.58x safetensors save_file"]
+    assert facts["kinds"]["save"]["two_files_raw_speedup"] == pytest.approx(0.20 / 0.11)
+    res["fastckpt save"] = row("save", 0.18, 0.20)
+    assert verdict(res)["missed"] == []  # nothing to explain
+
+
 # The process's peak RSS from now on (getrusage's ru_maxrss survives exec on Linux: a child of a big
 # pytest would start at its parent's peak): VmHWM of /proc/self/status, reset by clear_refs "5".
 RSS_HELPERS = (

@@ -57,6 +57,7 @@ for shards in (1, 3):
 """
 
 
+@pytest.mark.deep  # a transformers process: 8 s (the default tier keeps its 6-minute budget)
 def test_a_training_checkpoints_model_loads_with_from_pretrained(tmp_path):
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(CHILD), str(tmp_path)], capture_output=True,
                          text=True, timeout=300, cwd=ROOT)

@@ -115,6 +115,7 @@ def test_fit_killed_and_resumed_has_the_same_losses_and_weights(tmp_path):
     assert weights == [line for line in whole.stdout.splitlines() if line.startswith("weights")]
 
 
+@pytest.mark.deep  # a TensorFlow process: 6 s
 def test_a_background_backup_copies_the_model_once(tmp_path):
     """Each backup copies the variables once (the copies are written in the
     callback's own thread while training goes on): traced numpy memory
