@@ -86,10 +86,12 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     def on_train_end(self, logs: Optional[Dict[str, Any]] = None) -> None:
         """Wait for the save in flight; remove the backups if asked to."""
-        self._wait()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        try:
+            self._wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
         if self.delete_checkpoint and local.is_dir(self.backup_dir):
             local.remove_tree(self.backup_dir)
 
